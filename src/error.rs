@@ -40,6 +40,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Sent as `Retry-After` (whole seconds, rounded up) when set.
     pub retry_after: Option<Duration>,
+    /// `error.resets_at` (unix seconds), as the Codex backend sends with `usage_limit_reached`.
+    pub resets_at: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +56,8 @@ struct Inner<'a> {
     kind: &'a str,
     code: Option<&'a str>,
     param: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resets_at: Option<u64>,
 }
 
 impl ApiError {
@@ -66,6 +70,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            resets_at: None,
         }
     }
 
@@ -105,6 +110,7 @@ impl ApiError {
                 kind: &self.kind,
                 code: self.code.as_deref(),
                 param: self.param.as_deref(),
+                resets_at: self.resets_at,
             },
         };
         // Serializing plain strings cannot fail.
@@ -123,6 +129,13 @@ impl ApiError {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         res
+    }
+}
+
+impl ApiError {
+    /// The answer as a response of the stack's body type.
+    pub fn into_stack_response(self) -> Response<crate::body::ResponseBody> {
+        self.into_response::<Bytes>().map(crate::body::full_body)
     }
 }
 

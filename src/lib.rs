@@ -7,7 +7,17 @@
 
 pub mod body;
 pub mod classify;
+pub mod connect;
+pub mod continuity;
+pub mod credentials;
 pub mod error;
+pub mod facts;
+pub mod json;
+pub mod metrics;
+pub mod profile;
+#[cfg(feature = "proxy")]
+pub mod proxy;
+pub mod soft_failure;
 pub mod sse;
 
 #[cfg(feature = "test-util")]

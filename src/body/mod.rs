@@ -1,1 +1,205 @@
-//! placeholder: being written.
+//! Request bodies: collected with a limit into replayable bytes, decoded from
+//! `Content-Encoding`; response body helpers.
+//!
+//! Every layer that may retry needs the request body more than once, and every layer that
+//! rewrites it needs it whole, so the stack reads it once at the edge: [`read_request`]
+//! collects it with a size limit (an endless body stops at the limit), decodes `zstd`, `gzip`,
+//! `deflate` and `br` (the Codex CLI sends zstd) with the same limit on the decoded size (a
+//! decompression bomb stops there too), and returns a request whose body is plain
+//! [`Bytes`] that clone for free.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower_responses::body::{read_request, BodyError};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let plain = br#"{"model":"gpt-5.5"}"#;
+//! let req = http::Request::post("/v1/responses")
+//!     .header("content-encoding", "zstd")
+//!     .body(Full::new(Bytes::from(zstd::encode_all(&plain[..], 3).unwrap())))
+//!     .unwrap();
+//! let req = read_request(req, 1024).await.unwrap();
+//! assert_eq!(&req.body()[..], plain);
+//! assert!(req.headers().get("content-encoding").is_none());
+//!
+//! let big = http::Request::new(Full::new(Bytes::from(vec![0u8; 2048])));
+//! assert!(matches!(read_request(big, 1024).await, Err(BodyError::TooLarge { limit: 1024 })));
+//! # }
+//! ```
+
+mod decode;
+mod idle_timeout;
+mod limited;
+mod replay;
+
+pub use decode::decode;
+pub use idle_timeout::{IdleTimeout, IdleTimeoutBody};
+pub use limited::collect_limited;
+pub use replay::ReplayBody;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::error::{ApiError, BoxError};
+
+/// The largest request body accepted by default, after decoding: 32 MiB.
+///
+/// The Codex CLI resends the whole conversation every turn (tool outputs, encrypted reasoning),
+/// so a long session's request runs to several MiB; 32 MiB leaves room while still bounding
+/// what one client can make the proxy hold.
+pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+
+/// The response body type between layers.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete response body of these bytes.
+pub fn full_body(b: impl Into<Bytes>) -> ResponseBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// More than `limit` bytes, before or after decoding.
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A `Content-Encoding` this crate does not decode.
+    UnsupportedEncoding(String),
+    /// The bytes are not valid for their declared encoding.
+    Decode {
+        /// The encoding that failed.
+        encoding: String,
+        /// What the decoder said.
+        source: std::io::Error,
+    },
+    /// Reading the body failed (the client went away mid-body).
+    Read(BoxError),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge { limit } => {
+                write!(f, "request body is larger than the limit of {limit} bytes")
+            }
+            BodyError::UnsupportedEncoding(e) => write!(
+                f,
+                "unsupported Content-Encoding `{e}` (supported: zstd, gzip, deflate, br, identity)"
+            ),
+            BodyError::Decode { encoding, source } => {
+                write!(f, "request body is not valid {encoding}: {source}")
+            }
+            BodyError::Read(e) => write!(f, "could not read the request body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Decode { source, .. } => Some(source),
+            BodyError::Read(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        let message = e.to_string();
+        match e {
+            BodyError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
+                    .with_code("request_too_large")
+            }
+            BodyError::UnsupportedEncoding(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                message,
+            )
+            .with_code("unsupported_content_encoding"),
+            BodyError::Decode { .. } => {
+                ApiError::invalid_request(message).with_code("invalid_content_encoding")
+            }
+            BodyError::Read(_) => ApiError::invalid_request(message).with_code("body_read_error"),
+        }
+    }
+}
+
+/// Collects a request's body with a limit and decodes its `Content-Encoding`.
+///
+/// The result carries the decoded bytes, no `Content-Encoding` or `Transfer-Encoding`, and a
+/// `Content-Length` that matches.
+pub async fn read_request<B>(req: Request<B>, limit: usize) -> Result<Request<Bytes>, BodyError>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let mut bytes = collect_limited(body, limit).await?;
+    if let Some(enc) = parts.headers.remove(header::CONTENT_ENCODING) {
+        bytes = decode(&enc, bytes, limit)?;
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Ok(Request::from_parts(parts, bytes))
+}
+
+/// Clones a request for another attempt: method, URI, version, headers, extensions and body.
+pub fn clone_request<B: Clone>(req: &Request<B>) -> Request<B> {
+    let mut out = Request::new(req.body().clone());
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.version_mut() = req.version();
+    *out.headers_mut() = req.headers().clone();
+    *out.extensions_mut() = req.extensions().clone();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_envelopes() {
+        let cases = [
+            (BodyError::TooLarge { limit: 5 }, 413, "request_too_large"),
+            (BodyError::UnsupportedEncoding("x".into()), 415, "unsupported_content_encoding"),
+            (
+                BodyError::Decode { encoding: "gzip".into(), source: std::io::Error::other("bad") },
+                400,
+                "invalid_content_encoding",
+            ),
+            (BodyError::Read("gone".into()), 400, "body_read_error"),
+        ];
+        for (err, status, code) in cases {
+            let api = ApiError::from(err);
+            assert_eq!(api.status.as_u16(), status);
+            assert_eq!(api.code.as_deref(), Some(code));
+        }
+    }
+
+    #[test]
+    fn clone_keeps_extensions() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Marker(u8);
+        let mut req = Request::post("http://x/v1/responses").body(ReplayBody::new(Bytes::from_static(b"{}"))).unwrap();
+        req.extensions_mut().insert(Marker(7));
+        req.headers_mut().insert("x-a", HeaderValue::from_static("1"));
+        let c = clone_request(&req);
+        assert_eq!(c.extensions().get::<Marker>(), Some(&Marker(7)));
+        assert_eq!(c.headers()["x-a"], "1");
+        assert_eq!(c.uri(), req.uri());
+    }
+}

@@ -1,0 +1,110 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use pin_project_lite::pin_project;
+
+use super::ConnTag;
+
+pin_project! {
+    /// A connection's IO with its [`ConnTag`]; counts requests as HTTP/1 turns (a write that
+    /// follows a read starts a new request) and records activity.
+    #[derive(Debug)]
+    pub struct Tagged<T> {
+        #[pin]
+        inner: T,
+        tag: ConnTag,
+        // Whether the last bytes moved were written; the next write after a read is a new request.
+        writing: bool,
+    }
+}
+
+impl<T> Tagged<T> {
+    pub(crate) fn new(inner: T, tag: ConnTag) -> Self {
+        Tagged {
+            inner,
+            tag,
+            writing: false,
+        }
+    }
+
+    /// The connection's tag.
+    pub fn tag(&self) -> &ConnTag {
+        &self.tag
+    }
+
+    /// The wrapped IO.
+    pub fn inner_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: Read> Read for Tagged<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let res = this.inner.poll_read(cx, buf);
+        // hyper's cursor cannot be inspected after the call, so any completed read counts as
+        // activity; an EOF read is the connection's end and is never followed by a request.
+        if let Poll::Ready(Ok(())) = res {
+            *this.writing = false;
+            this.tag.touch();
+        }
+        res
+    }
+}
+
+impl<T: Write> Write for Tagged<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = res {
+            wrote(this.writing, this.tag, n);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            wrote(this.writing, this.tag, n);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+fn wrote(writing: &mut bool, tag: &ConnTag, n: usize) {
+    if n == 0 {
+        return;
+    }
+    if *writing {
+        tag.touch();
+    } else {
+        *writing = true;
+        tag.begin_use();
+    }
+}

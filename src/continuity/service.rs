@@ -1,0 +1,287 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::sessions::{SessionStats, Sessions};
+use super::watch::{Learn, OwnerWatch, learn_from_json};
+use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
+use crate::classify::FailureClass;
+use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy};
+use crate::error::{ApiError, BoxError};
+use crate::facts::{RequestFacts, session_key};
+use crate::metrics::Metrics;
+use crate::soft_failure::SoftFailure;
+use crate::sse::is_event_stream;
+
+/// Settings of the continuity layer.
+#[derive(Debug, Clone)]
+pub struct ContinuityConfig {
+    /// How long a response id's owner is remembered (the platform keeps stored responses 30
+    /// days; a session rarely anchors to one older than a day).
+    pub owner_ttl: Duration,
+    /// Sessions whose token counts are kept (and exported).
+    pub max_sessions: usize,
+    /// Largest JSON answer read to learn its id.
+    pub max_json: usize,
+}
+
+impl Default for ContinuityConfig {
+    fn default() -> Self {
+        ContinuityConfig {
+            owner_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_sessions: 512,
+            max_json: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Applies [`Continuity`]. See the [module docs](super).
+#[derive(Clone)]
+pub struct ContinuityLayer {
+    pool: Arc<Pool>,
+    config: ContinuityConfig,
+    sessions: Arc<Sessions>,
+    metrics: Option<Metrics>,
+}
+
+impl std::fmt::Debug for ContinuityLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContinuityLayer").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ContinuityLayer {
+    /// Continuity over the credentials of `pool` (owners live in its state store).
+    pub fn new(pool: Arc<Pool>) -> Self {
+        Self::with_config(pool, ContinuityConfig::default())
+    }
+
+    /// With settings.
+    pub fn with_config(pool: Arc<Pool>, config: ContinuityConfig) -> Self {
+        ContinuityLayer {
+            sessions: Arc::new(Sessions::new(config.max_sessions)),
+            pool,
+            config,
+            metrics: None,
+        }
+    }
+
+    /// Reports into `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records that `credential` owns `response_id`.
+    pub fn record_owner(&self, response_id: &str, credential: &str) {
+        self.pool
+            .state()
+            .put_owner(response_id, credential, SystemTime::now() + self.config.owner_ttl);
+    }
+
+    /// The credential that owns `response_id`, if known.
+    pub fn owner_of(&self, response_id: &str) -> Option<String> {
+        self.pool.state().owner(response_id, SystemTime::now())
+    }
+
+    /// A session's token accounting.
+    pub fn session_stats(&self, session: &str) -> Option<SessionStats> {
+        self.sessions.get(session)
+    }
+}
+
+impl<S> Layer<S> for ContinuityLayer {
+    type Service = Continuity<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Continuity { inner, layer: self.clone() }
+    }
+}
+
+/// Pins anchored requests to their owner and keeps recovery errors retryable.
+#[derive(Clone)]
+pub struct Continuity<S> {
+    inner: S,
+    layer: ContinuityLayer,
+}
+
+impl<S> std::fmt::Debug for Continuity<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Continuity").finish_non_exhaustive()
+    }
+}
+
+struct Learner {
+    layer: ContinuityLayer,
+    credential: Option<Arc<str>>,
+    session: Option<String>,
+}
+
+impl Learn for Learner {
+    fn response_id(&mut self, id: &str) {
+        if let Some(c) = &self.credential {
+            self.layer.record_owner(id, c);
+        }
+    }
+
+    fn usage(&mut self, input_tokens: u64) {
+        if let Some(s) = &self.session {
+            self.layer.sessions.record(s, input_tokens, self.layer.metrics.as_ref());
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<ReplayBody>> for Continuity<S>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<ResponseBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReplayBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let facts = RequestFacts::of(&mut req);
+        let session = session_key(req.headers(), &facts);
+        let anchor = facts.previous_response_id.clone();
+        let owner = anchor.as_deref().and_then(|id| layer.owner_of(id));
+        if let Some(o) = &owner {
+            req.extensions_mut().insert(PinnedCredential(Arc::from(o.as_str())));
+        }
+        let encrypted_owner = owner.clone().or_else(|| session.as_deref().and_then(|s| layer.pool.state().affinity(s)));
+        if let Some(o) = encrypted_owner {
+            req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
+        }
+        Box::pin(async move {
+            let retry_copy = (anchor.is_some() && owner.is_none()).then(|| clone_request(&req));
+            let result = inner.clone().oneshot(req).await;
+            let res = match (result, &anchor) {
+                (Ok(res), Some(_)) => recover(res, retry_copy, inner, &layer).await,
+                (Ok(res), None) => res,
+                (Err(e), Some(_)) => {
+                    // Never let a lost anchor look like a missing one: the client must retry
+                    // with previous_response_id intact.
+                    tracing::info!(error = %e, "transport loss on an anchored request; answering 502 upstream_unavailable");
+                    count(&layer, "transport_to_502");
+                    return Ok(upstream_unavailable());
+                }
+                (Err(e), None) => return Err(e),
+            };
+            Ok(learn(res, &layer, session).await)
+        })
+    }
+}
+
+fn count(layer: &ContinuityLayer, what: &str) {
+    if let Some(m) = &layer.metrics {
+        m.inc("tr_continuity_actions_total", "What the continuity layer did, by action.", &[("action", what)]);
+    }
+}
+
+fn upstream_unavailable() -> Response<ResponseBody> {
+    ApiError::upstream_unavailable("the upstream connection was lost; retry this request with the same previous_response_id")
+        .into_stack_response()
+}
+
+/// Handles an anchored request's answer: maps losses to 502; asks the other credentials when
+/// the owner is unknown and the answer says the anchor is missing.
+async fn recover<S>(
+    res: Response<ResponseBody>,
+    retry_copy: Option<Request<ReplayBody>>,
+    inner: S,
+    layer: &ContinuityLayer,
+) -> Response<ResponseBody>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError> + Clone,
+{
+    let class = res
+        .extensions()
+        .get::<SoftFailure>()
+        .filter(|s| s.before_content)
+        .map(|s| s.failure.class);
+    match class {
+        Some(FailureClass::Transient | FailureClass::StaleConnection) if res.status().is_success() => {
+            // A stream cut before content: retryable, not a missing anchor.
+            count(layer, "cut_stream_to_502");
+            upstream_unavailable()
+        }
+        Some(FailureClass::PreviousResponseNotFound) => {
+            let Some(template) = retry_copy else {
+                return res; // the owner itself says it is gone: genuine
+            };
+            let served = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
+            for label in layer.pool.labels() {
+                if Some(&label) == served.as_ref() {
+                    continue;
+                }
+                let mut attempt = clone_request(&template);
+                attempt.extensions_mut().insert(PinnedCredential(label.clone()));
+                count(layer, "search_owner");
+                let Ok(other) = inner.clone().oneshot(attempt).await else { continue };
+                let missing = other
+                    .extensions()
+                    .get::<SoftFailure>()
+                    .is_some_and(|s| s.failure.class == FailureClass::PreviousResponseNotFound);
+                if !missing {
+                    tracing::info!(credential = &*label, "found the owner of previous_response_id on another credential");
+                    return other;
+                }
+            }
+            res
+        }
+        _ => res,
+    }
+}
+
+/// Learns the owner of the answer's response id and the session's usage.
+async fn learn(res: Response<ResponseBody>, layer: &ContinuityLayer, session: Option<String>) -> Response<ResponseBody> {
+    let credential = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
+    if credential.is_none() && session.is_none() {
+        return res;
+    }
+    let mut learner = Learner { layer: layer.clone(), credential, session };
+    if is_event_stream(res.headers()) {
+        return res.map(|b| OwnerWatch::new(b, learner).boxed_unsync());
+    }
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let small = http_body::Body::size_hint(res.body())
+        .exact()
+        .is_some_and(|n| n as usize <= layer.config.max_json);
+    if !(res.status().is_success() && json && small) {
+        return res;
+    }
+    // Only bodies already in memory (exact size) are read here; nothing streams.
+    let (parts, body) = res.into_parts();
+    match body.collect().await {
+        Ok(c) => {
+            let bytes = c.to_bytes();
+            learn_from_json(&bytes, &mut learner);
+            Response::from_parts(parts, full_body(bytes))
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "the upstream's JSON answer broke off");
+            upstream_unavailable()
+        }
+    }
+}

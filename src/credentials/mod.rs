@@ -1,0 +1,159 @@
+//! Upstream credentials, and [`CredentialRotateLayer`]: a pool that rotates on every kind of
+//! exhaustion (seed 004).
+//!
+//! With several accounts, an agent must leave an exhausted one at once, however the
+//! exhaustion arrives: an HTTP 429/402, a 401, or a `response.failed` inside a 200 stream
+//! (found by `SoftFailureDetectLayer`, which must sit inside this layer). The layer picks a
+//! credential per attempt ([`Strategy`], a [`PinnedCredential`] from the continuity layer, or
+//! the session's bound credential), sets its headers (the client's `Authorization` and
+//! `ChatGPT-Account-ID` never go upstream), and while the client has seen nothing, retries on
+//! the next credential, within attempts, a retry budget and a total time.
+//!
+//! Cooldowns follow the classified failure ([`Pool::record_failure`]):
+//!
+//! | class | cooldown |
+//! |---|---|
+//! | rate limited | until the hinted reset (`Retry-After`, "try again in", reset headers), else backoff doubling from 2 s (max 120 s) |
+//! | quota / billing | until `resets_at` or the exhausted Codex window's reset (the later window if both are), else 1 h |
+//! | auth (401/403) | until its `codex-auth:` file changes, or an operator clears it |
+//! | overloaded / 5xx | 1 s, doubling only on consecutive repeats (max 30 s) |
+//! | model, route, stale connection, invalid request, content policy, context length | none: the key is fine |
+//!
+//! A successful answer whose `x-codex-*-used-percent` headers show a window at 100% cools
+//! the credential before it fails. Every cooldown is logged with its reason and exported as
+//! `tr_credential_healthy` and `tr_credential_cooldown_until_seconds`.
+//!
+//! ## Where credentials come from
+//!
+//! A credential is written as a literal key, `env:NAME`, or `codex-auth:PATH` (the Codex CLI's
+//! `auth.json`: an OAuth access token plus the `ChatGPT-Account-ID`). Secrets never print:
+//! [`Secret`]'s `Debug` and `Display` are redacted and the header values it makes are marked
+//! sensitive, so neither logs nor HTTP/2 header compression see them.
+//!
+//! ```
+//! use tower_responses::credentials::{Credential, CredentialSource};
+//!
+//! let source: CredentialSource = "sk-test-123".parse().unwrap();
+//! let cred = source.load().unwrap();
+//! assert_eq!(cred.token.expose(), "sk-test-123");
+//! assert!(!format!("{cred:?}").contains("sk-test-123"));
+//! let mut headers = http::HeaderMap::new();
+//! cred.apply(&mut headers);
+//! assert!(headers["authorization"].is_sensitive());
+//! ```
+
+mod lease;
+mod pool;
+mod rotate;
+mod source;
+mod state;
+
+pub use lease::{CredentialLease, EncryptedOwner, LeaseReporter, PinnedCredential, ServedBy};
+pub use pool::{CooldownPolicy, Pool, PoolMember, Strategy};
+pub use rotate::{CredentialRotate, CredentialRotateLayer, RotateConfig};
+pub use source::{CredentialSource, LoadError};
+pub use state::{Cooldown, MemoryState, PoolState};
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+/// The header that names the ChatGPT account a Codex-backend token acts for.
+pub static CHATGPT_ACCOUNT_ID: HeaderName = HeaderName::from_static("chatgpt-account-id");
+
+/// A secret string whose `Debug`/`Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<Arc<str>>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it must leave the process (a header, a comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with `other` in time that does not depend on where they differ.
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        constant_time_eq(self.0.as_bytes(), other)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Byte comparison whose time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One upstream credential.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    /// A stable, non-secret name for logs and metrics (e.g. `key-1`, `env:OPENAI_API_KEY`,
+    /// `codex-auth:/home/me/.codex/auth.json`).
+    pub label: String,
+    /// The bearer token: an API key or an OAuth access token.
+    pub token: Secret,
+    /// The ChatGPT account id, for Codex-backend logins.
+    pub account_id: Option<Secret>,
+}
+
+impl Credential {
+    /// A bearer API key.
+    pub fn api_key(label: impl Into<String>, key: impl Into<Arc<str>>) -> Self {
+        Credential {
+            label: label.into(),
+            token: Secret::new(key),
+            account_id: None,
+        }
+    }
+
+    /// Replaces the client's `Authorization` and `ChatGPT-Account-ID` with this credential's,
+    /// as sensitive header values.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(&CHATGPT_ACCOUNT_ID);
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) {
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(account) = &self.account_id {
+            if let Ok(mut v) = HeaderValue::from_str(account.expose()) {
+                v.set_sensitive(true);
+                headers.insert(CHATGPT_ACCOUNT_ID.clone(), v);
+            }
+        }
+    }
+}
+
+/// The bearer token of a request's `Authorization` header, if any.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}

@@ -1,0 +1,185 @@
+//! Top-level JSON objects edited without re-encoding what nobody touched.
+//!
+//! Request bodies carry the whole conversation (`input`, often megabytes) next to a few
+//! scalar fields the layers rewrite. [`RawObject`] parses only the top level: each value
+//! stays the exact bytes it was, so an untouched `input` or `tools` is copied, never
+//! re-serialised, and key order is kept.
+//!
+//! ```
+//! use tower_responses::json::RawObject;
+//!
+//! let body = br#"{"model":"gpt-5.5","input":[{"role":"user","content":"hi"}],"temperature":0.2}"#;
+//! let mut obj = RawObject::parse(body).unwrap();
+//! assert_eq!(obj.get_str("model").as_deref(), Some("gpt-5.5"));
+//! obj.remove("temperature");
+//! obj.set("stream", "true");
+//! assert_eq!(
+//!     &obj.to_bytes()[..],
+//!     &br#"{"model":"gpt-5.5","input":[{"role":"user","content":"hi"}],"stream":true}"#[..]
+//! );
+//! ```
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A JSON object's top-level entries in order; values are raw JSON text.
+#[derive(Debug, Clone)]
+pub struct RawObject<'a> {
+    entries: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+struct Entries<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    out.push((k, Cow::Borrowed(v.get())));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> RawObject<'a> {
+    /// Parses the top level of a JSON object; `Err` if the bytes are not one.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let Entries(entries) = serde_json::from_slice(bytes)?;
+        Ok(RawObject { entries })
+    }
+
+    /// The raw JSON text of a field.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+    }
+
+    /// Whether the field is present.
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// A string field's value (`None` if absent or not a string).
+    pub fn get_str(&self, key: &str) -> Option<String> {
+        serde_json::from_str::<String>(self.get(key)?).ok()
+    }
+
+    /// A field parsed as `T`.
+    pub fn get_as<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_str(self.get(key)?).ok()
+    }
+
+    /// Sets a field to raw JSON text (replacing in place, or appending).
+    pub fn set(&mut self, key: &str, raw_json: impl Into<String>) {
+        let raw = Cow::Owned(raw_json.into());
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = raw,
+            None => self.entries.push((Cow::Owned(key.to_string()), raw)),
+        }
+    }
+
+    /// Sets a field to a serialisable value.
+    pub fn set_value<T: serde::Serialize>(&mut self, key: &str, value: &T) {
+        if let Ok(text) = serde_json::to_string(value) {
+            self.set(key, text);
+        }
+    }
+
+    /// Removes a field; returns its raw text.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        Some(self.entries.remove(i).1.into_owned())
+    }
+
+    /// Renames a field in place (keeping its position); no-op if absent or `to` exists.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if self.contains(to) {
+            return;
+        }
+        if let Some((k, _)) = self.entries.iter_mut().find(|(k, _)| k == from) {
+            *k = Cow::Owned(to.to_string());
+        }
+    }
+
+    /// The field names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_ref())
+    }
+
+    /// The object as JSON bytes: untouched values copied as they were.
+    pub fn to_bytes(&self) -> Bytes {
+        let len = self.entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2;
+        let mut out = Vec::with_capacity(len);
+        out.push(b'{');
+        for (i, (k, v)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, k.as_ref());
+            out.push(b':');
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.push(b'}');
+        Bytes::from(out)
+    }
+}
+
+/// The items of a raw JSON array, each as raw text; `None` if it is not an array.
+pub fn array_items(raw: &str) -> Option<Vec<&str>> {
+    let items: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
+    Some(items.into_iter().map(RawValue::get).collect())
+}
+
+/// Joins raw JSON items into an array.
+pub fn join_array<'s>(items: impl IntoIterator<Item = &'s str>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+    out
+}
+
+/// The `type` of a raw JSON object (an `input` item), if it has a string one.
+pub fn item_type(raw: &str) -> Option<&str> {
+    crate::sse::sniff_type(raw.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_untouched_bytes_and_escapes_keys() {
+        let body = br#"{ "a\"b" : 1, "input" : [ 1 ,2 ] }"#;
+        let obj = RawObject::parse(body).unwrap();
+        assert_eq!(&obj.to_bytes()[..], br#"{"a\"b":1,"input":[ 1 ,2 ]}"#);
+        assert!(RawObject::parse(b"[1]").is_err());
+        assert!(RawObject::parse(b"{\"a\":").is_err());
+    }
+
+    #[test]
+    fn rename_and_arrays() {
+        let mut obj = RawObject::parse(br#"{"x":1,"y":[{"type":"reasoning"},2]}"#).unwrap();
+        obj.rename("x", "z");
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["z", "y"]);
+        let items = array_items(obj.get("y").unwrap()).unwrap();
+        assert_eq!(item_type(items[0]), Some("reasoning"));
+        assert_eq!(join_array(items), r#"[{"type":"reasoning"},2]"#);
+    }
+}

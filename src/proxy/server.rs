@@ -1,0 +1,415 @@
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use super::config::{ConfigError, ProxyConfig};
+use super::forward::{UpstreamBase, strip_hop_by_hop};
+use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
+use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
+use crate::credentials::{Credential, Secret, bearer_token};
+use crate::error::{ApiError, BoxError};
+use crate::metrics::Metrics;
+
+/// The body of every answer the proxy gives.
+pub type ProxyBody = crate::body::ResponseBody;
+
+/// How long an in-flight connection may finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Time a client gets to send its request head, and its body.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Shared {
+    config: ProxyConfig,
+    base: UpstreamBase,
+    credentials: Vec<Credential>,
+    next_credential: AtomicUsize,
+    client_keys: Vec<Secret>,
+    client: Client<UpstreamConnector, ReplayBody>,
+    connector: UpstreamConnector,
+    metrics: Metrics,
+    next_request: AtomicU64,
+}
+
+/// A bound proxy, ready to serve.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listen", &self.listener.local_addr().ok())
+            .field("upstream", &self.shared.config.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Loads credentials, checks the configuration and binds the listener.
+    pub async fn bind(config: ProxyConfig) -> Result<Proxy, ConfigError> {
+        let builder = UpstreamClientBuilder::new()
+            .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs));
+        Self::bind_with(config, builder).await
+    }
+
+    /// Like [`bind`](Self::bind), with your own upstream client settings (e.g. a private CA).
+    pub async fn bind_with(
+        config: ProxyConfig,
+        client: UpstreamClientBuilder,
+    ) -> Result<Proxy, ConfigError> {
+        let base = UpstreamBase::parse(&config.upstream)?;
+        if config.client_keys.is_empty() && !config.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "refusing to listen on {} without a client key: anyone who can reach it could \
+                 spend your credentials; pass --client-key or listen on a loopback address",
+                config.listen
+            )));
+        }
+        let credentials = config
+            .credentials
+            .iter()
+            .map(|src| src.load().map_err(|e| ConfigError(format!("credential {}: {e}", src.label()))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
+        let connector = client.connector();
+        let shared = Shared {
+            base,
+            credentials,
+            next_credential: AtomicUsize::new(0),
+            client_keys: config.client_keys.clone(),
+            client: client.build_with(connector.clone()),
+            connector,
+            metrics: Metrics::new(),
+            next_request: AtomicU64::new(1),
+            config,
+        };
+        Ok(Proxy {
+            listener,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.shared.config.listen)
+    }
+
+    /// The metrics registry the proxy reports into.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.metrics.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (up to 10 s), and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every connection task holds a sender; when all are gone, recv() yields None.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            let mut stop = stop_rx.clone();
+            let alive = alive_tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(shared.clone(), peer, req));
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    res = conn.as_mut() => log_conn_end(res),
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        log_conn_end(conn.await);
+                    }
+                }
+                drop(alive);
+            });
+        }
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        drop(alive_tx);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv()).await;
+        Ok(())
+    }
+}
+
+fn log_conn_end(res: Result<(), hyper::Error>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+fn api_error(err: ApiError) -> Response<ProxyBody> {
+    err.into_stack_response()
+}
+
+/// A coarse route name for metrics: never the raw path, which a client controls.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "healthz",
+        "/metrics" => "metrics",
+        "/v1/responses" => "responses",
+        "/v1/responses/compact" => "compact",
+        "/v1/models" => "models",
+        p if p.starts_with("/v1/") => "other",
+        _ => "not_found",
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let id = shared.next_request.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let route = route_label(req.uri().path());
+    let mut res = match dispatch(&shared, peer, req, route).await {
+        Ok(res) => res,
+        Err(err) => {
+            tracing::info!(id, status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, "answered with an error");
+            api_error(err)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("req_{id}")) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    let status = res.status();
+    shared.metrics.inc(
+        "tr_requests_total",
+        "Requests answered, by route and status.",
+        &[("route", route), ("status", status.as_str())],
+    );
+    tracing::info!(
+        id,
+        %method,
+        route,
+        status = status.as_u16(),
+        head_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(res)
+}
+
+async fn dispatch(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    route: &'static str,
+) -> Result<Response<ProxyBody>, ApiError> {
+    if shared.client_keys.is_empty() && !peer.ip().is_loopback() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "this proxy has no client keys configured and only serves loopback clients",
+        )
+        .with_code("loopback_only"));
+    }
+    match (req.method(), route) {
+        (&Method::GET, "healthz") => {
+            return Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(full(r#"{"status":"ok"}"#))
+                .unwrap_or_else(|_| Response::new(full(""))));
+        }
+        (_, "healthz") | (_, "metrics") if req.method() != Method::GET => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                format!("{} only answers GET", req.uri().path()),
+            ));
+        }
+        _ => {}
+    }
+    if route == "not_found" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown path: this proxy serves /v1/*, /healthz and /metrics",
+        )
+        .with_code("unknown_url"));
+    }
+    check_client_key(shared, req.headers())?;
+    if route == "metrics" {
+        shared.metrics.set(
+            "tr_upstream_connections_opened",
+            "Upstream connections opened since start.",
+            &[],
+            shared.connector.opened() as f64,
+        );
+        return Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(full(shared.metrics.render()))
+            .unwrap_or_else(|_| Response::new(full(""))));
+    }
+    if is_websocket_upgrade(req.headers()) {
+        // The Codex CLI tries a WebSocket first on the built-in provider; 426 makes it use
+        // HTTP at once instead of retrying.
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "invalid_request_error",
+            "WebSocket is not supported by this proxy; use HTTP",
+        )
+        .with_code("websocket_not_supported"));
+    }
+    let upstream_uri = shared
+        .base
+        .map(req.uri())
+        .ok_or_else(|| ApiError::invalid_request("path cannot be mapped to the upstream"))?;
+    let req = tokio::time::timeout(BODY_READ_TIMEOUT, read_request(req, shared.config.body_limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body did not arrive in time",
+            )
+            .with_code("request_timeout")
+        })?
+        .map_err(ApiError::from)?;
+    if req.method() == Method::POST && !req.body().is_empty() {
+        check_json_object(req.body())?;
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut upstream = Request::from_parts(
+        {
+            parts.extensions = Default::default();
+            parts
+        },
+        ReplayBody::new(body),
+    );
+    shared.base.prepare(&mut upstream, upstream_uri);
+    if !shared.credentials.is_empty() {
+        let i = shared.next_credential.fetch_add(1, Ordering::Relaxed) % shared.credentials.len();
+        shared.credentials[i].apply(upstream.headers_mut());
+    } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
+        auth.set_sensitive(true);
+    }
+    let res = tokio::time::timeout(shared.config.upstream_timeout(), shared.client.request(upstream))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "the upstream did not answer in time",
+            )
+            .with_code("upstream_timeout")
+        })?
+        .map_err(|e| {
+            let kind = if e.is_connect() { "connect" } else { "transport" };
+            shared.metrics.inc(
+                "tr_upstream_errors_total",
+                "Upstream requests that got no HTTP answer, by kind.",
+                &[("kind", kind)],
+            );
+            tracing::warn!(error = %e, kind, "upstream request failed");
+            ApiError::upstream_unavailable(format!(
+                "the upstream could not be reached ({kind} error); retry the request"
+            ))
+        })?;
+    if let Some(tag) = res.extensions().get::<ConnTag>() {
+        tracing::debug!(conn = tag.id(), reused = tag.is_reused(), idle_ms = tag.idle_before_use().as_millis() as u64, "upstream answered");
+    }
+    let idle = shared.config.stream_idle_timeout();
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(
+        parts,
+        IdleTimeoutBody::new(body, idle).boxed_unsync(),
+    ))
+}
+
+fn check_client_key(shared: &Shared, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    if shared.client_keys.is_empty() {
+        return Ok(());
+    }
+    let presented = bearer_token(headers).unwrap_or_default();
+    // Compare against every key so the time taken does not reveal which one matched.
+    let ok = shared
+        .client_keys
+        .iter()
+        .fold(false, |acc, k| k.ct_eq(presented) | acc);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing or wrong client key: send `Authorization: Bearer <client key>`",
+        )
+        .with_code("invalid_api_key"))
+    }
+}
+
+fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+}
+
+/// Requests to the Responses API are JSON objects; catching anything else here gives the
+/// client a clear 400 instead of whatever the upstream makes of it.
+fn check_json_object(body: &[u8]) -> Result<(), ApiError> {
+    struct ObjectOnly;
+    impl<'de> serde::Deserialize<'de> for ObjectOnly {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ObjectOnly;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ObjectOnly, A::Error> {
+                    while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                    Ok(ObjectOnly)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    serde_json::from_slice::<ObjectOnly>(body).map(|_| ()).map_err(|e| {
+        let what = if std::str::from_utf8(body).is_err() {
+            "the request body is not valid UTF-8".to_string()
+        } else {
+            format!("the request body is not a JSON object: {e}")
+        };
+        ApiError::invalid_request(what).with_code("invalid_json")
+    })
+}

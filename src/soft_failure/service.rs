@@ -1,0 +1,277 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::watch::WatchBody;
+use super::{SoftFailure, SoftFailureConfig};
+use crate::body::{ReplayBody, ResponseBody, full_body as full};
+use crate::classify::Failure;
+use crate::credentials::CredentialLease;
+use crate::error::BoxError;
+use crate::metrics::Metrics;
+use crate::sse::{EventKind, SseDecoder, is_event_stream};
+
+/// Applies [`SoftFailureDetect`] to a service. See the [module docs](super).
+#[derive(Debug, Clone, Default)]
+pub struct SoftFailureDetectLayer {
+    config: SoftFailureConfig,
+    metrics: Option<Metrics>,
+}
+
+impl SoftFailureDetectLayer {
+    /// The layer with default bounds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The layer with these bounds.
+    pub fn with_config(config: SoftFailureConfig) -> Self {
+        SoftFailureDetectLayer { config, metrics: None }
+    }
+
+    /// Reports findings into `metrics` (`tr_soft_failures_total`, `tr_streams_ended_after_terminal_total`).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+impl<S> Layer<S> for SoftFailureDetectLayer {
+    type Service = SoftFailureDetect<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SoftFailureDetect {
+            inner,
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Finds failures in answers, holding back stream lifecycle events. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct SoftFailureDetect<S> {
+    inner: S,
+    config: SoftFailureConfig,
+    metrics: Option<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<ReplayBody>> for SoftFailureDetect<S>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<ResponseBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+        let lease = req.extensions().get::<CredentialLease>().cloned();
+        let fut = self.inner.call(req);
+        let config = self.config.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let res = fut.await?;
+            let ctx = Ctx { config, metrics, lease };
+            Ok(inspect(res, ctx).await)
+        })
+    }
+}
+
+pub(super) struct Ctx {
+    pub(super) config: SoftFailureConfig,
+    pub(super) metrics: Option<Metrics>,
+    pub(super) lease: Option<CredentialLease>,
+}
+
+impl Ctx {
+    pub(super) fn count(&self, failure: &Failure, phase: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.inc(
+                "tr_soft_failures_total",
+                "Failures found in upstream answers, by class and whether the client had seen content.",
+                &[("class", failure.class.as_str()), ("phase", phase)],
+            );
+        }
+    }
+}
+
+async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody> {
+    let status = res.status();
+    if status.is_success() && is_event_stream(res.headers()) {
+        return hold_back(res, ctx).await;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    if status.is_success() && !is_json {
+        return res;
+    }
+    // An HTTP error, or a JSON answer: read a bounded prefix to classify it.
+    let (mut parts, body) = res.into_parts();
+    let (prefix, rest) = read_prefix(body, ctx.config.max_json_peek).await;
+    let complete = rest.is_none();
+    let failure = if status.is_success() && !complete {
+        None // too big to be an error object; leave it alone
+    } else {
+        Failure::from_http(status, &parts.headers, &prefix)
+    };
+    if let Some(failure) = failure {
+        ctx.count(&failure, "before_content");
+        tracing::debug!(class = failure.class.as_str(), status = status.as_u16(), "upstream answer classified as a failure");
+        parts.extensions.insert(SoftFailure { failure, before_content: true });
+    }
+    Response::from_parts(parts, rejoin(prefix, rest))
+}
+
+/// Reads up to `limit` bytes. Returns what was read and, if the body goes on, the rest of it.
+async fn read_prefix(mut body: ResponseBody, limit: usize) -> (Bytes, Option<Result<ResponseBody, BoxError>>) {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return (buf.freeze(), None),
+            Some(Err(e)) => return (buf.freeze(), Some(Err(e))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        return (buf.freeze(), Some(Ok(body)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rejoin(prefix: Bytes, rest: Option<Result<ResponseBody, BoxError>>) -> ResponseBody {
+    match rest {
+        None => full(prefix),
+        Some(rest) => WatchBody::passthrough(prefix, rest).boxed_unsync(),
+    }
+}
+
+
+/// The hold-back phase: read events until the first content event, a failure, a terminal
+/// event, the end, or a bound.
+async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody> {
+    let (mut parts, mut body) = res.into_parts();
+    let mut decoder = SseDecoder::new().with_max_line(ctx.config.max_line);
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut held_bytes = 0usize;
+    let mut events = 0usize;
+    let deadline = Instant::now() + ctx.config.max_hold;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_elapsed) => {
+                // Slow to start is not a failure: release what we hold and watch the rest.
+                return Response::from_parts(parts, WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync());
+            }
+            Ok(frame) => frame,
+        };
+        let chunk = match frame {
+            None => {
+                // Ended before content. A terminal event would have returned already.
+                let tail = decoder.finish();
+                if let Ok(Some(ev)) = tail {
+                    if let Some(f) = failure_of(&ev) {
+                        return mark(parts, held, f, ctx);
+                    }
+                }
+                let failure = Failure::transport(false, "the upstream stream ended before any content or terminal event");
+                ctx.count(&failure, "before_content");
+                parts.extensions.insert(SoftFailure { failure, before_content: true });
+                return Response::from_parts(parts, full(concat(&held)));
+            }
+            Some(Err(e)) => {
+                // A transport error while held: nothing reached the client, so it is a
+                // failure before content.
+                let failure = Failure::transport(false, format!("the upstream stream broke before content: {e}"));
+                ctx.count(&failure, "before_content");
+                parts.extensions.insert(SoftFailure { failure, before_content: true });
+                return Response::from_parts(parts, full(concat(&held)));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        held_bytes += chunk.len();
+        held.push(chunk.clone());
+        decoder.push(chunk);
+        loop {
+            let ev = match decoder.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    // A line past the bound: stop parsing, let the bytes flow as they are.
+                    tracing::debug!(error = %e, "SSE line too long; passing the stream through unparsed");
+                    return Response::from_parts(parts, WatchBody::unparsed(held, Ok(body)).boxed_unsync());
+                }
+            };
+            events += 1;
+            match ev.kind() {
+                EventKind::Content => {
+                    return Response::from_parts(parts, WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync());
+                }
+                EventKind::Terminal | EventKind::Error => {
+                    if let Some(f) = failure_of(&ev) {
+                        return mark(parts, held, f, ctx);
+                    }
+                    if ev.kind() == EventKind::Terminal {
+                        // Completed (or benignly incomplete) without content: the answer is whole.
+                        return Response::from_parts(parts, full(concat(&held)));
+                    }
+                }
+                EventKind::Lifecycle | EventKind::Other => {}
+            }
+        }
+        if events >= ctx.config.max_held_events || held_bytes >= ctx.config.max_held_bytes {
+            return Response::from_parts(parts, WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync());
+        }
+    }
+}
+
+fn mark(mut parts: http::response::Parts, held: Vec<Bytes>, failure: Failure, ctx: Ctx) -> Response<ResponseBody> {
+    tracing::debug!(class = failure.class.as_str(), code = failure.code.as_deref().unwrap_or(""), "failure inside a 200 stream, before content");
+    ctx.count(&failure, "before_content");
+    parts.extensions.insert(SoftFailure { failure, before_content: true });
+    // The stream ends at its terminal event: the client (if it gets this) sees it end at once.
+    Response::from_parts(parts, full(concat(&held)))
+}
+
+pub(super) fn failure_of(ev: &crate::sse::Event) -> Option<Failure> {
+    match ev.kind() {
+        EventKind::Terminal | EventKind::Error => Failure::from_sse_data(&ev.data),
+        _ => None,
+    }
+}
+
+fn concat(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut b = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            for c in many {
+                b.extend_from_slice(c);
+            }
+            b.freeze()
+        }
+    }
+}
+
