@@ -99,7 +99,8 @@ impl ApiError {
 
     /// 502 `upstream_unavailable`: the upstream could not be reached or broke off; retryable.
     pub fn upstream_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "server_error", message).with_code("upstream_unavailable")
+        Self::new(StatusCode::BAD_GATEWAY, "server_error", message)
+            .with_code("upstream_unavailable")
     }
 
     /// The JSON envelope as bytes.
@@ -122,11 +123,14 @@ impl ApiError {
         let body = self.to_json();
         let mut res = Response::new(B::from(body));
         *res.status_mut() = self.status;
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(after) = self.retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         res
     }
@@ -141,7 +145,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 
@@ -153,15 +163,22 @@ mod tests {
 
     #[test]
     fn envelope_shape_and_retry_after() {
-        let res: Response<http_body_util::Full<Bytes>> =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "slow \"down\"")
-                .with_code("rate_limit_exceeded")
-                .with_retry_after(Duration::from_millis(1500))
-                .into_response();
+        let res: Response<http_body_util::Full<Bytes>> = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "slow \"down\"",
+        )
+        .with_code("rate_limit_exceeded")
+        .with_retry_after(Duration::from_millis(1500))
+        .into_response();
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers()[header::RETRY_AFTER], "2");
-        let err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "slow \"down\"")
-            .with_param("model");
+        let err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "slow \"down\"",
+        )
+        .with_param("model");
         let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
         assert_eq!(v["error"]["message"], "slow \"down\"");
         assert_eq!(v["error"]["type"], "rate_limit_error");
