@@ -94,7 +94,6 @@ pub fn session_key(headers: &http::HeaderMap, facts: &RequestFacts) -> Option<St
         .or_else(|| facts.prompt_cache_key.clone())
 }
 
-
 /// The body without `input` items of type `reasoning` that carry `encrypted_content`, and how
 /// many were removed; `None` if the body is not an object with an `input` list. Everything
 /// else is copied byte for byte.

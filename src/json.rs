@@ -62,7 +62,10 @@ impl<'a> RawObject<'a> {
 
     /// The raw JSON text of a field.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Whether the field is present.
@@ -119,7 +122,12 @@ impl<'a> RawObject<'a> {
 
     /// The object as JSON bytes: untouched values copied as they were.
     pub fn to_bytes(&self) -> Bytes {
-        let len = self.entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2;
+        let len = self
+            .entries
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+            + 2;
         let mut out = Vec::with_capacity(len);
         out.push(b'{');
         for (i, (k, v)) in self.entries.iter().enumerate() {

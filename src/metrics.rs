@@ -104,7 +104,13 @@ impl Metrics {
     }
 
     /// Adds `v` (possibly negative) to a gauge.
-    pub fn gauge_add(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)], v: f64) {
+    pub fn gauge_add(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        v: f64,
+    ) {
         self.update(name, help, Kind::Gauge, labels, |x| *x += v);
     }
 
@@ -120,12 +126,18 @@ impl Metrics {
 
     /// The current value of one series.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.lock().get(name)?.series.get(&render_labels(labels)).copied()
+        self.lock()
+            .get(name)?
+            .series
+            .get(&render_labels(labels))
+            .copied()
     }
 
     /// The sum of every series of a family.
     pub fn total(&self, name: &str) -> f64 {
-        self.lock().get(name).map_or(0.0, |f| f.series.values().sum())
+        self.lock()
+            .get(name)
+            .map_or(0.0, |f| f.series.values().sum())
     }
 
     /// The registry in the Prometheus text exposition format.

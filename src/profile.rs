@@ -17,7 +17,9 @@ use std::str::FromStr;
 /// assert_eq!(Profile::from_base_url("http://127.0.0.1:8080/v1"), Profile::Generic);
 /// assert_eq!("chatgpt-codex".parse::<Profile>().unwrap(), Profile::ChatgptCodex);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
     /// The OpenAI platform (`https://api.openai.com/v1`): bodies pass as they are.
@@ -43,7 +45,8 @@ impl Profile {
             .unwrap_or("");
         let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
         let host = host.split(':').next().unwrap_or(host);
-        if (host == "chatgpt.com" || host.ends_with(".chatgpt.com")) && lower.contains("/backend-api/codex")
+        if (host == "chatgpt.com" || host.ends_with(".chatgpt.com"))
+            && lower.contains("/backend-api/codex")
         {
             Profile::ChatgptCodex
         } else if host == "api.openai.com" {

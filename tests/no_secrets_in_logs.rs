@@ -44,21 +44,40 @@ async fn secrets_never_reach_the_logs_at_trace() {
     let dir = std::env::temp_dir().join(format!("tr-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let auth = dir.join("auth.json");
-    std::fs::write(&auth, json!({"tokens": {"access_token": OAUTH, "account_id": ACCOUNT}}).to_string()).unwrap();
+    std::fs::write(
+        &auth,
+        json!({"tokens": {"access_token": OAUTH, "account_id": ACCOUNT}}).to_string(),
+    )
+    .unwrap();
 
     let mock = MockUpstream::start().await.unwrap();
     mock.push(Reply::fault(Fault::CloseAfterRead));
     let mut cfg = config_for(mock.base_url());
     cfg.client_keys = vec![Secret::new(CLIENT_KEY)];
-    cfg.credentials = vec![UPSTREAM_KEY.parse().unwrap(), format!("codex-auth:{}", auth.display()).parse().unwrap()];
+    cfg.credentials = vec![
+        UPSTREAM_KEY.parse().unwrap(),
+        format!("codex-auth:{}", auth.display()).parse().unwrap(),
+    ];
     let proxy = start_proxy(cfg).await;
     let c = client();
     let body = json!({"model": "m", "stream": true, "input": "hi"});
     // Success, upstream failure, a wrong key that contains the real one, and a bad body.
     for _ in 0..3 {
-        send_collect(&c, json_req(&proxy.url("/v1/responses"), Some(CLIENT_KEY), body.clone())).await;
+        send_collect(
+            &c,
+            json_req(&proxy.url("/v1/responses"), Some(CLIENT_KEY), body.clone()),
+        )
+        .await;
     }
-    send_collect(&c, json_req(&proxy.url("/v1/responses"), Some(&format!("{CLIENT_KEY}x")), body.clone())).await;
+    send_collect(
+        &c,
+        json_req(
+            &proxy.url("/v1/responses"),
+            Some(&format!("{CLIENT_KEY}x")),
+            body.clone(),
+        ),
+    )
+    .await;
     let bad = Request::post(proxy.url("/v1/responses"))
         .header("authorization", format!("Bearer {CLIENT_KEY}"))
         .header("chatgpt-account-id", ACCOUNT)
@@ -68,7 +87,11 @@ async fn secrets_never_reach_the_logs_at_trace() {
     assert!(mock.request_count() >= 3);
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
-    assert!(logs.len() > 1000, "the capture saw the traffic: {} bytes", logs.len());
+    assert!(
+        logs.len() > 1000,
+        "the capture saw the traffic: {} bytes",
+        logs.len()
+    );
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"));
     for secret in [CLIENT_KEY, UPSTREAM_KEY, OAUTH, ACCOUNT] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");

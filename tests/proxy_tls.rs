@@ -24,7 +24,9 @@ async fn tls_upstream() -> TlsUpstream {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tower-responses test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tower-responses test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -46,10 +48,14 @@ async fn tls_upstream() -> TlsUpstream {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         for _ in 0..16 {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let auth = req.headers().get("authorization").cloned();
                     let body = format!(
@@ -63,11 +69,16 @@ async fn tls_upstream() -> TlsUpstream {
                             .unwrap(),
                     )
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
             });
         }
     });
-    TlsUpstream { port, ca_der: ca.der().clone() }
+    TlsUpstream {
+        port,
+        ca_der: ca.der().clone(),
+    }
 }
 
 #[tokio::test]
@@ -80,7 +91,11 @@ async fn forwards_over_tls_to_an_upstream_signed_by_a_trusted_ca() {
     let proxy = start_proxy_with(cfg, UpstreamClientBuilder::new().root_certificates(roots)).await;
     let (s, _, body) = send_collect(
         &client(),
-        json_req(&proxy.url("/v1/responses"), None, json!({"model": "m", "stream": true, "input": "hi"})),
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "m", "stream": true, "input": "hi"}),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
@@ -97,7 +112,11 @@ async fn an_untrusted_certificate_is_refused_with_a_502() {
     let proxy = start_proxy(cfg).await;
     let (s, _, body) = send_collect(
         &client(),
-        json_req(&proxy.url("/v1/responses"), None, json!({"model": "m", "input": "hi"})),
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "m", "input": "hi"}),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::BAD_GATEWAY);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_responses::body::{ReplayBody, ResponseBody};
@@ -24,7 +24,7 @@ fn request(mock: &MockUpstream) -> Request<ReplayBody> {
     let body = json!({"model": "gpt-5.5", "stream": true, "input": "hi"});
     Request::post(format!("{}/responses", mock.base_url()))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(ReplayBody::new(Bytes::from(body.to_string())))
         .unwrap()
 }
 
@@ -33,9 +33,12 @@ type Reports = Arc<Mutex<Vec<(String, FailureClass)>>>;
 fn leased(mut req: Request<ReplayBody>) -> (Request<ReplayBody>, Reports) {
     let reports: Reports = Arc::default();
     let sink = reports.clone();
-    req.extensions_mut().insert(CredentialLease::new("key-a", move |c: &str, f: &Failure| {
-        sink.lock().unwrap().push((c.to_string(), f.class));
-    }));
+    req.extensions_mut().insert(CredentialLease::new(
+        "key-a",
+        move |c: &str, f: &Failure| {
+            sink.lock().unwrap().push((c.to_string(), f.class));
+        },
+    ));
     (req, reports)
 }
 
@@ -51,7 +54,9 @@ async fn through_layer(
     mock: &MockUpstream,
     layer: SoftFailureDetectLayer,
 ) -> (Response<ResponseBody>, Reports) {
-    let svc = ServiceBuilder::new().layer(layer).service(UpstreamClientBuilder::new().service());
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(UpstreamClientBuilder::new().service());
     let (req, reports) = leased(request(mock));
     (svc.oneshot(req).await.expect("answer"), reports)
 }
@@ -59,16 +64,29 @@ async fn through_layer(
 #[tokio::test]
 async fn quota_failure_after_lifecycle_events_is_marked_before_content() {
     let mock = MockUpstream::start().await.unwrap();
-    mock.push(Reply::sse(failed_stream("insufficient_quota", "You exceeded your current quota")));
+    mock.push(Reply::sse(failed_stream(
+        "insufficient_quota",
+        "You exceeded your current quota",
+    )));
     let (res, reports) = through_layer(&mock, SoftFailureDetectLayer::new()).await;
     assert_eq!(res.status(), 200);
-    let marked = res.extensions().get::<SoftFailure>().expect("marked").clone();
+    let marked = res
+        .extensions()
+        .get::<SoftFailure>()
+        .expect("marked")
+        .clone();
     assert_eq!(marked.failure.class, FailureClass::QuotaExhausted);
     assert!(marked.before_content);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("response.created") && text.contains("insufficient_quota"), "original bytes kept: {text}");
-    assert!(reports.lock().unwrap().is_empty(), "before content, the outer layer decides; nothing reported yet");
+    assert!(
+        text.contains("response.created") && text.contains("insufficient_quota"),
+        "original bytes kept: {text}"
+    );
+    assert!(
+        reports.lock().unwrap().is_empty(),
+        "before content, the outer layer decides; nothing reported yet"
+    );
 }
 
 #[tokio::test]
@@ -77,21 +95,42 @@ async fn failure_after_content_is_passed_through_once_and_reported_to_the_lease(
     let mut evs = vec![
         events::created("resp_c"),
         events::in_progress("resp_c"),
-        events::output_item_added("msg_c"),
+        events::output_item_added(events::message_item_in_progress("msg_c")),
         events::output_text_delta("msg_c", "Hello"),
     ];
-    evs.push(events::failed("resp_c", "rate_limit_exceeded", "Rate limit reached. Please try again in 20s."));
+    evs.push(events::failed(
+        "resp_c",
+        "rate_limit_exceeded",
+        "Rate limit reached. Please try again in 20s.",
+    ));
     mock.push(Reply::sse(evs));
     let metrics = Metrics::new();
-    let (res, reports) = through_layer(&mock, SoftFailureDetectLayer::new().metrics(metrics.clone())).await;
-    assert!(res.extensions().get::<SoftFailure>().is_none(), "content went out: not retryable");
+    let (res, reports) = through_layer(
+        &mock,
+        SoftFailureDetectLayer::new().metrics(metrics.clone()),
+    )
+    .await;
+    assert!(
+        res.extensions().get::<SoftFailure>().is_none(),
+        "content went out: not retryable"
+    );
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
-    assert_eq!(text.matches("response.failed").count(), 2, "event: and type: of one failed event: {text}");
-    assert_eq!(text.matches("response.created").count(), 2);
-    assert_eq!(*reports.lock().unwrap(), vec![("key-a".to_string(), FailureClass::RateLimited)]);
     assert_eq!(
-        metrics.get("tr_soft_failures_total", &[("class", "rate_limited"), ("phase", "after_content")]),
+        text.matches("response.failed").count(),
+        2,
+        "event: and type: of one failed event: {text}"
+    );
+    assert_eq!(text.matches("response.created").count(), 2);
+    assert_eq!(
+        *reports.lock().unwrap(),
+        vec![("key-a".to_string(), FailureClass::RateLimited)]
+    );
+    assert_eq!(
+        metrics.get(
+            "tr_soft_failures_total",
+            &[("class", "rate_limited"), ("phase", "after_content")]
+        ),
         Some(1.0)
     );
 }
@@ -107,7 +146,10 @@ async fn a_stream_without_content_within_the_bound_is_released_as_is() {
         .map(|e| format!("event: {}\ndata: {}\n\n", e["type"].as_str().unwrap(), e))
         .collect();
     mock.push(Reply::sse(evs));
-    let layer = SoftFailureDetectLayer::with_config(SoftFailureConfig { max_held_events: 3, ..Default::default() });
+    let layer = SoftFailureDetectLayer::with_config(SoftFailureConfig {
+        max_held_events: 3,
+        ..Default::default()
+    });
     let (res, _) = through_layer(&mock, layer).await;
     assert!(res.extensions().get::<SoftFailure>().is_none());
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -131,9 +173,16 @@ async fn a_terminal_event_ends_the_body_even_if_the_upstream_stays_open() {
 #[tokio::test]
 async fn a_stream_cut_before_content_is_marked_retryable() {
     let mock = MockUpstream::start().await.unwrap();
-    mock.push(Reply::sse(vec![events::created("resp_cut"), events::in_progress("resp_cut")]));
+    mock.push(Reply::sse(vec![
+        events::created("resp_cut"),
+        events::in_progress("resp_cut"),
+    ]));
     let (res, _) = through_layer(&mock, SoftFailureDetectLayer::new()).await;
-    let marked = res.extensions().get::<SoftFailure>().expect("marked").clone();
+    let marked = res
+        .extensions()
+        .get::<SoftFailure>()
+        .expect("marked")
+        .clone();
     assert!(marked.before_content);
     assert!(marked.failure.class.retry_elsewhere());
 }
@@ -143,19 +192,36 @@ async fn http_errors_and_failed_json_objects_are_classified() {
     let mock = MockUpstream::start().await.unwrap();
     let cases = [
         (
-            Reply::json(http::StatusCode::TOO_MANY_REQUESTS, json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "resets_at": 4_102_444_800u64}})),
+            Reply::json(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "resets_at": 4_102_444_800u64}}),
+            ),
             FailureClass::QuotaExhausted,
         ),
         (
-            Reply::json(http::StatusCode::OK, json!({"id": "resp_j", "object": "response", "status": "failed", "error": {"code": "server_is_overloaded", "message": "busy"}})),
+            Reply::json(
+                http::StatusCode::OK,
+                json!({"id": "resp_j", "object": "response", "status": "failed", "error": {"code": "server_is_overloaded", "message": "busy"}}),
+            ),
             FailureClass::Overloaded,
         ),
-        (Reply::raw(http::StatusCode::BAD_GATEWAY, "text/plain", "error code: 502"), FailureClass::Transient),
+        (
+            Reply::raw(
+                http::StatusCode::BAD_GATEWAY,
+                "text/plain",
+                "error code: 502",
+            ),
+            FailureClass::Transient,
+        ),
     ];
     for (reply, class) in cases {
         mock.push(reply);
         let (res, _) = through_layer(&mock, SoftFailureDetectLayer::new()).await;
-        let marked = res.extensions().get::<SoftFailure>().unwrap_or_else(|| panic!("{class:?} not marked")).clone();
+        let marked = res
+            .extensions()
+            .get::<SoftFailure>()
+            .unwrap_or_else(|| panic!("{class:?} not marked"))
+            .clone();
         assert_eq!(marked.failure.class, class);
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert!(!body.is_empty(), "body kept for the client");
@@ -175,13 +241,25 @@ async fn in_stream_codes_map_to_their_classes() {
         ("context_length_exceeded", "x", FailureClass::ContextLength),
         ("invalid_prompt", "x", FailureClass::InvalidRequest),
         ("cyber_policy", "x", FailureClass::ContentPolicy),
-        ("unknown_code_zz", "Your credit balance is too low", FailureClass::QuotaExhausted),
-        ("unknown_code_zz", "Too many requests, slow down", FailureClass::RateLimited),
+        (
+            "unknown_code_zz",
+            "Your credit balance is too low",
+            FailureClass::QuotaExhausted,
+        ),
+        (
+            "unknown_code_zz",
+            "Too many requests, slow down",
+            FailureClass::RateLimited,
+        ),
     ];
     for (code, message, class) in table {
         let body = sse_bytes(&failed_stream(code, message));
         let res = run_chunked(vec![body]).await;
-        let marked = res.extensions().get::<SoftFailure>().unwrap_or_else(|| panic!("{code} not marked")).clone();
+        let marked = res
+            .extensions()
+            .get::<SoftFailure>()
+            .unwrap_or_else(|| panic!("{code} not marked"))
+            .clone();
         assert_eq!(marked.failure.class, class, "{code} / {message}");
     }
 }
@@ -215,19 +293,32 @@ async fn run_chunked(chunks: Vec<Bytes>) -> Response<ResponseBody> {
         async move {
             let body: ResponseBody = Chunks(chunks.into()).boxed_unsync();
             Ok::<_, BoxError>(
-                Response::builder().header("content-type", "text/event-stream").body(body).unwrap(),
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
             )
         }
     });
-    let svc = ServiceBuilder::new().layer(SoftFailureDetectLayer::new()).service(upstream);
-    svc.oneshot(Request::new(ReplayBody::default())).await.unwrap()
+    let svc = ServiceBuilder::new()
+        .layer(SoftFailureDetectLayer::new())
+        .service(upstream);
+    svc.oneshot(Request::new(ReplayBody::default()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn any_chunking_gives_the_same_verdict() {
     let streams = [
-        (sse_bytes(&failed_stream("insufficient_quota", "no quota")), Some(FailureClass::QuotaExhausted)),
-        (sse_bytes(&events::text_answer("a fine answer with several words")), None),
+        (
+            sse_bytes(&failed_stream("insufficient_quota", "no quota")),
+            Some(FailureClass::QuotaExhausted),
+        ),
+        (
+            sse_bytes(&events::text_answer("a fine answer with several words")),
+            None,
+        ),
     ];
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     for (bytes, verdict) in streams {
@@ -238,13 +329,20 @@ async fn any_chunking_gives_the_same_verdict() {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let step = if case == 0 { 1 } else { 1 + (seed % 97) as usize };
+                let step = if case == 0 {
+                    1
+                } else {
+                    1 + (seed % 97) as usize
+                };
                 let end = (at + step).min(bytes.len());
                 cuts.push(bytes.slice(at..end));
                 at = end;
             }
             let res = run_chunked(cuts).await;
-            let got = res.extensions().get::<SoftFailure>().map(|m| m.failure.class);
+            let got = res
+                .extensions()
+                .get::<SoftFailure>()
+                .map(|m| m.failure.class);
             assert_eq!(got, verdict, "case {case}");
             let body = res.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, bytes, "case {case}: bytes unchanged");

@@ -40,7 +40,10 @@ async fn send(
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let res = client.request(req).await.map_err(|e| format!("transport error: {e}"))?;
+    let res = client
+        .request(req)
+        .await
+        .map_err(|e| format!("transport error: {e}"))?;
     let status = res.status();
     let body = res
         .into_body()
@@ -106,11 +109,17 @@ pub async fn run() -> ExitCode {
             let done = body.windows(18).any(|w| w == b"response.completed");
             Row {
                 scenario: "streamed answer, credential swapped",
-                saw: format!("{s}, {events} SSE events, client key upstream: {upstream_saw_client_key}"),
+                saw: format!(
+                    "{s}, {events} SSE events, client key upstream: {upstream_saw_client_key}"
+                ),
                 ok: s == StatusCode::OK && done && !upstream_saw_client_key,
             }
         }
-        Err(e) => Row { scenario: "streamed answer, credential swapped", saw: e, ok: false },
+        Err(e) => Row {
+            scenario: "streamed answer, credential swapped",
+            saw: e,
+            ok: false,
+        },
     });
 
     eprintln!("[2/5] a wrong client key");
@@ -121,18 +130,33 @@ pub async fn run() -> ExitCode {
             saw: format!("{s} {}", error_code(&body)),
             ok: s == StatusCode::UNAUTHORIZED,
         },
-        Err(e) => Row { scenario: "wrong client key", saw: e, ok: false },
+        Err(e) => Row {
+            scenario: "wrong client key",
+            saw: e,
+            ok: false,
+        },
     });
 
     eprintln!("[3/5] a WebSocket upgrade (what the Codex CLI tries first)");
-    let r = send(&client, &url, Some(CLIENT_KEY), &[("upgrade", "websocket"), ("connection", "upgrade")], Bytes::new()).await;
+    let r = send(
+        &client,
+        &url,
+        Some(CLIENT_KEY),
+        &[("upgrade", "websocket"), ("connection", "upgrade")],
+        Bytes::new(),
+    )
+    .await;
     rows.push(match r {
         Ok((s, body)) => Row {
             scenario: "websocket upgrade",
             saw: format!("{s} {}", error_code(&body)),
             ok: s == StatusCode::UPGRADE_REQUIRED,
         },
-        Err(e) => Row { scenario: "websocket upgrade", saw: e, ok: false },
+        Err(e) => Row {
+            scenario: "websocket upgrade",
+            saw: e,
+            ok: false,
+        },
     });
 
     eprintln!("[4/5] a body over the limit");
@@ -144,7 +168,11 @@ pub async fn run() -> ExitCode {
             saw: format!("{s} {}", error_code(&body)),
             ok: s == StatusCode::PAYLOAD_TOO_LARGE,
         },
-        Err(e) => Row { scenario: "oversized body", saw: e, ok: false },
+        Err(e) => Row {
+            scenario: "oversized body",
+            saw: e,
+            ok: false,
+        },
     });
 
     eprintln!("[5/5] the upstream drops the connection");
@@ -156,7 +184,11 @@ pub async fn run() -> ExitCode {
             saw: format!("{s} {}", error_code(&body)),
             ok: s == StatusCode::BAD_GATEWAY,
         },
-        Err(e) => Row { scenario: "upstream connection dropped", saw: e, ok: false },
+        Err(e) => Row {
+            scenario: "upstream connection dropped",
+            saw: e,
+            ok: false,
+        },
     });
 
     let _ = stop_tx.send(());
@@ -166,7 +198,12 @@ pub async fn run() -> ExitCode {
     println!("{:<38} {:<6} what the client saw", "scenario", "ok");
     println!("{}", "-".repeat(96));
     for row in &rows {
-        println!("{:<38} {:<6} {}", row.scenario, if row.ok { "yes" } else { "NO" }, row.saw);
+        println!(
+            "{:<38} {:<6} {}",
+            row.scenario,
+            if row.ok { "yes" } else { "NO" },
+            row.saw
+        );
     }
     let all_ok = rows.iter().all(|r| r.ok);
     println!();
@@ -176,5 +213,9 @@ pub async fn run() -> ExitCode {
         rows.len(),
         started.elapsed().as_secs_f64()
     );
-    if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -88,11 +88,18 @@ fn build_config(flags: &Flags) -> Result<ProxyConfig, String> {
         cfg.credentials = flags
             .credentials
             .iter()
-            .map(|c| c.parse::<CredentialSource>().map_err(|e| format!("--credential: {e}")))
+            .map(|c| {
+                c.parse::<CredentialSource>()
+                    .map_err(|e| format!("--credential: {e}"))
+            })
             .collect::<Result<_, _>>()?;
     }
     if !flags.client_keys.is_empty() {
-        cfg.client_keys = flags.client_keys.iter().map(|k| Secret::new(k.as_str())).collect();
+        cfg.client_keys = flags
+            .client_keys
+            .iter()
+            .map(|k| Secret::new(k.as_str()))
+            .collect();
     }
     Ok(cfg)
 }
@@ -124,13 +131,20 @@ async fn main() -> ExitCode {
                 eprintln!("error: {msg}\n");
             }
             eprintln!("{USAGE}");
-            return if msg.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
+            return if msg.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if flags.demo { "warn" } else { "info" })
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     if flags.demo {
         return demo::run().await;

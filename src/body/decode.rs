@@ -11,9 +11,9 @@ use super::BodyError;
 /// decompression bomb fails with [`BodyError::TooLarge`] after at most `limit + 1` bytes of
 /// output.
 pub fn decode(encoding: &HeaderValue, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
-    let text = encoding
-        .to_str()
-        .map_err(|_| BodyError::UnsupportedEncoding(String::from_utf8_lossy(encoding.as_bytes()).into_owned()))?;
+    let text = encoding.to_str().map_err(|_| {
+        BodyError::UnsupportedEncoding(String::from_utf8_lossy(encoding.as_bytes()).into_owned())
+    })?;
     let codings: Vec<String> = text
         .split(',')
         .map(|c| c.trim().to_ascii_lowercase())
@@ -36,9 +36,9 @@ fn decode_one(coding: &str, body: Bytes, limit: usize) -> Result<Bytes, BodyErro
     let input = &body[..];
     let reader: Box<dyn Read + '_> = match coding {
         "identity" => return Ok(body),
-        "zstd" => Box::new(
-            zstd::stream::read::Decoder::new(input).map_err(|e| decode_err(coding, e))?,
-        ),
+        "zstd" => {
+            Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| decode_err(coding, e))?)
+        }
         "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
         "deflate" if looks_like_zlib(input) => Box::new(flate2::read::ZlibDecoder::new(input)),
         "deflate" => Box::new(flate2::read::DeflateDecoder::new(input)),
@@ -74,7 +74,8 @@ mod tests {
 
     use super::*;
 
-    const TEXT: &[u8] = br#"{"model":"gpt-5.5","input":[{"role":"user","content":"hello hello hello"}]}"#;
+    const TEXT: &[u8] =
+        br#"{"model":"gpt-5.5","input":[{"role":"user","content":"hello hello hello"}]}"#;
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()
@@ -119,7 +120,8 @@ mod tests {
             ("gzip, br", br(&gzip(TEXT))),
         ];
         for (enc, data) in cases {
-            let out = decode(&hv(enc), Bytes::from(data), 1 << 20).unwrap_or_else(|e| panic!("{enc}: {e}"));
+            let out = decode(&hv(enc), Bytes::from(data), 1 << 20)
+                .unwrap_or_else(|e| panic!("{enc}: {e}"));
             assert_eq!(&out[..], TEXT, "{enc}");
         }
     }
@@ -135,7 +137,10 @@ mod tests {
         for (enc, data) in bombs {
             assert!(data.len() < 1 << 20, "{enc} bomb is small: {}", data.len());
             let err = decode(&hv(enc), Bytes::from(data), 1 << 20).unwrap_err();
-            assert!(matches!(err, BodyError::TooLarge { limit } if limit == 1 << 20), "{enc}: {err}");
+            assert!(
+                matches!(err, BodyError::TooLarge { limit } if limit == 1 << 20),
+                "{enc}: {err}"
+            );
         }
     }
 
@@ -143,7 +148,12 @@ mod tests {
     fn corrupt_and_unknown_encodings_fail_clearly() {
         let err = decode(&hv("gzip"), Bytes::from_static(b"not gzip at all"), 1024).unwrap_err();
         assert!(matches!(err, BodyError::Decode { .. }), "{err}");
-        let err = decode(&hv("zstd"), Bytes::from_static(b"\x28\xb5\x2f\xfd garbage"), 1024).unwrap_err();
+        let err = decode(
+            &hv("zstd"),
+            Bytes::from_static(b"\x28\xb5\x2f\xfd garbage"),
+            1024,
+        )
+        .unwrap_err();
         assert!(matches!(err, BodyError::Decode { .. }), "{err}");
         let err = decode(&hv("compress"), Bytes::from_static(b"x"), 1024).unwrap_err();
         assert!(matches!(err, BodyError::UnsupportedEncoding(ref e) if e == "compress"));

@@ -78,29 +78,61 @@ mod tests {
                 }
                 *left -= 1;
             }
-            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![b'a'; self.chunk])))))
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(
+                vec![b'a'; self.chunk],
+            )))))
         }
         fn size_hint(&self) -> http_body::SizeHint {
-            self.hint.map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact)
+            self.hint.map_or_else(
+                http_body::SizeHint::default,
+                http_body::SizeHint::with_exact,
+            )
         }
     }
 
     #[tokio::test]
     async fn joins_chunks_under_the_limit() {
-        let b = collect_limited(Chunks { chunk: 10, left: Some(3), hint: None }, 30).await.unwrap();
+        let b = collect_limited(
+            Chunks {
+                chunk: 10,
+                left: Some(3),
+                hint: None,
+            },
+            30,
+        )
+        .await
+        .unwrap();
         assert_eq!(b.len(), 30);
     }
 
     #[tokio::test]
     async fn an_endless_body_stops_at_the_limit() {
-        let err = collect_limited(Chunks { chunk: 4096, left: None, hint: None }, 100_000).await.unwrap_err();
+        let err = collect_limited(
+            Chunks {
+                chunk: 4096,
+                left: None,
+                hint: None,
+            },
+            100_000,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { limit: 100_000 }));
     }
 
     #[tokio::test]
     async fn a_declared_length_over_the_limit_fails_before_reading() {
         // `left: Some(0)` yields nothing, so only the size hint can fail it.
-        let err = collect_limited(Chunks { chunk: 1, left: Some(0), hint: Some(1 << 30) }, 1024).await.unwrap_err();
+        let err = collect_limited(
+            Chunks {
+                chunk: 1,
+                left: Some(0),
+                hint: Some(1 << 30),
+            },
+            1024,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, BodyError::TooLarge { .. }));
     }
 
@@ -108,7 +140,9 @@ mod tests {
     async fn one_chunk_is_not_copied() {
         let data = Bytes::from(vec![7u8; 1000]);
         let ptr = data.as_ptr();
-        let out = collect_limited(http_body_util::Full::new(data), 1000).await.unwrap();
+        let out = collect_limited(http_body_util::Full::new(data), 1000)
+            .await
+            .unwrap();
         assert_eq!(out.as_ptr(), ptr);
     }
 }

@@ -52,7 +52,6 @@ use crate::error::{ApiError, BoxError};
 /// what one client can make the proxy hold.
 pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
-
 /// The response body type between layers.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -117,10 +116,12 @@ impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> Self {
         let message = e.to_string();
         match e {
-            BodyError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message)
-                    .with_code("request_too_large")
-            }
+            BodyError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                message,
+            )
+            .with_code("request_too_large"),
             BodyError::UnsupportedEncoding(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request_error",
@@ -175,9 +176,16 @@ mod tests {
     fn errors_map_to_envelopes() {
         let cases = [
             (BodyError::TooLarge { limit: 5 }, 413, "request_too_large"),
-            (BodyError::UnsupportedEncoding("x".into()), 415, "unsupported_content_encoding"),
             (
-                BodyError::Decode { encoding: "gzip".into(), source: std::io::Error::other("bad") },
+                BodyError::UnsupportedEncoding("x".into()),
+                415,
+                "unsupported_content_encoding",
+            ),
+            (
+                BodyError::Decode {
+                    encoding: "gzip".into(),
+                    source: std::io::Error::other("bad"),
+                },
                 400,
                 "invalid_content_encoding",
             ),
@@ -194,9 +202,12 @@ mod tests {
     fn clone_keeps_extensions() {
         #[derive(Clone, Debug, PartialEq)]
         struct Marker(u8);
-        let mut req = Request::post("http://x/v1/responses").body(ReplayBody::new(Bytes::from_static(b"{}"))).unwrap();
+        let mut req = Request::post("http://x/v1/responses")
+            .body(ReplayBody::new(Bytes::from_static(b"{}")))
+            .unwrap();
         req.extensions_mut().insert(Marker(7));
-        req.headers_mut().insert("x-a", HeaderValue::from_static("1"));
+        req.headers_mut()
+            .insert("x-a", HeaderValue::from_static("1"));
         let c = clone_request(&req);
         assert_eq!(c.extensions().get::<Marker>(), Some(&Marker(7)));
         assert_eq!(c.headers()["x-a"], "1");

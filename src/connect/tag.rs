@@ -83,6 +83,8 @@ impl ConnTag {
     }
 
     pub(crate) fn touch(&self) {
-        self.0.last_active_ns.store(self.now_ns(), Ordering::Release);
+        self.0
+            .last_active_ns
+            .store(self.now_ns(), Ordering::Release);
     }
 }

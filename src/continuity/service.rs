@@ -54,7 +54,9 @@ pub struct ContinuityLayer {
 
 impl std::fmt::Debug for ContinuityLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContinuityLayer").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ContinuityLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,9 +84,11 @@ impl ContinuityLayer {
 
     /// Records that `credential` owns `response_id`.
     pub fn record_owner(&self, response_id: &str, credential: &str) {
-        self.pool
-            .state()
-            .put_owner(response_id, credential, SystemTime::now() + self.config.owner_ttl);
+        self.pool.state().put_owner(
+            response_id,
+            credential,
+            SystemTime::now() + self.config.owner_ttl,
+        );
     }
 
     /// The credential that owns `response_id`, if known.
@@ -102,7 +106,10 @@ impl<S> Layer<S> for ContinuityLayer {
     type Service = Continuity<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Continuity { inner, layer: self.clone() }
+        Continuity {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -134,7 +141,9 @@ impl Learn for Learner {
 
     fn usage(&mut self, input_tokens: u64) {
         if let Some(s) = &self.session {
-            self.layer.sessions.record(s, input_tokens, self.layer.metrics.as_ref());
+            self.layer
+                .sessions
+                .record(s, input_tokens, self.layer.metrics.as_ref());
         }
     }
 }
@@ -143,7 +152,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S> Service<Request<ReplayBody>> for Continuity<S>
 where
-    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<ResponseBody>;
@@ -163,9 +175,14 @@ where
         let anchor = facts.previous_response_id.clone();
         let owner = anchor.as_deref().and_then(|id| layer.owner_of(id));
         if let Some(o) = &owner {
-            req.extensions_mut().insert(PinnedCredential(Arc::from(o.as_str())));
+            req.extensions_mut()
+                .insert(PinnedCredential(Arc::from(o.as_str())));
         }
-        let encrypted_owner = owner.clone().or_else(|| session.as_deref().and_then(|s| layer.pool.state().affinity(s)));
+        let encrypted_owner = owner.clone().or_else(|| {
+            session
+                .as_deref()
+                .and_then(|s| layer.pool.state().affinity(s))
+        });
         if let Some(o) = encrypted_owner {
             req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
         }
@@ -191,13 +208,19 @@ where
 
 fn count(layer: &ContinuityLayer, what: &str) {
     if let Some(m) = &layer.metrics {
-        m.inc("tr_continuity_actions_total", "What the continuity layer did, by action.", &[("action", what)]);
+        m.inc(
+            "tr_continuity_actions_total",
+            "What the continuity layer did, by action.",
+            &[("action", what)],
+        );
     }
 }
 
 fn upstream_unavailable() -> Response<ResponseBody> {
-    ApiError::upstream_unavailable("the upstream connection was lost; retry this request with the same previous_response_id")
-        .into_stack_response()
+    ApiError::upstream_unavailable(
+        "the upstream connection was lost; retry this request with the same previous_response_id",
+    )
+    .into_stack_response()
 }
 
 /// Handles an anchored request's answer: maps losses to 502; asks the other credentials when
@@ -217,7 +240,9 @@ where
         .filter(|s| s.before_content)
         .map(|s| s.failure.class);
     match class {
-        Some(FailureClass::Transient | FailureClass::StaleConnection) if res.status().is_success() => {
+        Some(FailureClass::Transient | FailureClass::StaleConnection)
+            if res.status().is_success() =>
+        {
             // A stream cut before content: retryable, not a missing anchor.
             count(layer, "cut_stream_to_502");
             upstream_unavailable()
@@ -232,15 +257,22 @@ where
                     continue;
                 }
                 let mut attempt = clone_request(&template);
-                attempt.extensions_mut().insert(PinnedCredential(label.clone()));
+                attempt
+                    .extensions_mut()
+                    .insert(PinnedCredential(label.clone()));
                 count(layer, "search_owner");
-                let Ok(other) = inner.clone().oneshot(attempt).await else { continue };
+                let Ok(other) = inner.clone().oneshot(attempt).await else {
+                    continue;
+                };
                 let missing = other
                     .extensions()
                     .get::<SoftFailure>()
                     .is_some_and(|s| s.failure.class == FailureClass::PreviousResponseNotFound);
                 if !missing {
-                    tracing::info!(credential = &*label, "found the owner of previous_response_id on another credential");
+                    tracing::info!(
+                        credential = &*label,
+                        "found the owner of previous_response_id on another credential"
+                    );
                     return other;
                 }
             }
@@ -251,12 +283,20 @@ where
 }
 
 /// Learns the owner of the answer's response id and the session's usage.
-async fn learn(res: Response<ResponseBody>, layer: &ContinuityLayer, session: Option<String>) -> Response<ResponseBody> {
+async fn learn(
+    res: Response<ResponseBody>,
+    layer: &ContinuityLayer,
+    session: Option<String>,
+) -> Response<ResponseBody> {
     let credential = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
     if credential.is_none() && session.is_none() {
         return res;
     }
-    let mut learner = Learner { layer: layer.clone(), credential, session };
+    let mut learner = Learner {
+        layer: layer.clone(),
+        credential,
+        session,
+    };
     if is_event_stream(res.headers()) {
         return res.map(|b| OwnerWatch::new(b, learner).boxed_unsync());
     }

@@ -34,7 +34,12 @@ impl Sessions {
     }
 
     pub(super) fn get(&self, session: &str) -> Option<SessionStats> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.get(session).map(|(s, _)| *s)
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(session)
+            .map(|(s, _)| *s)
     }
 
     pub(super) fn record(&self, session: &str, input_tokens: u64, metrics: Option<&Metrics>) {
@@ -42,7 +47,11 @@ impl Sessions {
         g.1 += 1;
         let tick = g.1;
         if g.0.len() >= self.capacity && !g.0.contains_key(session) {
-            if let Some(old) = g.0.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) {
+            if let Some(old) =
+                g.0.iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| k.clone())
+            {
                 g.0.remove(&old);
                 if let Some(m) = metrics {
                     for name in SERIES {
@@ -64,12 +73,37 @@ impl Sessions {
         drop(g);
         if let Some(m) = metrics {
             let l = [("session", session)];
-            m.set(SERIES[0], "Turns answered in the session.", &l, stats.turns as f64);
-            m.set(SERIES[1], "Input tokens of the session's latest turn.", &l, stats.last_input as f64);
-            m.set(SERIES[2], "Largest per-turn input of the session.", &l, stats.max_input as f64);
-            m.set(SERIES[3], "Input tokens of all the session's turns.", &l, stats.total_input as f64);
+            m.set(
+                SERIES[0],
+                "Turns answered in the session.",
+                &l,
+                stats.turns as f64,
+            );
+            m.set(
+                SERIES[1],
+                "Input tokens of the session's latest turn.",
+                &l,
+                stats.last_input as f64,
+            );
+            m.set(
+                SERIES[2],
+                "Largest per-turn input of the session.",
+                &l,
+                stats.max_input as f64,
+            );
+            m.set(
+                SERIES[3],
+                "Input tokens of all the session's turns.",
+                &l,
+                stats.total_input as f64,
+            );
             m.inc("tr_turns_total", "Turns answered with usage.", &[]);
-            m.add("tr_input_tokens_total", "Input tokens reported by the upstream.", &[], input_tokens as f64);
+            m.add(
+                "tr_input_tokens_total",
+                "Input tokens reported by the upstream.",
+                &[],
+                input_tokens as f64,
+            );
         }
     }
 }

@@ -55,7 +55,9 @@ impl<L: Learn> OwnerWatch<L> {
     }
 
     fn scan(&mut self, data: &Bytes) {
-        let Some(decoder) = &mut self.decoder else { return };
+        let Some(decoder) = &mut self.decoder else {
+            return;
+        };
         decoder.push(data.clone());
         loop {
             match decoder.next_event() {
@@ -63,12 +65,20 @@ impl<L: Learn> OwnerWatch<L> {
                     let ty = ev.event_type();
                     let wanted = matches!(
                         ty,
-                        Some("response.created" | "response.completed" | "response.incomplete" | "response.failed")
+                        Some(
+                            "response.created"
+                                | "response.completed"
+                                | "response.incomplete"
+                                | "response.failed"
+                        )
                     );
                     if !wanted || (self.id_seen && ty == Some("response.created")) {
                         continue;
                     }
-                    let Ok(Envelope { response: Some(resp) }) = serde_json::from_slice::<Envelope<'_>>(&ev.data) else {
+                    let Ok(Envelope {
+                        response: Some(resp),
+                    }) = serde_json::from_slice::<Envelope<'_>>(&ev.data)
+                    else {
                         continue;
                     };
                     if let (false, Some(id)) = (self.id_seen, resp.id.as_deref()) {
@@ -129,4 +139,3 @@ pub(super) fn learn_from_json(bytes: &[u8], learn: &mut impl Learn) {
         }
     }
 }
-

@@ -86,7 +86,10 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn credential(&self) -> Credential {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -129,7 +132,10 @@ impl std::fmt::Debug for Pool {
 }
 
 fn file_stamp(source: &CredentialSource) -> Option<SystemTime> {
-    source.path().and_then(|p| std::fs::metadata(p).ok()).and_then(|m| m.modified().ok())
+    source
+        .path()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|m| m.modified().ok())
 }
 
 impl Pool {
@@ -181,7 +187,12 @@ impl Pool {
     /// Reports credential state into `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         for e in &self.entries {
-            metrics.set("tr_credential_healthy", "1 if the credential is in rotation, 0 while cooling.", &[("credential", &e.label)], 1.0);
+            metrics.set(
+                "tr_credential_healthy",
+                "1 if the credential is in rotation, 0 while cooling.",
+                &[("credential", &e.label)],
+                1.0,
+            );
         }
         self.metrics = Some(metrics);
         self
@@ -227,7 +238,9 @@ impl Pool {
 
     /// Re-reads a `codex-auth:` file that changed, and clears an auth cooldown (a new login).
     fn refresh_file(&self, label: &str) {
-        let Some(entry) = self.entry(label) else { return };
+        let Some(entry) = self.entry(label) else {
+            return;
+        };
         if entry.member.source.path().is_none() {
             return;
         }
@@ -241,19 +254,33 @@ impl Pool {
                 cred.label = entry.label.to_string();
                 *entry.current.write().unwrap_or_else(|p| p.into_inner()) = cred;
                 *entry.file_stamp.write().unwrap_or_else(|p| p.into_inner()) = stamp;
-                if self.state.cooldown(label).is_some_and(|c| c.class == FailureClass::Auth) {
-                    tracing::info!(credential = label, "auth file changed; credential back in rotation");
+                if self
+                    .state
+                    .cooldown(label)
+                    .is_some_and(|c| c.class == FailureClass::Auth)
+                {
+                    tracing::info!(
+                        credential = label,
+                        "auth file changed; credential back in rotation"
+                    );
                     self.clear(label);
                 }
             }
-            Err(e) => tracing::warn!(credential = label, error = %e, "auth file changed but cannot be read"),
+            Err(e) => {
+                tracing::warn!(credential = label, error = %e, "auth file changed but cannot be read")
+            }
         }
     }
 
     /// Picks a healthy credential not in `exclude`: the pinned one if given (healthy or not:
     /// the caller decides what a cooling pin means), else the session's bound one while it is
     /// healthy, else by the strategy.
-    pub fn pick(&self, exclude: &[Arc<str>], pinned: Option<&str>, session: Option<&str>) -> Option<Arc<str>> {
+    pub fn pick(
+        &self,
+        exclude: &[Arc<str>],
+        pinned: Option<&str>,
+        session: Option<&str>,
+    ) -> Option<Arc<str>> {
         if let Some(pin) = pinned {
             return self.entry(pin).map(|e| e.label.clone());
         }
@@ -290,7 +317,10 @@ impl Pool {
                 .unwrap_or(healthy[0]),
             Strategy::Random => healthy[random_below(n, healthy.len() as u64) as usize],
             Strategy::Weighted => {
-                let total: u64 = healthy.iter().map(|e| u64::from(e.member.weight.max(1))).sum();
+                let total: u64 = healthy
+                    .iter()
+                    .map(|e| u64::from(e.member.weight.max(1)))
+                    .sum();
                 let mut roll = random_below(n, total);
                 let mut pick = healthy[0];
                 for e in &healthy {
@@ -325,11 +355,14 @@ impl Pool {
     pub fn record_success(&self, label: &str, headers: &http::HeaderMap) {
         if let Some(until) = CodexUsage::from_headers(headers).and_then(|u| u.exhausted_until()) {
             if until > SystemTime::now() {
-                self.cool(label, Cooldown {
-                    until: Some(until),
-                    class: FailureClass::QuotaExhausted,
-                    reason: "usage window at 100% (x-codex usage headers)".into(),
-                });
+                self.cool(
+                    label,
+                    Cooldown {
+                        until: Some(until),
+                        class: FailureClass::QuotaExhausted,
+                        reason: "usage window at 100% (x-codex usage headers)".into(),
+                    },
+                );
             }
         }
     }
@@ -342,12 +375,26 @@ impl Pool {
         let cooldown = match failure.class {
             FailureClass::RateLimited => {
                 let strikes = self.state.strike(label, failure.class);
-                let until = hinted.unwrap_or_else(|| now + backoff(self.policy.rate_limit_floor, self.policy.rate_limit_max, strikes));
-                Some(Cooldown { until: Some(until), class: failure.class, reason: format!("{code}{}", hint_note(hinted.is_some())) })
+                let until = hinted.unwrap_or_else(|| {
+                    now + backoff(
+                        self.policy.rate_limit_floor,
+                        self.policy.rate_limit_max,
+                        strikes,
+                    )
+                });
+                Some(Cooldown {
+                    until: Some(until),
+                    class: failure.class,
+                    reason: format!("{code}{}", hint_note(hinted.is_some())),
+                })
             }
             FailureClass::QuotaExhausted => {
                 let until = hinted.unwrap_or(now + self.policy.quota_default);
-                Some(Cooldown { until: Some(until), class: failure.class, reason: format!("{code}{}", hint_note(hinted.is_some())) })
+                Some(Cooldown {
+                    until: Some(until),
+                    class: failure.class,
+                    reason: format!("{code}{}", hint_note(hinted.is_some())),
+                })
             }
             FailureClass::Auth => Some(Cooldown {
                 until: None,
@@ -356,8 +403,18 @@ impl Pool {
             }),
             FailureClass::Overloaded | FailureClass::Transient => {
                 let strikes = self.state.strike(label, failure.class);
-                let until = hinted.unwrap_or_else(|| now + backoff(self.policy.overload_floor, self.policy.overload_max, strikes));
-                Some(Cooldown { until: Some(until), class: failure.class, reason: format!("{code}{}", hint_note(hinted.is_some())) })
+                let until = hinted.unwrap_or_else(|| {
+                    now + backoff(
+                        self.policy.overload_floor,
+                        self.policy.overload_max,
+                        strikes,
+                    )
+                });
+                Some(Cooldown {
+                    until: Some(until),
+                    class: failure.class,
+                    reason: format!("{code}{}", hint_note(hinted.is_some())),
+                })
             }
             // The route, the model, the connection or the request is at fault, not the key.
             _ => None,
@@ -386,7 +443,12 @@ impl Pool {
 
     fn set_health(&self, label: &str, healthy: bool, cooldown: Option<&Cooldown>) {
         let Some(m) = &self.metrics else { return };
-        m.set("tr_credential_healthy", "1 if the credential is in rotation, 0 while cooling.", &[("credential", label)], if healthy { 1.0 } else { 0.0 });
+        m.set(
+            "tr_credential_healthy",
+            "1 if the credential is in rotation, 0 while cooling.",
+            &[("credential", label)],
+            if healthy { 1.0 } else { 0.0 },
+        );
         m.remove_matching("tr_credential_cooldown_until_seconds", "credential", label);
         if let Some(c) = cooldown {
             let until = c
@@ -399,7 +461,11 @@ impl Pool {
                 &[("credential", label), ("class", c.class.as_str())],
                 until,
             );
-            m.inc("tr_credential_cooldowns_total", "Cooldowns started, by credential and class.", &[("credential", label), ("class", c.class.as_str())]);
+            m.inc(
+                "tr_credential_cooldowns_total",
+                "Cooldowns started, by credential and class.",
+                &[("credential", label), ("class", c.class.as_str())],
+            );
         }
     }
 
@@ -411,17 +477,26 @@ impl Pool {
             .iter()
             .filter_map(|e| self.state.cooldown(&e.label).filter(|c| c.active(now)))
             .collect();
-        let all_quota = !cools.is_empty() && cools.iter().all(|c| c.class == FailureClass::QuotaExhausted);
+        let all_quota = !cools.is_empty()
+            && cools
+                .iter()
+                .all(|c| c.class == FailureClass::QuotaExhausted);
         (cools.iter().filter_map(|c| c.until).min(), all_quota)
     }
 }
 
 fn hint_note(hinted: bool) -> &'static str {
-    if hinted { " (time from the upstream's reset signal)" } else { " (no reset signal; default backoff)" }
+    if hinted {
+        " (time from the upstream's reset signal)"
+    } else {
+        " (no reset signal; default backoff)"
+    }
 }
 
 fn backoff(floor: Duration, max: Duration, strikes: u32) -> Duration {
-    floor.saturating_mul(1u32 << strikes.saturating_sub(1).min(16)).min(max)
+    floor
+        .saturating_mul(1u32 << strikes.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// A cheap, well-spread pseudo-random number below `n` (SplitMix64 of a counter and the clock):
@@ -430,7 +505,9 @@ fn random_below(counter: usize, n: u64) -> u64 {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
-    let mut z = (counter as u64).wrapping_add(nanos).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = (counter as u64)
+        .wrapping_add(nanos)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;

@@ -55,7 +55,9 @@ pub struct CredentialRotateLayer {
 
 impl std::fmt::Debug for CredentialRotateLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialRotateLayer").field("pool", &self.pool).finish_non_exhaustive()
+        f.debug_struct("CredentialRotateLayer")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +106,10 @@ impl<S> Layer<S> for CredentialRotateLayer {
     type Service = CredentialRotate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CredentialRotate { inner, layer: self.clone() }
+        CredentialRotate {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -117,7 +122,9 @@ pub struct CredentialRotate<S> {
 
 impl<S> std::fmt::Debug for CredentialRotate<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialRotate").field("pool", &self.layer.pool).finish_non_exhaustive()
+        f.debug_struct("CredentialRotate")
+            .field("pool", &self.layer.pool)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +132,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S> Service<Request<ReplayBody>> for CredentialRotate<S>
 where
-    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<ResponseBody>;
@@ -142,7 +152,10 @@ where
         let layer = self.layer.clone();
         let facts = RequestFacts::of(&mut req);
         let session = session_key(req.headers(), &facts);
-        let pinned = req.extensions().get::<PinnedCredential>().map(|p| p.0.clone());
+        let pinned = req
+            .extensions()
+            .get::<PinnedCredential>()
+            .map(|p| p.0.clone());
         Box::pin(rotate(inner, layer, req, session, pinned))
     }
 }
@@ -181,7 +194,10 @@ where
         if pinned.is_some() {
             if let Some(c) = pool.cooldown_of(&label) {
                 // A pinned request never goes elsewhere: the other account cannot see the anchor.
-                let wait = c.until.and_then(|u| u.duration_since(SystemTime::now()).ok()).unwrap_or(Duration::from_secs(60));
+                let wait = c
+                    .until
+                    .and_then(|u| u.duration_since(SystemTime::now()).ok())
+                    .unwrap_or(Duration::from_secs(60));
                 return Ok(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_error",
@@ -194,18 +210,28 @@ where
         }
         if !tried.is_empty() {
             if started.elapsed() >= layer.config.max_total || !layer.budget.withdraw() {
-                tracing::info!("retry budget or time spent; answering with the last upstream answer");
+                tracing::info!(
+                    "retry budget or time spent; answering with the last upstream answer"
+                );
                 break;
             }
             if let Some(m) = &layer.metrics {
-                m.inc("tr_credential_failovers_total", "Attempts moved to another credential.", &[]);
+                m.inc(
+                    "tr_credential_failovers_total",
+                    "Attempts moved to another credential.",
+                    &[],
+                );
             }
         }
-        let Some(entry) = pool.entry(&label) else { break };
+        let Some(entry) = pool.entry(&label) else {
+            break;
+        };
         let mut attempt = clone_request(&req);
         let cred = entry.credential();
         cred.apply(attempt.headers_mut());
-        if let (Some(member_base), Some(default_base)) = (&entry.member.base_url, &layer.default_base) {
+        if let (Some(member_base), Some(default_base)) =
+            (&entry.member.base_url, &layer.default_base)
+        {
             if let Some(uri) = rebase(attempt.uri(), default_base, member_base) {
                 *attempt.uri_mut() = uri;
             }
@@ -219,9 +245,12 @@ where
             attempt.extensions_mut().insert(profile);
         }
         let reporter_pool = pool.clone();
-        attempt.extensions_mut().insert(CredentialLease::new(label.clone(), move |c: &str, f: &Failure| {
-            reporter_pool.record_failure(c, f);
-        }));
+        attempt.extensions_mut().insert(CredentialLease::new(
+            label.clone(),
+            move |c: &str, f: &Failure| {
+                reporter_pool.record_failure(c, f);
+            },
+        ));
         pool.record_use(&label);
         tried.push(label.clone());
         let result = match inner.ready().await {
@@ -238,7 +267,9 @@ where
                     .map(|s| s.failure.clone())
                     .or_else(|| {
                         // Working without SoftFailureDetectLayer: classify by status alone.
-                        (!res.status().is_success()).then(|| Failure::from_http(res.status(), res.headers(), b"")).flatten()
+                        (!res.status().is_success())
+                            .then(|| Failure::from_http(res.status(), res.headers(), b""))
+                            .flatten()
                     });
                 let Some(failure) = failure else {
                     count(&layer, &label, "ok");
@@ -253,7 +284,11 @@ where
                 if pinned.is_some() || !failure.class.retry_elsewhere() {
                     return Ok(res);
                 }
-                tracing::info!(credential = &*label, class = failure.class.as_str(), "failure before content; trying the next credential");
+                tracing::info!(
+                    credential = &*label,
+                    class = failure.class.as_str(),
+                    "failure before content; trying the next credential"
+                );
                 last = Some(res);
             }
             Err(e) => {
@@ -280,7 +315,9 @@ where
 fn all_cooling(pool: &Pool) -> Response<ResponseBody> {
     let (earliest, all_quota) = pool.earliest_return();
     let now = SystemTime::now();
-    let wait = earliest.and_then(|t| t.duration_since(now).ok()).unwrap_or(Duration::from_secs(60));
+    let wait = earliest
+        .and_then(|t| t.duration_since(now).ok())
+        .unwrap_or(Duration::from_secs(60));
     let mut err = if all_quota {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -288,37 +325,57 @@ fn all_cooling(pool: &Pool) -> Response<ResponseBody> {
             "The usage limit has been reached on every configured credential",
         )
         .with_code("usage_limit_reached");
-        e.resets_at = earliest.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        e.resets_at = earliest
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
         e
     } else {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            format!("every configured credential is cooling; try again in {}s", wait.as_secs().max(1)),
+            format!(
+                "every configured credential is cooling; try again in {}s",
+                wait.as_secs().max(1)
+            ),
         )
         .with_code("rate_limit_exceeded")
     };
     err = err.with_retry_after(wait);
-    tracing::warn!(wait_secs = wait.as_secs(), all_quota, "every credential is cooling");
+    tracing::warn!(
+        wait_secs = wait.as_secs(),
+        all_quota,
+        "every credential is cooling"
+    );
     err.into_stack_response()
 }
 
 fn rebase(uri: &Uri, default_base: &str, member_base: &str) -> Option<Uri> {
     let full = uri.to_string();
     let rest = full.strip_prefix(default_base)?;
-    format!("{}{}", member_base.trim_end_matches('/'), rest).parse().ok()
+    format!("{}{}", member_base.trim_end_matches('/'), rest)
+        .parse()
+        .ok()
 }
 
 /// Removes reasoning items that carry `encrypted_content` from `input`: only the account
 /// that produced them can decrypt them. Only this failover path pays for the rewrite.
-fn strip_encrypted_reasoning(req: &mut Request<ReplayBody>, layer: &CredentialRotateLayer, label: &str) {
-    let Some((body, removed)) = crate::facts::without_encrypted_reasoning(req.body().bytes()) else {
+fn strip_encrypted_reasoning(
+    req: &mut Request<ReplayBody>,
+    layer: &CredentialRotateLayer,
+    label: &str,
+) {
+    let Some((body, removed)) = crate::facts::without_encrypted_reasoning(req.body().bytes())
+    else {
         return;
     };
     if removed == 0 {
         return;
     }
-    tracing::info!(credential = label, removed, "request moved to another credential; stripped encrypted reasoning items it cannot decrypt");
+    tracing::info!(
+        credential = label,
+        removed,
+        "request moved to another credential; stripped encrypted reasoning items it cannot decrypt"
+    );
     if let Some(m) = &layer.metrics {
         m.add(
             "tr_encrypted_items_stripped_total",
@@ -327,7 +384,10 @@ fn strip_encrypted_reasoning(req: &mut Request<ReplayBody>, layer: &CredentialRo
             removed as f64,
         );
     }
-    req.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    req.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body.len()),
+    );
     *req.body_mut() = ReplayBody::new(body);
     RequestFacts::invalidate(req);
 }

@@ -58,7 +58,8 @@ impl FromStr for CredentialSource {
 impl<'de> Deserialize<'de> for CredentialSource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|e: LoadError| serde::de::Error::custom(e.0))
+        s.parse()
+            .map_err(|e: LoadError| serde::de::Error::custom(e.0))
     }
 }
 
@@ -88,7 +89,15 @@ impl CredentialSource {
         match self {
             CredentialSource::Literal(s) => {
                 // The last four characters identify a key to its owner without revealing it.
-                let tail: String = s.expose().chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String = s
+                    .expose()
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 if s.expose().chars().count() >= 20 {
                     format!("key-…{tail}")
                 } else {
@@ -119,7 +128,9 @@ impl CredentialSource {
             }),
             CredentialSource::Env(name) => match std::env::var(name) {
                 Ok(v) if !v.trim().is_empty() => Ok(Credential::api_key(label, v.trim())),
-                _ => Err(LoadError(format!("environment variable {name} is not set or empty"))),
+                _ => Err(LoadError(format!(
+                    "environment variable {name} is not set or empty"
+                ))),
             },
             CredentialSource::CodexAuth(path) => {
                 let text = std::fs::read(path)
@@ -133,7 +144,10 @@ impl CredentialSource {
                         return Ok(Credential {
                             label,
                             token: Secret::new(token),
-                            account_id: tokens.account_id.filter(|a| !a.is_empty()).map(Secret::new),
+                            account_id: tokens
+                                .account_id
+                                .filter(|a| !a.is_empty())
+                                .map(Secret::new),
                         });
                     }
                 }
@@ -158,7 +172,10 @@ mod tests {
         let lit: CredentialSource = "sk-proj-abcdefghijklmnopqrstuvwxyz".parse().unwrap();
         assert_eq!(lit.label(), "key-…wxyz");
         assert!(!format!("{lit:?}").contains("abcdef"));
-        assert_eq!("env:FOO".parse::<CredentialSource>().unwrap(), CredentialSource::Env("FOO".into()));
+        assert_eq!(
+            "env:FOO".parse::<CredentialSource>().unwrap(),
+            CredentialSource::Env("FOO".into())
+        );
         assert!("env:".parse::<CredentialSource>().is_err());
         assert!("".parse::<CredentialSource>().is_err());
     }
@@ -183,9 +200,18 @@ mod tests {
         assert_eq!(h["chatgpt-account-id"], "acct-9");
 
         std::fs::write(&path, r#"{"OPENAI_API_KEY":"sk-from-file"}"#).unwrap();
-        assert_eq!(CredentialSource::CodexAuth(path.clone()).load().unwrap().token.expose(), "sk-from-file");
+        assert_eq!(
+            CredentialSource::CodexAuth(path.clone())
+                .load()
+                .unwrap()
+                .token
+                .expose(),
+            "sk-from-file"
+        );
         std::fs::write(&path, "not json sk-secret").unwrap();
-        let err = CredentialSource::CodexAuth(path.clone()).load().unwrap_err();
+        let err = CredentialSource::CodexAuth(path.clone())
+            .load()
+            .unwrap_err();
         assert!(!err.0.contains("sk-secret"));
         std::fs::remove_dir_all(&dir).ok();
     }

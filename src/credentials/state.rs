@@ -69,7 +69,9 @@ pub struct MemoryState {
 
 impl std::fmt::Debug for MemoryState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryState").field("capacity", &self.capacity).finish_non_exhaustive()
+        f.debug_struct("MemoryState")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,7 +101,9 @@ impl PoolState for MemoryState {
     }
 
     fn set_cooldown(&self, credential: &str, cooldown: Cooldown) {
-        self.lock().cooldowns.insert(credential.to_string(), cooldown);
+        self.lock()
+            .cooldowns
+            .insert(credential.to_string(), cooldown);
     }
 
     fn clear(&self, credential: &str) {
@@ -121,7 +125,10 @@ impl PoolState for MemoryState {
 
     fn strike(&self, credential: &str, class: FailureClass) -> u32 {
         let mut g = self.lock();
-        let e = g.strikes.entry(credential.to_string()).or_insert((class, 0));
+        let e = g
+            .strikes
+            .entry(credential.to_string())
+            .or_insert((class, 0));
         if e.0 != class {
             *e = (class, 0);
         }
@@ -141,7 +148,8 @@ impl PoolState for MemoryState {
                 g.affinity.remove(&k);
             }
         }
-        g.affinity.insert(session.to_string(), credential.to_string());
+        g.affinity
+            .insert(session.to_string(), credential.to_string());
     }
 
     fn put_owner(&self, key: &str, credential: &str, expires: SystemTime) {
@@ -150,13 +158,18 @@ impl PoolState for MemoryState {
             let now = SystemTime::now();
             g.owners.retain(|_, (_, exp)| *exp > now);
             if g.owners.len() >= self.capacity {
-                let oldest = g.owners.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| k.clone());
+                let oldest = g
+                    .owners
+                    .iter()
+                    .min_by_key(|(_, (_, exp))| *exp)
+                    .map(|(k, _)| k.clone());
                 if let Some(k) = oldest {
                     g.owners.remove(&k);
                 }
             }
         }
-        g.owners.insert(key.to_string(), (credential.to_string(), expires));
+        g.owners
+            .insert(key.to_string(), (credential.to_string(), expires));
     }
 
     fn owner(&self, key: &str, now: SystemTime) -> Option<String> {

@@ -49,13 +49,17 @@ impl UpstreamBase {
             .scheme()
             .filter(|s| **s == Scheme::HTTP || **s == Scheme::HTTPS)
             .cloned()
-            .ok_or_else(|| ConfigError(format!("upstream URL `{url}` must be http:// or https://")))?;
+            .ok_or_else(|| {
+                ConfigError(format!("upstream URL `{url}` must be http:// or https://"))
+            })?;
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| ConfigError(format!("upstream URL `{url}` has no host")))?;
         if uri.query().is_some() {
-            return Err(ConfigError(format!("upstream URL `{url}` must not have a query")));
+            return Err(ConfigError(format!(
+                "upstream URL `{url}` must not have a query"
+            )));
         }
         Ok(UpstreamBase {
             scheme,
@@ -92,7 +96,10 @@ impl UpstreamBase {
         if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
             headers.insert(header::HOST, host);
         }
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
 }
 
@@ -104,7 +111,10 @@ mod tests {
     fn maps_paths_under_the_prefix() {
         let base = UpstreamBase::parse("https://chatgpt.com/backend-api/codex/").unwrap();
         let u = base.map(&"/v1/responses?x=1".parse().unwrap()).unwrap();
-        assert_eq!(u.to_string(), "https://chatgpt.com/backend-api/codex/responses?x=1");
+        assert_eq!(
+            u.to_string(),
+            "https://chatgpt.com/backend-api/codex/responses?x=1"
+        );
         assert!(base.map(&"/v2/responses".parse().unwrap()).is_none());
         assert!(base.map(&"/v1x".parse().unwrap()).is_none());
         assert!(UpstreamBase::parse("ftp://x").is_err());
@@ -114,7 +124,10 @@ mod tests {
     #[test]
     fn strips_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,7 +20,7 @@ use super::forward::{UpstreamBase, strip_hop_by_hop};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
 use crate::credentials::{Credential, Secret, bearer_token};
-use crate::error::{ApiError, BoxError};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// The body of every answer the proxy gives.
@@ -84,7 +83,10 @@ impl Proxy {
         let credentials = config
             .credentials
             .iter()
-            .map(|src| src.load().map_err(|e| ConfigError(format!("credential {}: {e}", src.label()))))
+            .map(|src| {
+                src.load()
+                    .map_err(|e| ConfigError(format!("credential {}: {e}", src.label())))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -292,17 +294,20 @@ async fn dispatch(
         .base
         .map(req.uri())
         .ok_or_else(|| ApiError::invalid_request("path cannot be mapped to the upstream"))?;
-    let req = tokio::time::timeout(BODY_READ_TIMEOUT, read_request(req, shared.config.body_limit))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
-                "the request body did not arrive in time",
-            )
-            .with_code("request_timeout")
-        })?
-        .map_err(ApiError::from)?;
+    let req = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        read_request(req, shared.config.body_limit),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "the request body did not arrive in time",
+        )
+        .with_code("request_timeout")
+    })?
+    .map_err(ApiError::from)?;
     if req.method() == Method::POST && !req.body().is_empty() {
         check_json_object(req.body())?;
     }
@@ -321,30 +326,42 @@ async fn dispatch(
     } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
         auth.set_sensitive(true);
     }
-    let res = tokio::time::timeout(shared.config.upstream_timeout(), shared.client.request(upstream))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "server_error",
-                "the upstream did not answer in time",
-            )
-            .with_code("upstream_timeout")
-        })?
-        .map_err(|e| {
-            let kind = if e.is_connect() { "connect" } else { "transport" };
-            shared.metrics.inc(
-                "tr_upstream_errors_total",
-                "Upstream requests that got no HTTP answer, by kind.",
-                &[("kind", kind)],
-            );
-            tracing::warn!(error = %e, kind, "upstream request failed");
-            ApiError::upstream_unavailable(format!(
-                "the upstream could not be reached ({kind} error); retry the request"
-            ))
-        })?;
+    let res = tokio::time::timeout(
+        shared.config.upstream_timeout(),
+        shared.client.request(upstream),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "the upstream did not answer in time",
+        )
+        .with_code("upstream_timeout")
+    })?
+    .map_err(|e| {
+        let kind = if e.is_connect() {
+            "connect"
+        } else {
+            "transport"
+        };
+        shared.metrics.inc(
+            "tr_upstream_errors_total",
+            "Upstream requests that got no HTTP answer, by kind.",
+            &[("kind", kind)],
+        );
+        tracing::warn!(error = %e, kind, "upstream request failed");
+        ApiError::upstream_unavailable(format!(
+            "the upstream could not be reached ({kind} error); retry the request"
+        ))
+    })?;
     if let Some(tag) = res.extensions().get::<ConnTag>() {
-        tracing::debug!(conn = tag.id(), reused = tag.is_reused(), idle_ms = tag.idle_before_use().as_millis() as u64, "upstream answered");
+        tracing::debug!(
+            conn = tag.id(),
+            reused = tag.is_reused(),
+            idle_ms = tag.idle_before_use().as_millis() as u64,
+            "upstream answered"
+        );
     }
     let idle = shared.config.stream_idle_timeout();
     let (mut parts, body) = res.into_parts();
@@ -381,7 +398,10 @@ fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
 }
 
 /// Requests to the Responses API are JSON objects; catching anything else here gives the
@@ -396,20 +416,28 @@ fn check_json_object(body: &[u8]) -> Result<(), ApiError> {
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                     f.write_str("a JSON object")
                 }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ObjectOnly, A::Error> {
-                    while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<ObjectOnly, A::Error> {
+                    while map
+                        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                        .is_some()
+                    {}
                     Ok(ObjectOnly)
                 }
             }
             d.deserialize_any(V)
         }
     }
-    serde_json::from_slice::<ObjectOnly>(body).map(|_| ()).map_err(|e| {
-        let what = if std::str::from_utf8(body).is_err() {
-            "the request body is not valid UTF-8".to_string()
-        } else {
-            format!("the request body is not a JSON object: {e}")
-        };
-        ApiError::invalid_request(what).with_code("invalid_json")
-    })
+    serde_json::from_slice::<ObjectOnly>(body)
+        .map(|_| ())
+        .map_err(|e| {
+            let what = if std::str::from_utf8(body).is_err() {
+                "the request body is not valid UTF-8".to_string()
+            } else {
+                format!("the request body is not a JSON object: {e}")
+            };
+            ApiError::invalid_request(what).with_code("invalid_json")
+        })
 }

@@ -33,7 +33,10 @@ impl SoftFailureDetectLayer {
 
     /// The layer with these bounds.
     pub fn with_config(config: SoftFailureConfig) -> Self {
-        SoftFailureDetectLayer { config, metrics: None }
+        SoftFailureDetectLayer {
+            config,
+            metrics: None,
+        }
     }
 
     /// Reports findings into `metrics` (`tr_soft_failures_total`, `tr_streams_ended_after_terminal_total`).
@@ -85,7 +88,11 @@ where
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let res = fut.await?;
-            let ctx = Ctx { config, metrics, lease };
+            let ctx = Ctx {
+                config,
+                metrics,
+                lease,
+            };
             Ok(inspect(res, ctx).await)
         })
     }
@@ -133,14 +140,24 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
     };
     if let Some(failure) = failure {
         ctx.count(&failure, "before_content");
-        tracing::debug!(class = failure.class.as_str(), status = status.as_u16(), "upstream answer classified as a failure");
-        parts.extensions.insert(SoftFailure { failure, before_content: true });
+        tracing::debug!(
+            class = failure.class.as_str(),
+            status = status.as_u16(),
+            "upstream answer classified as a failure"
+        );
+        parts.extensions.insert(SoftFailure {
+            failure,
+            before_content: true,
+        });
     }
     Response::from_parts(parts, rejoin(prefix, rest))
 }
 
 /// Reads up to `limit` bytes. Returns what was read and, if the body goes on, the rest of it.
-async fn read_prefix(mut body: ResponseBody, limit: usize) -> (Bytes, Option<Result<ResponseBody, BoxError>>) {
+async fn read_prefix(
+    mut body: ResponseBody,
+    limit: usize,
+) -> (Bytes, Option<Result<ResponseBody, BoxError>>) {
     let mut buf = BytesMut::new();
     loop {
         match body.frame().await {
@@ -165,7 +182,6 @@ fn rejoin(prefix: Bytes, rest: Option<Result<ResponseBody, BoxError>>) -> Respon
     }
 }
 
-
 /// The hold-back phase: read events until the first content event, a failure, a terminal
 /// event, the end, or a bound.
 async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody> {
@@ -179,7 +195,10 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_elapsed) => {
                 // Slow to start is not a failure: release what we hold and watch the rest.
-                return Response::from_parts(parts, WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync());
+                return Response::from_parts(
+                    parts,
+                    WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
+                );
             }
             Ok(frame) => frame,
         };
@@ -192,17 +211,29 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                         return mark(parts, held, f, ctx);
                     }
                 }
-                let failure = Failure::transport(false, "the upstream stream ended before any content or terminal event");
+                let failure = Failure::transport(
+                    false,
+                    "the upstream stream ended before any content or terminal event",
+                );
                 ctx.count(&failure, "before_content");
-                parts.extensions.insert(SoftFailure { failure, before_content: true });
+                parts.extensions.insert(SoftFailure {
+                    failure,
+                    before_content: true,
+                });
                 return Response::from_parts(parts, full(concat(&held)));
             }
             Some(Err(e)) => {
                 // A transport error while held: nothing reached the client, so it is a
                 // failure before content.
-                let failure = Failure::transport(false, format!("the upstream stream broke before content: {e}"));
+                let failure = Failure::transport(
+                    false,
+                    format!("the upstream stream broke before content: {e}"),
+                );
                 ctx.count(&failure, "before_content");
-                parts.extensions.insert(SoftFailure { failure, before_content: true });
+                parts.extensions.insert(SoftFailure {
+                    failure,
+                    before_content: true,
+                });
                 return Response::from_parts(parts, full(concat(&held)));
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -220,13 +251,19 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 Err(e) => {
                     // A line past the bound: stop parsing, let the bytes flow as they are.
                     tracing::debug!(error = %e, "SSE line too long; passing the stream through unparsed");
-                    return Response::from_parts(parts, WatchBody::unparsed(held, Ok(body)).boxed_unsync());
+                    return Response::from_parts(
+                        parts,
+                        WatchBody::unparsed(held, Ok(body)).boxed_unsync(),
+                    );
                 }
             };
             events += 1;
             match ev.kind() {
                 EventKind::Content => {
-                    return Response::from_parts(parts, WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync());
+                    return Response::from_parts(
+                        parts,
+                        WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
+                    );
                 }
                 EventKind::Terminal | EventKind::Error => {
                     if let Some(f) = failure_of(&ev) {
@@ -241,15 +278,30 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
             }
         }
         if events >= ctx.config.max_held_events || held_bytes >= ctx.config.max_held_bytes {
-            return Response::from_parts(parts, WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync());
+            return Response::from_parts(
+                parts,
+                WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
+            );
         }
     }
 }
 
-fn mark(mut parts: http::response::Parts, held: Vec<Bytes>, failure: Failure, ctx: Ctx) -> Response<ResponseBody> {
-    tracing::debug!(class = failure.class.as_str(), code = failure.code.as_deref().unwrap_or(""), "failure inside a 200 stream, before content");
+fn mark(
+    mut parts: http::response::Parts,
+    held: Vec<Bytes>,
+    failure: Failure,
+    ctx: Ctx,
+) -> Response<ResponseBody> {
+    tracing::debug!(
+        class = failure.class.as_str(),
+        code = failure.code.as_deref().unwrap_or(""),
+        "failure inside a 200 stream, before content"
+    );
     ctx.count(&failure, "before_content");
-    parts.extensions.insert(SoftFailure { failure, before_content: true });
+    parts.extensions.insert(SoftFailure {
+        failure,
+        before_content: true,
+    });
     // The stream ends at its terminal event: the client (if it gets this) sees it end at once.
     Response::from_parts(parts, full(concat(&held)))
 }
@@ -274,4 +326,3 @@ fn concat(chunks: &[Bytes]) -> Bytes {
         }
     }
 }
-

@@ -78,12 +78,14 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-
 pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Response<Incoming> {
     client.request(req).await.expect("proxy answers")
 }
 
-pub async fn send_collect(client: &HttpClient, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
+pub async fn send_collect(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
     let res = send(client, req).await;
     let status = res.status();
     let headers = res.headers().clone();
@@ -96,7 +98,8 @@ pub fn json_req(url: &str, key: Option<&str>, body: serde_json::Value) -> Reques
     if let Some(k) = key {
         b = b.header("authorization", format!("Bearer {k}"));
     }
-    b.body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap()))).unwrap()
+    b.body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap()
 }
 
 pub fn error_code(body: &[u8]) -> Option<String> {
