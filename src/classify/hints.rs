@@ -206,10 +206,7 @@ fn word_unit_nanos(unit: &str) -> Option<u128> {
 fn take_spoken_duration(mut s: &str) -> Option<Duration> {
     let mut total: u128 = 0;
     let mut pairs = 0;
-    loop {
-        let Some((scaled, rest)) = take_decimal(s.trim_start()) else {
-            break;
-        };
+    while let Some((scaled, rest)) = take_decimal(s.trim_start()) {
         let rest = rest.trim_start();
         let unit_len = rest
             .find(|c: char| !c.is_ascii_alphabetic())

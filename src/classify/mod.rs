@@ -79,12 +79,12 @@
 //! | 2 | `ContentPolicy` | content policy, content_policy, content filter, content_filter, content management policy, usage policies, usage policy, safety, flagged, moderation |
 //! | 3 | `Cancelled` | "cancel" together with user / client / "request was" |
 //! | 4 | `PreviousResponseNotFound` | previous_response_id; previous response … not found; item with id … not found (`InvalidRequest` instead when the message says the parameter is not *supported*) |
-//! | 5 | `ContextLength` | context length, context_length, context window, maximum context, prompt is too long |
-//! | 6 | `ModelUnsupported` | "model" together with: not supported, does not support, unsupported, does not exist, not found, not available, do not have access; or "unsupported model" |
-//! | 7 | `RouteNotFound` | invalid url, unknown url, unknown request url, no route |
-//! | 8 | `Auth` | incorrect/invalid api key, invalid_api_key, provide an api key, api key has expired / been revoked, insufficient permissions, missing scopes, unauthorized, authentication, token expired / has expired / is expired, expired token, invalid token, refresh token |
-//! | 9 | `QuotaExhausted` | **billing**: insufficient, credits have been exhausted, billing, payment required, exceeded your current quota, plan does not include, account is deactivated, usage limit, credit balance, top up your credits, quota |
-//! | 10 | `Overloaded` | overloaded, at capacity, over capacity, high demand |
+//! | 5 | `Overloaded` | overloaded, at capacity, over capacity, high demand |
+//! | 6 | `ContextLength` | context length, context_length, context window, maximum context, prompt is too long |
+//! | 7 | `ModelUnsupported` | "model" together with: not supported, does not support, unsupported, does not exist, not found, not available, do not have access; or "unsupported model" |
+//! | 8 | `RouteNotFound` | invalid url, unknown url, unknown request url, no route |
+//! | 9 | `Auth` | incorrect/invalid api key, invalid_api_key, provide an api key, api key has expired / been revoked, insufficient permissions, missing scopes, unauthorized, authentication, token expired / has expired / is expired, expired token, invalid token, refresh token |
+//! | 10 | `QuotaExhausted` | **billing**: insufficient, credits have been exhausted, billing, payment required, exceeded your current quota, plan does not include, account is deactivated, usage limit, credit balance, top up your credits, quota |
 //! | 11 | `RateLimited` | **rate limit**: rate limit, rate_limit, too many requests, throttl, slow down, quota exceeded, requests per, tokens per |
 //! | 12 | `Transient` | server error, server_error, internal error, error occurred while processing, bad gateway, service unavailable, gateway timeout, timed out, timeout |
 //! | 13 | `RateLimited` | try again, retry — only with no code or type, and a status that is absent, 2xx or 429 |
@@ -95,6 +95,8 @@
 //!   it stays for fidelity with PROTOCOL.md.
 //! - content-policy, safety and user-cancelled failures are never quota or rate limits, even
 //!   when they say "retry" (rows 2–3 come first).
+//! - load comes before the model phrases: "the model is not available due to high demand"
+//!   is `Overloaded`, not `ModelUnsupported`.
 //! - auth comes before billing so "insufficient permissions" (a 403) is not read as billing
 //!   "insufficient".
 //! - "try again" / "retry" are weak: OpenAI's 5xx messages say "You can retry your request".

@@ -221,6 +221,10 @@ fn phrase_class(m: &str, weak_ok: bool) -> Option<FailureClass> {
             PreviousResponseNotFound
         });
     }
+    // Before the model phrases: "the model is not available due to high demand" is load.
+    if any(m, OVERLOADED_PHRASES) {
+        return Some(Overloaded);
+    }
     if any(m, CONTEXT_PHRASES) {
         return Some(ContextLength);
     }
@@ -235,9 +239,6 @@ fn phrase_class(m: &str, weak_ok: bool) -> Option<FailureClass> {
     }
     if any(m, BILLING_PHRASES) {
         return Some(QuotaExhausted);
-    }
-    if any(m, OVERLOADED_PHRASES) {
-        return Some(Overloaded);
     }
     if any(m, RATE_LIMIT_PHRASES) {
         return Some(RateLimited);
@@ -272,8 +273,9 @@ fn status_class(status: StatusCode) -> Option<FailureClass> {
 /// The order (see the module table for every code and phrase):
 /// 1. a specific `code`, then a specific `kind` (`error.type`): the code wins over the message;
 /// 2. message phrases: request-shape, content-policy/safety and user-cancelled phrases first
-///    (they are never a credential's fault), then previous-response, context-length,
-///    model-unsupported, route, auth, **billing before rate-limit**, overloaded, server-error;
+///    (they are never a credential's fault), then previous-response, overloaded,
+///    context-length, model-unsupported, route, auth, **billing before rate-limit**,
+///    server-error;
 ///    the weak phrases `try again`/`retry` count only when no code or type was given and the
 ///    status is absent, 2xx or 429;
 /// 3. an unrecognised code or type read as a phrase (`insufficient_funds` reads as billing);
