@@ -369,6 +369,10 @@ impl Pool {
 
     /// Cools a credential as the failure class calls for; returns the cooldown if one was set.
     pub fn record_failure(&self, label: &str, failure: &Failure) -> Option<Cooldown> {
+        if !failure.cools_credential() {
+            // A route, model, request or connection fault: the key is fine.
+            return None;
+        }
         let now = SystemTime::now();
         let hinted = failure.retry.until(now);
         let code = failure.code.as_deref().unwrap_or(failure.class.as_str());
