@@ -222,7 +222,11 @@ pub fn answer(resp_id: &str, msg_id: &str, text: &str, usage: Value) -> Vec<Valu
         output_item_added(message_item_in_progress(msg_id)),
         content_part_added(msg_id),
     ];
-    evs.extend(split_deltas(text).into_iter().map(|d| output_text_delta(msg_id, d)));
+    evs.extend(
+        split_deltas(text)
+            .into_iter()
+            .map(|d| output_text_delta(msg_id, d)),
+    );
     evs.push(output_text_done(msg_id, text));
     evs.push(content_part_done(msg_id, text));
     evs.push(output_item_done(message_item(msg_id, text)));
@@ -241,7 +245,10 @@ fn split_deltas(text: &str) -> Vec<&str> {
     if pieces.len() > 1 {
         return pieces;
     }
-    let mid = text.char_indices().nth(text.chars().count() / 2).map(|(i, _)| i);
+    let mid = text
+        .char_indices()
+        .nth(text.chars().count() / 2)
+        .map(|(i, _)| i);
     match mid {
         Some(i) if i > 0 => vec![&text[..i], &text[i..]],
         _ => vec![text],

@@ -48,7 +48,10 @@ enum Content {
     AutoStream,
     Text(String),
     Json(Value),
-    Raw { content_type: HeaderValue, body: Bytes },
+    Raw {
+        content_type: HeaderValue,
+        body: Bytes,
+    },
     Sse(Vec<Bytes>),
     Abort(Abort),
 }

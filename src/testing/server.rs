@@ -372,7 +372,10 @@ async fn abort(conn: &ConnState, how: Abort) -> Answer {
 
 fn json_headers() -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h
 }
 
