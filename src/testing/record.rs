@@ -28,7 +28,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// All request headers.
     pub headers: HeaderMap,
-    /// The full body as received (still compressed if it was sent with `Content-Encoding`).
+    /// The full body as received (still compressed if it was sent with `Content-Encoding`);
+    /// empty when it exceeded the mock's 32 MiB limit (the mock then answers 413).
     pub body: Bytes,
     /// How long the connection had been idle (since the end of the previous response) when
     /// this request arrived; `None` for the first request on a connection.

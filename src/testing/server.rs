@@ -143,7 +143,8 @@ impl MockUpstream {
     }
 
     /// Consults `f` first for every request (after the stale treatment); `None` falls
-    /// through to the queues. `f` runs on the server task and may call this handle.
+    /// through to the queues. `f` runs on the server task and may call this handle; a clone
+    /// moved into `f` keeps the server alive until [`shutdown`](Self::shutdown).
     pub fn set_handler(
         &self,
         f: impl Fn(&RecordedRequest) -> Option<Reply> + Send + Sync + 'static,
