@@ -1,5 +1,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// `ApiError` is large, but errors are the cold path; boxing it would cost every caller.
+#![allow(clippy::result_large_err)]
 //! # tower-responses
 //!
 //! `tower` middleware that keeps OpenAI Responses API traffic alive through long agent

@@ -1,163 +1,504 @@
-use std::io::Read;
+//! `Content-Encoding` decoding with the output bounded, so a small body cannot expand into
+//! gigabytes (a decompression bomb).
+
+use std::io::{self, Read};
 
 use bytes::Bytes;
+use flate2::{Decompress, FlushDecompress, Status};
 use http::HeaderValue;
 
 use super::BodyError;
 
-/// Decodes a body by its `Content-Encoding`: `zstd`, `gzip` (`x-gzip`), `deflate` (zlib, or
-/// raw deflate as some clients send it), `br`, `identity`, or a comma-separated chain of
-/// them (undone last-applied first). The decoded size is bounded by `limit`, so a
-/// decompression bomb fails with [`BodyError::TooLarge`] after at most `limit + 1` bytes of
-/// output.
+/// The largest first output buffer and the smallest step it grows by; growth otherwise doubles.
+const READ_STEP: usize = 64 * 1024;
+
+/// Decodes `body` according to a `Content-Encoding` value, producing at most `limit` bytes.
+///
+/// Supported: `zstd`, `gzip` / `x-gzip` (several members are decoded one after another),
+/// `deflate` (zlib-wrapped as RFC 9110 says; raw deflate, which some clients send, is accepted
+/// too), `br` and `identity`. Names are case-insensitive; a comma-separated list was applied
+/// left to right, so it is undone right to left. Every step stops once its output passes
+/// `limit`, so no output buffer ever exceeds `limit + 1` bytes; a zstd frame that declares
+/// a content size above the limit fails before decoding. An empty body decodes to an empty
+/// body whatever the encoding.
+///
+/// # Errors
+///
+/// [`BodyError::UnsupportedEncoding`] for an unknown name (checked before any work),
+/// [`BodyError::TooLarge`] when the output passes `limit`, and [`BodyError::Decode`] for data
+/// that is not valid in its encoding, truncated, or followed by stray bytes.
 pub fn decode(encoding: &HeaderValue, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
-    let text = encoding.to_str().map_err(|_| {
-        BodyError::UnsupportedEncoding(String::from_utf8_lossy(encoding.as_bytes()).into_owned())
-    })?;
-    let codings: Vec<String> = text
+    let Ok(value) = encoding.to_str() else {
+        return Err(BodyError::UnsupportedEncoding(
+            String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
+        ));
+    };
+    let steps = value
         .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty())
-        .collect();
-    // Check every coding before doing any work, so an unknown one fails fast.
-    if let Some(bad) = codings.iter().find(|c| !KNOWN.contains(&c.as_str())) {
-        return Err(BodyError::UnsupportedEncoding(bad.clone()));
-    }
+        .map(|name| name.trim_matches([' ', '\t']))
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            Coding::parse(name).ok_or_else(|| BodyError::UnsupportedEncoding(name.to_owned()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
     let mut body = body;
-    for coding in codings.iter().rev() {
-        body = decode_one(coding, body, limit)?;
+    for coding in steps.into_iter().rev() {
+        body = coding.decode(body, limit)?;
     }
     Ok(body)
 }
 
-const KNOWN: [&str; 6] = ["identity", "zstd", "gzip", "x-gzip", "deflate", "br"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Identity,
+    Zstd,
+    Gzip,
+    Deflate,
+    Brotli,
+}
 
-fn decode_one(coding: &str, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
-    let input = &body[..];
-    let reader: Box<dyn Read + '_> = match coding {
-        "identity" => return Ok(body),
-        "zstd" => {
-            Box::new(zstd::stream::read::Decoder::new(input).map_err(|e| decode_err(coding, e))?)
+impl Coding {
+    fn parse(name: &str) -> Option<Self> {
+        const NAMES: [(&str, Coding); 6] = [
+            ("identity", Coding::Identity),
+            ("zstd", Coding::Zstd),
+            ("gzip", Coding::Gzip),
+            ("x-gzip", Coding::Gzip),
+            ("deflate", Coding::Deflate),
+            ("br", Coding::Brotli),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, c)| c)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Coding::Identity => "identity",
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+            Coding::Deflate => "deflate",
+            Coding::Brotli => "br",
         }
-        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(input)),
-        "deflate" if looks_like_zlib(input) => Box::new(flate2::read::ZlibDecoder::new(input)),
-        "deflate" => Box::new(flate2::read::DeflateDecoder::new(input)),
-        "br" => Box::new(brotli_decompressor::Decompressor::new(input, 16 * 1024)),
-        other => return Err(BodyError::UnsupportedEncoding(other.to_string())),
-    };
-    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(limit).max(64));
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| decode_err(coding, e))?;
-    if out.len() > limit {
-        return Err(BodyError::TooLarge { limit });
     }
-    Ok(Bytes::from(out))
+
+    fn decode(self, body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
+        let input = &body[..];
+        let hint = input.len().saturating_mul(4);
+        let out = match self {
+            Coding::Identity if body.len() > limit => return Err(BodyError::TooLarge { limit }),
+            Coding::Identity => return Ok(body),
+            _ if body.is_empty() => return Ok(body),
+            Coding::Zstd => decode_zstd(input, limit, hint),
+            Coding::Gzip => read_bounded(flate2::bufread::MultiGzDecoder::new(input), limit, hint),
+            Coding::Deflate => decode_deflate(input, limit, hint),
+            Coding::Brotli => read_bounded(
+                brotli_decompressor::Decompressor::new(input, 16 * 1024),
+                limit,
+                hint,
+            ),
+        };
+        match out {
+            Ok(Some(out)) => Ok(Bytes::from(out)),
+            Ok(None) => Err(BodyError::TooLarge { limit }),
+            Err(source) => Err(BodyError::Decode {
+                encoding: self.name().to_owned(),
+                source,
+            }),
+        }
+    }
 }
 
-fn decode_err(coding: &str, source: std::io::Error) -> BodyError {
-    BodyError::Decode {
-        encoding: coding.to_string(),
-        source,
+/// Reads `reader` to its end into a buffer of at most `limit + 1` bytes.
+///
+/// `Ok(None)` means the output passed `limit`: reading stops there (the slice handed to the
+/// reader ends at `limit + 1`, the same bound as `Read::take`), so a bomb costs at most that
+/// much memory and the work to produce it. Growth doubles but is capped at `limit + 1`.
+fn read_bounded(mut reader: impl Read, limit: usize, hint: usize) -> io::Result<Option<Vec<u8>>> {
+    let cap = limit.saturating_add(1);
+    let mut buf = vec![0u8; hint.clamp(4096, READ_STEP).min(cap)];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            if buf.len() >= cap {
+                return Ok(None);
+            }
+            let grown = buf.len().saturating_mul(2).max(filled + READ_STEP).min(cap);
+            buf.reserve_exact(grown - buf.len());
+            buf.resize(grown, 0);
+        }
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok((filled <= limit).then_some(buf))
+}
+
+fn decode_zstd(input: &[u8], limit: usize, hint: usize) -> io::Result<Option<Vec<u8>>> {
+    // A frame that announces more than the limit is refused before the decoder sizes its
+    // buffers from it.
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(input) {
+        if size > limit as u64 {
+            return Ok(None);
+        }
+    }
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(input)?;
+    // The window is memory the decoder allocates for a frame of unknown size. Allow what the
+    // limit needs, and at least 8 MiB (zstd's window at high levels), so ordinary frames from
+    // small-limit configurations still decode; zstd's own default cap is 128 MiB.
+    let limit_log = limit
+        .checked_next_power_of_two()
+        .map_or(usize::BITS, usize::trailing_zeros);
+    decoder.window_log_max(limit_log.clamp(23, 30))?;
+    read_bounded(decoder, limit, hint)
+}
+
+fn decode_deflate(input: &[u8], limit: usize, hint: usize) -> io::Result<Option<Vec<u8>>> {
+    if !looks_like_zlib(input) {
+        return read_bounded(Inflate::new(input, false), limit, hint);
+    }
+    match read_bounded(Inflate::new(input, true), limit, hint) {
+        // About one raw deflate stream in a few hundred starts with bytes that pass the zlib
+        // header check; when zlib fails, try raw before calling the data corrupt.
+        Err(zlib_err) => {
+            read_bounded(Inflate::new(input, false), limit, hint).map_err(|_| zlib_err)
+        }
+        done => done,
     }
 }
 
-/// RFC 1950: compression method 8 and a header checksum divisible by 31.
-fn looks_like_zlib(b: &[u8]) -> bool {
-    b.len() >= 2 && b[0] & 0x0f == 8 && (u16::from(b[0]) << 8 | u16::from(b[1])) % 31 == 0
+/// RFC 1950: CM = 8 (deflate), window at most 32 KiB, and the header checksum holds.
+fn looks_like_zlib(input: &[u8]) -> bool {
+    match input {
+        [cmf, flg, ..] => {
+            cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+/// Inflates zlib or raw deflate from a slice, and reports a stream that ends early or is
+/// followed by stray bytes, which `flate2::read` decoders pass over as a clean end.
+struct Inflate<'a> {
+    input: &'a [u8],
+    state: Decompress,
+    done: bool,
+}
+
+impl<'a> Inflate<'a> {
+    fn new(input: &'a [u8], zlib: bool) -> Self {
+        Inflate {
+            input,
+            state: Decompress::new(zlib),
+            done: false,
+        }
+    }
+}
+
+impl Read for Inflate<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while !self.done && !out.is_empty() {
+            let (in_before, out_before) = (self.state.total_in(), self.state.total_out());
+            let status = self
+                .state
+                .decompress(self.input, out, FlushDecompress::None)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let consumed = (self.state.total_in() - in_before) as usize;
+            let produced = (self.state.total_out() - out_before) as usize;
+            self.input = &self.input[consumed..];
+            if status == Status::StreamEnd {
+                self.done = true;
+                if !self.input.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "stray bytes after the end of the deflate stream",
+                    ));
+                }
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+            if consumed == 0 && !self.done {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "deflate stream ends before its final block",
+                ));
+            }
+        }
+        Ok(0)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
 
-    const TEXT: &[u8] =
-        br#"{"model":"gpt-5.5","input":[{"role":"user","content":"hello hello hello"}]}"#;
+    const JSON: &[u8] = br#"{"model":"gpt-5","stream":true,"input":[{"role":"user","content":"hello hello hello"}]}"#;
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()
     }
 
-    fn gzip(b: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
+    pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
     }
 
-    fn br(b: &[u8]) -> Vec<u8> {
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         {
-            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-            w.write_all(b).unwrap();
+            let mut enc = brotli::CompressorWriter::new(&mut out, 4096, 1, 22);
+            enc.write_all(data).unwrap();
         }
         out
     }
 
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 1).unwrap()
+    }
+
+    fn ok(encoding: &str, body: Vec<u8>) -> Bytes {
+        decode(&hv(encoding), Bytes::from(body), 1024 * 1024).unwrap()
+    }
+
     #[test]
-    fn round_trips_each_encoding() {
-        let zlib = {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(TEXT).unwrap();
-            e.finish().unwrap()
-        };
-        let raw_deflate = {
-            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(TEXT).unwrap();
-            e.finish().unwrap()
-        };
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("zstd", zstd::encode_all(TEXT, 3).unwrap()),
-            ("gzip", gzip(TEXT)),
-            ("x-gzip", gzip(TEXT)),
-            ("deflate", zlib),
-            ("deflate", raw_deflate),
-            ("br", br(TEXT)),
-            ("identity", TEXT.to_vec()),
-            (" ZSTD ", zstd::encode_all(TEXT, 3).unwrap()),
-            ("gzip, br", br(&gzip(TEXT))),
-        ];
-        for (enc, data) in cases {
-            let out = decode(&hv(enc), Bytes::from(data), 1 << 20)
-                .unwrap_or_else(|e| panic!("{enc}: {e}"));
-            assert_eq!(&out[..], TEXT, "{enc}");
+    fn round_trips_every_encoding() {
+        assert_eq!(ok("zstd", zstd(JSON)), JSON);
+        assert_eq!(ok("gzip", gzip(JSON)), JSON);
+        assert_eq!(ok("x-gzip", gzip(JSON)), JSON);
+        assert_eq!(ok("deflate", zlib(JSON)), JSON);
+        assert_eq!(ok("deflate", raw_deflate(JSON)), JSON);
+        assert_eq!(ok("br", brotli(JSON)), JSON);
+        assert_eq!(ok("identity", JSON.to_vec()), JSON);
+    }
+
+    #[test]
+    fn chains_are_undone_in_reverse() {
+        // "gzip, br": gzip was applied first, then br.
+        assert_eq!(ok("gzip, br", brotli(&gzip(JSON))), JSON);
+        assert_eq!(ok("br,zstd", zstd(&brotli(JSON))), JSON);
+        assert_eq!(ok("identity, deflate, gzip", gzip(&zlib(JSON))), JSON);
+    }
+
+    #[test]
+    fn names_are_case_and_whitespace_insensitive() {
+        assert_eq!(ok("ZSTD", zstd(JSON)), JSON);
+        assert_eq!(ok(" GZip ,\tBr ", brotli(&gzip(JSON))), JSON);
+        assert_eq!(ok("X-Gzip", gzip(JSON)), JSON);
+        assert_eq!(ok("", JSON.to_vec()), JSON);
+    }
+
+    #[test]
+    fn concatenated_gzip_members_are_all_decoded() {
+        let mut body = gzip(b"hello ");
+        body.extend(gzip(b"world"));
+        assert_eq!(ok("gzip", body), "hello world");
+    }
+
+    #[test]
+    fn unknown_encoding_is_unsupported_before_any_work() {
+        let err = decode(&hv("gzip, lz4"), Bytes::from(gzip(JSON)), 1024).unwrap_err();
+        assert!(
+            matches!(err, BodyError::UnsupportedEncoding(ref e) if e == "lz4"),
+            "{err:?}"
+        );
+        let odd = HeaderValue::from_bytes(b"gz\xffip").unwrap();
+        assert!(matches!(
+            decode(&odd, Bytes::new(), 1024),
+            Err(BodyError::UnsupportedEncoding(_))
+        ));
+    }
+
+    #[track_caller]
+    fn assert_decode_error(encoding: &str, body: Vec<u8>) {
+        match decode(&hv(encoding), Bytes::from(body), 1024 * 1024) {
+            Err(BodyError::Decode { encoding: e, .. }) => assert_eq!(e, encoding),
+            other => panic!("{encoding}: expected Decode, got {other:?}"),
         }
     }
 
     #[test]
-    fn bombs_stop_at_the_limit() {
-        let zeros = vec![0u8; 64 << 20];
-        let bombs = [
-            ("zstd", zstd::encode_all(&zeros[..], 3).unwrap()),
-            ("gzip", gzip(&zeros)),
-            ("br", br(&zeros)),
-        ];
-        for (enc, data) in bombs {
-            assert!(data.len() < 1 << 20, "{enc} bomb is small: {}", data.len());
-            let err = decode(&hv(enc), Bytes::from(data), 1 << 20).unwrap_err();
-            assert!(
-                matches!(err, BodyError::TooLarge { limit } if limit == 1 << 20),
-                "{enc}: {err}"
-            );
+    fn corrupt_data_is_a_decode_error() {
+        let garbage = b"this is not compressed at all, just text".to_vec();
+        for encoding in ["zstd", "gzip", "deflate", "br"] {
+            assert_decode_error(encoding, garbage.clone());
         }
     }
 
     #[test]
-    fn corrupt_and_unknown_encodings_fail_clearly() {
-        let err = decode(&hv("gzip"), Bytes::from_static(b"not gzip at all"), 1024).unwrap_err();
-        assert!(matches!(err, BodyError::Decode { .. }), "{err}");
-        let err = decode(
-            &hv("zstd"),
-            Bytes::from_static(b"\x28\xb5\x2f\xfd garbage"),
-            1024,
-        )
-        .unwrap_err();
-        assert!(matches!(err, BodyError::Decode { .. }), "{err}");
-        let err = decode(&hv("compress"), Bytes::from_static(b"x"), 1024).unwrap_err();
-        assert!(matches!(err, BodyError::UnsupportedEncoding(ref e) if e == "compress"));
-        let err = decode(&hv("gzip, snappy"), Bytes::from_static(b"x"), 1024).unwrap_err();
-        assert!(matches!(err, BodyError::UnsupportedEncoding(_)));
+    fn truncated_data_is_a_decode_error() {
+        let cut = |mut v: Vec<u8>| {
+            v.truncate(v.len() - 6);
+            v
+        };
+        let long: Vec<u8> = JSON.iter().cycle().take(20_000).copied().collect();
+        assert_decode_error("zstd", cut(zstd(&long)));
+        assert_decode_error("gzip", cut(gzip(&long)));
+        assert_decode_error("deflate", cut(zlib(&long)));
+        assert_decode_error("deflate", cut(raw_deflate(&long)));
+        assert_decode_error("br", cut(brotli(&long)));
+    }
+
+    #[test]
+    fn stray_bytes_after_deflate_are_a_decode_error() {
+        let mut body = zlib(JSON);
+        body.extend_from_slice(b"junk");
+        assert_decode_error("deflate", body);
+    }
+
+    #[test]
+    fn output_exactly_at_the_limit_is_accepted() {
+        let data = vec![b'a'; 100_000];
+        let out = decode(&hv("gzip"), Bytes::from(gzip(&data)), 100_000).unwrap();
+        assert_eq!(out.len(), 100_000);
+        let err = decode(&hv("gzip"), Bytes::from(gzip(&data)), 99_999).unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge { limit: 99_999 }));
+    }
+
+    #[test]
+    fn identity_over_the_limit_is_too_large() {
+        let err = decode(&hv("identity"), Bytes::from(vec![0; 11]), 10).unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge { limit: 10 }));
+    }
+
+    /// 64 MiB of zeros, compressed by streaming so the test itself stays small.
+    fn zeros_through(mut enc: impl Write) {
+        let chunk = vec![0u8; 1024 * 1024];
+        for _ in 0..64 {
+            enc.write_all(&chunk).unwrap();
+        }
+    }
+
+    #[track_caller]
+    fn assert_bomb_stopped(encoding: &str, bomb: Vec<u8>) {
+        let limit = 1024 * 1024;
+        assert!(
+            bomb.len() < limit,
+            "{encoding} bomb is {} bytes",
+            bomb.len()
+        );
+        let err = decode(&hv(encoding), Bytes::from(bomb), limit).unwrap_err();
+        assert!(
+            matches!(err, BodyError::TooLarge { limit: 1048576 }),
+            "{encoding}: {err:?}"
+        );
+    }
+
+    #[test]
+    fn zstd_bomb_is_too_large() {
+        let mut bomb = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut bomb, 1).unwrap();
+        zeros_through(&mut enc);
+        enc.finish().unwrap();
+        // Streamed, so the frame does not declare its size: the bound comes from reading.
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&bomb).ok(),
+            Some(None)
+        );
+        assert_bomb_stopped("zstd", bomb);
+    }
+
+    #[test]
+    fn zstd_frame_declaring_a_huge_size_is_refused() {
+        // A 17-byte frame claiming 1 TiB of content: magic, a header with an 8-byte content
+        // size, a 1 KiB window, then one empty last block. Decoding it would fail on the
+        // size mismatch; the declared size must be refused first.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xc0, 0x00];
+        frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        frame.extend_from_slice(&[0x01, 0x00, 0x00]);
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).ok(),
+            Some(Some(1 << 40))
+        );
+        assert_bomb_stopped("zstd", frame);
+    }
+
+    #[test]
+    fn zstd_window_beyond_the_bound_is_refused() {
+        // A streamed frame asking for a 128 MiB window: with a 1 MiB limit the decoder may
+        // allocate at most 8 MiB of window, so the frame is refused instead of decoded.
+        let mut frame = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut frame, 1).unwrap();
+        enc.window_log(27).unwrap();
+        enc.write_all(JSON).unwrap();
+        enc.finish().unwrap();
+        match decode(&hv("zstd"), Bytes::from(frame.clone()), 1024 * 1024) {
+            Err(BodyError::Decode { encoding, .. }) => assert_eq!(encoding, "zstd"),
+            other => panic!("expected Decode, got {other:?}"),
+        }
+        // A limit that needs such a window accepts it.
+        assert_eq!(
+            decode(&hv("zstd"), Bytes::from(frame), 128 << 20).unwrap(),
+            JSON
+        );
+    }
+
+    #[test]
+    fn gzip_bomb_is_too_large() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        zeros_through(&mut enc);
+        assert_bomb_stopped("gzip", enc.finish().unwrap());
+    }
+
+    #[test]
+    fn deflate_bomb_is_too_large() {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        zeros_through(&mut enc);
+        assert_bomb_stopped("deflate", enc.finish().unwrap());
+    }
+
+    #[test]
+    fn brotli_bomb_is_too_large() {
+        let mut bomb = Vec::new();
+        {
+            let mut enc = brotli::CompressorWriter::new(&mut bomb, 64 * 1024, 0, 22);
+            zeros_through(&mut enc);
+        }
+        assert_bomb_stopped("br", bomb);
+    }
+
+    #[test]
+    fn bounded_read_stops_an_endless_reader() {
+        // `io::repeat` never ends: only the bound can stop it.
+        let out = read_bounded(io::repeat(0), 1000, 0).unwrap();
+        assert!(out.is_none());
+    }
+
+    #[test]
+    fn bounded_read_never_grows_past_the_limit() {
+        let limit = 300_000;
+        let out = read_bounded(&vec![1u8; limit][..], limit, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.len(), limit);
+        assert!(out.capacity() <= limit + 1, "capacity {}", out.capacity());
+    }
+
+    #[test]
+    fn zlib_header_detection() {
+        assert!(looks_like_zlib(&zlib(JSON)));
+        assert!(!looks_like_zlib(&raw_deflate(JSON)));
+        assert!(!looks_like_zlib(b"x"));
     }
 }

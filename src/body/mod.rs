@@ -136,24 +136,56 @@ impl From<BodyError> for ApiError {
     }
 }
 
-/// Collects a request's body with a limit and decodes its `Content-Encoding`.
+/// Reads a request's body into replayable [`Bytes`], decoding its `Content-Encoding`.
 ///
-/// The result carries the decoded bytes, no `Content-Encoding` or `Transfer-Encoding`, and a
-/// `Content-Length` that matches.
+/// The body is collected with [`collect_limited`] and decoded with [`decode`] (several
+/// `Content-Encoding` lines count as one comma-separated list), both bounded by `limit`. A
+/// declared `Content-Length` above `limit` fails before anything is read. On success
+/// `Content-Encoding` and `Transfer-Encoding` are removed and `Content-Length` states the
+/// decoded length; a request that had neither a length nor a body (a plain `GET`) is left
+/// without one rather than gaining `Content-Length: 0`.
+///
+/// # Errors
+///
+/// Any [`BodyError`]; convert it into an [`ApiError`] to answer the client.
 pub async fn read_request<B>(req: Request<B>, limit: usize) -> Result<Request<Bytes>, BodyError>
 where
     B: http_body::Body,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
-    let mut bytes = collect_limited(body, limit).await?;
-    if let Some(enc) = parts.headers.remove(header::CONTENT_ENCODING) {
-        bytes = decode(&enc, bytes, limit)?;
-    }
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    parts
+    let declared = parts
         .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let had_framing = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+
+    let mut bytes = collect_limited(body, limit).await?;
+    // Encodings are listed in the order they were applied, across lines too.
+    let encodings: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .cloned()
+        .collect();
+    for encoding in encodings.iter().rev() {
+        bytes = decode(encoding, bytes, limit)?;
+    }
+
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if had_framing || !bytes.is_empty() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    } else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     Ok(Request::from_parts(parts, bytes))
 }
 
@@ -170,7 +202,9 @@ pub fn clone_request<B: Clone>(req: &Request<B>) -> Request<B> {
 
 #[cfg(test)]
 mod tests {
+    use super::decode::tests::gzip;
     use super::*;
+    use http_body_util::Full;
 
     #[test]
     fn errors_map_to_envelopes() {
@@ -212,5 +246,71 @@ mod tests {
         assert_eq!(c.extensions().get::<Marker>(), Some(&Marker(7)));
         assert_eq!(c.headers()["x-a"], "1");
         assert_eq!(c.uri(), req.uri());
+    }
+
+    #[tokio::test]
+    async fn read_request_decodes_and_fixes_headers() {
+        let json = br#"{"model":"gpt-5","input":"hi"}"#;
+        let req = Request::post("/v1/responses")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(gzip(json))))
+            .unwrap();
+        let req = read_request(req, 1024).await.unwrap();
+        assert_eq!(req.body(), &json[..]);
+        assert!(req.headers().get(header::CONTENT_ENCODING).is_none());
+        assert!(req.headers().get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(
+            req.headers()[header::CONTENT_LENGTH],
+            json.len().to_string().as_str()
+        );
+        assert_eq!(req.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[tokio::test]
+    async fn read_request_applies_encodings_across_header_lines() {
+        let json = br#"{"input":[]}"#;
+        let once = gzip(json);
+        let twice = zstd::encode_all(&once[..], 1).unwrap();
+        let req = Request::post("/")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .header(header::CONTENT_ENCODING, "zstd")
+            .body(Full::new(Bytes::from(twice)))
+            .unwrap();
+        let req = read_request(req, 1024).await.unwrap();
+        assert_eq!(req.body(), &json[..]);
+    }
+
+    #[tokio::test]
+    async fn read_request_leaves_bodiless_get_without_length() {
+        let req = Request::get("/v1/models")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let req = read_request(req, 1024).await.unwrap();
+        assert!(req.headers().get(header::CONTENT_LENGTH).is_none());
+        assert!(req.body().is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_request_rejects_declared_length_before_reading() {
+        // The body is small, but the client announced more than the limit.
+        let req = Request::post("/")
+            .header(header::CONTENT_LENGTH, "5000")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let err = read_request(req, 1000).await.unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge { limit: 1000 }));
+    }
+
+    #[tokio::test]
+    async fn read_request_bounds_the_decoded_size() {
+        let zeros = vec![0u8; 64 * 1024];
+        let req = Request::post("/")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(Full::new(Bytes::from(gzip(&zeros))))
+            .unwrap();
+        let err = read_request(req, 4096).await.unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge { limit: 4096 }));
     }
 }

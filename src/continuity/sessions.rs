@@ -20,8 +20,11 @@ pub struct SessionStats {
 
 /// Per-session stats, bounded: the least recently seen sessions are dropped (and their
 /// series removed from the metrics) past `capacity`.
+/// Stats per session, each with the tick it was last seen at; and the current tick.
+type Table = (HashMap<String, (SessionStats, u64)>, u64);
+
 pub(super) struct Sessions {
-    inner: Mutex<(HashMap<String, (SessionStats, u64)>, u64)>,
+    inner: Mutex<Table>,
     capacity: usize,
 }
 
