@@ -588,11 +588,13 @@ impl SseDecoder {
     }
 
     /// At the end of the input: the next event still held, the last one possibly without
-    /// its blank line, or even without its final line ending.
+    /// its blank line.
     ///
-    /// Call it until it returns `None`. Per the WHATWG spec an unterminated event would be
-    /// dropped; it is delivered here because servers do end streams that way, so a caller
-    /// must not take a delivered event's JSON as complete without parsing it.
+    /// Call it until it returns `None`. The WHATWG spec drops an event that lacks its blank
+    /// line at the end of the stream; it is delivered here because servers do end streams
+    /// that way. An event whose last line has no line ending is not delivered: the connection
+    /// may have dropped mid-line, and a truncated `response.completed` would still sniff as
+    /// one. Its bytes stay in [`take_remainder`](Self::take_remainder).
     ///
     /// # Errors
     ///
@@ -608,15 +610,8 @@ impl SseDecoder {
         if let Some(event) = self.next_event()? {
             return Ok(Some(event));
         }
-        // `next_event` left nothing in the queue: the unterminated rest is all in `buf`.
-        let end = self.buf.len();
-        if self.line_start < end {
-            let line = &self.buf[self.line_start..end];
-            self.fields.line(&mut self.retry, line, self.line_start);
-            self.line_start = end;
-        }
-        if self.fields.data.is_empty() {
-            self.fields.end_block();
+        // `next_event` left nothing in the queue: the rest is all in `buf`.
+        if self.line_start < self.buf.len() || self.fields.data.is_empty() {
             return Ok(None);
         }
         let raw = self.buf.split().freeze();
@@ -863,7 +858,7 @@ mod tests {
 
     #[test]
     fn final_event_without_blank_line_comes_from_finish() {
-        for input in [&b"data: a\n\ndata: b\n"[..], b"data: a\n\ndata: b"] {
+        for input in [&b"data: a\n\ndata: b\n"[..], b"data: a\n\ndata: b\r"] {
             let mut decoder = SseDecoder::new();
             decoder.push(Bytes::copy_from_slice(input));
             assert_eq!(&decoder.next_event().unwrap().unwrap().data[..], b"a");
@@ -877,6 +872,14 @@ mod tests {
         let (events, rest) = decode(&[b"data: a\n\n: bye\nevent: x\n"]);
         assert_eq!(events.len(), 1);
         assert_eq!(&rest[..], b": bye\nevent: x\n");
+    }
+
+    #[test]
+    fn unterminated_last_line_is_not_delivered() {
+        let truncated = b"data: {\"type\":\"response.completed\",\"response\":{\"usage\"";
+        let (events, rest) = decode(&[b"data: a\n\ndata: x\n", truncated]);
+        assert_eq!(datas(&events), [b"a"]);
+        assert_eq!(rest, [&b"data: x\n"[..], truncated].concat());
     }
 
     #[test]
