@@ -21,6 +21,7 @@ pub mod profile;
 pub mod proxy;
 pub mod soft_failure;
 pub mod sse;
+pub mod stack;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -10,7 +10,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use tower_responses::credentials::Secret;
-use tower_responses::testing::{Fault, MockUpstream, Reply};
+use tower_responses::testing::{Fault, MockUpstream, Reply, events};
 
 fn stream_body() -> serde_json::Value {
     json!({"model": "gpt-5.5", "stream": true, "input": [{"role": "user", "content": "hi"}]})
@@ -19,8 +19,11 @@ fn stream_body() -> serde_json::Value {
 #[tokio::test]
 async fn streams_each_event_as_the_upstream_sends_it() {
     let mock = MockUpstream::start().await.unwrap();
-    // The upstream sends response.created, then holds everything else back for a minute.
-    mock.push(Reply::text("hello there").first_event_then_wait(Duration::from_secs(60)));
+    // The upstream sends its first content event, then holds everything else back for a
+    // minute. (Lifecycle events alone may be held briefly by SoftFailureDetectLayer; content
+    // is never held.)
+    let answer: Vec<_> = events::text_answer("hello there").into_iter().skip(2).collect();
+    mock.push(Reply::sse(answer).first_event_then_wait(Duration::from_secs(60)));
     let proxy = start_proxy(config_for(mock.base_url())).await;
     let res = send(
         &client(),
@@ -48,7 +51,7 @@ async fn streams_each_event_as_the_upstream_sends_it() {
     })
     .await
     .expect("first event arrives while the upstream still holds the rest");
-    assert!(first.contains("response.created"), "{first}");
+    assert!(first.contains("response.output_item.added"), "{first}");
     assert!(!first.contains("response.completed"));
 }
 

@@ -2,7 +2,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -10,7 +10,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -18,10 +17,12 @@ use tokio::sync::{mpsc, watch};
 use super::config::{ConfigError, ProxyConfig};
 use super::forward::{UpstreamBase, strip_hop_by_hop};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
-use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
-use crate::credentials::{Credential, Secret, bearer_token};
+use crate::connect::{ClientService, ConnTag, UpstreamClientBuilder, UpstreamConnector};
+use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, PoolMember, Secret, bearer_token};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::stack::{ResponsesStack, StackService};
+use tower::ServiceExt;
 
 /// The body of every answer the proxy gives.
 pub type ProxyBody = crate::body::ResponseBody;
@@ -35,10 +36,9 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 struct Shared {
     config: ProxyConfig,
     base: UpstreamBase,
-    credentials: Vec<Credential>,
-    next_credential: AtomicUsize,
+    pool: Option<Arc<Pool>>,
     client_keys: Vec<Secret>,
-    client: Client<UpstreamConnector, ReplayBody>,
+    stack: StackService,
     connector: UpstreamConnector,
     metrics: Metrics,
     next_request: AtomicU64,
@@ -80,26 +80,37 @@ impl Proxy {
                 config.listen
             )));
         }
-        let credentials = config
-            .credentials
-            .iter()
-            .map(|src| {
-                src.load()
-                    .map_err(|e| ConfigError(format!("credential {}: {e}", src.label())))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let metrics = Metrics::new();
+        let pool = if config.credentials.is_empty() {
+            None
+        } else {
+            let members = config
+                .credentials
+                .iter()
+                .cloned()
+                .map(PoolMember::new)
+                .collect();
+            let pool = Pool::new(members).map_err(|e| ConfigError(format!("credential: {e}")))?;
+            Some(Arc::new(pool.with_metrics(metrics.clone())))
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
         let connector = client.connector();
+        let mut stack = ResponsesStack::new()
+            .metrics(metrics.clone())
+            .upstream_base(config.upstream.clone());
+        if let Some(pool) = &pool {
+            stack = stack.pool(pool.clone());
+        }
+        let stack = stack.service(ClientService::new(client.build_with(connector.clone())));
         let shared = Shared {
             base,
-            credentials,
-            next_credential: AtomicUsize::new(0),
+            pool,
             client_keys: config.client_keys.clone(),
-            client: client.build_with(connector.clone()),
+            stack,
             connector,
-            metrics: Metrics::new(),
+            metrics,
             next_request: AtomicU64::new(1),
             config,
         };
@@ -312,23 +323,20 @@ async fn dispatch(
         check_json_object(req.body())?;
     }
     let (mut parts, body) = req.into_parts();
-    let mut upstream = Request::from_parts(
-        {
-            parts.extensions = Default::default();
-            parts
-        },
-        ReplayBody::new(body),
-    );
+    // The client's extensions mean nothing upstream; the stack starts from a clean slate.
+    parts.extensions = Default::default();
+    let mut upstream = Request::from_parts(parts, ReplayBody::new(body));
     shared.base.prepare(&mut upstream, upstream_uri);
-    if !shared.credentials.is_empty() {
-        let i = shared.next_credential.fetch_add(1, Ordering::Relaxed) % shared.credentials.len();
-        shared.credentials[i].apply(upstream.headers_mut());
+    if shared.pool.is_some() {
+        // Rotation sets the credential's headers; the client's never go upstream.
+        upstream.headers_mut().remove(header::AUTHORIZATION);
+        upstream.headers_mut().remove(&CHATGPT_ACCOUNT_ID);
     } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
         auth.set_sensitive(true);
     }
     let res = tokio::time::timeout(
         shared.config.upstream_timeout(),
-        shared.client.request(upstream),
+        shared.stack.clone().oneshot(upstream),
     )
     .await
     .map_err(|_| {
@@ -340,10 +348,9 @@ async fn dispatch(
         .with_code("upstream_timeout")
     })?
     .map_err(|e| {
-        let kind = if e.is_connect() {
-            "connect"
-        } else {
-            "transport"
+        let kind = match e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            Some(e) if e.is_connect() => "connect",
+            _ => "transport",
         };
         shared.metrics.inc(
             "tr_upstream_errors_total",

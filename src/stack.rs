@@ -1,0 +1,169 @@
+//! [`ResponsesStack`]: every layer, in the right order, in one line.
+//!
+//! ```text
+//! CompactRouteLayer        decides remote / compact_model / local for compaction requests
+//! ContinuityLayer          pins previous_response_id owners, maps recovery errors
+//! CredentialRotateLayer    picks a credential, retries on classified failure
+//! BodyNormalizeLayer       shapes the body for the chosen upstream's profile
+//! SoftFailureDetectLayer   holds back lifecycle events, classifies, marks the response
+//! FreshConnectionLayer     stale-connection retry
+//! hyper-util Client        rustls, via a connector that tags connections
+//! ```
+//!
+//! Why this order: compaction is decided once per client request, before any credential is
+//! chosen, so a failed remote compaction falls back without cooling a key. Continuity pins
+//! the owner before rotation picks. Rotation sits outside normalization because each
+//! credential may point at an upstream with another profile, and outside soft-failure
+//! detection because it retries on what that layer finds before the client sees anything.
+//! The stale-connection retry is innermost: it is a connection's fault, never a
+//! credential's.
+//!
+//! ```
+//! use tower::ServiceExt;
+//! use tower_responses::stack::ResponsesStack;
+//! use tower_responses::body::ReplayBody;
+//! use tower_responses::connect::UpstreamClientBuilder;
+//! use tower_responses::testing::MockUpstream;
+//! use http_body_util::BodyExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::start().await.unwrap();
+//! let svc = ResponsesStack::new().service(UpstreamClientBuilder::new().service());
+//! let req = http::Request::post(format!("{}/responses", upstream.base_url()))
+//!     .header("content-type", "application/json")
+//!     .body(ReplayBody::new(r#"{"model":"gpt-5.5","stream":true,"input":"hi"}"#))
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! let text = res.into_body().collect().await.unwrap().to_bytes();
+//! assert!(String::from_utf8_lossy(&text).contains("response.completed"));
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::{ReplayBody, ResponseBody};
+use crate::continuity::{ContinuityConfig, ContinuityLayer};
+use crate::credentials::{CredentialRotateLayer, Pool, RotateConfig};
+use crate::error::BoxError;
+use crate::metrics::Metrics;
+use crate::soft_failure::{SoftFailureConfig, SoftFailureDetectLayer};
+
+/// The stack as one type-erased, cloneable service.
+pub type StackService = BoxCloneSyncService<Request<ReplayBody>, Response<ResponseBody>, BoxError>;
+
+/// Builds the layer stack; every layer is on by default where it can be and can be switched
+/// off or configured.
+#[derive(Debug, Clone, Default)]
+pub struct ResponsesStack {
+    pool: Option<Arc<Pool>>,
+    metrics: Option<Metrics>,
+    upstream_base: Option<String>,
+    soft_failure: Option<SoftFailureConfig>,
+    soft_failure_off: bool,
+    rotate: RotateConfig,
+    continuity: ContinuityConfig,
+    continuity_off: bool,
+}
+
+impl ResponsesStack {
+    /// The default stack: soft-failure detection always; rotation and continuity once a
+    /// credential pool is given.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rotate over these credentials (and pin conversations to them).
+    pub fn pool(mut self, pool: Arc<Pool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Report every layer's metrics here.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The default upstream base URL (needed when credentials carry their own `base_url`).
+    pub fn upstream_base(mut self, base: impl Into<String>) -> Self {
+        self.upstream_base = Some(base.into());
+        self
+    }
+
+    /// Configures soft-failure detection.
+    pub fn soft_failure(mut self, config: SoftFailureConfig) -> Self {
+        self.soft_failure = Some(config);
+        self
+    }
+
+    /// Switches soft-failure detection off.
+    pub fn without_soft_failure(mut self) -> Self {
+        self.soft_failure_off = true;
+        self
+    }
+
+    /// Configures rotation.
+    pub fn rotate(mut self, config: RotateConfig) -> Self {
+        self.rotate = config;
+        self
+    }
+
+    /// Configures continuity.
+    pub fn continuity(mut self, config: ContinuityConfig) -> Self {
+        self.continuity = config;
+        self
+    }
+
+    /// Switches continuity off.
+    pub fn without_continuity(mut self) -> Self {
+        self.continuity_off = true;
+        self
+    }
+
+    /// Wraps `inner` (the upstream client service) in the stack.
+    pub fn service<S>(self, inner: S) -> StackService
+    where
+        S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut svc = StackService::new(inner);
+        if !self.soft_failure_off {
+            let mut layer =
+                SoftFailureDetectLayer::with_config(self.soft_failure.clone().unwrap_or_default());
+            if let Some(m) = &self.metrics {
+                layer = layer.metrics(m.clone());
+            }
+            svc = StackService::new(layer.layer(svc));
+        }
+        if let Some(pool) = &self.pool {
+            let mut rotate = CredentialRotateLayer::with_config(pool.clone(), self.rotate.clone());
+            if let Some(base) = &self.upstream_base {
+                rotate = rotate.upstream_base(base.clone());
+            }
+            if let Some(m) = &self.metrics {
+                rotate = rotate.metrics(m.clone());
+            }
+            svc = StackService::new(rotate.layer(svc));
+            if !self.continuity_off {
+                let mut continuity =
+                    ContinuityLayer::with_config(pool.clone(), self.continuity.clone());
+                if let Some(m) = &self.metrics {
+                    continuity = continuity.metrics(m.clone());
+                }
+                svc = StackService::new(continuity.layer(svc));
+            }
+        }
+        svc
+    }
+}
