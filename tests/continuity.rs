@@ -1,0 +1,206 @@
+//! ContinuityLayer through the proxy: two credentials, a mock that stores responses per
+//! credential (as the OpenAI platform does), and injected upstream losses.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tower_responses::testing::{Fault, MockUpstream, RecordedRequest, Reply, events};
+
+const KEY_A: &str = "sk-cont-aaaaaaaaaaaaaaaaaaaa-AAAA";
+const KEY_B: &str = "sk-cont-bbbbbbbbbbbbbbbbbbbb-BBBB";
+/// What one input item costs, in tokens, in this simulation.
+const ITEM_TOKENS: u64 = 2300;
+
+/// The platform's behaviour: a response id lives with the key that created it; another key
+/// gets 400 previous_response_not_found. Input tokens are billed per item sent.
+#[derive(Clone, Default)]
+struct Platform {
+    owners: Arc<Mutex<HashMap<String, String>>>,
+    next: Arc<Mutex<u64>>,
+}
+
+impl Platform {
+    fn install(&self, mock: &MockUpstream) {
+        let me = self.clone();
+        mock.set_handler(move |r: &RecordedRequest| me.answer(r));
+    }
+
+    fn answer(&self, r: &RecordedRequest) -> Option<Reply> {
+        let body = r.json()?;
+        let cred = r.credential.clone()?;
+        if let Some(prev) = body["previous_response_id"].as_str() {
+            if self.owners.lock().unwrap().get(prev) != Some(&cred) {
+                return Some(Reply::json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": {"message": format!("Previous response with id '{prev}' not found."), "type": "invalid_request_error", "param": "previous_response_id", "code": "previous_response_not_found"}}),
+                ));
+            }
+        }
+        let n = {
+            let mut g = self.next.lock().unwrap();
+            *g += 1;
+            *g
+        };
+        let id = format!("resp_sim_{n}");
+        self.owners.lock().unwrap().insert(id.clone(), cred);
+        let items = body["input"].as_array().map_or(1, Vec::len) as u64;
+        Some(Reply::sse(events::answer(&id, &format!("msg_sim_{n}"), "ok", events::usage(items * ITEM_TOKENS, 5))))
+    }
+}
+
+fn response_id(sse: &str) -> Option<String> {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "response.created")
+        .and_then(|v| v["response"]["id"].as_str().map(str::to_string))
+}
+
+async fn proxy(mock: &MockUpstream) -> RunningProxy {
+    let mut cfg = config_for(mock.base_url());
+    cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
+    start_proxy(cfg).await
+}
+
+fn turn(prev: Option<&str>, input: Vec<Value>) -> Value {
+    let mut b = json!({"model": "gpt-5.5", "stream": true, "store": true, "input": input, "prompt_cache_key": "sess-1"});
+    if let Some(p) = prev {
+        b["previous_response_id"] = json!(p);
+    }
+    b
+}
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+#[tokio::test]
+async fn follow_ups_land_on_the_owner_and_a_loss_is_a_retryable_502() {
+    let mock = MockUpstream::start().await.unwrap();
+    Platform::default().install(&mock);
+    let proxy = proxy(&mock).await;
+    let c = client();
+    let url = proxy.url("/v1/responses");
+    let (s, _, b) = send_collect(&c, json_req(&url, None, turn(None, vec![user("first")]))).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut prev = response_id(&String::from_utf8_lossy(&b)).expect("id");
+    let owner = mock.requests()[0].credential.clone().unwrap();
+    for i in 0..4 {
+        let (s, _, b) = send_collect(&c, json_req(&url, None, turn(Some(&prev), vec![user(&format!("next {i}"))]))).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        prev = response_id(&String::from_utf8_lossy(&b)).expect("id");
+    }
+    assert!(mock.requests().iter().all(|r| r.credential.as_ref() == Some(&owner)), "every turn on the owner");
+
+    // The upstream drops the connection on the next follow-up.
+    mock.set_handler(|_| None);
+    mock.push(Reply::fault(Fault::CloseAfterRead));
+    let before = mock.request_count();
+    let (s, _, b) = send_collect(&c, json_req(&url, None, turn(Some(&prev), vec![user("lost")]))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(error_code(&b).as_deref(), Some("upstream_unavailable"));
+    let during: Vec<_> = mock.requests()[before..].to_vec();
+    assert_eq!(during.len(), 1, "not re-sent with another key");
+    assert_eq!(during[0].credential.as_ref(), Some(&owner));
+
+    // The client retries with the anchor intact, and the owner answers.
+    let platform = Platform::default();
+    platform.owners.lock().unwrap().insert(prev.clone(), owner.clone());
+    platform.install(&mock);
+    let (s, _, b) = send_collect(&c, json_req(&url, None, turn(Some(&prev), vec![user("lost")]))).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(mock.requests().last().unwrap().credential.as_ref(), Some(&owner));
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_content_on_an_anchored_request_is_a_502_not_a_400() {
+    let mock = MockUpstream::start().await.unwrap();
+    let platform = Platform::default();
+    platform.install(&mock);
+    let proxy = proxy(&mock).await;
+    let c = client();
+    let url = proxy.url("/v1/responses");
+    let (_, _, b) = send_collect(&c, json_req(&url, None, turn(None, vec![user("first")]))).await;
+    let prev = response_id(&String::from_utf8_lossy(&b)).unwrap();
+    mock.set_handler(|_| None);
+    mock.push(Reply::sse(vec![events::created("resp_cut"), events::in_progress("resp_cut")]));
+    let (s, _, b) = send_collect(&c, json_req(&url, None, turn(Some(&prev), vec![user("x")]))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(error_code(&b).as_deref(), Some("upstream_unavailable"));
+}
+
+#[tokio::test]
+async fn an_unknown_owner_is_found_on_another_credential_before_the_client_hears_not_found() {
+    let mock = MockUpstream::start().await.unwrap();
+    let platform = Platform::default();
+    // A response created by B before this proxy started (the owner map is empty).
+    platform.owners.lock().unwrap().insert("resp_old".into(), KEY_B.into());
+    platform.install(&mock);
+    let proxy = proxy(&mock).await;
+    let c = client();
+    for _ in 0..2 {
+        let (s, _, b) = send_collect(&c, json_req(&proxy.url("/v1/responses"), None, turn(Some("resp_old"), vec![user("x")]))).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    }
+    // A genuine not-found (no key owns it) still reaches the client as it came.
+    let (s, _, b) = send_collect(&c, json_req(&proxy.url("/v1/responses"), None, turn(Some("resp_gone"), vec![user("x")]))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&b).as_deref(), Some("previous_response_not_found"));
+}
+
+/// The seed's scenario: a client that resends its whole history only when told
+/// previous_response_not_found (as Codex does), for 20 turns, with the upstream lost once.
+#[tokio::test]
+async fn a_twenty_turn_session_keeps_its_per_turn_input_flat_through_an_upstream_loss() {
+    let mock = MockUpstream::start().await.unwrap();
+    let platform = Platform::default();
+    platform.install(&mock);
+    let proxy = proxy(&mock).await;
+    let c = client();
+    let url = proxy.url("/v1/responses");
+    let mut history: Vec<Value> = Vec::new();
+    let mut prev: Option<String> = None;
+    let mut sent_items = Vec::new();
+    let mut saw_400 = 0;
+    for t in 0..20 {
+        let msg = user(&format!("turn {t}"));
+        history.push(msg.clone());
+        if t == 9 {
+            // The upstream connection is lost mid-session: the scripted fault is served while
+            // the platform handler steps aside.
+            mock.set_handler(|_| None);
+            mock.push(Reply::fault(Fault::CloseAfterRead));
+        }
+        loop {
+            let input = if prev.is_some() { vec![msg.clone()] } else { history.clone() };
+            let n = input.len();
+            let (s, _, b) = send_collect(&c, json_req(&url, None, turn(prev.as_deref(), input))).await;
+            if t == 9 && s == StatusCode::BAD_GATEWAY {
+                platform.install(&mock);
+                continue; // Codex retries 5xx with the same request
+            }
+            if s == StatusCode::BAD_REQUEST && error_code(&b).as_deref() == Some("previous_response_not_found") {
+                saw_400 += 1;
+                prev = None; // the blow-up: the anchor is dropped, the full history goes next
+                continue;
+            }
+            assert_eq!(s, StatusCode::OK, "turn {t}: {}", String::from_utf8_lossy(&b));
+            sent_items.push(n);
+            prev = response_id(&String::from_utf8_lossy(&b));
+            break;
+        }
+    }
+    assert_eq!(saw_400, 0, "the client never heard previous_response_not_found");
+    let total_tokens: u64 = sent_items.iter().map(|n| *n as u64 * ITEM_TOKENS).sum();
+    // First turn sends one item, each later turn one new item: flat at 2.3K tokens per turn.
+    assert_eq!(sent_items, vec![1; 20]);
+    assert_eq!(total_tokens, 20 * ITEM_TOKENS);
+    // The proxy's own accounting shows the same flat line.
+    assert_eq!(proxy.metrics.get("tr_session_input_tokens_max", &[("session", "sess-1")]), Some(ITEM_TOKENS as f64));
+    assert_eq!(proxy.metrics.get("tr_session_turns", &[("session", "sess-1")]), Some(20.0));
+}
