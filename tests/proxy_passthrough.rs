@@ -22,7 +22,10 @@ async fn streams_each_event_as_the_upstream_sends_it() {
     // The upstream sends its first content event, then holds everything else back for a
     // minute. (Lifecycle events alone may be held briefly by SoftFailureDetectLayer; content
     // is never held.)
-    let answer: Vec<_> = events::text_answer("hello there").into_iter().skip(2).collect();
+    let answer: Vec<_> = events::text_answer("hello there")
+        .into_iter()
+        .skip(2)
+        .collect();
     mock.push(Reply::sse(answer).first_event_then_wait(Duration::from_secs(60)));
     let proxy = start_proxy(config_for(mock.base_url())).await;
     let res = send(

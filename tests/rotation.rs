@@ -25,14 +25,21 @@ async fn proxy_with(mock: &MockUpstream, keys: &[&str]) -> RunningProxy {
 }
 
 fn hits(mock: &MockUpstream, key: &str) -> usize {
-    mock.requests().iter().filter(|r| r.credential.as_deref() == Some(key)).count()
+    mock.requests()
+        .iter()
+        .filter(|r| r.credential.as_deref() == Some(key))
+        .count()
 }
 
 fn cooldown_secs(proxy: &RunningProxy, label: &str, class: &str) -> Option<f64> {
-    let until = proxy
-        .metrics
-        .get("tr_credential_cooldown_until_seconds", &[("credential", label), ("class", class)])?;
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+    let until = proxy.metrics.get(
+        "tr_credential_cooldown_until_seconds",
+        &[("credential", label), ("class", class)],
+    )?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     Some(until - now)
 }
 
@@ -48,7 +55,15 @@ async fn run_requests(proxy: &RunningProxy, n: usize) -> Vec<(StatusCode, String
     let c = client();
     let mut out = Vec::new();
     for _ in 0..n {
-        let (s, _, b) = send_collect(&c, json_req(&proxy.url("/v1/responses"), Some("client-key-never-upstream"), body())).await;
+        let (s, _, b) = send_collect(
+            &c,
+            json_req(
+                &proxy.url("/v1/responses"),
+                Some("client-key-never-upstream"),
+                body(),
+            ),
+        )
+        .await;
         out.push((s, String::from_utf8_lossy(&b).into_owned()));
     }
     out
@@ -57,7 +72,11 @@ async fn run_requests(proxy: &RunningProxy, n: usize) -> Vec<(StatusCode, String
 fn assert_clean_streams(results: &[(StatusCode, String)]) {
     for (s, text) in results {
         assert_eq!(*s, StatusCode::OK, "{text}");
-        assert_eq!(text.matches("event: response.created").count(), 1, "exactly one response.created: {text}");
+        assert_eq!(
+            text.matches("event: response.created").count(),
+            1,
+            "exactly one response.created: {text}"
+        );
         assert!(text.contains("response.completed"), "{text}");
         assert!(!text.contains("response.failed"), "{text}");
     }
@@ -66,32 +85,55 @@ fn assert_clean_streams(results: &[(StatusCode, String)]) {
 #[tokio::test]
 async fn an_exhausted_key_in_a_200_stream_is_hit_once_then_skipped() {
     let mock = MockUpstream::start().await.unwrap();
-    mock.push_for(KEY_A, failed_stream("insufficient_quota", "You exceeded your current quota"));
+    mock.push_for(
+        KEY_A,
+        failed_stream("insufficient_quota", "You exceeded your current quota"),
+    );
     let proxy = proxy_with(&mock, &[KEY_A, KEY_B]).await;
     let results = run_requests(&proxy, 4).await;
     assert_clean_streams(&results);
     assert_eq!(hits(&mock, KEY_A), 1, "the exhausted key is tried once");
     assert_eq!(hits(&mock, KEY_B), 4);
     let secs = cooldown_secs(&proxy, LABEL_A, "quota_exhausted").expect("A cooling");
-    assert!(secs > 50.0 * 60.0, "no reset signal: the long default applies ({secs}s)");
-    assert!(mock.requests().iter().all(|r| r.credential.as_deref() != Some("client-key-never-upstream")));
+    assert!(
+        secs > 50.0 * 60.0,
+        "no reset signal: the long default applies ({secs}s)"
+    );
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|r| r.credential.as_deref() != Some("client-key-never-upstream"))
+    );
 }
 
 #[tokio::test]
 async fn a_rate_limit_cools_for_the_hinted_time() {
     let mock = MockUpstream::start().await.unwrap();
-    mock.push_for(KEY_A, failed_stream("rate_limit_exceeded", "Rate limit reached for gpt-5.5. Please try again in 20s."));
+    mock.push_for(
+        KEY_A,
+        failed_stream(
+            "rate_limit_exceeded",
+            "Rate limit reached for gpt-5.5. Please try again in 20s.",
+        ),
+    );
     let proxy = proxy_with(&mock, &[KEY_A, KEY_B]).await;
     assert_clean_streams(&run_requests(&proxy, 3).await);
     assert_eq!(hits(&mock, KEY_A), 1);
     let secs = cooldown_secs(&proxy, LABEL_A, "rate_limited").expect("A cooling");
-    assert!((15.0..=21.0).contains(&secs), "cooling follows the 20 s hint: {secs}");
+    assert!(
+        (15.0..=21.0).contains(&secs),
+        "cooling follows the 20 s hint: {secs}"
+    );
 }
 
 #[tokio::test]
 async fn an_http_429_usage_limit_cools_until_resets_at() {
     let mock = MockUpstream::start().await.unwrap();
-    let resets_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 3 * 3600;
+    let resets_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3 * 3600;
     mock.push_for(
         KEY_A,
         Reply::json(
@@ -103,7 +145,10 @@ async fn an_http_429_usage_limit_cools_until_resets_at() {
     assert_clean_streams(&run_requests(&proxy, 3).await);
     assert_eq!(hits(&mock, KEY_A), 1);
     let secs = cooldown_secs(&proxy, LABEL_A, "quota_exhausted").expect("A cooling");
-    assert!((3.0 * 3600.0 - 10.0..=3.0 * 3600.0 + 1.0).contains(&secs), "until resets_at: {secs}");
+    assert!(
+        (3.0 * 3600.0 - 10.0..=3.0 * 3600.0 + 1.0).contains(&secs),
+        "until resets_at: {secs}"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +159,10 @@ async fn a_401_takes_the_key_out_until_its_auth_changes() {
     assert_clean_streams(&run_requests(&proxy, 3).await);
     assert_eq!(hits(&mock, KEY_A), 1);
     assert_eq!(
-        proxy.metrics.get("tr_credential_cooldown_until_seconds", &[("credential", LABEL_A), ("class", "auth")]),
+        proxy.metrics.get(
+            "tr_credential_cooldown_until_seconds",
+            &[("credential", LABEL_A), ("class", "auth")]
+        ),
         Some(f64::INFINITY)
     );
 }
@@ -122,28 +170,63 @@ async fn a_401_takes_the_key_out_until_its_auth_changes() {
 #[tokio::test]
 async fn a_failure_after_content_is_seen_once_and_the_next_request_goes_elsewhere() {
     let mock = MockUpstream::start().await.unwrap();
-    let mut evs: Vec<_> = events::text_answer("partial answer").into_iter().take(5).collect();
-    evs.push(events::failed("resp_p", "insufficient_quota", "You exceeded your current quota"));
+    let mut evs: Vec<_> = events::text_answer("partial answer")
+        .into_iter()
+        .take(5)
+        .collect();
+    evs.push(events::failed(
+        "resp_p",
+        "insufficient_quota",
+        "You exceeded your current quota",
+    ));
     mock.push_for(KEY_A, Reply::sse(evs));
     let proxy = proxy_with(&mock, &[KEY_A, KEY_B]).await;
     let results = run_requests(&proxy, 3).await;
     let (s, first) = &results[0];
     assert_eq!(*s, StatusCode::OK);
-    assert_eq!(first.matches("event: response.failed").count(), 1, "passed through once: {first}");
+    assert_eq!(
+        first.matches("event: response.failed").count(),
+        1,
+        "passed through once: {first}"
+    );
     assert_eq!(first.matches("event: response.created").count(), 1);
     assert_clean_streams(&results[1..]);
-    assert_eq!(hits(&mock, KEY_A), 1, "reported to the pool, so later requests skip A");
+    assert_eq!(
+        hits(&mock, KEY_A),
+        1,
+        "reported to the pool, so later requests skip A"
+    );
 }
 
 #[tokio::test]
 async fn a_404_on_the_compact_route_cools_nothing() {
     let mock = MockUpstream::start().await.unwrap();
-    mock.push(Reply::raw(StatusCode::NOT_FOUND, "application/json", r#"{"detail":"Not Found"}"#));
+    mock.push(Reply::raw(
+        StatusCode::NOT_FOUND,
+        "application/json",
+        r#"{"detail":"Not Found"}"#,
+    ));
     let proxy = proxy_with(&mock, &[KEY_A, KEY_B]).await;
     let c = client();
-    let (s, _, _) = send_collect(&c, json_req(&proxy.url("/v1/responses/compact"), None, json!({"model": "gpt-5.5", "input": []}))).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "the route's answer passes through");
-    assert_eq!(mock.request_count(), 1, "a route error is not retried on another key");
+    let (s, _, _) = send_collect(
+        &c,
+        json_req(
+            &proxy.url("/v1/responses/compact"),
+            None,
+            json!({"model": "gpt-5.5", "input": []}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "the route's answer passes through"
+    );
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "a route error is not retried on another key"
+    );
     assert_eq!(proxy.metrics.total("tr_credential_cooldowns_total"), 0.0);
     assert_clean_streams(&run_requests(&proxy, 2).await);
 }
@@ -151,7 +234,11 @@ async fn a_404_on_the_compact_route_cools_nothing() {
 #[tokio::test]
 async fn with_every_key_exhausted_the_client_gets_a_429_with_retry_after() {
     let mock = MockUpstream::start().await.unwrap();
-    let resets_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let resets_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
     for key in [KEY_A, KEY_B, KEY_C] {
         mock.push_for(
             key,
@@ -171,7 +258,11 @@ async fn with_every_key_exhausted_the_client_gets_a_429_with_retry_after() {
     // Second request: nothing left to try; the proxy answers itself.
     let (s, h, b) = send_collect(&c, json_req(&proxy.url("/v1/responses"), None, body())).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(mock.request_count(), 3, "no upstream request while all are cooling");
+    assert_eq!(
+        mock.request_count(),
+        3,
+        "no upstream request while all are cooling"
+    );
     let retry_after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((590..=601).contains(&retry_after), "{retry_after}");
     let v = assert_envelope(&b);
@@ -189,7 +280,9 @@ async fn sessions_stay_on_their_credential_while_it_is_healthy() {
             let req = http::Request::post(proxy.url("/v1/responses"))
                 .header("content-type", "application/json")
                 .header("session-id", session)
-                .body(http_body_util::Full::new(bytes::Bytes::from(body().to_string())))
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body().to_string(),
+                )))
                 .unwrap();
             let (s, _, _) = send_collect(&c, req).await;
             assert_eq!(s, StatusCode::OK);
@@ -202,6 +295,10 @@ async fn sessions_stay_on_their_credential_while_it_is_healthy() {
             .filter(|r| r.header("session-id") == Some(session))
             .map(|r| r.credential.clone())
             .collect();
-        assert_eq!(creds.len(), 1, "session {session} kept one credential: {creds:?}");
+        assert_eq!(
+            creds.len(),
+            1,
+            "session {session} kept one credential: {creds:?}"
+        );
     }
 }

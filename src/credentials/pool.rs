@@ -517,3 +517,215 @@ fn random_below(counter: usize, n: u64) -> u64 {
     z ^= z >> 31;
     if n == 0 { 0 } else { z % n }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(keys: &[&str], strategy: Strategy) -> Pool {
+        Pool::new(
+            keys.iter()
+                .map(|k| PoolMember::new(k.parse().unwrap()))
+                .collect(),
+        )
+        .unwrap()
+        .with_strategy(strategy)
+    }
+
+    const KEYS: [&str; 3] = [
+        "sk-unit-aaaaaaaaaaaaaaaa-AAAA",
+        "sk-unit-bbbbbbbbbbbbbbbb-BBBB",
+        "sk-unit-cccccccccccccccc-CCCC",
+    ];
+
+    fn picks(p: &Pool, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| p.pick(&[], None, None).unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn strategies_choose_as_documented() {
+        let rr = pool(&KEYS, Strategy::RoundRobin);
+        assert_eq!(
+            picks(&rr, 3)
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
+
+        let ff = pool(&KEYS, Strategy::FillFirst);
+        assert!(picks(&ff, 5).iter().all(|l| l == "key-…AAAA"));
+
+        let lu = pool(&KEYS, Strategy::LeastUsed);
+        lu.record_use("key-…AAAA");
+        lu.record_use("key-…BBBB");
+        assert_eq!(&*lu.pick(&[], None, None).unwrap(), "key-…CCCC");
+
+        let mut members: Vec<PoolMember> = KEYS
+            .iter()
+            .map(|k| PoolMember::new(k.parse().unwrap()))
+            .collect();
+        members[0].weight = 8;
+        let w = Pool::new(members)
+            .unwrap()
+            .with_strategy(Strategy::Weighted);
+        let got = picks(&w, 1000);
+        let heavy = got.iter().filter(|l| *l == "key-…AAAA").count();
+        assert!(
+            heavy > 650,
+            "weight 8 of 10 should take most picks, took {heavy}"
+        );
+
+        let r = pool(&KEYS, Strategy::Random);
+        assert_eq!(
+            picks(&r, 200)
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_pin_overrides_and_exclusions_and_cooldowns_are_skipped() {
+        let p = pool(&KEYS, Strategy::FillFirst);
+        assert_eq!(&*p.pick(&[], Some("key-…CCCC"), None).unwrap(), "key-…CCCC");
+        let a: Arc<str> = Arc::from("key-…AAAA");
+        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-…BBBB");
+        p.record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded));
+        let a: Arc<str> = Arc::from("key-…AAAA");
+        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-…CCCC");
+    }
+
+    #[test]
+    fn failover_does_not_overwrite_a_session_binding() {
+        let p = pool(&KEYS, Strategy::RoundRobin);
+        p.bind_session("s", "key-…BBBB");
+        assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-…BBBB");
+        p.record_failure("key-…BBBB", &Failure::new(FailureClass::RateLimited));
+        let other = p.pick(&[], None, Some("s")).unwrap();
+        assert_ne!(&*other, "key-…BBBB");
+        p.bind_session("s", &other);
+        assert_eq!(p.state().affinity("s").as_deref(), Some("key-…BBBB"));
+    }
+
+    #[test]
+    fn cooldowns_follow_the_class() {
+        let p = pool(&KEYS, Strategy::RoundRobin);
+        for class in [
+            FailureClass::ModelUnsupported,
+            FailureClass::RouteNotFound,
+            FailureClass::StaleConnection,
+            FailureClass::InvalidRequest,
+            FailureClass::ContentPolicy,
+            FailureClass::ContextLength,
+        ] {
+            assert!(
+                p.record_failure("key-…AAAA", &Failure::new(class))
+                    .is_none(),
+                "{class:?}"
+            );
+        }
+        // Overload: short, and longer only on repeats.
+        let first = p
+            .record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded))
+            .unwrap();
+        let second = p
+            .record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded))
+            .unwrap();
+        let now = SystemTime::now();
+        let d1 = first.until.unwrap().duration_since(now).unwrap_or_default();
+        let d2 = second
+            .until
+            .unwrap()
+            .duration_since(now)
+            .unwrap_or_default();
+        assert!(
+            d1 <= Duration::from_secs(1) && d2 > d1 && d2 <= Duration::from_secs(2),
+            "{d1:?} {d2:?}"
+        );
+        // A transport failure is never the credential's fault.
+        assert!(
+            p.record_failure("key-…CCCC", &Failure::transport(false, "reset"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn usage_headers_at_100_percent_cool_before_failure() {
+        let p = pool(&KEYS, Strategy::RoundRobin);
+        let reset = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 7 * 24 * 3600;
+        let mut h = http::HeaderMap::new();
+        h.insert("x-codex-primary-used-percent", "40".parse().unwrap());
+        h.insert("x-codex-primary-window-minutes", "300".parse().unwrap());
+        h.insert(
+            "x-codex-primary-reset-at",
+            (reset - 6 * 24 * 3600).to_string().parse().unwrap(),
+        );
+        h.insert("x-codex-secondary-used-percent", "100".parse().unwrap());
+        h.insert("x-codex-secondary-window-minutes", "10080".parse().unwrap());
+        h.insert(
+            "x-codex-secondary-reset-at",
+            reset.to_string().parse().unwrap(),
+        );
+        p.record_success("key-…AAAA", &h);
+        let c = p.cooldown_of("key-…AAAA").expect("cooling");
+        let until = c
+            .until
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(
+            until, reset,
+            "the weekly window's reset, not the 5-hour one"
+        );
+    }
+
+    #[test]
+    fn an_auth_cooldown_ends_when_the_auth_file_changes() {
+        let dir = std::env::temp_dir().join(format!("tr-pool-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("auth.json");
+        std::fs::write(
+            &path,
+            r#"{"tokens":{"access_token":"old-token","account_id":"acct"}}"#,
+        )
+        .unwrap();
+        let p = Pool::new(vec![PoolMember::new(
+            format!("codex-auth:{}", path.display()).parse().unwrap(),
+        )])
+        .unwrap();
+        let label = p.labels()[0].to_string();
+        p.record_failure(&label, &Failure::new(FailureClass::Auth));
+        assert!(
+            p.pick(&[], None, None).is_none(),
+            "out until the file changes"
+        );
+        // A new login rewrites the file (a later mtime).
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::write(
+            &path,
+            r#"{"tokens":{"access_token":"new-token","account_id":"acct"}}"#,
+        )
+        .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(p.pick(&[], None, None).as_deref(), Some(label.as_str()));
+        assert_eq!(
+            p.entry(&label).unwrap().credential().token.expose(),
+            "new-token"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
