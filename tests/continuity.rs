@@ -3,60 +3,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use http::StatusCode;
 use serde_json::{Value, json};
-use tower_responses::testing::{Fault, MockUpstream, RecordedRequest, Reply, events};
+use tower_responses::testing::{Fault, MockUpstream, Reply, ResponseStore, events};
 
 const KEY_A: &str = "sk-cont-aaaaaaaaaaaaaaaaaaaa-AAAA";
 const KEY_B: &str = "sk-cont-bbbbbbbbbbbbbbbbbbbb-BBBB";
 /// What one input item costs, in tokens, in this simulation.
 const ITEM_TOKENS: u64 = 2300;
-
-/// The platform's behaviour: a response id lives with the key that created it; another key
-/// gets 400 previous_response_not_found. Input tokens are billed per item sent.
-#[derive(Clone, Default)]
-struct Platform {
-    owners: Arc<Mutex<HashMap<String, String>>>,
-    next: Arc<Mutex<u64>>,
-}
-
-impl Platform {
-    fn install(&self, mock: &MockUpstream) {
-        let me = self.clone();
-        mock.set_handler(move |r: &RecordedRequest| me.answer(r));
-    }
-
-    fn answer(&self, r: &RecordedRequest) -> Option<Reply> {
-        let body = r.json()?;
-        let cred = r.credential.clone()?;
-        if let Some(prev) = body["previous_response_id"].as_str() {
-            if self.owners.lock().unwrap().get(prev) != Some(&cred) {
-                return Some(Reply::json(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": {"message": format!("Previous response with id '{prev}' not found."), "type": "invalid_request_error", "param": "previous_response_id", "code": "previous_response_not_found"}}),
-                ));
-            }
-        }
-        let n = {
-            let mut g = self.next.lock().unwrap();
-            *g += 1;
-            *g
-        };
-        let id = format!("resp_sim_{n}");
-        self.owners.lock().unwrap().insert(id.clone(), cred);
-        let items = body["input"].as_array().map_or(1, Vec::len) as u64;
-        Some(Reply::sse(events::answer(
-            &id,
-            &format!("msg_sim_{n}"),
-            "ok",
-            events::usage(items * ITEM_TOKENS, 5),
-        )))
-    }
-}
 
 fn response_id(sse: &str) -> Option<String> {
     sse.lines()
@@ -87,7 +42,7 @@ fn user(text: &str) -> Value {
 #[tokio::test]
 async fn follow_ups_land_on_the_owner_and_a_loss_is_a_retryable_502() {
     let mock = MockUpstream::start().await.unwrap();
-    Platform::default().install(&mock);
+    ResponseStore::new(ITEM_TOKENS).install(&mock);
     let proxy = proxy(&mock).await;
     let c = client();
     let url = proxy.url("/v1/responses");
@@ -136,12 +91,8 @@ async fn follow_ups_land_on_the_owner_and_a_loss_is_a_retryable_502() {
     assert_eq!(during[0].credential.as_ref(), Some(&owner));
 
     // The client retries with the anchor intact, and the owner answers.
-    let platform = Platform::default();
-    platform
-        .owners
-        .lock()
-        .unwrap()
-        .insert(prev.clone(), owner.clone());
+    let platform = ResponseStore::new(ITEM_TOKENS);
+    platform.insert(&prev, &owner);
     platform.install(&mock);
     let (s, _, b) = send_collect(
         &c,
@@ -158,7 +109,7 @@ async fn follow_ups_land_on_the_owner_and_a_loss_is_a_retryable_502() {
 #[tokio::test]
 async fn a_stream_cut_before_content_on_an_anchored_request_is_a_502_not_a_400() {
     let mock = MockUpstream::start().await.unwrap();
-    let platform = Platform::default();
+    let platform = ResponseStore::new(ITEM_TOKENS);
     platform.install(&mock);
     let proxy = proxy(&mock).await;
     let c = client();
@@ -184,13 +135,9 @@ async fn a_stream_cut_before_content_on_an_anchored_request_is_a_502_not_a_400()
 #[tokio::test]
 async fn an_unknown_owner_is_found_on_another_credential_before_the_client_hears_not_found() {
     let mock = MockUpstream::start().await.unwrap();
-    let platform = Platform::default();
+    let platform = ResponseStore::new(ITEM_TOKENS);
     // A response created by B before this proxy started (the owner map is empty).
-    platform
-        .owners
-        .lock()
-        .unwrap()
-        .insert("resp_old".into(), KEY_B.into());
+    platform.insert("resp_old", KEY_B);
     platform.install(&mock);
     let proxy = proxy(&mock).await;
     let c = client();
@@ -228,7 +175,7 @@ async fn an_unknown_owner_is_found_on_another_credential_before_the_client_hears
 #[tokio::test]
 async fn a_twenty_turn_session_keeps_its_per_turn_input_flat_through_an_upstream_loss() {
     let mock = MockUpstream::start().await.unwrap();
-    let platform = Platform::default();
+    let platform = ResponseStore::new(ITEM_TOKENS);
     platform.install(&mock);
     let proxy = proxy(&mock).await;
     let c = client();

@@ -46,8 +46,10 @@ mod io;
 mod record;
 mod script;
 mod server;
+mod store;
 mod stream;
 
 pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};
 pub use server::MockUpstream;
+pub use store::ResponseStore;

@@ -1,0 +1,98 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use serde_json::json;
+
+use super::{MockUpstream, RecordedRequest, Reply, events};
+
+/// Makes the mock behave like the OpenAI platform with `store: true`: a response id lives
+/// with the credential that created it, and `previous_response_id` sent with any other
+/// credential gets `400 previous_response_not_found`. Streamed answers report
+/// `usage.input_tokens` as `tokens_per_item` × the number of `input` items sent, so a client
+/// that resends its history shows up in the numbers.
+///
+/// ```
+/// use tower_responses::testing::{MockUpstream, ResponseStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mock = MockUpstream::start().await.unwrap();
+/// let store = ResponseStore::new(2300);
+/// store.install(&mock);
+/// store.insert("resp_old", "sk-key-b");
+/// assert_eq!(store.owner("resp_old").as_deref(), Some("sk-key-b"));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ResponseStore {
+    owners: Arc<Mutex<HashMap<String, String>>>,
+    next: Arc<Mutex<u64>>,
+    tokens_per_item: u64,
+}
+
+impl ResponseStore {
+    /// A store billing `tokens_per_item` input tokens per `input` item.
+    pub fn new(tokens_per_item: u64) -> Self {
+        ResponseStore {
+            owners: Arc::default(),
+            next: Arc::default(),
+            tokens_per_item,
+        }
+    }
+
+    /// Makes `mock` answer `/responses` through this store (its handler).
+    pub fn install(&self, mock: &MockUpstream) {
+        let me = self.clone();
+        mock.set_handler(move |r: &RecordedRequest| me.answer(r));
+    }
+
+    /// Records that `credential` owns `id` (a response created before the test started).
+    pub fn insert(&self, id: &str, credential: &str) {
+        self.lock().insert(id.to_string(), credential.to_string());
+    }
+
+    /// The credential that owns `id`.
+    pub fn owner(&self, id: &str) -> Option<String> {
+        self.lock().get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The answer to one request, as the handler gives it (`None` for requests it does not
+    /// handle: no JSON body or no credential).
+    pub fn answer(&self, r: &RecordedRequest) -> Option<Reply> {
+        let body = r.json()?;
+        let cred = r.credential.clone()?;
+        if let Some(prev) = body["previous_response_id"].as_str() {
+            if self.owner(prev).as_ref() != Some(&cred) {
+                return Some(Reply::json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": {
+                        "message": format!("Previous response with id '{prev}' not found."),
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": "previous_response_not_found"
+                    }}),
+                ));
+            }
+        }
+        let n = {
+            let mut g = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            *g += 1;
+            *g
+        };
+        let id = format!("resp_store_{n}");
+        self.insert(&id, &cred);
+        let items = body["input"].as_array().map_or(1, Vec::len) as u64;
+        let usage = events::usage(items * self.tokens_per_item, 5);
+        Some(Reply::sse(events::answer(
+            &id,
+            &format!("msg_store_{n}"),
+            "ok",
+            usage,
+        )))
+    }
+}
