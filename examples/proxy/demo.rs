@@ -1,6 +1,7 @@
-//! `--demo`: the embedded mock upstream, the proxy in front of it, and a scripted workload.
-//! Each row says what the client saw through the proxy and whether that is what the proxy
-//! promises. It grows as layers land.
+//! `--demo`: the embedded mock upstream with the seed faults switched on, the proxy (the full
+//! stack) in front of it, and a scripted workload. Every fault is sent twice: straight to the
+//! mock (what a client sees without the stack) and through the proxy. The table says what the
+//! client saw each way and which layer acted; the exit code is 0 only if every row is handled.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,59 +12,171 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
 use tower_responses::credentials::Secret;
 use tower_responses::proxy::{Proxy, ProxyConfig};
-use tower_responses::testing::{Fault, MockUpstream, Reply};
+use tower_responses::testing::{Fault, MockUpstream, Reply, ResponseStore, events};
 
 const CLIENT_KEY: &str = "demo-client-key";
-
-struct Row {
-    scenario: &'static str,
-    saw: String,
-    ok: bool,
-}
+const KEY_A: &str = "sk-demo-aaaaaaaaaaaaaaaaaaaa-AAAA";
+const KEY_B: &str = "sk-demo-bbbbbbbbbbbbbbbbbbbb-BBBB";
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What a client saw, in a few words.
+#[derive(Debug, Default)]
+struct Seen {
+    status: Option<StatusCode>,
+    transport: Option<String>,
+    created: usize,
+    completed: bool,
+    failed: Option<String>,
+    error_code: Option<String>,
+    still_open: bool,
+    response_id: Option<String>,
+}
+
+impl Seen {
+    fn clean(&self) -> bool {
+        self.status == Some(StatusCode::OK)
+            && self.created == 1
+            && self.completed
+            && self.failed.is_none()
+            && !self.still_open
+    }
+
+    fn summary(&self) -> String {
+        if let Some(t) = &self.transport {
+            return format!("transport error ({t})");
+        }
+        let mut s = self.status.map_or("-".into(), |s| s.as_u16().to_string());
+        if let Some(code) = &self.error_code {
+            s.push_str(&format!(" {code}"));
+        }
+        if let Some(f) = &self.failed {
+            s.push_str(&format!(", response.failed {f}"));
+        } else if self.completed {
+            s.push_str(", completed");
+        }
+        if self.still_open {
+            s.push_str(", stream still open after 2 s");
+        }
+        s
+    }
+}
+
+struct Row {
+    fault: &'static str,
+    without: String,
+    with: String,
+    layer: &'static str,
+    ok: bool,
+}
 
 async fn send(
     client: &HttpClient,
     url: &str,
-    key: Option<&str>,
+    key: &str,
     headers: &[(&str, &str)],
-    body: Bytes,
-) -> Result<(StatusCode, Bytes), String> {
-    let mut req = Request::post(url).header("content-type", "application/json");
-    if let Some(k) = key {
-        req = req.header("authorization", format!("Bearer {k}"));
-    }
+    body: &Value,
+) -> Seen {
+    let mut req = Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let res = client
-        .request(req)
-        .await
-        .map_err(|e| format!("transport error: {e}"))?;
-    let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body error: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    let Ok(req) = req.body(Full::new(Bytes::from(body.to_string()))) else {
+        return Seen::default();
+    };
+    let mut seen = Seen::default();
+    let res = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => {
+            seen.transport = Some(short_error(&e));
+            return seen;
+        }
+        Err(_) => {
+            seen.transport = Some("no answer in 10 s".into());
+            return seen;
+        }
+    };
+    seen.status = Some(res.status());
+    let mut body = res.into_body();
+    let mut buf = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), body.frame()).await {
+            Err(_) => {
+                seen.still_open = true;
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                seen.transport = Some(format!("body broke: {e}"));
+                break;
+            }
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+        seen.error_code = v["error"]["code"].as_str().map(str::to_string);
+        seen.response_id = v["id"].as_str().map(str::to_string);
+    }
+    for line in String::from_utf8_lossy(&buf).lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("response.created") => {
+                seen.created += 1;
+                seen.response_id = v["response"]["id"].as_str().map(str::to_string);
+            }
+            Some("response.completed") => seen.completed = true,
+            Some("response.failed") => {
+                seen.failed = v["response"]["error"]["code"].as_str().map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+    seen
 }
 
-fn error_code(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "-".into())
+fn short_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg.chars().take(60).collect()
+}
+
+fn turn(prev: Option<&str>, text: &str) -> Value {
+    let mut b = json!({"model": "gpt-5.5", "stream": true, "store": true, "input": [{"role": "user", "content": text}]});
+    if let Some(p) = prev {
+        b["previous_response_id"] = json!(p);
+    }
+    b
+}
+
+fn failed_stream(code: &str, message: &str) -> Reply {
+    Reply::sse(vec![
+        events::created("resp_demo_fail"),
+        events::in_progress("resp_demo_fail"),
+        events::failed("resp_demo_fail", code, message),
+    ])
 }
 
 pub async fn run() -> ExitCode {
     let started = Instant::now();
-    eprintln!("starting the embedded mock upstream and the proxy ...");
+    eprintln!("starting the embedded mock upstream and the proxy (credentials A and B) ...");
     let mock = match MockUpstream::start().await {
         Ok(m) => m,
         Err(e) => {
@@ -74,7 +187,10 @@ pub async fn run() -> ExitCode {
     let config = ProxyConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         upstream: mock.base_url(),
-        credentials: vec!["demo-upstream-key-1".parse().expect("literal key")],
+        credentials: vec![
+            KEY_A.parse().expect("literal key"),
+            KEY_B.parse().expect("literal key"),
+        ],
         client_keys: vec![Secret::new(CLIENT_KEY)],
         body_limit: 64 * 1024,
         ..ProxyConfig::default()
@@ -86,136 +202,174 @@ pub async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let url = format!("http://{}/v1/responses", proxy.local_addr());
+    let via = format!("http://{}/v1/responses", proxy.local_addr());
+    let direct = format!("{}/responses", mock.base_url());
+    let metrics = proxy.metrics();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(proxy.serve(async {
         let _ = stop_rx.await;
     }));
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let stream_body = Bytes::from_static(
-        br#"{"model":"gpt-5.5","stream":true,"input":[{"role":"user","content":"hi"}]}"#,
-    );
     let mut rows = Vec::new();
+    let plain = turn(None, "hello");
 
-    eprintln!("[1/5] a streamed answer through the proxy");
-    let r = send(&client, &url, Some(CLIENT_KEY), &[], stream_body.clone()).await;
-    let upstream_saw_client_key = mock
-        .requests()
-        .iter()
-        .any(|r| r.credential.as_deref() == Some(CLIENT_KEY));
-    rows.push(match r {
-        Ok((s, body)) => {
-            let events = body.windows(6).filter(|w| w == b"data: ").count();
-            let done = body.windows(18).any(|w| w == b"response.completed");
-            Row {
-                scenario: "streamed answer, credential swapped",
-                saw: format!(
-                    "{s}, {events} SSE events, client key upstream: {upstream_saw_client_key}"
-                ),
-                ok: s == StatusCode::OK && done && !upstream_saw_client_key,
+    eprintln!("[1/6] quota exhausted inside a 200 stream (seed 004)");
+    mock.push_for(
+        KEY_A,
+        failed_stream("insufficient_quota", "You exceeded your current quota"),
+    );
+    let without = send(&client, &direct, KEY_A, &[], &plain).await;
+    mock.push_for(
+        KEY_A,
+        failed_stream("insufficient_quota", "You exceeded your current quota"),
+    );
+    let with = send(&client, &via, CLIENT_KEY, &[], &plain).await;
+    let a_tried = metrics.get(
+        "tr_credential_attempts_total",
+        &[("credential", "key-…AAAA"), ("outcome", "quota_exhausted")],
+    ) == Some(1.0);
+    rows.push(Row {
+        fault: "quota exhausted in a 200 stream",
+        without: without.summary(),
+        with: format!(
+            "{}{}",
+            with.summary(),
+            if a_tried {
+                "; A cooled, B answered"
+            } else {
+                ""
             }
-        }
-        Err(e) => Row {
-            scenario: "streamed answer, credential swapped",
-            saw: e,
-            ok: false,
-        },
+        ),
+        layer: "SoftFailureDetect + CredentialRotate",
+        ok: with.clean() && a_tried,
     });
 
-    eprintln!("[2/5] a wrong client key");
-    let r = send(&client, &url, Some("wrong"), &[], stream_body.clone()).await;
-    rows.push(match r {
-        Ok((s, body)) => Row {
-            scenario: "wrong client key",
-            saw: format!("{s} {}", error_code(&body)),
-            ok: s == StatusCode::UNAUTHORIZED,
-        },
-        Err(e) => Row {
-            scenario: "wrong client key",
-            saw: e,
-            ok: false,
-        },
+    eprintln!("[2/6] a follow-up with previous_response_id, two accounts (seed 003)");
+    let store = ResponseStore::new(2300);
+    store.install(&mock);
+    let first = send(&client, &via, CLIENT_KEY, &[], &turn(None, "first")).await;
+    let prev = first.response_id.clone().unwrap_or_default();
+    let owner = store.owner(&prev).unwrap_or_default();
+    let other = if owner == KEY_A { KEY_B } else { KEY_A };
+    let without = send(&client, &direct, other, &[], &turn(Some(&prev), "second")).await;
+    let with = send(&client, &via, CLIENT_KEY, &[], &turn(Some(&prev), "second")).await;
+    rows.push(Row {
+        fault: "anchored follow-up, 2 accounts",
+        without: format!("{} (sent with the other key)", without.summary()),
+        with: with.summary(),
+        layer: "Continuity (pins the owner)",
+        ok: with.clean(),
     });
 
-    eprintln!("[3/5] a WebSocket upgrade (what the Codex CLI tries first)");
-    let r = send(
+    eprintln!("[3/6] the upstream drops the connection under previous_response_id (seed 003)");
+    let prev = with.response_id.clone().unwrap_or_default();
+    mock.set_handler(|_| None);
+    mock.push(Reply::fault(Fault::CloseAfterRead));
+    let without = send(&client, &direct, &owner, &[], &turn(Some(&prev), "third")).await;
+    mock.push(Reply::fault(Fault::CloseAfterRead));
+    let lost = send(&client, &via, CLIENT_KEY, &[], &turn(Some(&prev), "third")).await;
+    store.install(&mock);
+    let retried = send(&client, &via, CLIENT_KEY, &[], &turn(Some(&prev), "third")).await;
+    rows.push(Row {
+        fault: "upstream lost under an anchor",
+        without: without.summary(),
+        with: format!("{}; the retry: {}", lost.summary(), retried.summary()),
+        layer: "Continuity (502, never 400)",
+        ok: lost.status == Some(StatusCode::BAD_GATEWAY)
+            && lost.error_code.as_deref() == Some("upstream_unavailable")
+            && retried.clean(),
+    });
+    mock.set_handler(|_| None);
+
+    eprintln!("[4/6] the upstream keeps the stream open after response.completed");
+    mock.push(Reply::text("done, but the connection stays open").hold_open());
+    let without = send(&client, &direct, KEY_A, &[], &plain).await;
+    mock.push(Reply::text("done, but the connection stays open").hold_open());
+    let with = send(&client, &via, CLIENT_KEY, &[], &plain).await;
+    rows.push(Row {
+        fault: "stream left open after terminal",
+        without: without.summary(),
+        with: with.summary(),
+        layer: "SoftFailureDetect (ends the body)",
+        ok: with.clean(),
+    });
+
+    eprintln!("[5/6] every account exhausted");
+    let resets_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 900;
+    let quota = json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "resets_at": resets_at}});
+    for key in [KEY_A, KEY_B] {
+        mock.push_for(
+            key,
+            Reply::json(StatusCode::TOO_MANY_REQUESTS, quota.clone()),
+        );
+    }
+    let _ = send(&client, &via, CLIENT_KEY, &[], &plain).await;
+    let before = mock.request_count();
+    let with = send(&client, &via, CLIENT_KEY, &[], &plain).await;
+    rows.push(Row {
+        fault: "every account exhausted",
+        without: "-".into(),
+        with: format!(
+            "{}, no upstream call: {}",
+            with.summary(),
+            mock.request_count() == before
+        ),
+        layer: "CredentialRotate (429 + Retry-After)",
+        ok: with.status == Some(StatusCode::TOO_MANY_REQUESTS) && mock.request_count() == before,
+    });
+
+    eprintln!("[6/6] proxy edges: wrong client key, WebSocket upgrade, oversized body");
+    let bad_key = send(&client, &via, "wrong", &[], &plain).await;
+    let ws = send(
         &client,
-        &url,
-        Some(CLIENT_KEY),
+        &via,
+        CLIENT_KEY,
         &[("upgrade", "websocket"), ("connection", "upgrade")],
-        Bytes::new(),
+        &plain,
     )
     .await;
-    rows.push(match r {
-        Ok((s, body)) => Row {
-            scenario: "websocket upgrade",
-            saw: format!("{s} {}", error_code(&body)),
-            ok: s == StatusCode::UPGRADE_REQUIRED,
-        },
-        Err(e) => Row {
-            scenario: "websocket upgrade",
-            saw: e,
-            ok: false,
-        },
-    });
-
-    eprintln!("[4/5] a body over the limit");
-    let big = Bytes::from(vec![b' '; 100 * 1024]);
-    let r = send(&client, &url, Some(CLIENT_KEY), &[], big).await;
-    rows.push(match r {
-        Ok((s, body)) => Row {
-            scenario: "oversized body",
-            saw: format!("{s} {}", error_code(&body)),
-            ok: s == StatusCode::PAYLOAD_TOO_LARGE,
-        },
-        Err(e) => Row {
-            scenario: "oversized body",
-            saw: e,
-            ok: false,
-        },
-    });
-
-    eprintln!("[5/5] the upstream drops the connection");
-    mock.push(Reply::fault(Fault::CloseAfterRead));
-    let r = send(&client, &url, Some(CLIENT_KEY), &[], stream_body.clone()).await;
-    rows.push(match r {
-        Ok((s, body)) => Row {
-            scenario: "upstream connection dropped",
-            saw: format!("{s} {}", error_code(&body)),
-            ok: s == StatusCode::BAD_GATEWAY,
-        },
-        Err(e) => Row {
-            scenario: "upstream connection dropped",
-            saw: e,
-            ok: false,
-        },
+    let big = json!({"model": "m", "input": "x".repeat(100 * 1024)});
+    let too_big = send(&client, &via, CLIENT_KEY, &[], &big).await;
+    rows.push(Row {
+        fault: "bad key / websocket / oversized",
+        without: "-".into(),
+        with: format!(
+            "{} / {} / {}",
+            bad_key.summary(),
+            ws.summary(),
+            too_big.summary()
+        ),
+        layer: "proxy edge",
+        ok: bad_key.status == Some(StatusCode::UNAUTHORIZED)
+            && ws.status == Some(StatusCode::UPGRADE_REQUIRED)
+            && too_big.status == Some(StatusCode::PAYLOAD_TOO_LARGE),
     });
 
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-
-    println!();
-    println!("{:<38} {:<6} what the client saw", "scenario", "ok");
-    println!("{}", "-".repeat(96));
-    for row in &rows {
-        println!(
-            "{:<38} {:<6} {}",
-            row.scenario,
-            if row.ok { "yes" } else { "NO" },
-            row.saw
-        );
-    }
-    let all_ok = rows.iter().all(|r| r.ok);
-    println!();
+    print_table(&rows);
+    let handled = rows.iter().filter(|r| r.ok).count();
     println!(
-        "{} of {} scenarios handled in {:.1} s",
-        rows.iter().filter(|r| r.ok).count(),
+        "\n{handled} of {} faults handled in {:.1} s",
         rows.len(),
         started.elapsed().as_secs_f64()
     );
-    if all_ok {
+    if handled == rows.len() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    for row in rows {
+        println!("{} {}", if row.ok { "[ok]  " } else { "[FAIL]" }, row.fault);
+        println!("         without the stack: {}", row.without);
+        println!("         through the stack: {}", row.with);
+        println!("         acted:             {}", row.layer);
     }
 }
