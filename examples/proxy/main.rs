@@ -14,7 +14,7 @@ mod demo;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tower_responses::credentials::{CredentialSource, Secret};
+use tower_responses::credentials::{PoolMember, Secret};
 use tower_responses::proxy::{Proxy, ProxyConfig};
 
 const USAGE: &str = "usage: proxy [--config FILE] [--listen ADDR] [--upstream URL] \
@@ -89,7 +89,7 @@ fn build_config(flags: &Flags) -> Result<ProxyConfig, String> {
             .credentials
             .iter()
             .map(|c| {
-                c.parse::<CredentialSource>()
+                c.parse::<PoolMember>()
                     .map_err(|e| format!("--credential: {e}"))
             })
             .collect::<Result<_, _>>()?;

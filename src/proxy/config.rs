@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::credentials::{CredentialSource, Secret};
+use crate::credentials::{PoolMember, Secret, Strategy};
 use crate::profile::Profile;
 
 /// Everything the proxy can be told, from flags or from a TOML file (flags win).
@@ -15,8 +15,13 @@ use crate::profile::Profile;
 /// let cfg = ProxyConfig::from_toml_str(r#"
 ///     listen = "127.0.0.1:9000"
 ///     upstream = "https://chatgpt.com/backend-api/codex"
-///     credentials = ["codex-auth:/tmp/auth.json"]
+///     strategy = "fill_first"
+///     credentials = [
+///         "codex-auth:/tmp/auth.json",
+///         { source = "env:PLATFORM_KEY", base_url = "https://api.openai.com/v1", profile = "openai", weight = 2 },
+///     ]
 /// "#).unwrap();
+/// assert_eq!(cfg.credentials[1].weight, 2);
 /// assert_eq!(cfg.listen.port(), 9000);
 /// assert_eq!(cfg.profile().as_str(), "chatgpt-codex");
 /// assert!(ProxyConfig::from_toml_str("lisen = 1").is_err());
@@ -31,8 +36,12 @@ pub struct ProxyConfig {
     /// Upstream profile; defaults from the URL.
     #[serde(rename = "profile")]
     pub profile_override: Option<Profile>,
-    /// Upstream credentials. With any, the client's `Authorization` is replaced.
-    pub credentials: Vec<CredentialSource>,
+    /// Upstream credentials. With any, the client's `Authorization` is replaced. Each is a
+    /// source string or a table with its own `base_url`, `profile` and `weight`.
+    pub credentials: Vec<PoolMember>,
+    /// How a credential is chosen: `round_robin`, `fill_first`, `least_used`, `random`,
+    /// `weighted`.
+    pub strategy: Strategy,
     /// Inbound bearer keys. Without any, only loopback clients are served.
     pub client_keys: Vec<Secret>,
     /// Largest request body accepted, after decoding (bytes).
@@ -53,6 +62,7 @@ impl Default for ProxyConfig {
             upstream: "https://api.openai.com/v1".to_string(),
             profile_override: None,
             credentials: Vec::new(),
+            strategy: Strategy::default(),
             client_keys: Vec::new(),
             body_limit: crate::body::DEFAULT_BODY_LIMIT,
             upstream_timeout_secs: 600,

@@ -18,7 +18,7 @@ use super::config::{ConfigError, ProxyConfig};
 use super::forward::{UpstreamBase, strip_hop_by_hop};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ClientService, ConnTag, UpstreamClientBuilder, UpstreamConnector};
-use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, PoolMember, Secret, bearer_token};
+use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::stack::{ResponsesStack, StackService};
@@ -84,14 +84,11 @@ impl Proxy {
         let pool = if config.credentials.is_empty() {
             None
         } else {
-            let members = config
-                .credentials
-                .iter()
-                .cloned()
-                .map(PoolMember::new)
-                .collect();
-            let pool = Pool::new(members).map_err(|e| ConfigError(format!("credential: {e}")))?;
-            Some(Arc::new(pool.with_metrics(metrics.clone())))
+            let pool = Pool::new(config.credentials.clone())
+                .map_err(|e| ConfigError(format!("credential: {e}")))?
+                .with_strategy(config.strategy)
+                .with_metrics(metrics.clone());
+            Some(Arc::new(pool))
         };
         let listener = TcpListener::bind(config.listen)
             .await
