@@ -49,7 +49,10 @@ impl Body for Prefixed {
 
     fn size_hint(&self) -> SizeHint {
         let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let mut hint = self.rest.as_ref().map_or(SizeHint::with_exact(0), |r| r.size_hint());
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), |r| r.size_hint());
         hint.set_lower(hint.lower() + p);
         if let Some(upper) = hint.upper() {
             hint.set_upper(upper + p);
@@ -60,7 +63,10 @@ impl Body for Prefixed {
 
 /// Reads at least `limit` bytes (or to the end); returns them and, if the body goes on, the
 /// rest. A read error ends the prefix and drops the rest.
-pub(crate) async fn read_prefix(mut body: ResponseBody, limit: usize) -> (Bytes, Option<ResponseBody>) {
+pub(crate) async fn read_prefix(
+    mut body: ResponseBody,
+    limit: usize,
+) -> (Bytes, Option<ResponseBody>) {
     let mut buf = BytesMut::new();
     while buf.len() < limit {
         match body.frame().await {

@@ -101,7 +101,10 @@ impl Default for CompactConfig {
         CompactConfig {
             remote: RemotePolicy::Auto,
             compact_model: None,
-            remote_models: DEFAULT_REMOTE_MODELS.iter().map(|s| s.to_string()).collect(),
+            remote_models: DEFAULT_REMOTE_MODELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             probe_unknown_models: true,
             unsupported_ttl_secs: 6 * 60 * 60,
             models: BTreeMap::new(),
@@ -139,7 +142,9 @@ impl CompactConfig {
     }
 
     pub(crate) fn summary_prompt(&self) -> &str {
-        self.summary_prompt.as_deref().unwrap_or(DEFAULT_SUMMARY_PROMPT)
+        self.summary_prompt
+            .as_deref()
+            .unwrap_or(DEFAULT_SUMMARY_PROMPT)
     }
 }
 
@@ -158,7 +163,13 @@ mod tests {
     #[test]
     fn defaults_list_gpt5_up_to_5_4() {
         let c = CompactConfig::default();
-        for m in ["gpt-5", "gpt-5-codex", "gpt-5.1-codex-max", "GPT-5.4", "gpt-5.4-mini"] {
+        for m in [
+            "gpt-5",
+            "gpt-5-codex",
+            "gpt-5.1-codex-max",
+            "GPT-5.4",
+            "gpt-5.4-mini",
+        ] {
             assert!(c.is_listed(m), "{m}");
         }
         for m in ["gpt-5.5", "gpt-5.10", "gpt-4.1", "o3"] {

@@ -96,13 +96,21 @@ fn failure_response(failure: &Failure) -> Response<ResponseBody> {
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut err = ApiError::new(
         status,
-        failure.kind.clone().unwrap_or_else(|| "server_error".into()),
+        failure
+            .kind
+            .clone()
+            .unwrap_or_else(|| "server_error".into()),
         format!(
             "local compaction failed: {}",
             failure.message.as_deref().unwrap_or(failure.class.as_str())
         ),
     )
-    .with_code(failure.code.clone().unwrap_or_else(|| "compaction_failed".into()));
+    .with_code(
+        failure
+            .code
+            .clone()
+            .unwrap_or_else(|| "compaction_failed".into()),
+    );
     if let Some(after) = failure.retry.after {
         err = err.with_retry_after(after);
     }
@@ -119,7 +127,10 @@ where
     S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
 {
     let res = inner.oneshot(req).await?;
-    let marked = res.extensions().get::<SoftFailure>().is_some_and(|s| s.before_content);
+    let marked = res
+        .extensions()
+        .get::<SoftFailure>()
+        .is_some_and(|s| s.before_content);
     if marked || !res.status().is_success() {
         return Ok(Summarised::Failed(res));
     }
@@ -164,9 +175,11 @@ where
                 _ => continue,
             };
             match ty.as_str() {
-                "response.output_text.delta" => {
-                    push_bounded(&mut summary.text, data.delta.as_deref().unwrap_or(""), max_bytes)
-                }
+                "response.output_text.delta" => push_bounded(
+                    &mut summary.text,
+                    data.delta.as_deref().unwrap_or(""),
+                    max_bytes,
+                ),
                 "response.output_text.done" => {
                     let text = done_text.get_or_insert_with(String::new);
                     push_bounded(text, data.text.as_deref().unwrap_or(""), max_bytes);
@@ -230,7 +243,10 @@ pub(crate) fn answer(
             let mut output: Vec<&str> = kept_user_messages.iter().map(String::as_str).collect();
             let item = item.to_string();
             output.push(&item);
-            let usage = summary.usage.as_ref().map_or_else(|| "null".to_string(), Value::to_string);
+            let usage = summary
+                .usage
+                .as_ref()
+                .map_or_else(|| "null".to_string(), Value::to_string);
             let body = format!(
                 r#"{{"id":{},"object":"response.compaction","created_at":{},"output":{},"usage":{}}}"#,
                 Value::from(id),
@@ -240,7 +256,10 @@ pub(crate) fn answer(
             );
             ("application/json", Bytes::from(body))
         }
-        CompactForm::V2 => ("text/event-stream", v2_stream(&id, model, item, summary.usage)),
+        CompactForm::V2 => (
+            "text/event-stream",
+            v2_stream(&id, model, item, summary.usage),
+        ),
     };
     let mut res = Response::new(full_body(body));
     *res.headers_mut() = summary.headers;
@@ -249,7 +268,13 @@ pub(crate) fn answer(
     res
 }
 
-fn response_object(id: &str, model: &str, status: &str, output: Vec<Value>, usage: Option<Value>) -> Value {
+fn response_object(
+    id: &str,
+    model: &str,
+    status: &str,
+    output: Vec<Value>,
+    usage: Option<Value>,
+) -> Value {
     json!({
         "id": id,
         "object": "response",

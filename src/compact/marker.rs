@@ -173,7 +173,15 @@ mod tests {
 
     #[test]
     fn base64_round_trips_and_rejects_garbage() {
-        for s in ["", "a", "ab", "abc", "abcd", "héllo wörld ✓", "line\nbreak \"quoted\""] {
+        for s in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "héllo wörld ✓",
+            "line\nbreak \"quoted\"",
+        ] {
             let enc = encode_summary(s);
             assert!(enc.starts_with(MARKER_PREFIX));
             assert_eq!(decode_summary(&enc).as_deref(), Some(s), "{s}");
@@ -184,7 +192,13 @@ mod tests {
         out.clear();
         base64_encode(b"fo", &mut out);
         assert_eq!(out, "Zm8=");
-        for bad in ["trsum1:Zm9", "trsum1:Zm=v", "trsum1:Z===", "trsum1:Zm9*", "other:Zm8="] {
+        for bad in [
+            "trsum1:Zm9",
+            "trsum1:Zm=v",
+            "trsum1:Z===",
+            "trsum1:Zm9*",
+            "other:Zm8=",
+        ] {
             assert_eq!(decode_summary(bad), None, "{bad}");
         }
         // Valid base64, invalid UTF-8.
@@ -193,9 +207,15 @@ mod tests {
 
     #[test]
     fn leaves_other_bodies_alone() {
-        assert!(expand_marked_items(br#"{"input":[{"type":"compaction","encrypted_content":"real"}]}"#).is_none());
+        assert!(
+            expand_marked_items(br#"{"input":[{"type":"compaction","encrypted_content":"real"}]}"#)
+                .is_none()
+        );
         // The marker in a user's text is not an item.
-        assert!(expand_marked_items(br#"{"input":[{"role":"user","content":"trsum1:Zm8="}]}"#).is_none());
+        assert!(
+            expand_marked_items(br#"{"input":[{"role":"user","content":"trsum1:Zm8="}]}"#)
+                .is_none()
+        );
         assert!(expand_marked_items(b"trsum1: not json").is_none());
     }
 
@@ -204,6 +224,9 @@ mod tests {
         let body = br#"{"input":[{"type":"compaction","encrypted_content":"trsum1:%%%"},{"role":"user","content":"x"}],"model":"m"}"#;
         let (out, n) = expand_marked_items(body).unwrap();
         assert_eq!(n, 1);
-        assert_eq!(&out[..], br#"{"input":[{"role":"user","content":"x"}],"model":"m"}"#);
+        assert_eq!(
+            &out[..],
+            br#"{"input":[{"role":"user","content":"x"}],"model":"m"}"#
+        );
     }
 }

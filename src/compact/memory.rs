@@ -104,7 +104,12 @@ mod tests {
     fn bounded() {
         let r = Refusals::default();
         for i in 0..MAX_REMEMBERED + 50 {
-            r.remember(Profile::Openai, CompactForm::V1, &format!("m{i}"), Duration::from_secs(60));
+            r.remember(
+                Profile::Openai,
+                CompactForm::V1,
+                &format!("m{i}"),
+                Duration::from_secs(60),
+            );
         }
         assert_eq!(r.len(), MAX_REMEMBERED);
     }

@@ -115,7 +115,10 @@ async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
     let mut decoder = SseDecoder::new();
     let mut held = BytesMut::new();
     let pass = |held: BytesMut, rest: Option<ResponseBody>, parts| {
-        Outcome::Failed(Response::from_parts(parts, Prefixed::new(held.freeze(), rest)))
+        Outcome::Failed(Response::from_parts(
+            parts,
+            Prefixed::new(held.freeze(), rest),
+        ))
     };
     loop {
         let Some(frame) = body.frame().await else {
@@ -170,8 +173,12 @@ mod tests {
     #[test]
     fn which_failures_are_refusals() {
         let http = |status: u16, body: &[u8]| {
-            Failure::from_http(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body)
-                .unwrap()
+            Failure::from_http(
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+                body,
+            )
+            .unwrap()
         };
         let v1_502 = http(502, b"error code: 502");
         assert!(refuses_compaction(&v1_502, CompactForm::V1));
@@ -181,14 +188,23 @@ mod tests {
             br#"{"error":{"message":"The model gpt-5.5 is not supported for compaction","type":"invalid_request_error","code":"unsupported_model"}}"#,
         );
         assert!(refuses_compaction(&unsupported, CompactForm::V2));
-        assert!(refuses_compaction(&http(404, br#"{"detail":"Not Found"}"#), CompactForm::V1));
+        assert!(refuses_compaction(
+            &http(404, br#"{"detail":"Not Found"}"#),
+            CompactForm::V1
+        ));
         let quota = http(429, br#"{"error":{"type":"usage_limit_reached","message":"The usage limit has been reached"}}"#);
         assert!(!refuses_compaction(&quota, CompactForm::V1));
-        let ours = http(502, br#"{"error":{"message":"gone","type":"server_error","code":"upstream_unavailable"}}"#);
+        let ours = http(
+            502,
+            br#"{"error":{"message":"gone","type":"server_error","code":"upstream_unavailable"}}"#,
+        );
         assert!(!refuses_compaction(&ours, CompactForm::V1));
         let bad_item = http(400, br#"{"error":{"message":"Invalid value: 'compaction_trigger'.","type":"invalid_request_error","code":"invalid_value"}}"#);
         assert!(refuses_compaction(&bad_item, CompactForm::V2));
-        let bad = http(400, br#"{"error":{"message":"Missing input.","type":"invalid_request_error"}}"#);
+        let bad = http(
+            400,
+            br#"{"error":{"message":"Missing input.","type":"invalid_request_error"}}"#,
+        );
         assert!(!refuses_compaction(&bad, CompactForm::V2));
     }
 }

@@ -148,7 +148,10 @@ fn is_real_user_message(raw: &str) -> bool {
     if msg.role != Some("user") || !matches!(msg.kind, None | Some("message")) {
         return false;
     }
-    let text = match msg.content.map(|c| serde_json::from_str::<Content>(c.get())) {
+    let text = match msg
+        .content
+        .map(|c| serde_json::from_str::<Content>(c.get()))
+    {
         Some(Ok(Content::Text(t))) => t,
         Some(Ok(Content::Parts(parts))) => parts.into_iter().filter_map(|p| p.text).collect(),
         _ => return false,
@@ -202,13 +205,19 @@ mod tests {
         assert_eq!(v["instructions"], "be nice");
         assert_eq!(v["prompt_cache_key"], "sess");
         assert_eq!(v["stream"], true);
-        assert!(v.get("tools").is_none() && v.get("tool_choice").is_none() && v.get("text").is_none());
+        assert!(
+            v.get("tools").is_none() && v.get("tool_choice").is_none() && v.get("text").is_none()
+        );
         let input = v["input"].as_array().unwrap();
         assert_eq!(input.len(), 2);
         assert_eq!(input[0]["content"], "hi");
         assert_eq!(input[1]["content"][0]["text"], "Summarise.");
         // The conversation prefix is copied byte for byte (prompt cache).
-        assert!(std::str::from_utf8(&out).unwrap().contains(r#"[{"role":"user","content":"hi"},"#));
+        assert!(
+            std::str::from_utf8(&out)
+                .unwrap()
+                .contains(r#"[{"role":"user","content":"hi"},"#)
+        );
 
         let s = summary_request(br#"{"model":"m","input":"just text"}"#, "S").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&s).unwrap();

@@ -14,7 +14,9 @@ use super::marker::expand_marked_items;
 use super::memory::Refusals;
 use super::remote::{Outcome, attempt};
 use super::request::{compaction_form, kept_user_messages, summary_request, with_model};
-use super::{CompactConfig, CompactForm, CompactMode, Compacted, RemoteCompactAttempt, RemotePolicy};
+use super::{
+    CompactConfig, CompactForm, CompactMode, Compacted, RemoteCompactAttempt, RemotePolicy,
+};
 use crate::body::{ReplayBody, ResponseBody, clone_request};
 use crate::error::BoxError;
 use crate::facts::RequestFacts;
@@ -185,7 +187,11 @@ fn responses_uri(uri: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
-fn mark(mut res: Response<ResponseBody>, mode: CompactMode, form: CompactForm) -> Response<ResponseBody> {
+fn mark(
+    mut res: Response<ResponseBody>,
+    mode: CompactMode,
+    form: CompactForm,
+) -> Response<ResponseBody> {
     res.extensions_mut().insert(Compacted { mode, form });
     res
 }
@@ -204,7 +210,10 @@ where
 {
     if let Some((body, n)) = expand_marked_items(req.body().bytes()) {
         set_body(&mut req, body);
-        tracing::debug!(items = n, "expanded locally compacted items into summary messages");
+        tracing::debug!(
+            items = n,
+            "expanded locally compacted items into summary messages"
+        );
         if let Some(m) = &layer.metrics {
             m.add(
                 "tr_compact_summaries_expanded_total",
@@ -313,9 +322,10 @@ where
     match summarise(inner, summary_req, config.max_summary_bytes).await? {
         Summarised::Done(summary) => {
             let kept = match form {
-                CompactForm::V1 => {
-                    kept_user_messages(req.body().bytes(), config.keep_user_tokens.saturating_mul(4))
-                }
+                CompactForm::V1 => kept_user_messages(
+                    req.body().bytes(),
+                    config.keep_user_tokens.saturating_mul(4),
+                ),
                 CompactForm::V2 => Vec::new(),
             };
             layer.count(
@@ -324,7 +334,11 @@ where
                 &[("mode", CompactMode::Local.as_str()), ("form", form.as_str())],
             );
             tracing::info!(model = %model, form = form.as_str(), summary_bytes = summary.text.len(), kept = kept.len(), "compacted locally");
-            Ok(mark(answer(form, summary, &kept, &model), CompactMode::Local, form))
+            Ok(mark(
+                answer(form, summary, &kept, &model),
+                CompactMode::Local,
+                form,
+            ))
         }
         Summarised::Failed(res) => {
             tracing::warn!(model = %model, form = form.as_str(), status = res.status().as_u16(), "local compaction failed");
@@ -339,8 +353,13 @@ mod tests {
 
     #[test]
     fn responses_uri_keeps_the_prefix() {
-        let u: Uri = "https://chatgpt.com/backend-api/codex/responses/compact?x=1".parse().unwrap();
-        assert_eq!(responses_uri(&u), "https://chatgpt.com/backend-api/codex/responses");
+        let u: Uri = "https://chatgpt.com/backend-api/codex/responses/compact?x=1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            responses_uri(&u),
+            "https://chatgpt.com/backend-api/codex/responses"
+        );
         let u: Uri = "/v1/responses".parse().unwrap();
         assert_eq!(responses_uri(&u), "/v1/responses");
     }
