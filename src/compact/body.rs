@@ -17,7 +17,7 @@ pub(crate) struct Prefixed {
 }
 
 impl Prefixed {
-    pub(crate) fn new(prefix: Bytes, rest: Option<ResponseBody>) -> ResponseBody {
+    pub(crate) fn body(prefix: Bytes, rest: Option<ResponseBody>) -> ResponseBody {
         Prefixed {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,

@@ -38,7 +38,7 @@
 //! Answers the layer chose a path for carry a [`Compacted`] response extension. Metrics:
 //! `tr_compactions_total{mode=remote|compact_model|local, form=v1|v2}`,
 //! `tr_compact_refusals_total{form}`, `tr_compact_models_unsupported` (gauge),
-//! `tr_compact_summaries_expanded_total`. Tracing events (target `tower_responses::compact`)
+//! `tr_compact_summaries_expanded_total`. Tracing events (targets under `tower_responses::compact`)
 //! say which path was taken and why; they name models, never bodies or headers.
 //!
 //! # Configuration

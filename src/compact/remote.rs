@@ -83,7 +83,7 @@ where
         Some(f) if refuses_compaction(&f, form) => Ok(Outcome::Refused(f.to_string())),
         _ => Ok(Outcome::Failed(Response::from_parts(
             parts,
-            Prefixed::new(prefix, rest),
+            Prefixed::body(prefix, rest),
         ))),
     }
 }
@@ -117,7 +117,7 @@ async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
     let pass = |held: BytesMut, rest: Option<ResponseBody>, parts| {
         Outcome::Failed(Response::from_parts(
             parts,
-            Prefixed::new(held.freeze(), rest),
+            Prefixed::body(held.freeze(), rest),
         ))
     };
     loop {
@@ -140,7 +140,7 @@ async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
                 Some("response.output_item.done") if is_compaction_done(&event.data) => {
                     return Ok(Outcome::Compacted(Response::from_parts(
                         parts,
-                        Prefixed::new(held.freeze(), Some(body)),
+                        Prefixed::body(held.freeze(), Some(body)),
                     )));
                 }
                 _ => {}

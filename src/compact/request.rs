@@ -39,9 +39,8 @@ pub fn compaction_form(req: &Request<ReplayBody>) -> Option<CompactForm> {
         return None;
     }
     let body = req.body().bytes();
-    if memchr::memmem::find(body, b"compaction_trigger").is_none() {
-        return None;
-    }
+    // Most turns are not compactions: skip the parse unless the item type appears at all.
+    memchr::memmem::find(body, b"compaction_trigger")?;
     let obj = RawObject::parse(body).ok()?;
     let items = array_items(obj.get("input")?)?;
     (item_type(items.last()?) == Some("compaction_trigger")).then_some(CompactForm::V2)

@@ -267,6 +267,10 @@ where
         }
     }
 
+    if policy == RemotePolicy::Auto {
+        // Refusals expire silently; keep the gauge honest whenever one may have.
+        layer.set_unsupported_gauge();
+    }
     for (mode, m) in candidates {
         let mut attempt_req = clone_request(&req);
         if m != model {
