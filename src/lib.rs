@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod compact;
 pub mod connect;
 pub mod continuity;
 pub mod credentials;
