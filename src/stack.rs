@@ -49,10 +49,12 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{ReplayBody, ResponseBody};
+use crate::compact::{CompactConfig, CompactRouteLayer};
 use crate::continuity::{ContinuityConfig, ContinuityLayer};
 use crate::credentials::{CredentialRotateLayer, Pool, RotateConfig};
 use crate::error::BoxError;
 use crate::metrics::Metrics;
+use crate::profile::Profile;
 use crate::soft_failure::{SoftFailureConfig, SoftFailureDetectLayer};
 
 /// The stack as one type-erased, cloneable service.
@@ -70,6 +72,9 @@ pub struct ResponsesStack {
     rotate: RotateConfig,
     continuity: ContinuityConfig,
     continuity_off: bool,
+    compact: CompactConfig,
+    compact_off: bool,
+    profile: Option<Profile>,
 }
 
 impl ResponsesStack {
@@ -127,6 +132,24 @@ impl ResponsesStack {
         self
     }
 
+    /// The upstream's profile (default: read from each request's URL).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = Some(profile);
+        self
+    }
+
+    /// Configures compaction routing.
+    pub fn compact(mut self, config: CompactConfig) -> Self {
+        self.compact = config;
+        self
+    }
+
+    /// Switches compaction routing off (compaction requests pass as they are).
+    pub fn without_compact(mut self) -> Self {
+        self.compact_off = true;
+        self
+    }
+
     /// Wraps `inner` (the upstream client service) in the stack.
     pub fn service<S>(self, inner: S) -> StackService
     where
@@ -163,6 +186,16 @@ impl ResponsesStack {
                 }
                 svc = StackService::new(continuity.layer(svc));
             }
+        }
+        if !self.compact_off {
+            let mut compact = CompactRouteLayer::new(self.compact.clone());
+            if let Some(p) = self.profile {
+                compact = compact.profile(p);
+            }
+            if let Some(m) = &self.metrics {
+                compact = compact.metrics(m.clone());
+            }
+            svc = StackService::new(compact.layer(svc));
         }
         svc
     }

@@ -12,7 +12,8 @@ use tower_service::Service;
 
 use super::{CredentialLease, EncryptedOwner, PinnedCredential, Pool, ServedBy};
 use crate::body::{ReplayBody, ResponseBody, clone_request};
-use crate::classify::Failure;
+use crate::classify::{Failure, FailureClass};
+use crate::compact::RemoteCompactAttempt;
 use crate::error::{ApiError, BoxError};
 use crate::facts::{RequestFacts, session_key};
 use crate::metrics::Metrics;
@@ -184,6 +185,7 @@ where
     layer.budget.deposit();
     let started = Instant::now();
     let max_attempts = layer.config.max_attempts.unwrap_or(pool.len()).max(1);
+    let compact_attempt = req.extensions().get::<RemoteCompactAttempt>().is_some();
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last: Option<Response<ResponseBody>> = None;
     let mut last_err: Option<BoxError> = None;
@@ -280,6 +282,18 @@ where
                     return Ok(res);
                 };
                 count(&layer, &label, failure.class.as_str());
+                if compact_attempt
+                    && !matches!(
+                        failure.class,
+                        FailureClass::RateLimited
+                            | FailureClass::QuotaExhausted
+                            | FailureClass::Auth
+                    )
+                {
+                    // A remote compaction the route or the model refused (a bare 502, a 404,
+                    // an unsupported model): the compaction layer falls back; the key is fine.
+                    return Ok(res);
+                }
                 pool.record_failure(&label, &failure);
                 if pinned.is_some() || !failure.class.retry_elsewhere() {
                     return Ok(res);

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::compact::CompactConfig;
 use crate::credentials::{PoolMember, Secret, Strategy};
 use crate::profile::Profile;
 
@@ -53,6 +54,8 @@ pub struct ProxyConfig {
     pub stream_idle_timeout_secs: u64,
     /// Upstream pool idle timeout (seconds), below the provider's own.
     pub pool_idle_timeout_secs: u64,
+    /// Compaction routing (`[compact]`: `remote`, `compact_model`, per-model overrides).
+    pub compact: CompactConfig,
 }
 
 impl Default for ProxyConfig {
@@ -68,6 +71,7 @@ impl Default for ProxyConfig {
             upstream_timeout_secs: 600,
             stream_idle_timeout_secs: 300,
             pool_idle_timeout_secs: 20,
+            compact: CompactConfig::default(),
         }
     }
 }

@@ -95,6 +95,8 @@ impl Proxy {
             .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
         let connector = client.connector();
         let mut stack = ResponsesStack::new()
+            .profile(config.profile())
+            .compact(config.compact.clone())
             .metrics(metrics.clone())
             .upstream_base(config.upstream.clone());
         if let Some(pool) = &pool {
