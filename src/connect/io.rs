@@ -65,9 +65,7 @@ impl<T: Write> Write for Tagged<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = res {
-            wrote(this.writing, this.tag, n);
-        }
+        after_write(this.writing, this.tag, &res);
         res
     }
 
@@ -78,9 +76,7 @@ impl<T: Write> Write for Tagged<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            wrote(this.writing, this.tag, n);
-        }
+        after_write(this.writing, this.tag, &res);
         res
     }
 
@@ -94,6 +90,20 @@ impl<T: Write> Write for Tagged<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+fn after_write(writing: &mut bool, tag: &ConnTag, res: &Poll<std::io::Result<usize>>) {
+    match res {
+        Poll::Ready(Ok(n)) => wrote(writing, tag, *n),
+        // A request whose first write fails (a pooled connection the server already reset)
+        // still counts as a use: otherwise a reused connection that broke on write would look
+        // like a fresh one, and the fresh-connection layer could not tell it was stale.
+        Poll::Ready(Err(_)) if !*writing => {
+            *writing = true;
+            tag.begin_use();
+        }
+        _ => {}
     }
 }
 
