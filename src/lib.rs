@@ -15,6 +15,7 @@ pub mod continuity;
 pub mod credentials;
 pub mod error;
 pub mod facts;
+pub mod fresh;
 pub mod json;
 pub mod metrics;
 pub mod profile;

@@ -17,6 +17,10 @@ pub type UpstreamConnector = TaggingConnector<HttpsConnector<HttpConnector>>;
 /// Providers and their load balancers close idle keep-alive connections after about 30 s,
 /// while hyper-util keeps them 90 s by default; reusing one of those fails the next request.
 /// The default idle timeout here is 20 s, below every provider limit we know of.
+/// A maximum connection age (default 5 min) and one transparent retry on a fresh connection
+/// when a stale pooled one fails anyway come from
+/// [`FreshConnectionLayer::build`](crate::fresh::FreshConnectionLayer::build), which takes this
+/// builder.
 ///
 /// ```
 /// use tower_responses::connect::UpstreamClientBuilder;

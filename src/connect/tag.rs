@@ -44,7 +44,8 @@ impl ConnTag {
         self.0.created.elapsed()
     }
 
-    /// How many requests have started on this connection, the current one included.
+    /// How many requests have started on this connection, the current one included. A request
+    /// counts once it tried to write, even if that write failed.
     pub fn uses(&self) -> u64 {
         self.0.uses.load(Ordering::Acquire)
     }
