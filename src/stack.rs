@@ -29,7 +29,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let upstream = MockUpstream::start().await.unwrap();
-//! let svc = ResponsesStack::new().service(UpstreamClientBuilder::new().service());
+//! let svc = ResponsesStack::new().client(&UpstreamClientBuilder::new());
 //! let req = http::Request::post(format!("{}/responses", upstream.base_url()))
 //!     .header("content-type", "application/json")
 //!     .body(ReplayBody::new(r#"{"model":"gpt-5.5","stream":true,"input":"hi"}"#))
@@ -50,9 +50,11 @@ use tower_service::Service;
 
 use crate::body::{ReplayBody, ResponseBody};
 use crate::compact::{CompactConfig, CompactRouteLayer};
+use crate::connect::UpstreamClientBuilder;
 use crate::continuity::{ContinuityConfig, ContinuityLayer};
 use crate::credentials::{CredentialRotateLayer, Pool, RotateConfig};
 use crate::error::BoxError;
+use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::soft_failure::{SoftFailureConfig, SoftFailureDetectLayer};
@@ -148,6 +150,16 @@ impl ResponsesStack {
     pub fn without_compact(mut self) -> Self {
         self.compact_off = true;
         self
+    }
+
+    /// The whole stack on a new hyper-util client from `builder`, with
+    /// [`FreshConnectionLayer`](crate::fresh::FreshConnectionLayer) at the bottom.
+    pub fn client(self, builder: &UpstreamClientBuilder) -> StackService {
+        let mut fresh = FreshConnectionLayer::new();
+        if let Some(m) = &self.metrics {
+            fresh = fresh.metrics(m.clone());
+        }
+        self.service(fresh.build(builder))
     }
 
     /// Wraps `inner` (the upstream client service) in the stack.

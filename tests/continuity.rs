@@ -70,8 +70,10 @@ async fn follow_ups_land_on_the_owner_and_a_loss_is_a_retryable_502() {
         "every turn on the owner"
     );
 
-    // The upstream drops the connection on the next follow-up.
+    // The upstream drops the connection on the next follow-up, and again on the fresh
+    // connection FreshConnectionLayer retries on: a real loss, not a stale connection.
     mock.set_handler(|_| None);
+    mock.push(Reply::fault(Fault::CloseAfterRead));
     mock.push(Reply::fault(Fault::CloseAfterRead));
     let before = mock.request_count();
     let (s, _, b) = send_collect(
@@ -87,8 +89,11 @@ async fn follow_ups_land_on_the_owner_and_a_loss_is_a_retryable_502() {
     );
     assert_eq!(error_code(&b).as_deref(), Some("upstream_unavailable"));
     let during: Vec<_> = mock.requests()[before..].to_vec();
-    assert_eq!(during.len(), 1, "not re-sent with another key");
-    assert_eq!(during[0].credential.as_ref(), Some(&owner));
+    assert_eq!(during.len(), 2, "one stale-connection retry, nothing more");
+    assert!(
+        during.iter().all(|r| r.credential.as_ref() == Some(&owner)),
+        "never re-sent with another key"
+    );
 
     // The client retries with the anchor intact, and the owner answers.
     let platform = ResponseStore::new(ITEM_TOKENS);
@@ -184,6 +189,7 @@ async fn a_twenty_turn_session_keeps_its_per_turn_input_flat_through_an_upstream
     let mut prev: Option<String> = None;
     let mut sent_items = Vec::new();
     let mut saw_400 = 0;
+    let mut saw_502 = 0;
     for t in 0..20 {
         let msg = user(&format!("turn {t}"));
         history.push(msg.clone());
@@ -191,6 +197,7 @@ async fn a_twenty_turn_session_keeps_its_per_turn_input_flat_through_an_upstream
             // The upstream connection is lost mid-session: the scripted fault is served while
             // the platform handler steps aside.
             mock.set_handler(|_| None);
+            mock.push(Reply::fault(Fault::CloseAfterRead));
             mock.push(Reply::fault(Fault::CloseAfterRead));
         }
         loop {
@@ -203,6 +210,7 @@ async fn a_twenty_turn_session_keeps_its_per_turn_input_flat_through_an_upstream
             let (s, _, b) =
                 send_collect(&c, json_req(&url, None, turn(prev.as_deref(), input))).await;
             if t == 9 && s == StatusCode::BAD_GATEWAY {
+                saw_502 += 1;
                 platform.install(&mock);
                 continue; // Codex retries 5xx with the same request
             }

@@ -266,6 +266,8 @@ pub async fn run() -> ExitCode {
     mock.set_handler(|_| None);
     mock.push(Reply::fault(Fault::CloseAfterRead));
     let without = send(&client, &direct, &owner, &[], &turn(Some(&prev), "third")).await;
+    // Twice: the stale-connection retry on a fresh connection is lost too.
+    mock.push(Reply::fault(Fault::CloseAfterRead));
     mock.push(Reply::fault(Fault::CloseAfterRead));
     let lost = send(&client, &via, CLIENT_KEY, &[], &turn(Some(&prev), "third")).await;
     store.install(&mock);

@@ -17,9 +17,10 @@ use tokio::sync::{mpsc, watch};
 use super::config::{ConfigError, ProxyConfig};
 use super::forward::{UpstreamBase, strip_hop_by_hop};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
-use crate::connect::{ClientService, ConnTag, UpstreamClientBuilder, UpstreamConnector};
+use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
 use crate::error::ApiError;
+use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
 use crate::stack::{ResponsesStack, StackService};
 use tower::ServiceExt;
@@ -102,7 +103,10 @@ impl Proxy {
         if let Some(pool) = &pool {
             stack = stack.pool(pool.clone());
         }
-        let stack = stack.service(ClientService::new(client.build_with(connector.clone())));
+        let bottom = FreshConnectionLayer::new()
+            .metrics(metrics.clone())
+            .service(client.build_with(connector.clone()), connector.clone());
+        let stack = stack.service(bottom);
         let shared = Shared {
             base,
             pool,
