@@ -14,8 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tower_responses::credentials::Secret;
+use tower_responses::profile::Profile;
 use tower_responses::proxy::{Proxy, ProxyConfig};
-use tower_responses::testing::{Fault, MockUpstream, Reply, ResponseStore, events};
+use tower_responses::testing::{Fault, MockUpstream, Reply, ResponseStore, StaleMode, events};
 
 const CLIENT_KEY: &str = "demo-client-key";
 const KEY_A: &str = "sk-demo-aaaaaaaaaaaaaaaaaaaa-AAAA";
@@ -34,6 +35,7 @@ struct Seen {
     error_code: Option<String>,
     still_open: bool,
     response_id: Option<String>,
+    compaction_items: usize,
 }
 
 impl Seen {
@@ -125,6 +127,9 @@ async fn send(
     if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
         seen.error_code = v["error"]["code"].as_str().map(str::to_string);
         seen.response_id = v["id"].as_str().map(str::to_string);
+        seen.compaction_items = v["output"].as_array().map_or(0, |o| {
+            o.iter().filter(|i| i["type"] == "compaction").count()
+        });
     }
     for line in String::from_utf8_lossy(&buf).lines() {
         let Some(data) = line.strip_prefix("data: ") else {
@@ -193,6 +198,8 @@ pub async fn run() -> ExitCode {
         ],
         client_keys: vec![Secret::new(CLIENT_KEY)],
         body_limit: 64 * 1024,
+        // The mock stands for the OpenAI platform, so remote compaction is tried first.
+        profile_override: Some(Profile::Openai),
         ..ProxyConfig::default()
     };
     let proxy = match Proxy::bind(config).await {
@@ -202,7 +209,8 @@ pub async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let via = format!("http://{}/v1/responses", proxy.local_addr());
+    let proxy_addr = proxy.local_addr();
+    let via = format!("http://{proxy_addr}/v1/responses");
     let direct = format!("{}/responses", mock.base_url());
     let metrics = proxy.metrics();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -213,7 +221,7 @@ pub async fn run() -> ExitCode {
     let mut rows = Vec::new();
     let plain = turn(None, "hello");
 
-    eprintln!("[1/6] quota exhausted inside a 200 stream (seed 004)");
+    eprintln!("[1/8] quota exhausted inside a 200 stream (seed 004)");
     mock.push_for(
         KEY_A,
         failed_stream("insufficient_quota", "You exceeded your current quota"),
@@ -244,7 +252,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean() && a_tried,
     });
 
-    eprintln!("[2/6] a follow-up with previous_response_id, two accounts (seed 003)");
+    eprintln!("[2/8] a follow-up with previous_response_id, two accounts (seed 003)");
     let store = ResponseStore::new(2300);
     store.install(&mock);
     let first = send(&client, &via, CLIENT_KEY, &[], &turn(None, "first")).await;
@@ -261,7 +269,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[3/6] the upstream drops the connection under previous_response_id (seed 003)");
+    eprintln!("[3/8] the upstream drops the connection under previous_response_id (seed 003)");
     let prev = with.response_id.clone().unwrap_or_default();
     mock.set_handler(|_| None);
     mock.push(Reply::fault(Fault::CloseAfterRead));
@@ -283,7 +291,7 @@ pub async fn run() -> ExitCode {
     });
     mock.set_handler(|_| None);
 
-    eprintln!("[4/6] the upstream keeps the stream open after response.completed");
+    eprintln!("[4/8] the upstream keeps the stream open after response.completed");
     mock.push(Reply::text("done, but the connection stays open").hold_open());
     let without = send(&client, &direct, KEY_A, &[], &plain).await;
     mock.push(Reply::text("done, but the connection stays open").hold_open());
@@ -296,7 +304,77 @@ pub async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[5/6] every account exhausted");
+    eprintln!("[5/8] providers drop idle keep-alive connections (seed 001)");
+    mock.set_stale(Duration::from_millis(200), StaleMode::Html400);
+    let pooled: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for _ in 0..2 {
+        without.push(send(&pooled, &direct, KEY_B, &[], &plain).await);
+        with.push(send(&client, &via, CLIENT_KEY, &[], &plain).await);
+        // Longer than the provider's idle limit, so the next request meets a stale connection.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    without.push(send(&pooled, &direct, KEY_B, &[], &plain).await);
+    with.push(send(&client, &via, CLIENT_KEY, &[], &plain).await);
+    mock.clear_stale();
+    let retries = metrics.total("tr_fresh_retries_total");
+    rows.push(Row {
+        fault: "stale pooled connections",
+        without: without
+            .iter()
+            .map(Seen::summary)
+            .collect::<Vec<_>>()
+            .join(" / "),
+        with: format!(
+            "{} ({retries} silent retries on fresh connections)",
+            with.iter()
+                .map(Seen::summary)
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+        layer: "FreshConnection",
+        ok: with.iter().all(Seen::clean) && retries >= 1.0,
+    });
+
+    eprintln!("[6/8] remote compaction for a model the compact route refuses (seed 000)");
+    mock.set_handler(|r| {
+        let refused = r.path.ends_with("/responses/compact")
+            && r.json().is_some_and(|b| b["model"] == "gpt-5.5");
+        refused.then(|| Reply::raw(StatusCode::BAD_GATEWAY, "text/plain", "error code: 502"))
+    });
+    let compact = json!({"model": "gpt-5.5", "input": [
+        {"role": "user", "content": "refactor the parser"},
+        {"role": "assistant", "content": "done: parser split in three modules"}
+    ], "instructions": "", "tools": [], "parallel_tool_calls": false});
+    let direct_compact = format!("{}/responses/compact", mock.base_url());
+    let via_compact = format!("http://{}/v1/responses/compact", proxy_addr);
+    let without = send(&client, &direct_compact, KEY_B, &[], &compact).await;
+    let mut with = send(&client, &via_compact, CLIENT_KEY, &[], &compact).await;
+    let again = send(&client, &via_compact, CLIENT_KEY, &[], &compact).await;
+    let remote_calls = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/responses/compact"))
+        .count();
+    mock.set_handler(|_| None);
+    with.completed = with.compaction_items == 1;
+    rows.push(Row {
+        fault: "compact route refuses the model",
+        without: without.summary(),
+        with: format!(
+            "{} compaction item; again: {} (remote calls in all: {remote_calls})",
+            with.compaction_items,
+            again.status.map_or(0, |s| s.as_u16())
+        ),
+        layer: "CompactRoute (local summary)",
+        ok: with.status == Some(StatusCode::OK)
+            && with.compaction_items == 1
+            && again.compaction_items == 1
+            && remote_calls == 2,
+    });
+
+    eprintln!("[7/8] every account exhausted");
     let resets_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -323,7 +401,7 @@ pub async fn run() -> ExitCode {
         ok: with.status == Some(StatusCode::TOO_MANY_REQUESTS) && mock.request_count() == before,
     });
 
-    eprintln!("[6/6] proxy edges: wrong client key, WebSocket upgrade, oversized body");
+    eprintln!("[8/8] proxy edges: wrong client key, WebSocket upgrade, oversized body");
     let bad_key = send(&client, &via, "wrong", &[], &plain).await;
     let ws = send(
         &client,

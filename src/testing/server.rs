@@ -160,6 +160,11 @@ impl MockUpstream {
         self.script().stale = Some((after_idle, mode));
     }
 
+    /// Stops simulating stale connections.
+    pub fn clear_stale(&self) {
+        self.script().stale = None;
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.inner.shared.records).clone()
