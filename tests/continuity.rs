@@ -236,6 +236,10 @@ async fn a_twenty_turn_session_keeps_its_per_turn_input_flat_through_an_upstream
         saw_400, 0,
         "the client never heard previous_response_not_found"
     );
+    assert_eq!(
+        saw_502, 1,
+        "the injected loss reached the client once, as a retryable 502"
+    );
     let total_tokens: u64 = sent_items.iter().map(|n| *n as u64 * ITEM_TOKENS).sum();
     // First turn sends one item, each later turn one new item: flat at 2.3K tokens per turn.
     assert_eq!(sent_items, vec![1; 20]);

@@ -518,6 +518,49 @@ fn random_below(counter: usize, n: u64) -> u64 {
     if n == 0 { 0 } else { z % n }
 }
 
+impl std::str::FromStr for PoolMember {
+    type Err = LoadError;
+
+    /// A member from its source alone (`sk-...`, `env:NAME`, `codex-auth:PATH`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(PoolMember::new)
+    }
+}
+
+/// In TOML a member is either its source as a string, or a table:
+/// `{ source = "codex-auth:~/.codex/auth.json", base_url = "...", profile = "chatgpt-codex", weight = 2 }`.
+impl<'de> serde::Deserialize<'de> for PoolMember {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            source: CredentialSource,
+            base_url: Option<String>,
+            profile: Option<Profile>,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Source(CredentialSource),
+            Table(Table),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Source(source) => PoolMember::new(source),
+            Form::Table(t) => PoolMember {
+                source: t.source,
+                base_url: t.base_url,
+                profile: t.profile,
+                weight: t.weight,
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,48 +770,5 @@ mod tests {
             "new-token"
         );
         std::fs::remove_dir_all(&dir).ok();
-    }
-}
-
-impl std::str::FromStr for PoolMember {
-    type Err = LoadError;
-
-    /// A member from its source alone (`sk-...`, `env:NAME`, `codex-auth:PATH`).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(PoolMember::new)
-    }
-}
-
-/// In TOML a member is either its source as a string, or a table:
-/// `{ source = "codex-auth:~/.codex/auth.json", base_url = "...", profile = "chatgpt-codex", weight = 2 }`.
-impl<'de> serde::Deserialize<'de> for PoolMember {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Table {
-            source: CredentialSource,
-            base_url: Option<String>,
-            profile: Option<Profile>,
-            #[serde(default = "one")]
-            weight: u32,
-        }
-        fn one() -> u32 {
-            1
-        }
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Source(CredentialSource),
-            Table(Table),
-        }
-        Ok(match Form::deserialize(d)? {
-            Form::Source(source) => PoolMember::new(source),
-            Form::Table(t) => PoolMember {
-                source: t.source,
-                base_url: t.base_url,
-                profile: t.profile,
-                weight: t.weight,
-            },
-        })
     }
 }
