@@ -14,6 +14,7 @@ pub mod error;
 pub mod facts;
 pub mod json;
 pub mod metrics;
+pub mod normalize;
 pub mod profile;
 #[cfg(feature = "proxy")]
 pub mod proxy;
