@@ -41,6 +41,7 @@
 //! ```
 
 mod auto;
+mod codex_strict;
 pub mod events;
 mod io;
 mod record;
@@ -48,6 +49,7 @@ mod script;
 mod server;
 mod stream;
 
+pub use codex_strict::{CODEX_UNSUPPORTED, codex_strict};
 pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};
 pub use server::MockUpstream;
