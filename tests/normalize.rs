@@ -56,7 +56,10 @@ fn sse_events(bytes: &Bytes) -> Vec<Value> {
     let mut out = Vec::new();
     while let Some(ev) = d.next_event().unwrap() {
         out.push(serde_json::from_slice(&ev.data).unwrap_or_else(|e| {
-            panic!("event is not JSON ({e}): {}", String::from_utf8_lossy(&ev.data))
+            panic!(
+                "event is not JSON ({e}): {}",
+                String::from_utf8_lossy(&ev.data)
+            )
         }));
     }
     assert!(d.finish().unwrap().is_none(), "an unterminated event");
@@ -139,7 +142,10 @@ async fn sdk_body_with_system_message_streams_and_keeps_positions() {
     let res = call(codex(), post_json(&mock, &sdk_body(true))).await;
     let (status, _, body) = collect(res).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(sse_events(&body).last().unwrap()["type"], "response.completed");
+    assert_eq!(
+        sse_events(&body).last().unwrap()["type"],
+        "response.completed"
+    );
     let up = sent(&mock)[0].json().unwrap();
     assert_eq!(up["input"][0]["role"], "developer");
     assert_eq!(up["input"][0]["content"], "You answer in one word.");
@@ -202,7 +208,11 @@ async fn stream_false_failure_becomes_the_matching_http_error() {
     let mock = MockUpstream::start().await.unwrap();
     mock.push(Reply::sse(vec![
         events::created("resp_q"),
-        events::failed("resp_q", "insufficient_quota", "You exceeded your current quota."),
+        events::failed(
+            "resp_q",
+            "insufficient_quota",
+            "You exceeded your current quota.",
+        ),
     ]));
     let body = json!({"model": "m", "input": "hi", "stream": false});
     let (status, _, bytes) = collect(call(codex(), post_json(&mock, &body)).await).await;
@@ -252,7 +262,10 @@ async fn enforce_cuts_a_long_stream_with_a_valid_incomplete() {
     assert_eq!(
         metrics.get(
             "tr_normalize_rewrites_total",
-            &[("profile", "chatgpt-codex"), ("rule", "enforce:max_output_tokens")]
+            &[
+                ("profile", "chatgpt-codex"),
+                ("rule", "enforce:max_output_tokens")
+            ]
         ),
         Some(1.0)
     );
@@ -264,7 +277,10 @@ async fn a_short_answer_under_the_cap_is_untouched() {
     mock.push(Reply::text("short"));
     let (status, _, bytes) = collect(call(codex(), post_json(&mock, &seed_body())).await).await;
     assert_eq!(status, 200);
-    assert_eq!(sse_events(&bytes).last().unwrap()["type"], "response.completed");
+    assert_eq!(
+        sse_events(&bytes).last().unwrap()["type"],
+        "response.completed"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +290,11 @@ async fn reject_answers_400_naming_the_field() {
         max_output_tokens: Some(TokenCapPolicy::Reject),
         ..NormalizeConfig::for_profile(Profile::ChatgptCodex)
     };
-    let res = call(BodyNormalizeLayer::new(config), post_json(&mock, &seed_body())).await;
+    let res = call(
+        BodyNormalizeLayer::new(config),
+        post_json(&mock, &seed_body()),
+    )
+    .await;
     let (status, _, bytes) = collect(res).await;
     assert_eq!(status, 400);
     let v: Value = serde_json::from_slice(&bytes).unwrap();
@@ -284,7 +304,9 @@ async fn reject_answers_400_naming_the_field() {
 }
 
 /// An upstream that refuses `foo_bar` the way the platform does.
-fn refuses_foo_bar(detail_envelope: bool) -> impl Fn(&RecordedRequest) -> Option<Reply> + Send + Sync {
+fn refuses_foo_bar(
+    detail_envelope: bool,
+) -> impl Fn(&RecordedRequest) -> Option<Reply> + Send + Sync {
     move |req: &RecordedRequest| {
         let body = req.json()?;
         body.get("foo_bar")?;
@@ -325,7 +347,11 @@ async fn learning_case(detail_envelope: bool, soft_failure_inside: bool) {
     let res = svc.oneshot(post_json(&mock, &body)).await.unwrap();
     assert_eq!(res.status(), 200);
     let seen = mock.requests();
-    assert_eq!(seen.len(), 3, "the second request goes out clean the first time");
+    assert_eq!(
+        seen.len(),
+        3,
+        "the second request goes out clean the first time"
+    );
     assert!(seen[2].json().unwrap().get("foo_bar").is_none());
     assert_eq!(
         metrics.get("tr_normalize_learned_total", &[("param", "foo_bar")]),
@@ -356,7 +382,11 @@ async fn learning_retries_at_most_once() {
         ))
     });
     let body = json!({"model": "m", "input": "hi", "a": 1, "b": 2});
-    let res = call(BodyNormalizeLayer::for_profile(Profile::Generic), post_json(&mock, &body)).await;
+    let res = call(
+        BodyNormalizeLayer::for_profile(Profile::Generic),
+        post_json(&mock, &body),
+    )
+    .await;
     let (status, _, bytes) = collect(res).await;
     assert_eq!(status, 400);
     assert_eq!(
@@ -374,7 +404,11 @@ async fn a_400_about_something_absent_is_passed_on_as_it_was() {
         json!({"detail": "Unsupported parameter: not_in_body"}),
     ));
     let body = json!({"model": "m", "input": "hi"});
-    let res = call(BodyNormalizeLayer::for_profile(Profile::Generic), post_json(&mock, &body)).await;
+    let res = call(
+        BodyNormalizeLayer::for_profile(Profile::Generic),
+        post_json(&mock, &body),
+    )
+    .await;
     let (status, _, bytes) = collect(res).await;
     assert_eq!(status, 400);
     assert_eq!(
@@ -391,7 +425,11 @@ async fn openai_profile_leaves_bodies_byte_identical() {
         b"{ \"model\" : \"gpt-5.5\", \"input\":\"hi\", \"temperature\": 0.20,\n \"max_output_tokens\": 5, \"stream\": true }",
     );
     let (status, _, _) = collect(
-        call(BodyNormalizeLayer::for_profile(Profile::Openai), post(&mock, body.clone())).await,
+        call(
+            BodyNormalizeLayer::for_profile(Profile::Openai),
+            post(&mock, body.clone()),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 200);
@@ -403,7 +441,8 @@ async fn the_request_profile_overrides_the_configured_one() {
     let mock = strict_mock().await;
     let mut req = post_json(&mock, &seed_body());
     req.extensions_mut().insert(Profile::ChatgptCodex);
-    let (status, _, _) = collect(call(BodyNormalizeLayer::for_profile(Profile::Openai), req).await).await;
+    let (status, _, _) =
+        collect(call(BodyNormalizeLayer::for_profile(Profile::Openai), req).await).await;
     assert_eq!(status, 200);
 
     let mut req = post_json(&mock, &seed_body());
@@ -415,7 +454,12 @@ async fn the_request_profile_overrides_the_configured_one() {
 #[tokio::test]
 async fn malformed_json_passes_through_untouched() {
     let mock = MockUpstream::start().await.unwrap();
-    for body in [&b"{\"model\": \"m\", \"input\": "[..], b"[1,2,3]", b"\xff\xfe{", b""] {
+    for body in [
+        &b"{\"model\": \"m\", \"input\": "[..],
+        b"[1,2,3]",
+        b"\xff\xfe{",
+        b"",
+    ] {
         let body = Bytes::from_static(body);
         let res = call(codex(), post(&mock, body.clone())).await;
         let (status, _, _) = collect(res).await;
@@ -465,8 +509,14 @@ async fn generic_rules_from_toml() {
 
     let mock = MockUpstream::start().await.unwrap();
     let body = json!({"model":"m","input":[{"role":"system","content":"x"}],"temperature":1,"max_tokens":5,"max_output_tokens":9});
-    let (status, _, _) =
-        collect(call(BodyNormalizeLayer::new(file.normalize), post_json(&mock, &body)).await).await;
+    let (status, _, _) = collect(
+        call(
+            BodyNormalizeLayer::new(file.normalize),
+            post_json(&mock, &body),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 200);
     let up = mock.requests()[0].json().unwrap();
     assert_eq!(

@@ -182,7 +182,11 @@ pub(crate) fn failure_error(f: &Failure) -> ApiError {
         .message
         .clone()
         .unwrap_or_else(|| "the upstream response failed".to_string());
-    let mut err = ApiError::new(status, f.kind.clone().unwrap_or_else(|| kind.into()), message);
+    let mut err = ApiError::new(
+        status,
+        f.kind.clone().unwrap_or_else(|| kind.into()),
+        message,
+    );
     err.code = f.code.clone();
     if let Some(after) = f.retry.after {
         err = err.with_retry_after(after);
@@ -203,7 +207,10 @@ mod tests {
     fn sse(events: &[Value]) -> Response<ResponseBody> {
         let mut s = String::new();
         for e in events {
-            s.push_str(&format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()));
+            s.push_str(&format!(
+                "event: {}\ndata: {e}\n\n",
+                e["type"].as_str().unwrap()
+            ));
         }
         Response::builder()
             .header("content-type", "text/event-stream")
@@ -242,7 +249,9 @@ mod tests {
             ("server_error", 500),
             ("invalid_prompt", 400),
         ] {
-            let res = sse(&[json!({"type":"response.failed","response":{"id":"r","status":"failed","error":{"code":code,"message":"m"}}})]);
+            let res = sse(&[
+                json!({"type":"response.failed","response":{"id":"r","status":"failed","error":{"code":code,"message":"m"}}}),
+            ]);
             let (s, v) = json_of(fold(res, 1 << 20).await).await;
             assert_eq!(s.as_u16(), status, "{code}");
             assert_eq!(v["error"]["code"], code);

@@ -119,7 +119,10 @@ mod tests {
         );
         assert_eq!(unsupported_param("Instructions are required"), None);
         assert_eq!(unsupported_param("Unsupported parameter: "), None);
-        assert_eq!(unsupported_param(&format!("Unsupported parameter: {}", "x".repeat(100))), None);
+        assert_eq!(
+            unsupported_param(&format!("Unsupported parameter: {}", "x".repeat(100))),
+            None
+        );
         assert_eq!(error_message(b"not json"), None);
     }
 

@@ -133,7 +133,10 @@ mod tests {
         assert!(out.get("max_output_tokens").is_none());
         assert_eq!(out["instructions"], "");
         assert_eq!(out["reasoning"], body["reasoning"]);
-        assert_eq!(p.changed, ["enforce:max_output_tokens", "default:instructions"]);
+        assert_eq!(
+            p.changed,
+            ["enforce:max_output_tokens", "default:instructions"]
+        );
     }
 
     #[test]
@@ -146,7 +149,14 @@ mod tests {
         let p = plan(&body, &codex_rules(), TokenCapPolicy::Enforce);
         assert!(!p.client_stream && p.upstream_stream);
         let out: Value = serde_json::from_slice(&p.body.unwrap()).unwrap();
-        for gone in ["temperature", "top_p", "user", "metadata", "previous_response_id", "service_tier"] {
+        for gone in [
+            "temperature",
+            "top_p",
+            "user",
+            "metadata",
+            "previous_response_id",
+            "service_tier",
+        ] {
             assert!(out.get(gone).is_none(), "{gone} kept");
         }
         assert_eq!(out["instructions"], "mine");
@@ -158,7 +168,12 @@ mod tests {
     #[test]
     fn reject_and_strip_policies() {
         let body = json!({"max_output_tokens": 5});
-        match rewrite(body.to_string().as_bytes(), &[], TokenCapPolicy::Reject, &[]) {
+        match rewrite(
+            body.to_string().as_bytes(),
+            &[],
+            TokenCapPolicy::Reject,
+            &[],
+        ) {
             Rewrite::Reject(e) => {
                 assert_eq!(e.status, 400);
                 assert_eq!(e.param.as_deref(), Some("max_output_tokens"));

@@ -4,7 +4,7 @@ use memchr::memmem;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::json::{RawObject, array_items, join_array};
+use crate::json::{RawObject, join_array, scan_array_items, scan_field};
 
 /// One rewrite of a request body, as data.
 ///
@@ -90,11 +90,26 @@ pub enum Conversion {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum RuleSpec {
     Strip(String),
-    Default { field: String, value: Value },
-    Force { field: String, value: Value },
-    Rename { from: String, to: String },
-    Convert { field: String, conversion: Conversion },
-    Allow { field: String, values: Vec<Value> },
+    Default {
+        field: String,
+        value: Value,
+    },
+    Force {
+        field: String,
+        value: Value,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Convert {
+        field: String,
+        conversion: Conversion,
+    },
+    Allow {
+        field: String,
+        values: Vec<Value>,
+    },
 }
 
 impl From<RuleSpec> for Rule {
@@ -254,9 +269,8 @@ fn convert(obj: &mut RawObject<'_>, field: &str, conversion: Conversion) -> bool
                 return false;
             }
             // The raw string is already valid JSON text: reuse it rather than re-encode.
-            let list = format!(
-                r#"[{{"role":"user","content":[{{"type":"input_text","text":{raw}}}]}}]"#
-            );
+            let list =
+                format!(r#"[{{"role":"user","content":[{{"type":"input_text","text":{raw}}}]}}]"#);
             obj.set(field, list);
             true
         }
@@ -265,7 +279,8 @@ fn convert(obj: &mut RawObject<'_>, field: &str, conversion: Conversion) -> bool
             if !raw.starts_with('[') || memmem::find(raw.as_bytes(), b"\"system\"").is_none() {
                 return false;
             }
-            let Some(items) = array_items(raw) else {
+            // `raw` was validated when the body was parsed: scanning is enough to split it.
+            let Some(items) = scan_array_items(raw) else {
                 return false;
             };
             let mut changed = false;
@@ -288,17 +303,18 @@ fn convert(obj: &mut RawObject<'_>, field: &str, conversion: Conversion) -> bool
     }
 }
 
-/// The item with its role changed, if it is a system item.
+/// The item with its role changed, if it is a system item; every other byte kept.
 fn system_to_developer(item: &str) -> Option<String> {
-    if memmem::find(item.as_bytes(), b"\"system\"").is_none() {
+    memmem::find(item.as_bytes(), b"\"system\"")?;
+    let span = scan_field(item, "role")?;
+    if &item[span.clone()] != "\"system\"" {
         return None;
     }
-    let mut obj = RawObject::parse(item.as_bytes()).ok()?;
-    if obj.get_str("role").as_deref() != Some("system") {
-        return None;
-    }
-    obj.set("role", "\"developer\"");
-    String::from_utf8(obj.to_bytes().to_vec()).ok()
+    Some(format!(
+        "{}\"developer\"{}",
+        &item[..span.start],
+        &item[span.end..]
+    ))
 }
 
 /// The ChatGPT Codex backend's rule set (PROTOCOL.md §2), `max_output_tokens` excepted (it
@@ -339,10 +355,7 @@ mod tests {
     fn run(rule: Rule, body: &str) -> (bool, String) {
         let mut obj = RawObject::parse(body.as_bytes()).unwrap();
         let changed = rule.apply(&mut obj);
-        (
-            changed,
-            String::from_utf8(obj.to_bytes().to_vec()).unwrap(),
-        )
+        (changed, String::from_utf8(obj.to_bytes().to_vec()).unwrap())
     }
 
     #[test]
@@ -384,7 +397,7 @@ mod tests {
             run(r.clone(), r#"{"stream":false,"x":1}"#),
             (true, r#"{"stream":true,"x":1}"#.into())
         );
-        assert_eq!(run(r.clone(), r#"{"stream":true}"#).0, false);
+        assert!(!run(r.clone(), r#"{"stream":true}"#).0);
         assert_eq!(
             run(r, r#"{"x":1}"#),
             (true, r#"{"x":1,"stream":true}"#.into())
@@ -398,10 +411,7 @@ mod tests {
             run(r.clone(), r#"{"max_tokens":5,"x":1}"#),
             (true, r#"{"max_output_tokens":5,"x":1}"#.into())
         );
-        assert_eq!(
-            run(r, r#"{"max_tokens":5,"max_output_tokens":6}"#).0,
-            false
-        );
+        assert!(!run(r, r#"{"max_tokens":5,"max_output_tokens":6}"#).0);
     }
 
     #[test]
@@ -414,7 +424,7 @@ mod tests {
             v["input"],
             json!([{"role":"user","content":[{"type":"input_text","text":"hi \"you\""}]}])
         );
-        assert_eq!(run(r, r#"{"input":[]}"#).0, false);
+        assert!(!run(r, r#"{"input":[]}"#).0);
     }
 
     #[test]
@@ -427,16 +437,13 @@ mod tests {
             out,
             r#"{"input":[{"role":"user","content":"system"},{"type":"message","role":"developer","content":"rules"},{"role":"user","content":"q"}]}"#
         );
-        assert_eq!(
-            run(r, r#"{"input":[{"role":"developer","content":"x"}]}"#).0,
-            false
-        );
+        assert!(!run(r, r#"{"input":[{"role":"developer","content":"x"}]}"#).0);
     }
 
     #[test]
     fn allow_drops_other_values() {
         let r = Rule::allow("service_tier", vec![json!("priority")]);
-        assert_eq!(run(r.clone(), r#"{"service_tier":"priority"}"#).0, false);
+        assert!(!run(r.clone(), r#"{"service_tier":"priority"}"#).0);
         assert_eq!(
             run(r, r#"{"service_tier":"flex","a":1}"#),
             (true, r#"{"a":1}"#.into())

@@ -132,7 +132,12 @@ where
 }
 
 fn is_responses(req: &Request<ReplayBody>) -> bool {
-    req.method() == Method::POST && req.uri().path().trim_end_matches('/').ends_with("/responses")
+    req.method() == Method::POST
+        && req
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/responses")
 }
 
 fn is_encoded(req: &Request<ReplayBody>) -> bool {

@@ -119,7 +119,10 @@ mod tests {
             b[k] = v;
             refusal(b).unwrap()
         };
-        assert_eq!(with("temperature", json!(1)), "Unsupported parameter: temperature");
+        assert_eq!(
+            with("temperature", json!(1)),
+            "Unsupported parameter: temperature"
+        );
         assert_eq!(with("input", json!("hi")), "Input must be a list");
         assert_eq!(
             with("input", json!([{"role":"system","content":"x"}])),
@@ -128,6 +131,9 @@ mod tests {
         assert_eq!(with("stream", json!(false)), "Stream must be set to true");
         assert_eq!(with("store", json!(true)), "Store must be set to false");
         assert!(with("service_tier", json!("flex")).starts_with("Unsupported service_tier"));
-        assert_eq!(refusal(json!({"model":"m","input":[],"stream":true})).unwrap(), "Instructions are required");
+        assert_eq!(
+            refusal(json!({"model":"m","input":[],"stream":true})).unwrap(),
+            "Instructions are required"
+        );
     }
 }
