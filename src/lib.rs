@@ -18,6 +18,7 @@ pub mod facts;
 pub mod fresh;
 pub mod json;
 pub mod metrics;
+pub mod normalize;
 pub mod profile;
 #[cfg(feature = "proxy")]
 pub mod proxy;

@@ -41,6 +41,7 @@
 //! ```
 
 mod auto;
+mod codex_strict;
 pub mod events;
 mod io;
 mod record;
@@ -49,6 +50,7 @@ mod server;
 mod store;
 mod stream;
 
+pub use codex_strict::{CODEX_UNSUPPORTED, codex_strict};
 pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};
 pub use server::MockUpstream;

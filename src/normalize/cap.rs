@@ -1,0 +1,280 @@
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use serde_json::json;
+
+use super::events::{Fields, Tracker, visible_delta};
+use crate::body::ResponseBody;
+use crate::error::BoxError;
+use crate::sse::{Event, EventKind, SseDecoder};
+
+/// Characters per token in the output estimate. English prose averages about four
+/// characters per token in OpenAI's tokenizers; code and other languages run denser, so the
+/// estimate errs towards letting a little more through rather than cutting early.
+pub(crate) const CHARS_PER_TOKEN: u64 = 4;
+
+/// The estimated tokens of `chars` characters of visible output: `ceil(chars / 4)`.
+pub(crate) fn estimate_tokens(chars: u64) -> u64 {
+    chars.div_ceil(CHARS_PER_TOKEN)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// Counting visible output.
+    Counting,
+    /// A terminal event went by, or the stream could not be parsed: bytes flow as they are.
+    Passthrough,
+    /// Cut (or ended): nothing more.
+    Done,
+}
+
+/// A stream that ends with `response.incomplete` once its visible output passes a cap.
+///
+/// Only whole events are forwarded, each as the exact bytes the upstream sent; the event that
+/// would pass the cap is not forwarded.
+pub(crate) struct CapBody {
+    inner: ResponseBody,
+    decoder: SseDecoder,
+    cap: u64,
+    chars: u64,
+    last_seq: Option<u64>,
+    tracker: Tracker,
+    state: State,
+    on_cut: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl CapBody {
+    pub(crate) fn new(
+        inner: ResponseBody,
+        cap: u64,
+        budget: usize,
+        on_cut: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        CapBody {
+            inner,
+            decoder: SseDecoder::new(),
+            cap,
+            chars: 0,
+            last_seq: None,
+            tracker: Tracker::new(budget),
+            state: State::Counting,
+            on_cut: Some(Box::new(on_cut)),
+        }
+    }
+
+    /// Looks at one event; `false` when it would pass the cap.
+    fn admit(&mut self, event: &Event) -> bool {
+        let Some(kind) = event.event_type() else {
+            return true;
+        };
+        let Some(fields) = Fields::parse(&event.data) else {
+            return true;
+        };
+        if let Some(slot) = visible_delta(kind) {
+            let delta = fields.delta.as_deref().unwrap_or("");
+            let chars = self.chars + delta.chars().count() as u64;
+            if estimate_tokens(chars) > self.cap {
+                return false;
+            }
+            self.last_seq = fields.sequence_number.or(self.last_seq);
+            self.chars = chars;
+            if let Some(index) = fields.output_index {
+                self.tracker.text(index, slot, delta);
+            }
+            return true;
+        }
+        self.last_seq = fields.sequence_number.or(self.last_seq);
+        match kind {
+            "response.created" | "response.in_progress" | "response.queued" => {
+                if let Some(r) = fields.response {
+                    self.tracker.response(r);
+                }
+            }
+            "response.output_item.added" | "response.output_item.done" => {
+                if let (Some(index), Some(item)) = (fields.output_index, fields.item) {
+                    self.tracker
+                        .item(index, item, kind == "response.output_item.done");
+                }
+            }
+            _ => {}
+        }
+        if event.kind() == EventKind::Terminal {
+            self.state = State::Passthrough;
+        }
+        true
+    }
+
+    /// The closing `response.incomplete` event, as SSE bytes.
+    fn incomplete_event(&self) -> Bytes {
+        let mut ev = json!({
+            "type": "response.incomplete",
+            "response": self.tracker.incomplete_response(),
+        });
+        if let Some(seq) = self.last_seq {
+            ev["sequence_number"] = json!(seq + 1);
+        }
+        Bytes::from(format!("event: response.incomplete\ndata: {ev}\n\n"))
+    }
+
+    /// Moves every complete event into `out`; at the end of input, the rest too.
+    fn drain(&mut self, out: &mut BytesMut, at_end: bool) {
+        loop {
+            if self.state != State::Counting {
+                break;
+            }
+            let next = if at_end {
+                self.decoder.finish()
+            } else {
+                self.decoder.next_event()
+            };
+            match next {
+                Ok(Some(event)) => {
+                    if self.admit(&event) {
+                        out.extend_from_slice(&event.raw);
+                    } else {
+                        out.extend_from_slice(&self.incomplete_event());
+                        self.state = State::Done;
+                        tracing::debug!(
+                            cap = self.cap,
+                            "stream cut at max_output_tokens; ended with response.incomplete"
+                        );
+                        if let Some(f) = self.on_cut.take() {
+                            f();
+                        }
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Unparseable: stop enforcing rather than break the stream.
+                    tracing::debug!(error = %e, "max_output_tokens enforcement stopped");
+                    self.state = State::Passthrough;
+                }
+            }
+        }
+        if self.state == State::Passthrough || at_end {
+            out.extend_from_slice(&self.decoder.take_remainder());
+        }
+    }
+}
+
+impl Body for CapBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.state == State::Done {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => {
+                    let mut out = BytesMut::new();
+                    if this.state == State::Counting {
+                        this.drain(&mut out, true);
+                    }
+                    this.state = State::Done;
+                    if out.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => {
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    if this.state == State::Passthrough {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    this.decoder.push(data);
+                    let mut out = BytesMut::new();
+                    this.drain(&mut out, false);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::full_body;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn estimate_rounds_up() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(8), 2);
+        assert_eq!(estimate_tokens(9), 3);
+    }
+
+    fn stream(deltas: &[&str]) -> Bytes {
+        let mut s = String::new();
+        s.push_str("event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"usage\":null}}\n\n");
+        s.push_str("data: {\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,\"item\":{\"id\":\"m1\",\"type\":\"message\",\"role\":\"assistant\",\"status\":\"in_progress\",\"content\":[]}}\n\n");
+        for (i, d) in deltas.iter().enumerate() {
+            s.push_str(&format!(
+                "data: {{\"type\":\"response.output_text.delta\",\"sequence_number\":{},\"output_index\":0,\"delta\":\"{d}\"}}\n\n",
+                i + 2
+            ));
+        }
+        s.push_str("data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\"}}\n\n");
+        Bytes::from(s)
+    }
+
+    async fn run(input: Bytes, cap: u64) -> Bytes {
+        CapBody::new(full_body(input), cap, 1 << 20, || {})
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+    }
+
+    #[tokio::test]
+    async fn under_the_cap_bytes_are_unchanged() {
+        let input = stream(&["abcd", "efgh"]);
+        assert_eq!(run(input.clone(), 2).await, input);
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_ends_with_incomplete() {
+        let out = run(stream(&["abcd", "efgh", "ijkl"]), 2).await;
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains("ijkl"));
+        assert!(!text.contains("response.completed"));
+        let last = text.trim_end().rsplit("data: ").next().unwrap();
+        let ev: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(ev["type"], "response.incomplete");
+        assert_eq!(ev["sequence_number"], 4);
+        assert_eq!(ev["response"]["id"], "resp_1");
+        assert_eq!(ev["response"]["status"], "incomplete");
+        assert_eq!(
+            ev["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        assert_eq!(
+            ev["response"]["output"][0]["content"][0]["text"],
+            "abcdefgh"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! A streamed answer folded into the one JSON response object a `stream:false` client expects.
+
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::events::{Fields, Tracker};
+use crate::body::{ResponseBody, full_body};
+use crate::classify::{Failure, FailureClass};
+use crate::error::ApiError;
+use crate::sse::{Event, SseDecoder};
+
+enum Outcome {
+    Answer(Value),
+    Error(ApiError),
+}
+
+/// Reads the whole stream (at most `limit` bytes) and answers as the platform would to a
+/// non-streaming request.
+pub(crate) async fn fold(res: Response<ResponseBody>, limit: usize) -> Response<ResponseBody> {
+    let (mut parts, mut body) = res.into_parts();
+    let mut decoder = SseDecoder::new();
+    let mut tracker = Tracker::new(limit);
+    let mut total = 0usize;
+    let outcome = loop {
+        let frame = match body.frame().await {
+            None => break finish(&mut decoder, &mut tracker),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "upstream stream broke while folding");
+                break Some(Outcome::Error(ApiError::upstream_unavailable(
+                    "the upstream stream broke off before the response completed",
+                )));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            break Some(Outcome::Error(
+                ApiError::upstream_unavailable(format!(
+                    "the upstream answer is larger than {limit} bytes; request it with stream:true"
+                ))
+                .with_code("response_too_large"),
+            ));
+        }
+        decoder.push(data);
+        match drain(&mut decoder, &mut tracker, false) {
+            Ok(None) => {}
+            Ok(Some(outcome)) => break Some(outcome),
+            Err(()) => break Some(Outcome::Error(unparseable())),
+        }
+    };
+    let outcome = outcome.unwrap_or_else(|| {
+        Outcome::Error(ApiError::upstream_unavailable(
+            "the upstream stream ended before the response completed",
+        ))
+    });
+    match outcome {
+        Outcome::Answer(v) => {
+            // Serialising a Value cannot fail.
+            let bytes = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+            parts.status = StatusCode::OK;
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts.headers.remove(header::CACHE_CONTROL);
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            Response::from_parts(parts, full_body(bytes))
+        }
+        Outcome::Error(err) => {
+            let mut out = err.into_stack_response();
+            // Keep what outer layers read from the upstream's answer (connection tags,
+            // classified failures).
+            *out.extensions_mut() = parts.extensions;
+            out
+        }
+    }
+}
+
+fn unparseable() -> ApiError {
+    ApiError::upstream_unavailable("the upstream sent an event stream that could not be parsed")
+}
+
+fn finish(decoder: &mut SseDecoder, tracker: &mut Tracker) -> Option<Outcome> {
+    drain(decoder, tracker, true).unwrap_or_else(|()| Some(Outcome::Error(unparseable())))
+}
+
+fn drain(
+    decoder: &mut SseDecoder,
+    tracker: &mut Tracker,
+    at_end: bool,
+) -> Result<Option<Outcome>, ()> {
+    loop {
+        let next = if at_end {
+            decoder.finish()
+        } else {
+            decoder.next_event()
+        };
+        match next {
+            Ok(Some(event)) => {
+                if let Some(outcome) = on_event(&event, tracker) {
+                    return Ok(Some(outcome));
+                }
+            }
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+fn on_event(event: &Event, tracker: &mut Tracker) -> Option<Outcome> {
+    let kind = event.event_type()?;
+    match kind {
+        "response.output_item.done" => {
+            let f = Fields::parse(&event.data)?;
+            if let (Some(i), Some(item)) = (f.output_index, f.item) {
+                tracker.item(i, item, true);
+            }
+            None
+        }
+        "response.completed" | "response.incomplete" => {
+            let f = Fields::parse(&event.data)?;
+            let mut resp: Value = serde_json::from_str(f.response?.get()).ok()?;
+            let empty = resp
+                .get("output")
+                .is_none_or(|o| o.as_array().is_some_and(Vec::is_empty) || o.is_null());
+            if empty {
+                if let Some(obj) = resp.as_object_mut() {
+                    obj.insert("output".into(), Value::Array(tracker.done_output()));
+                }
+            }
+            Some(Outcome::Answer(resp))
+        }
+        "response.failed" | "error" => Some(Outcome::Error(
+            Failure::from_sse_data(&event.data).map_or_else(
+                || {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "server_error",
+                        "the upstream response failed",
+                    )
+                },
+                |f| failure_error(&f),
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The HTTP error the platform would have answered for a failure.
+pub(crate) fn failure_error(f: &Failure) -> ApiError {
+    let (status, kind) = match f.class {
+        FailureClass::QuotaExhausted => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+        FailureClass::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        FailureClass::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+        FailureClass::Transient => (
+            f.status
+                .filter(|s| s.is_server_error())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "server_error",
+        ),
+        FailureClass::Auth => (StatusCode::UNAUTHORIZED, "authentication_error"),
+        FailureClass::RouteNotFound => (StatusCode::NOT_FOUND, "invalid_request_error"),
+        FailureClass::InvalidRequest
+        | FailureClass::ContextLength
+        | FailureClass::ContentPolicy
+        | FailureClass::ModelUnsupported
+        | FailureClass::PreviousResponseNotFound
+        | FailureClass::Cancelled => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        _ => (StatusCode::BAD_GATEWAY, "server_error"),
+    };
+    let message = f
+        .message
+        .clone()
+        .unwrap_or_else(|| "the upstream response failed".to_string());
+    let mut err = ApiError::new(
+        status,
+        f.kind.clone().unwrap_or_else(|| kind.into()),
+        message,
+    );
+    err.code = f.code.clone();
+    if let Some(after) = f.retry.after {
+        err = err.with_retry_after(after);
+    }
+    err.resets_at = f
+        .retry
+        .reset_at
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sse(events: &[Value]) -> Response<ResponseBody> {
+        let mut s = String::new();
+        for e in events {
+            s.push_str(&format!(
+                "event: {}\ndata: {e}\n\n",
+                e["type"].as_str().unwrap()
+            ));
+        }
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(full_body(s))
+            .unwrap()
+    }
+
+    async fn json_of(res: Response<ResponseBody>) -> (StatusCode, Value) {
+        let status = res.status();
+        let b = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn rebuilds_output_from_done_items() {
+        let item = json!({"id":"m1","type":"message","role":"assistant","content":[{"type":"output_text","text":"hi"}]});
+        let res = sse(&[
+            json!({"type":"response.created","response":{"id":"r1","status":"in_progress"}}),
+            json!({"type":"response.output_item.done","output_index":0,"item":item}),
+            json!({"type":"response.completed","response":{"id":"r1","status":"completed","output":[],"usage":{"output_tokens":1}}}),
+        ]);
+        let res = fold(res, 1 << 20).await;
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let (status, v) = json_of(res).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["output"][0], item);
+        assert_eq!(v["usage"]["output_tokens"], 1);
+    }
+
+    #[tokio::test]
+    async fn failures_become_http_errors() {
+        for (code, status) in [
+            ("insufficient_quota", 429),
+            ("rate_limit_exceeded", 429),
+            ("server_is_overloaded", 503),
+            ("server_error", 500),
+            ("invalid_prompt", 400),
+        ] {
+            let res = sse(&[
+                json!({"type":"response.failed","response":{"id":"r","status":"failed","error":{"code":code,"message":"m"}}}),
+            ]);
+            let (s, v) = json_of(fold(res, 1 << 20).await).await;
+            assert_eq!(s.as_u16(), status, "{code}");
+            assert_eq!(v["error"]["code"], code);
+            assert_eq!(v["error"]["message"], "m");
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_or_oversized_streams_are_502() {
+        let res = sse(&[json!({"type":"response.created","response":{"id":"r"}})]);
+        assert_eq!(fold(res, 1 << 20).await.status(), 502);
+        let res = sse(&[json!({"type":"response.created","response":{"id":"r"}})]);
+        let (s, v) = json_of(fold(res, 10).await).await;
+        assert_eq!(s, 502);
+        assert_eq!(v["error"]["code"], "response_too_large");
+    }
+}

@@ -1,0 +1,146 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Most upstreams remembered, and most parameters per upstream: the names come from upstream
+/// messages, so the memory they take must stay bounded whatever an upstream says.
+const MAX_UPSTREAMS: usize = 256;
+const MAX_PARAMS: usize = 64;
+const MAX_PARAM_LEN: usize = 64;
+
+/// Parameters upstreams refused, remembered per upstream for a while.
+///
+/// Shared by clones; keyed by the request's scheme, authority and profile.
+#[derive(Debug, Clone, Default)]
+pub struct LearnedParams {
+    inner: Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>,
+}
+
+impl LearnedParams {
+    /// An empty memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Instant>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that `upstream` refuses `param` until `ttl` from now.
+    pub fn learn(&self, upstream: &str, param: &str, ttl: Duration) {
+        let now = Instant::now();
+        let until = now + ttl;
+        let mut map = self.lock();
+        if !map.contains_key(upstream) && map.len() >= MAX_UPSTREAMS {
+            map.retain(|_, params| {
+                params.retain(|_, t| *t > now);
+                !params.is_empty()
+            });
+            if map.len() >= MAX_UPSTREAMS {
+                return;
+            }
+        }
+        let params = map.entry(upstream.to_string()).or_default();
+        params.retain(|_, t| *t > now);
+        if params.len() < MAX_PARAMS || params.contains_key(param) {
+            params.insert(param.to_string(), until);
+        }
+    }
+
+    /// The parameters `upstream` currently refuses.
+    pub fn params(&self, upstream: &str) -> Vec<String> {
+        let now = Instant::now();
+        self.lock().get(upstream).map_or_else(Vec::new, |params| {
+            params
+                .iter()
+                .filter(|(_, t)| **t > now)
+                .map(|(p, _)| p.clone())
+                .collect()
+        })
+    }
+}
+
+/// The parameter named by an `Unsupported parameter: X` message, in either quoting
+/// (`'X'`, `"X"`, or bare), if it looks like a field name.
+pub(crate) fn unsupported_param(message: &str) -> Option<String> {
+    const NEEDLE: &str = "unsupported parameter";
+    let lower = message.to_ascii_lowercase();
+    let at = lower.find(NEEDLE)? + NEEDLE.len();
+    let rest = message.get(at..)?.trim_start_matches([':', ' ']);
+    let rest = rest.trim_start_matches(['\'', '"', '`']);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        .unwrap_or(rest.len());
+    let name = rest[..end].trim_end_matches('.');
+    (!name.is_empty() && name.len() <= MAX_PARAM_LEN).then(|| name.to_string())
+}
+
+/// The message of a 400 body in either envelope: `{"error":{"message"}}` or `{"detail"}`.
+pub(crate) fn error_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Option<Inner>,
+        detail: Option<serde_json::Value>,
+        message: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        message: Option<String>,
+    }
+    let b: Body = serde_json::from_slice(body).ok()?;
+    b.error
+        .and_then(|e| e.message)
+        .or(match b.detail {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Object(m)) => m
+                .get("message")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            _ => None,
+        })
+        .or(b.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_envelopes_and_quotings() {
+        let a = br#"{"error":{"message":"Unsupported parameter: 'temperature' is not supported with this model.","type":"invalid_request_error","param":"temperature","code":"unsupported_parameter"}}"#;
+        let m = error_message(a).unwrap();
+        assert_eq!(unsupported_param(&m).as_deref(), Some("temperature"));
+        let b = br#"{"detail":"Unsupported parameter: max_output_tokens"}"#;
+        let m = error_message(b).unwrap();
+        assert_eq!(unsupported_param(&m).as_deref(), Some("max_output_tokens"));
+        assert_eq!(
+            unsupported_param("unsupported parameter: \"reasoning.summary\".").as_deref(),
+            Some("reasoning.summary")
+        );
+        assert_eq!(unsupported_param("Instructions are required"), None);
+        assert_eq!(unsupported_param("Unsupported parameter: "), None);
+        assert_eq!(
+            unsupported_param(&format!("Unsupported parameter: {}", "x".repeat(100))),
+            None
+        );
+        assert_eq!(error_message(b"not json"), None);
+    }
+
+    #[test]
+    fn remembers_per_upstream_and_forgets() {
+        let l = LearnedParams::new();
+        l.learn("http://a#generic", "foo", Duration::from_secs(60));
+        l.learn("http://a#generic", "bar", Duration::ZERO);
+        assert_eq!(l.params("http://a#generic"), ["foo"]);
+        assert!(l.params("http://b#generic").is_empty());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let l = LearnedParams::new();
+        for i in 0..(MAX_PARAMS + 10) {
+            l.learn("u", &format!("p{i}"), Duration::from_secs(60));
+        }
+        assert_eq!(l.params("u").len(), MAX_PARAMS);
+    }
+}

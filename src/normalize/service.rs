@@ -1,0 +1,371 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::cap::CapBody;
+use super::config::NormalizeConfig;
+use super::fold::fold;
+use super::learn::{LearnedParams, error_message, unsupported_param};
+use super::rewrite::{Plan, Rewrite, rewrite, without_param};
+use super::rule::{Rule, codex_rules};
+use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
+use crate::error::BoxError;
+use crate::facts::RequestFacts;
+use crate::metrics::Metrics;
+use crate::profile::Profile;
+use crate::soft_failure::SoftFailure;
+use crate::sse::is_event_stream;
+
+/// Applies [`BodyNormalize`] to a service. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct BodyNormalizeLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: NormalizeConfig,
+    codex: Vec<Rule>,
+    learned: LearnedParams,
+    metrics: Option<Metrics>,
+}
+
+impl BodyNormalizeLayer {
+    /// The layer with this configuration.
+    pub fn new(config: NormalizeConfig) -> Self {
+        BodyNormalizeLayer {
+            shared: Arc::new(Shared {
+                config,
+                codex: codex_rules(),
+                learned: LearnedParams::new(),
+                metrics: None,
+            }),
+        }
+    }
+
+    /// The layer with default settings for this profile.
+    pub fn for_profile(profile: Profile) -> Self {
+        Self::new(NormalizeConfig::for_profile(profile))
+    }
+
+    /// Reports into `metrics`: `tr_normalize_rewrites_total{profile,rule}`,
+    /// `tr_normalize_learned_total{param}`, `tr_normalize_capped_total{profile}`.
+    pub fn metrics(self, metrics: Metrics) -> Self {
+        self.rebuild(|s| s.metrics = Some(metrics))
+    }
+
+    /// Shares learned parameters with other layers (e.g. one per upstream route).
+    pub fn learned_params(self, learned: LearnedParams) -> Self {
+        self.rebuild(|s| s.learned = learned)
+    }
+
+    /// The parameters this layer has learnt upstreams refuse.
+    pub fn learned(&self) -> &LearnedParams {
+        &self.shared.learned
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Shared {
+            config: self.shared.config.clone(),
+            codex: self.shared.codex.clone(),
+            learned: self.shared.learned.clone(),
+            metrics: self.shared.metrics.clone(),
+        };
+        f(&mut shared);
+        BodyNormalizeLayer {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl<S> Layer<S> for BodyNormalizeLayer {
+    type Service = BodyNormalize<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyNormalize {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Rewrites request bodies for the upstream's profile. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct BodyNormalize<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<ReplayBody>> for BodyNormalize<S>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<ResponseBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(handle(shared, inner, req))
+    }
+}
+
+fn is_responses(req: &Request<ReplayBody>) -> bool {
+    req.method() == Method::POST
+        && req
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/responses")
+}
+
+fn is_encoded(req: &Request<ReplayBody>) -> bool {
+    req.headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
+fn upstream_key(req: &Request<ReplayBody>, profile: Profile) -> String {
+    let uri = req.uri();
+    format!(
+        "{}://{}#{}",
+        uri.scheme_str().unwrap_or(""),
+        uri.authority().map_or("", |a| a.as_str()),
+        profile
+    )
+}
+
+fn set_body(req: &mut Request<ReplayBody>, body: Bytes) {
+    req.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *req.body_mut() = ReplayBody::new(body);
+    RequestFacts::invalidate(req);
+}
+
+async fn handle<S>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    mut req: Request<ReplayBody>,
+) -> Result<Response<ResponseBody>, BoxError>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let profile = req
+        .extensions()
+        .get::<Profile>()
+        .copied()
+        .unwrap_or(shared.config.profile);
+    if profile == Profile::Openai || !is_responses(&req) || is_encoded(&req) {
+        return inner.call(req).await;
+    }
+    let config = &shared.config;
+    let key = upstream_key(&req, profile);
+    let learned = if config.learn {
+        shared.learned.params(&key)
+    } else {
+        Vec::new()
+    };
+    let rules = match profile {
+        Profile::ChatgptCodex => &shared.codex[..],
+        _ => &config.rules[..],
+    };
+    let mut plan = match rewrite(
+        req.body().bytes(),
+        rules,
+        config.cap_policy(profile),
+        &learned,
+    ) {
+        Rewrite::Untouched => return inner.call(req).await,
+        Rewrite::Reject(err) => {
+            tracing::debug!(profile = %profile, param = ?err.param, "request refused by normalize policy");
+            return Ok(err.into_stack_response());
+        }
+        Rewrite::Plan(plan) => plan,
+    };
+    report_rewrites(&shared, profile, &plan);
+    if let Some(body) = plan.body.take() {
+        set_body(&mut req, body);
+    }
+    let retry = config.learn.then(|| (clone_request(&req), inner.clone()));
+    let mut res = inner.call(req).await?;
+
+    if res.status() == StatusCode::BAD_REQUEST {
+        if let Some((mut again, svc)) = retry {
+            let (refused, kept) = refused_param(res, config.max_error_body).await;
+            res = kept;
+            if let Some((param, (body, cap))) = refused.and_then(|p| {
+                let stripped = without_param(again.body().bytes(), &p)?;
+                Some((p, stripped))
+            }) {
+                shared.learned.learn(&key, &param, config.learn_ttl);
+                tracing::info!(profile = %profile, param = %param, "upstream refused a parameter; retrying without it");
+                if let Some(m) = &shared.metrics {
+                    m.inc(
+                        "tr_normalize_learned_total",
+                        "Parameters learnt from upstream Unsupported parameter answers.",
+                        &[("param", &param)],
+                    );
+                }
+                plan.cap = plan.cap.or(cap);
+                set_body(&mut again, body);
+                res = svc.oneshot(again).await?;
+            }
+        }
+    }
+    Ok(shape_response(&shared, profile, &plan, res).await)
+}
+
+fn report_rewrites(shared: &Shared, profile: Profile, plan: &Plan) {
+    if plan.changed.is_empty() {
+        return;
+    }
+    tracing::debug!(profile = %profile, changed = %plan.changed.join(","), "request body normalized");
+    if let Some(m) = &shared.metrics {
+        for rule in &plan.changed {
+            m.inc(
+                "tr_normalize_rewrites_total",
+                "Request body rewrites, by profile and rule.",
+                &[("profile", profile.as_str()), ("rule", rule)],
+            );
+        }
+    }
+}
+
+/// Enforces the cap and folds the stream for a client that did not ask for one.
+async fn shape_response(
+    shared: &Shared,
+    profile: Profile,
+    plan: &Plan,
+    res: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    if !res.status().is_success() || !is_event_stream(res.headers()) {
+        return res;
+    }
+    let res = match plan.cap {
+        Some(cap) => {
+            let metrics = shared.metrics.clone();
+            res.map(|body| {
+                CapBody::new(body, cap, shared.config.max_buffered, move || {
+                    if let Some(m) = metrics {
+                        m.inc(
+                            "tr_normalize_capped_total",
+                            "Streams ended at the client's max_output_tokens.",
+                            &[("profile", profile.as_str())],
+                        );
+                    }
+                })
+                .boxed_unsync()
+            })
+        }
+        None => res,
+    };
+    if plan.upstream_stream && !plan.client_stream {
+        fold(res, shared.config.max_buffered).await
+    } else {
+        res
+    }
+}
+
+/// The parameter a 400 answer refuses, and the answer to pass on if nothing is retried.
+///
+/// A [`SoftFailure`] from an inner layer already carries the message; otherwise a bounded
+/// prefix of the body is read.
+async fn refused_param(
+    res: Response<ResponseBody>,
+    limit: usize,
+) -> (Option<String>, Response<ResponseBody>) {
+    if let Some(message) = res
+        .extensions()
+        .get::<SoftFailure>()
+        .and_then(|s| s.failure.message.as_deref())
+    {
+        return (unsupported_param(message), res);
+    }
+    let (parts, mut body) = res.into_parts();
+    let mut buf = BytesMut::new();
+    let rest = loop {
+        match body.frame().await {
+            None => break None,
+            Some(Err(e)) => break Some(Err(e)),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        break Some(Ok(body));
+                    }
+                }
+            }
+        }
+    };
+    let prefix = buf.freeze();
+    let param = match rest {
+        None => error_message(&prefix).and_then(|m| unsupported_param(&m)),
+        Some(_) => None,
+    };
+    let body = match rest {
+        None => full_body(prefix),
+        Some(rest) => Prefixed {
+            prefix: Some(prefix),
+            rest: Some(rest),
+        }
+        .boxed_unsync(),
+    };
+    (param, Response::from_parts(parts, body))
+}
+
+/// Bytes already read, then the rest of the body (or the error that stopped the read).
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Option<Result<ResponseBody, BoxError>>,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take().filter(|p| !p.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        match &mut self.rest {
+            None => Poll::Ready(None),
+            Some(Ok(body)) => Pin::new(body).poll_frame(cx),
+            Some(Err(_)) => match self.rest.take() {
+                Some(Err(e)) => Poll::Ready(Some(Err(e))),
+                _ => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
