@@ -1,0 +1,235 @@
+//! Starting what is measured, each as its own process so its CPU and memory can be read
+//! apart from the load client's and the mock's.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A target process, killed on drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Running {
+    /// The last lines the target wrote to its log, for error reports.
+    pub fn log_tail(&self) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; the small race is harmless here).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs this harness again as `loadgen <args>` and waits for its `READY <addr>` line.
+pub fn spawn_self(args: &[&str]) -> Result<Running, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start loadgen {}: {e}", args.join(" ")))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("loadgen {} did not start: {line:?}", args.join(" ")))?;
+    Ok(Running {
+        addr,
+        pid: child.id(),
+        child,
+        log: None,
+    })
+}
+
+fn wait_port(addr: SocketAddr, child: &mut Child, timeout: Duration) -> Result<(), String> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status} before listening"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("not listening on {addr} after {timeout:?}"))
+}
+
+/// nginx as a plain streaming reverse proxy: `proxy_buffering off`, upstream keep-alive,
+/// no access log, one worker per core.
+pub fn nginx(bin: &str, upstream: SocketAddr, dir: &Path) -> Result<Running, String> {
+    let port = free_port().map_err(|e| e.to_string())?;
+    let d = dir.display();
+    let conf = format!(
+        r#"worker_processes auto;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 16384; }}
+worker_rlimit_nofile 20000;
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000000;
+  upstream mock {{
+    server {upstream};
+    keepalive 1024;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 600s;
+    }}
+  }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    let mut child = Command::new(bin)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_port(addr, &mut child, Duration::from_secs(10))
+        .map_err(|e| format!("nginx {e}: {}", read_tail(&dir.join("error.log"))))?;
+    Ok(Running {
+        addr,
+        pid: child.id(),
+        child,
+        log: Some(dir.join("error.log")),
+    })
+}
+
+/// LiteLLM's proxy server with one `openai/` deployment per mock model name, pointed at
+/// the mock for the Responses API; offline settings and a random master key.
+pub fn litellm(
+    bin: &str,
+    upstream: SocketAddr,
+    models: &[String],
+    workers: usize,
+    dir: &Path,
+) -> Result<(Running, String), String> {
+    let port = free_port().map_err(|e| e.to_string())?;
+    let key = format!("sk-bench-{:016x}", random_u64());
+    let mut yaml = String::from("model_list:\n");
+    for m in models {
+        yaml.push_str(&format!(
+            "  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n      api_base: http://{upstream}/v1\n      api_key: sk-bench-upstream\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "litellm_settings:\n  telemetry: false\n  request_timeout: 600\ngeneral_settings:\n  master_key: {key}\n"
+    ));
+    let path = dir.join("litellm.yaml");
+    std::fs::write(&path, yaml).map_err(|e| e.to_string())?;
+    let log = dir.join("litellm.log");
+    let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--num_workers", &workers.to_string()])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_MASTER_KEY", &key)
+        .env("LITELLM_LOG", "ERROR")
+        .env("LITELLM_TELEMETRY", "False")
+        .env("DISABLE_SCHEMA_UPDATE", "True")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_port(addr, &mut child, Duration::from_secs(180))
+        .map_err(|e| format!("litellm {e}:\n{}", read_tail(&log)))?;
+    Ok((
+        Running {
+            addr,
+            pid: child.id(),
+            child,
+            log: Some(log),
+        },
+        key,
+    ))
+}
+
+fn read_tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Enough randomness for a throwaway key, without a dependency.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A fresh temporary directory for one target's files.
+pub fn temp_dir(name: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "loadgen-{name}-{}-{:08x}",
+        std::process::id(),
+        random_u64() as u32
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
