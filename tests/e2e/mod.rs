@@ -20,7 +20,9 @@ const INSTALL_HINT: &str = "run .ci/install-clients (installs the Codex CLI and 
      SDKs into target/e2e/)";
 
 fn e2e_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("e2e")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("e2e")
 }
 
 fn located(env: &str, default: PathBuf, what: &str) -> PathBuf {
@@ -80,8 +82,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("tr-e2e-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("tr-e2e-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
