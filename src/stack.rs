@@ -56,6 +56,7 @@ use crate::credentials::{CredentialRotateLayer, Pool, RotateConfig};
 use crate::error::BoxError;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
+use crate::normalize::{BodyNormalizeLayer, NormalizeConfig};
 use crate::profile::Profile;
 use crate::soft_failure::{SoftFailureConfig, SoftFailureDetectLayer};
 
@@ -76,6 +77,8 @@ pub struct ResponsesStack {
     continuity_off: bool,
     compact: CompactConfig,
     compact_off: bool,
+    normalize: Option<NormalizeConfig>,
+    normalize_off: bool,
     profile: Option<Profile>,
 }
 
@@ -140,6 +143,19 @@ impl ResponsesStack {
         self
     }
 
+    /// Configures body normalization (its `profile` is replaced by the stack's when one was
+    /// set with [`profile`](Self::profile)).
+    pub fn normalize(mut self, config: NormalizeConfig) -> Self {
+        self.normalize = Some(config);
+        self
+    }
+
+    /// Switches body normalization off.
+    pub fn without_normalize(mut self) -> Self {
+        self.normalize_off = true;
+        self
+    }
+
     /// Configures compaction routing.
     pub fn compact(mut self, config: CompactConfig) -> Self {
         self.compact = config;
@@ -180,6 +196,17 @@ impl ResponsesStack {
                 layer = layer.metrics(m.clone());
             }
             svc = StackService::new(layer.layer(svc));
+        }
+        if !self.normalize_off {
+            let mut config = self.normalize.clone().unwrap_or_default();
+            if let Some(p) = self.profile {
+                config.profile = p;
+            }
+            let mut normalize = BodyNormalizeLayer::new(config);
+            if let Some(m) = &self.metrics {
+                normalize = normalize.metrics(m.clone());
+            }
+            svc = StackService::new(normalize.layer(svc));
         }
         if let Some(pool) = &self.pool {
             let mut rotate = CredentialRotateLayer::with_config(pool.clone(), self.rotate.clone());

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use tower_responses::credentials::Secret;
 use tower_responses::profile::Profile;
 use tower_responses::proxy::{Proxy, ProxyConfig};
-use tower_responses::testing::{Fault, MockUpstream, Reply, ResponseStore, StaleMode, events};
+use tower_responses::testing::{
+    Fault, MockUpstream, Reply, ResponseStore, StaleMode, codex_strict, events,
+};
 
 const CLIENT_KEY: &str = "demo-client-key";
 const KEY_A: &str = "sk-demo-aaaaaaaaaaaaaaaaaaaa-AAAA";
@@ -36,6 +38,7 @@ struct Seen {
     still_open: bool,
     response_id: Option<String>,
     compaction_items: usize,
+    detail: Option<String>,
 }
 
 impl Seen {
@@ -127,6 +130,7 @@ async fn send(
     if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
         seen.error_code = v["error"]["code"].as_str().map(str::to_string);
         seen.response_id = v["id"].as_str().map(str::to_string);
+        seen.detail = v["detail"].as_str().map(|d| format!("{d:?}"));
         seen.compaction_items = v["output"].as_array().map_or(0, |o| {
             o.iter().filter(|i| i["type"] == "compaction").count()
         });
@@ -221,7 +225,7 @@ pub async fn run() -> ExitCode {
     let mut rows = Vec::new();
     let plain = turn(None, "hello");
 
-    eprintln!("[1/8] quota exhausted inside a 200 stream (seed 004)");
+    eprintln!("[1/9] quota exhausted inside a 200 stream (seed 004)");
     mock.push_for(
         KEY_A,
         failed_stream("insufficient_quota", "You exceeded your current quota"),
@@ -252,7 +256,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean() && a_tried,
     });
 
-    eprintln!("[2/8] a follow-up with previous_response_id, two accounts (seed 003)");
+    eprintln!("[2/9] a follow-up with previous_response_id, two accounts (seed 003)");
     let store = ResponseStore::new(2300);
     store.install(&mock);
     let first = send(&client, &via, CLIENT_KEY, &[], &turn(None, "first")).await;
@@ -269,7 +273,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[3/8] the upstream drops the connection under previous_response_id (seed 003)");
+    eprintln!("[3/9] the upstream drops the connection under previous_response_id (seed 003)");
     let prev = with.response_id.clone().unwrap_or_default();
     mock.set_handler(|_| None);
     mock.push(Reply::fault(Fault::CloseAfterRead));
@@ -291,7 +295,7 @@ pub async fn run() -> ExitCode {
     });
     mock.set_handler(|_| None);
 
-    eprintln!("[4/8] the upstream keeps the stream open after response.completed");
+    eprintln!("[4/9] the upstream keeps the stream open after response.completed");
     mock.push(Reply::text("done, but the connection stays open").hold_open());
     let without = send(&client, &direct, KEY_A, &[], &plain).await;
     mock.push(Reply::text("done, but the connection stays open").hold_open());
@@ -304,7 +308,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[5/8] providers drop idle keep-alive connections (seed 001)");
+    eprintln!("[5/9] providers drop idle keep-alive connections (seed 001)");
     mock.set_stale(Duration::from_millis(200), StaleMode::Html400);
     let pooled: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut without = Vec::new();
@@ -337,7 +341,7 @@ pub async fn run() -> ExitCode {
         ok: with.iter().all(Seen::clean) && retries >= 1.0,
     });
 
-    eprintln!("[6/8] remote compaction for a model the compact route refuses (seed 000)");
+    eprintln!("[6/9] remote compaction for a model the compact route refuses (seed 000)");
     mock.set_handler(|r| {
         let refused = r.path.ends_with("/responses/compact")
             && r.json().is_some_and(|b| b["model"] == "gpt-5.5");
@@ -374,7 +378,50 @@ pub async fn run() -> ExitCode {
             && remote_calls == 2,
     });
 
-    eprintln!("[7/8] every account exhausted");
+    eprintln!("[7/9] the ChatGPT Codex backend rejects ordinary bodies (seed 002)");
+    let strict = match codex_strict_proxy().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seed_body = json!({
+        "model": "gpt-5.5",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        "stream": true, "store": false, "max_output_tokens": 8192, "reasoning": {"effort": "none"}
+    });
+    let without = send(
+        &client,
+        &format!("{}/responses", strict.mock.base_url()),
+        KEY_A,
+        &[],
+        &seed_body,
+    )
+    .await;
+    let with = send(&client, &strict.url, "unused", &[], &seed_body).await;
+    let mut sdk_body = seed_body.clone();
+    sdk_body["stream"] = json!(false);
+    sdk_body["temperature"] = json!(0.2);
+    let folded = send(&client, &strict.url, "unused", &[], &sdk_body).await;
+    rows.push(Row {
+        fault: "Codex backend rejects the body",
+        without: format!(
+            "{} {}",
+            without.summary(),
+            without.detail.clone().unwrap_or_default()
+        ),
+        with: format!(
+            "{}; stream:false: {} JSON object",
+            with.summary(),
+            folded.status.map_or(0, |s| s.as_u16())
+        ),
+        layer: "BodyNormalize (chatgpt-codex profile)",
+        ok: with.clean() && folded.status == Some(StatusCode::OK) && folded.response_id.is_some(),
+    });
+    let _ = strict.stop.send(());
+
+    eprintln!("[8/9] every account exhausted");
     let resets_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -401,7 +448,7 @@ pub async fn run() -> ExitCode {
         ok: with.status == Some(StatusCode::TOO_MANY_REQUESTS) && mock.request_count() == before,
     });
 
-    eprintln!("[8/8] proxy edges: wrong client key, WebSocket upgrade, oversized body");
+    eprintln!("[9/9] proxy edges: wrong client key, WebSocket upgrade, oversized body");
     let bad_key = send(&client, &via, "wrong", &[], &plain).await;
     let ws = send(
         &client,
@@ -442,6 +489,36 @@ pub async fn run() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A second proxy, for an upstream that behaves like the ChatGPT Codex backend.
+struct StrictProxy {
+    mock: MockUpstream,
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn codex_strict_proxy() -> Result<StrictProxy, String> {
+    let mock = MockUpstream::start().await.map_err(|e| e.to_string())?;
+    mock.set_handler(codex_strict());
+    let config = ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        upstream: mock.base_url(),
+        profile_override: Some(Profile::ChatgptCodex),
+        credentials: vec![
+            "demo-chatgpt-access-token-xxxxxxxx"
+                .parse()
+                .expect("literal key"),
+        ],
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
+    let url = format!("http://{}/v1/responses", proxy.local_addr());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.serve(async {
+        let _ = rx.await;
+    }));
+    Ok(StrictProxy { mock, url, stop })
 }
 
 fn print_table(rows: &[Row]) {

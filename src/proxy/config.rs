@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::compact::CompactConfig;
 use crate::credentials::{PoolMember, Secret, Strategy};
+use crate::normalize::NormalizeConfig;
 use crate::profile::Profile;
 
 /// Everything the proxy can be told, from flags or from a TOML file (flags win).
@@ -56,6 +57,9 @@ pub struct ProxyConfig {
     pub pool_idle_timeout_secs: u64,
     /// Compaction routing (`[compact]`: `remote`, `compact_model`, per-model overrides).
     pub compact: CompactConfig,
+    /// Body normalization (`[normalize]`: rules for a generic upstream, the
+    /// `max_output_tokens` policy, learning); its profile is the proxy's.
+    pub normalize: NormalizeConfig,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +76,7 @@ impl Default for ProxyConfig {
             stream_idle_timeout_secs: 300,
             pool_idle_timeout_secs: 20,
             compact: CompactConfig::default(),
+            normalize: NormalizeConfig::default(),
         }
     }
 }

@@ -98,6 +98,7 @@ impl Proxy {
         let mut stack = ResponsesStack::new()
             .profile(config.profile())
             .compact(config.compact.clone())
+            .normalize(config.normalize.clone())
             .metrics(metrics.clone())
             .upstream_base(config.upstream.clone());
         if let Some(pool) = &pool {
