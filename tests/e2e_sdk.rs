@@ -332,3 +332,45 @@ async fn sdks_on_the_codex_profile_get_answers_from_a_strict_backend() {
     assert_eq!(direct.error_status("nonstream"), Some(400));
     assert_eq!(mock.request_count() - before, 2);
 }
+
+/// The harness itself: a client that hangs (here a shell whose child outlives it) is killed
+/// with everything it started, and the test fails saying so instead of hanging.
+#[tokio::test]
+async fn a_hung_client_is_killed_with_its_children() {
+    let dir = e2e::TempDir::new("hang");
+    let pid_file = dir.path().join("pid");
+    let mut cmd = e2e::command_for("bash", std::time::Duration::from_millis(500));
+    cmd.arg("-c").arg(format!(
+        "sleep 300 & echo $! > '{}'; wait",
+        pid_file.display()
+    ));
+    let hung = tokio::spawn(e2e::run(cmd));
+    let err = hung.await.expect_err("the run must fail");
+    let msg = err
+        .into_panic()
+        .downcast::<String>()
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(
+        msg.contains("did not finish within its time limit"),
+        "{msg}"
+    );
+
+    let pid = std::fs::read_to_string(&pid_file).expect("the shell started its child");
+    let stat = format!("/proc/{}/stat", pid.trim());
+    // Death after SIGKILL is asynchronous: poll, bounded. A zombie (state Z) is dead too.
+    let gone = || {
+        std::fs::read_to_string(&stat).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    for _ in 0..250 {
+        if gone() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone(), "the client's child survived the kill");
+}

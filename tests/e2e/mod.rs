@@ -100,6 +100,7 @@ impl Drop for TempDir {
 }
 
 /// What a client process did.
+#[derive(Debug)]
 pub struct Ran {
     pub status: std::process::ExitStatus,
     pub stdout: String,
@@ -117,11 +118,24 @@ impl Ran {
 }
 
 /// A command with stdin from `/dev/null`, piped output, the ambient OpenAI settings removed
-/// (a developer's own key or base URL must not leak into the run), in its own process group
-/// so a timeout can kill what it spawned too.
+/// (a developer's own key or base URL must not leak into the run), limited to
+/// [`CLIENT_TIMEOUT`].
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.stdin(Stdio::null())
+    command_for(program, CLIENT_TIMEOUT)
+}
+
+/// [`command`] with another time limit.
+///
+/// The limit is enforced by GNU `timeout`, which runs the client in a new process group and
+/// signals that whole group when time is up (TERM, then KILL 5 s later): the codex launcher
+/// is a node script that starts a native binary, which starts shells, and killing only the
+/// process we spawned would leave those running.
+pub fn command_for(program: impl AsRef<std::ffi::OsStr>, limit: Duration) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "5"])
+        .arg(format!("{}", limit.as_secs_f64()))
+        .arg(program)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_remove("OPENAI_API_KEY")
@@ -129,20 +143,26 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
         .env_remove("OPENAI_ORG_ID")
         .env_remove("OPENAI_PROJECT_ID")
         .env_remove("CODEX_HOME")
-        .process_group(0)
         .kill_on_drop(true);
     cmd
 }
 
-/// Runs `cmd` to completion, or kills its process group after [`CLIENT_TIMEOUT`] and fails
-/// the test.
+/// GNU `timeout`'s exit status when it had to stop the command (124), or was killed itself.
+fn timed_out(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.code() == Some(124) || status.code() == Some(137) || status.signal().is_some()
+}
+
+/// Runs a command from [`command`] to completion; fails the test, with what the client
+/// printed, when its time limit stopped it.
 pub async fn run(mut cmd: Command) -> Ran {
     let what = format!("{:?}", cmd.as_std());
     let child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let pid = child.id();
-    match tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output()).await {
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e} (GNU coreutils `timeout` is needed)"));
+    // A backstop only: `timeout` itself ends the client well before this.
+    let backstop = CLIENT_TIMEOUT + Duration::from_secs(30);
+    let ran = match tokio::time::timeout(backstop, child.wait_with_output()).await {
         Ok(Ok(Output {
             status,
             stdout,
@@ -153,18 +173,13 @@ pub async fn run(mut cmd: Command) -> Ran {
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         },
         Ok(Err(e)) => panic!("waiting for {what}: {e}"),
-        Err(_) => {
-            // The launcher may have children (the codex node wrapper runs a native binary):
-            // kill the whole group, not just the process we started.
-            if let Some(pid) = pid {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
-            }
-            panic!(
-                "{what} did not finish within {} s and was killed",
-                CLIENT_TIMEOUT.as_secs()
-            );
-        }
+        Err(_) => panic!("{what} outlived its time limit; `timeout` was killed"),
+    };
+    if timed_out(ran.status) {
+        panic!(
+            "{what} did not finish within its time limit and was killed\n{}",
+            ran.transcript()
+        );
     }
+    ran
 }
