@@ -249,62 +249,9 @@ pub fn scan_field(raw: &str, key: &str) -> Option<std::ops::Range<usize>> {
     }
 }
 
+/// The scanner shared with [`crate::sse`]: one implementation of "skip a JSON value".
 mod scan {
-    use memchr::memchr2;
-
-    pub(super) fn ws(d: &[u8], mut i: usize) -> usize {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = d.get(i) {
-            i += 1;
-        }
-        i
-    }
-
-    /// The closing quote of a string whose content starts at `i`, and whether it has escapes.
-    pub(super) fn string_end(d: &[u8], mut i: usize) -> Option<(usize, bool)> {
-        let mut escaped = false;
-        loop {
-            i += memchr2(b'"', b'\\', d.get(i..)?)?;
-            if d[i] == b'"' {
-                return Some((i, escaped));
-            }
-            escaped = true;
-            i += 2;
-        }
-    }
-
-    /// Just past the value starting at `i`.
-    pub(super) fn value(d: &[u8], i: usize) -> Option<usize> {
-        match *d.get(i)? {
-            b'"' => Some(string_end(d, i + 1)?.0 + 1),
-            b'{' | b'[' => nested(d, i),
-            _ => {
-                let len = d[i..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-                    .count();
-                (len > 0).then_some(i + len)
-            }
-        }
-    }
-
-    fn nested(d: &[u8], mut i: usize) -> Option<usize> {
-        let mut depth = 0usize;
-        while let Some(&b) = d.get(i) {
-            match b {
-                b'"' => i = string_end(d, i + 1)?.0,
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
-                    depth = depth.checked_sub(1)?;
-                    if depth == 0 {
-                        return Some(i + 1);
-                    }
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        None
-    }
+    pub(super) use crate::sse::scan::{skip_value as value, skip_ws as ws, string_end};
 }
 
 /// The `type` of a raw JSON object (an `input` item), if it has a string one.

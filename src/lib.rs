@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod soft_failure;
 pub mod sse;
 pub mod stack;
+pub mod upstream;
 
 #[cfg(feature = "test-util")]
 pub mod testing;

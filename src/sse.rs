@@ -215,7 +215,7 @@ fn sniff_type_slow(d: &[u8]) -> Option<&str> {
     }
 }
 
-fn skip_ws(d: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(d: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = d.get(i) {
         i += 1;
     }
@@ -224,7 +224,7 @@ fn skip_ws(d: &[u8], mut i: usize) -> usize {
 
 /// Index of the closing quote of a string whose content starts at `i`, and whether the string
 /// holds escapes.
-fn string_end(d: &[u8], mut i: usize) -> Option<(usize, bool)> {
+pub(crate) fn string_end(d: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
         i += memchr2(b'"', b'\\', d.get(i..)?)?;
@@ -237,7 +237,7 @@ fn string_end(d: &[u8], mut i: usize) -> Option<(usize, bool)> {
 }
 
 /// Index just past the JSON value starting at `i`.
-fn skip_value(d: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn skip_value(d: &[u8], i: usize) -> Option<usize> {
     match *d.get(i)? {
         b'"' => Some(string_end(d, i + 1)?.0 + 1),
         b'{' | b'[' => skip_nested(d, i),
@@ -282,6 +282,11 @@ fn skip_nested(d: &[u8], mut i: usize) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// The JSON scanning helpers, for [`crate::json`].
+pub(crate) mod scan {
+    pub(crate) use super::{skip_value, skip_ws, string_end};
 }
 
 /// Whether `headers` announce a `text/event-stream` body (parameters allowed, any case).

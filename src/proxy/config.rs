@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::compact::CompactConfig;
 use crate::credentials::{PoolMember, Secret, Strategy};
+pub use crate::error::ConfigError;
 use crate::normalize::NormalizeConfig;
 use crate::profile::Profile;
 
@@ -80,18 +81,6 @@ impl Default for ProxyConfig {
         }
     }
 }
-
-/// A configuration that cannot be used.
-#[derive(Debug)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl ProxyConfig {
     /// Parses a TOML configuration.

@@ -17,7 +17,6 @@
 //! ```
 
 mod config;
-mod forward;
 mod server;
 
 pub use config::{ConfigError, ProxyConfig};

@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::config::{ConfigError, ProxyConfig};
-use super::forward::{UpstreamBase, strip_hop_by_hop};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
@@ -23,6 +22,7 @@ use crate::error::ApiError;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
 use crate::stack::{ResponsesStack, StackService};
+use crate::upstream::{UpstreamBase, strip_hop_by_hop};
 use tower::ServiceExt;
 
 /// The body of every answer the proxy gives.

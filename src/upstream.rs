@@ -1,10 +1,18 @@
-//! Turning a client request into the upstream's, and the upstream's answer back.
+//! Turning a client request into the upstream's: the base URL, hop-by-hop headers.
+//!
+//! ```
+//! use tower_responses::upstream::UpstreamBase;
+//!
+//! let base = UpstreamBase::parse("https://chatgpt.com/backend-api/codex").unwrap();
+//! let uri = base.map(&"/v1/responses?x=1".parse().unwrap()).unwrap();
+//! assert_eq!(uri.to_string(), "https://chatgpt.com/backend-api/codex/responses?x=1");
+//! ```
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri};
 
-use super::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -19,7 +27,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -34,14 +42,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The upstream base URL, split once at startup.
 #[derive(Debug, Clone)]
-pub(crate) struct UpstreamBase {
+pub struct UpstreamBase {
     scheme: Scheme,
     authority: Authority,
     prefix: String,
 }
 
 impl UpstreamBase {
-    pub(crate) fn parse(url: &str) -> Result<Self, ConfigError> {
+    /// Parses `http(s)://host[:port][/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
         let uri: Uri = url
             .parse()
             .map_err(|e| ConfigError(format!("invalid upstream URL `{url}`: {e}")))?;
@@ -69,7 +78,7 @@ impl UpstreamBase {
     }
 
     /// Maps a client path `/v1/X?q` to `base/X?q`; `None` for paths outside `/v1/`.
-    pub(crate) fn map(&self, client: &Uri) -> Option<Uri> {
+    pub fn map(&self, client: &Uri) -> Option<Uri> {
         let rest = client.path().strip_prefix("/v1")?;
         if !rest.is_empty() && !rest.starts_with('/') {
             return None;
@@ -89,7 +98,7 @@ impl UpstreamBase {
 
     /// Rewrites a request for the upstream: URI, `Host`, hop-by-hop headers, and an identity
     /// `Accept-Encoding` so streams arrive as plain SSE the layers can read.
-    pub(crate) fn prepare<B>(&self, req: &mut Request<B>, uri: Uri) {
+    pub fn prepare<B>(&self, req: &mut Request<B>, uri: Uri) {
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);

@@ -41,6 +41,10 @@
 //! # }
 //! ```
 
+mod forward;
+
+pub use forward::Forward;
+
 use std::sync::Arc;
 
 use http::{Request, Response};
