@@ -256,6 +256,15 @@ pub(super) fn from_http(
 }
 
 pub(super) fn from_sse_data(data: &[u8]) -> Option<Failure> {
+    // Every stream ends with `response.completed`, which carries the whole output: building
+    // a `Value` of it only to learn it is not a failure cost more than the rest of the
+    // event handling. The type is read without parsing first; when it cannot be sniffed
+    // the full parse below decides, as before.
+    if let Some(ty) = crate::sse::sniff_type(data) {
+        if !matches!(ty, "response.failed" | "error" | "response.incomplete") {
+            return None;
+        }
+    }
     let v = serde_json::from_slice::<Value>(data).ok()?;
     let mut said = Said::default();
     match v.get("type")?.as_str()? {
