@@ -24,6 +24,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
     pub auth: Option<String>,
+    /// Send `max_output_tokens` in every body.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// Timings of one answer, from the moment the request was sent (or, open-loop, scheduled).
@@ -38,8 +40,10 @@ pub struct Sample {
     pub ok: bool,
 }
 
-/// A Codex-shaped request body (about 3 KB) naming `model`.
-pub fn request_body(model: &str, stream: bool) -> Bytes {
+/// A Codex-CLI-shaped request body (about 2.7 KB) naming `model`; with `max_output_tokens`
+/// as an SDK would send it (the Codex backend refuses it, so the proxy removes it and
+/// enforces the cap on the stream, parsing every delta).
+pub fn request_body(model: &str, stream: bool, max_output_tokens: Option<u32>) -> Bytes {
     let instructions = "You are Codex, a coding agent running in the user's terminal. Follow the \
         repository's conventions, keep changes minimal, run the tests, and explain what you \
         changed and why. Never invent file contents; read them first. "
@@ -67,8 +71,11 @@ pub fn request_body(model: &str, stream: bool) -> Bytes {
         "stream": stream,
         "include": ["reasoning.encrypted_content"],
         "prompt_cache_key": "0198c1f2-6b1a-7c33-9d2e-bench00000001",
-        "max_output_tokens": 8192,
     });
+    let mut body = body;
+    if let Some(max) = max_output_tokens {
+        body["max_output_tokens"] = serde_json::json!(max);
+    }
     Bytes::from(body.to_string())
 }
 

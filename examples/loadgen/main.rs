@@ -7,6 +7,7 @@
 //! loadgen serve-mock                        # the fast mock upstream (prints READY <addr>)
 //! loadgen serve-passthrough --upstream ADDR # bare hyper-util proxy
 //! loadgen serve-proxy --upstream URL        # tower_responses::proxy::Proxy, full stack
+//! loadgen drive --addr ADDR [--requests N] [--concurrency C]  # load only, for profiling
 //! ```
 //!
 //! Every target runs as a child process of the harness so its CPU time and memory can be
@@ -41,6 +42,7 @@ fn main() {
         Some("serve-passthrough") => serve(Serve::Passthrough, &args[1..]),
         Some("serve-proxy") => serve(Serve::Proxy, &args[1..]),
         Some("run") => run(&args[1..]),
+        Some("drive") => drive(&args[1..]),
         _ => {
             eprintln!(
                 "usage: loadgen run [--quick] [--out FILE] [--targets LIST] [--nginx BIN] \
@@ -237,10 +239,13 @@ fn run(args: &[String]) -> i32 {
                         (Some(r), t)
                     })
             }
-            "tower-responses" => {
+            "tower-responses" | "tower-responses-capped" => {
                 let up = format!("http://{}/v1", mock.addr);
                 targets::spawn_self(&["serve-proxy", "--upstream", &up]).map(|r| {
-                    let t = target(r.addr, None);
+                    let mut t = target(r.addr, None);
+                    if name.ends_with("capped") {
+                        t.max_output_tokens = Some(8192);
+                    }
                     (Some(r), t)
                 })
             }
@@ -294,11 +299,55 @@ fn run(args: &[String]) -> i32 {
     0
 }
 
+/// Sends a fixed number of requests and prints a summary: the load for a profiler run
+/// (`valgrind --tool=callgrind loadgen serve-proxy ...` in another shell).
+fn drive(args: &[String]) -> i32 {
+    let Some(addr) = flag(args, "--addr").and_then(|a| a.parse().ok()) else {
+        eprintln!("drive needs --addr HOST:PORT");
+        return 2;
+    };
+    let n: usize = flag(args, "--requests").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let c: usize = flag(args, "--concurrency").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        return 1;
+    };
+    let tgt = target(addr, flag(args, "--auth").map(str::to_owned));
+    let body = client::request_body(
+        &mock::model_name(0, 50),
+        true,
+        flag(args, "--max-output-tokens").and_then(|v| v.parse().ok()),
+    );
+    let ok = rt.block_on(async move {
+        let per = n.div_ceil(c);
+        let tasks: Vec<_> = (0..c)
+            .map(|_| {
+                let (tgt, body) = (tgt.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut conn = client::Conn::new(tgt);
+                    let mut ok = 0;
+                    for _ in 0..per {
+                        ok += usize::from(conn.once(&body, false, None).await.ok);
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            ok += t.await.unwrap_or(0);
+        }
+        ok
+    });
+    println!("{ok} of {} requests completed", n.div_ceil(c) * c);
+    0
+}
+
 fn target(addr: SocketAddr, auth: Option<String>) -> Target {
     Target {
         addr,
         path: "/v1/responses".to_owned(),
         auth,
+        max_output_tokens: None,
     }
 }
 
@@ -309,7 +358,7 @@ async fn measure(
     ticks: f64,
     out: &mut Outcome,
 ) -> Result<(), String> {
-    let fast = client::request_body(&mock::model_name(0, 50), true);
+    let fast = client::request_body(&mock::model_name(0, 50), true, tgt.max_output_tokens);
     // A first request that must succeed: a target that cannot answer is an error, not a row
     // of zeros. Slow starters (LiteLLM loads lazily) get a few tries.
     let mut conn = client::Conn::new(tgt.clone());
@@ -348,7 +397,7 @@ async fn measure(
     out.open_unfinished = unfinished;
 
     eprintln!("   paced 5 ms, 8 streams");
-    let paced = client::request_body(&mock::model_name(5, 50), true);
+    let paced = client::request_body(&mock::model_name(5, 50), true, tgt.max_output_tokens);
     out.paced = client::closed_loop(tgt, &paced, 8, plan.paced, true)
         .await
         .0;
@@ -359,7 +408,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let slow = client::request_body(
         &mock::model_name(plan.stream_pacing_ms, plan.stream_deltas),
-        true,
+        true, tgt.max_output_tokens,
     );
     let mut s = Streams {
         n: plan.streams,
@@ -496,7 +545,7 @@ fn report(plan: &Plan, outcomes: &[Outcome], quick: bool) -> String {
             "full"
         },
         mock::Script::new(50).len(),
-        client::request_body(&mock::model_name(0, 50), true).len()
+        client::request_body(&mock::model_name(0, 50), true, None).len()
     );
     for o in outcomes {
         if let Some(e) = &o.error {

@@ -72,32 +72,43 @@ impl Templated {
     }
 }
 
-fn response_object(status: &str, output: Vec<Value>, usage: Value) -> Value {
-    json!({
-        "id": std::str::from_utf8(ID_TEMPLATE).unwrap_or_default(),
-        "object": "response",
-        "created_at": 1_755_426_498,
-        "status": status,
-        "background": false,
-        "error": null,
-        "incomplete_details": null,
-        "instructions": null,
-        "max_output_tokens": null,
-        "model": "gpt-5-codex",
-        "output": output,
-        "parallel_tool_calls": false,
-        "previous_response_id": null,
-        "reasoning": {"effort": "medium", "summary": null},
-        "store": false,
-        "temperature": 1.0,
-        "text": {"format": {"type": "text"}, "verbosity": "medium"},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": 1.0,
-        "truncation": "disabled",
-        "usage": usage,
-        "metadata": {},
-    })
+/// A JSON object with its keys in the given order (values already JSON). The platform puts
+/// `type` first in every event, and that matters: event-type sniffing stops at it.
+fn obj(pairs: &[(&str, String)]) -> String {
+    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
+fn j(v: Value) -> String {
+    v.to_string()
+}
+
+fn response_object(status: &str, output: &str, usage: &str) -> String {
+    obj(&[
+        ("id", j(json!(std::str::from_utf8(ID_TEMPLATE).unwrap_or_default()))),
+        ("object", j(json!("response"))),
+        ("created_at", j(json!(1_755_426_498))),
+        ("status", j(json!(status))),
+        ("background", j(json!(false))),
+        ("error", j(Value::Null)),
+        ("incomplete_details", j(Value::Null)),
+        ("instructions", j(Value::Null)),
+        ("max_output_tokens", j(Value::Null)),
+        ("model", j(json!("gpt-5-codex"))),
+        ("output", output.to_owned()),
+        ("parallel_tool_calls", j(json!(false))),
+        ("previous_response_id", j(Value::Null)),
+        ("reasoning", j(json!({"effort": "medium", "summary": null}))),
+        ("store", j(json!(false))),
+        ("temperature", j(json!(1.0))),
+        ("text", j(json!({"format": {"type": "text"}, "verbosity": "medium"}))),
+        ("tool_choice", j(json!("auto"))),
+        ("tools", j(json!([]))),
+        ("top_p", j(json!(1.0))),
+        ("truncation", j(json!("disabled"))),
+        ("usage", usage.to_owned()),
+        ("metadata", j(json!({}))),
+    ])
 }
 
 impl Script {
@@ -105,56 +116,71 @@ impl Script {
     pub fn new(deltas: usize) -> Script {
         let mut events = Vec::with_capacity(deltas + 8);
         let mut seq = 0u64;
-        let mut push = |mut ev: Value| {
-            ev["sequence_number"] = json!(seq);
+        let mut push = |ty: &str, fields: Vec<(&str, String)>| {
+            let mut pairs = vec![("type", j(json!(ty))), ("sequence_number", j(json!(seq)))];
+            pairs.extend(fields);
             seq += 1;
-            let ty = ev["type"].as_str().unwrap_or("message").to_owned();
-            events.push(Templated::new(format!("event: {ty}\ndata: {ev}\n\n")));
+            events.push(Templated::new(format!("event: {ty}\ndata: {}\n\n", obj(&pairs))));
         };
+        let msg = || j(json!(MSG_ID));
+        let zero = || j(json!(0));
+        let starting = response_object("in_progress", "[]", "null");
+        push("response.created", vec![("response", starting.clone())]);
+        push("response.in_progress", vec![("response", starting)]);
         push(
-            json!({"type": "response.created", "response": response_object("in_progress", vec![], Value::Null)}),
+            "response.output_item.added",
+            vec![
+                ("output_index", zero()),
+                ("item", obj(&[("id", msg()), ("type", j(json!("message"))), ("status", j(json!("in_progress"))), ("content", j(json!([]))), ("role", j(json!("assistant")))])),
+            ],
         );
+        let part = |text: &str| obj(&[("type", j(json!("output_text"))), ("annotations", j(json!([]))), ("logprobs", j(json!([]))), ("text", j(json!(text)))]);
         push(
-            json!({"type": "response.in_progress", "response": response_object("in_progress", vec![], Value::Null)}),
+            "response.content_part.added",
+            vec![("item_id", msg()), ("output_index", zero()), ("content_index", zero()), ("part", part(""))],
         );
-        push(json!({
-            "type": "response.output_item.added", "output_index": 0,
-            "item": {"id": MSG_ID, "type": "message", "status": "in_progress", "content": [], "role": "assistant"},
-        }));
-        push(json!({
-            "type": "response.content_part.added", "item_id": MSG_ID, "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""},
-        }));
         let mut text = String::new();
         for i in 0..deltas {
             let delta = WORDS[i % WORDS.len()];
             text.push_str(delta);
-            push(json!({
-                "type": "response.output_text.delta", "item_id": MSG_ID, "output_index": 0,
-                "content_index": 0, "delta": delta, "logprobs": [], "obfuscation": "aB3dE5gH",
-            }));
+            push(
+                "response.output_text.delta",
+                vec![
+                    ("item_id", msg()),
+                    ("output_index", zero()),
+                    ("content_index", zero()),
+                    ("delta", j(json!(delta))),
+                    ("logprobs", j(json!([]))),
+                    ("obfuscation", j(json!("aB3dE5gH"))),
+                ],
+            );
         }
-        push(json!({
-            "type": "response.output_text.done", "item_id": MSG_ID, "output_index": 0,
-            "content_index": 0, "text": text, "logprobs": [],
-        }));
-        let part = json!({"type": "output_text", "annotations": [], "logprobs": [], "text": text});
-        push(json!({
-            "type": "response.content_part.done", "item_id": MSG_ID, "output_index": 0,
-            "content_index": 0, "part": part,
-        }));
-        let item = json!({"id": MSG_ID, "type": "message", "status": "completed", "content": [part], "role": "assistant"});
-        push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
-        let usage = json!({
+        push(
+            "response.output_text.done",
+            vec![("item_id", msg()), ("output_index", zero()), ("content_index", zero()), ("text", j(json!(text))), ("logprobs", j(json!([])))],
+        );
+        push(
+            "response.content_part.done",
+            vec![("item_id", msg()), ("output_index", zero()), ("content_index", zero()), ("part", part(&text))],
+        );
+        let item = obj(&[
+            ("id", msg()),
+            ("type", j(json!("message"))),
+            ("status", j(json!("completed"))),
+            ("content", format!("[{}]", part(&text))),
+            ("role", j(json!("assistant"))),
+        ]);
+        push("response.output_item.done", vec![("output_index", zero()), ("item", item.clone())]);
+        let usage = j(json!({
             "input_tokens": 1843, "input_tokens_details": {"cached_tokens": 1536},
             "output_tokens": deltas, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": 1843 + deltas,
-        });
-        let completed = response_object("completed", vec![item], usage);
-        push(json!({"type": "response.completed", "response": completed.clone()}));
+        }));
+        let completed = response_object("completed", &format!("[{item}]"), &usage);
+        push("response.completed", vec![("response", completed.clone())]);
         Script {
             events,
-            json: Templated::new(completed.to_string()),
+            json: Templated::new(completed),
         }
     }
 

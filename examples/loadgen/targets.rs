@@ -146,7 +146,9 @@ http {{
 }
 
 /// LiteLLM's proxy server with one `openai/` deployment per mock model name, pointed at
-/// the mock for the Responses API; offline settings and a random master key.
+/// the mock for the Responses API; offline settings and a random master key. The mock's
+/// model names are unknown to LiteLLM's cost map, so `supports_reasoning` is declared: without
+/// it LiteLLM refuses the Codex body's `reasoning.effort` with a 400.
 pub fn litellm(
     bin: &str,
     upstream: SocketAddr,
@@ -159,7 +161,7 @@ pub fn litellm(
     let mut yaml = String::from("model_list:\n");
     for m in models {
         yaml.push_str(&format!(
-            "  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n      api_base: http://{upstream}/v1\n      api_key: sk-bench-upstream\n"
+            "  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n      api_base: http://{upstream}/v1\n      api_key: sk-bench-upstream\n    model_info:\n      supports_reasoning: true\n"
         ));
     }
     yaml.push_str(&format!(
