@@ -17,14 +17,29 @@ fn classify(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("retry-after", HeaderValue::from_static("20"));
-    headers.insert("x-codex-primary-used-percent", HeaderValue::from_static("100"));
+    headers.insert(
+        "x-codex-primary-used-percent",
+        HeaderValue::from_static("100"),
+    );
     let quota = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
     group.bench_function("http_429_quota_envelope", |b| {
-        b.iter(|| Failure::from_http(StatusCode::TOO_MANY_REQUESTS, black_box(&headers), black_box(quota)))
+        b.iter(|| {
+            Failure::from_http(
+                StatusCode::TOO_MANY_REQUESTS,
+                black_box(&headers),
+                black_box(quota),
+            )
+        })
     });
     let usage = br#"{"error":{"type":"usage_limit_reached","message":"The usage limit has been reached","plan_type":"plus","resets_at":1755430098,"resets_in_seconds":3600}}"#;
     group.bench_function("http_429_codex_usage_limit", |b| {
-        b.iter(|| Failure::from_http(StatusCode::TOO_MANY_REQUESTS, black_box(&headers), black_box(usage)))
+        b.iter(|| {
+            Failure::from_http(
+                StatusCode::TOO_MANY_REQUESTS,
+                black_box(&headers),
+                black_box(usage),
+            )
+        })
     });
     let html = format!(
         "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>{}</body></html>",
@@ -32,7 +47,13 @@ fn classify(c: &mut Criterion) {
     );
     let plain = HeaderMap::new();
     group.bench_function("http_502_html_page", |b| {
-        b.iter(|| Failure::from_http(StatusCode::BAD_GATEWAY, black_box(&plain), black_box(html.as_bytes())))
+        b.iter(|| {
+            Failure::from_http(
+                StatusCode::BAD_GATEWAY,
+                black_box(&plain),
+                black_box(html.as_bytes()),
+            )
+        })
     });
 
     let failed = br#"{"type":"response.failed","sequence_number":3,"response":{"id":"resp_1","object":"response","status":"failed","error":{"code":"insufficient_quota","message":"You exceeded your current quota."},"usage":null}}"#;

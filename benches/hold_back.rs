@@ -51,17 +51,62 @@ fn events() -> Vec<Bytes> {
         )));
         seq += 1;
     };
-    push("response.created", format!(r#""response":{}"#, resp("in_progress", "null")));
-    push("response.in_progress", format!(r#""response":{}"#, resp("in_progress", "null")));
-    push("response.output_item.added", format!(r#""output_index":0,"item":{{"id":"{msg}","type":"message","status":"in_progress","content":[],"role":"assistant"}}"#));
-    push("response.content_part.added", format!(r#""item_id":"{msg}","output_index":0,"content_index":0,"part":{{"type":"output_text","annotations":[],"logprobs":[],"text":""}}"#));
+    push(
+        "response.created",
+        format!(r#""response":{}"#, resp("in_progress", "null")),
+    );
+    push(
+        "response.in_progress",
+        format!(r#""response":{}"#, resp("in_progress", "null")),
+    );
+    push(
+        "response.output_item.added",
+        format!(
+            r#""output_index":0,"item":{{"id":"{msg}","type":"message","status":"in_progress","content":[],"role":"assistant"}}"#
+        ),
+    );
+    push(
+        "response.content_part.added",
+        format!(
+            r#""item_id":"{msg}","output_index":0,"content_index":0,"part":{{"type":"output_text","annotations":[],"logprobs":[],"text":""}}"#
+        ),
+    );
     for i in 0..50 {
-        push("response.output_text.delta", format!(r#""item_id":"{msg}","output_index":0,"content_index":0,"delta":" word{i}","logprobs":[],"obfuscation":"aB3dE5gH""#));
+        push(
+            "response.output_text.delta",
+            format!(
+                r#""item_id":"{msg}","output_index":0,"content_index":0,"delta":" word{i}","logprobs":[],"obfuscation":"aB3dE5gH""#
+            ),
+        );
     }
-    push("response.output_text.done", format!(r#""item_id":"{msg}","output_index":0,"content_index":0,"text":"...","logprobs":[]"#));
-    push("response.content_part.done", format!(r#""item_id":"{msg}","output_index":0,"content_index":0,"part":{{"type":"output_text","annotations":[],"logprobs":[],"text":"..."}}"#));
-    push("response.output_item.done", format!(r#""output_index":0,"item":{{"id":"{msg}","type":"message","status":"completed","content":[],"role":"assistant"}}"#));
-    push("response.completed", format!(r#""response":{}"#, resp("completed", r#"{"input_tokens":1843,"input_tokens_details":{"cached_tokens":1536},"output_tokens":50,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1893}"#)));
+    push(
+        "response.output_text.done",
+        format!(
+            r#""item_id":"{msg}","output_index":0,"content_index":0,"text":"...","logprobs":[]"#
+        ),
+    );
+    push(
+        "response.content_part.done",
+        format!(
+            r#""item_id":"{msg}","output_index":0,"content_index":0,"part":{{"type":"output_text","annotations":[],"logprobs":[],"text":"..."}}"#
+        ),
+    );
+    push(
+        "response.output_item.done",
+        format!(
+            r#""output_index":0,"item":{{"id":"{msg}","type":"message","status":"completed","content":[],"role":"assistant"}}"#
+        ),
+    );
+    push(
+        "response.completed",
+        format!(
+            r#""response":{}"#,
+            resp(
+                "completed",
+                r#"{"input_tokens":1843,"input_tokens_details":{"cached_tokens":1536},"output_tokens":50,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1893}"#
+            )
+        ),
+    );
     out
 }
 
@@ -102,7 +147,10 @@ fn hold_back(c: &mut Criterion) {
     group.bench_function("passthrough_58_events", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let res = svc.clone().oneshot(http::Request::new(ReplayBody::default())).await;
+                let res = svc
+                    .clone()
+                    .oneshot(http::Request::new(ReplayBody::default()))
+                    .await;
                 read_all(res.expect("answer")).await
             })
         })
@@ -112,7 +160,10 @@ fn hold_back(c: &mut Criterion) {
     group.bench_function("soft_failure_58_events", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let res = layered.clone().oneshot(http::Request::new(ReplayBody::default())).await;
+                let res = layered
+                    .clone()
+                    .oneshot(http::Request::new(ReplayBody::default()))
+                    .await;
                 let got = read_all(res.expect("answer")).await;
                 assert_eq!(got, total, "the layer must pass every byte");
                 got

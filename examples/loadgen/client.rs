@@ -35,6 +35,10 @@ pub struct Sample {
     pub first_content: Option<Duration>,
     pub last: Duration,
     pub events: usize,
+    /// HTTP status (0 when none arrived).
+    pub status: u16,
+    /// The first bytes of a failed answer, for the error report.
+    pub error_body: Option<String>,
     /// Gaps between consecutive event ends (only when asked for).
     pub gaps: Vec<Duration>,
     pub ok: bool,
@@ -79,8 +83,16 @@ pub fn request_body(model: &str, stream: bool, max_output_tokens: Option<u32>) -
     Bytes::from(body.to_string())
 }
 
-fn build(target: &Target, body: &Bytes) -> Request<Full<Bytes>> {
-    let mut req = Request::post(format!("http://{}{}", target.addr, target.path))
+/// `absolute` for the pooled client (it needs the authority and sends origin-form itself);
+/// a bare connection sends the URI as given, and some servers (uvicorn) route only
+/// origin-form.
+fn build(target: &Target, body: &Bytes, absolute: bool) -> Request<Full<Bytes>> {
+    let uri = if absolute {
+        format!("http://{}{}", target.addr, target.path)
+    } else {
+        target.path.clone()
+    };
+    let mut req = Request::post(uri)
         .header(header::HOST, target.addr.to_string())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "text/event-stream");
@@ -125,7 +137,7 @@ impl Conn {
     /// content event arrived.
     pub async fn once(&mut self, body: &Bytes, gaps: bool, opened: Option<&AtomicUsize>) -> Sample {
         let start = Instant::now();
-        let req = build(&self.target, body);
+        let req = build(&self.target, body, false);
         let res = match self.sender().await {
             Ok(s) => s.send_request(req).await.map_err(BoxError::from),
             Err(e) => Err(e),
@@ -154,6 +166,7 @@ pub async fn read(
         head: start.elapsed(),
         ..Sample::default()
     };
+    s.status = res.status().as_u16();
     let status_ok = res.status().is_success();
     let mut body = res.into_body();
     let content = memmem::Finder::new(b"output_item.added");
@@ -297,7 +310,7 @@ pub async fn open_loop(
         let at = start + interval * i as u32;
         tokio::time::sleep_until(at.into()).await;
         let client = client.clone();
-        let req = build(target, body);
+        let req = build(target, body, true);
         tasks.push(tokio::spawn(async move {
             match client.request(req).await {
                 Ok(res) => read(res, at, false, None).await,

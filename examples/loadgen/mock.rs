@@ -85,7 +85,10 @@ fn j(v: Value) -> String {
 
 fn response_object(status: &str, output: &str, usage: &str) -> String {
     obj(&[
-        ("id", j(json!(std::str::from_utf8(ID_TEMPLATE).unwrap_or_default()))),
+        (
+            "id",
+            j(json!(std::str::from_utf8(ID_TEMPLATE).unwrap_or_default())),
+        ),
         ("object", j(json!("response"))),
         ("created_at", j(json!(1_755_426_498))),
         ("status", j(json!(status))),
@@ -101,7 +104,10 @@ fn response_object(status: &str, output: &str, usage: &str) -> String {
         ("reasoning", j(json!({"effort": "medium", "summary": null}))),
         ("store", j(json!(false))),
         ("temperature", j(json!(1.0))),
-        ("text", j(json!({"format": {"type": "text"}, "verbosity": "medium"}))),
+        (
+            "text",
+            j(json!({"format": {"type": "text"}, "verbosity": "medium"})),
+        ),
         ("tool_choice", j(json!("auto"))),
         ("tools", j(json!([]))),
         ("top_p", j(json!(1.0))),
@@ -120,7 +126,10 @@ impl Script {
             let mut pairs = vec![("type", j(json!(ty))), ("sequence_number", j(json!(seq)))];
             pairs.extend(fields);
             seq += 1;
-            events.push(Templated::new(format!("event: {ty}\ndata: {}\n\n", obj(&pairs))));
+            events.push(Templated::new(format!(
+                "event: {ty}\ndata: {}\n\n",
+                obj(&pairs)
+            )));
         };
         let msg = || j(json!(MSG_ID));
         let zero = || j(json!(0));
@@ -131,13 +140,34 @@ impl Script {
             "response.output_item.added",
             vec![
                 ("output_index", zero()),
-                ("item", obj(&[("id", msg()), ("type", j(json!("message"))), ("status", j(json!("in_progress"))), ("content", j(json!([]))), ("role", j(json!("assistant")))])),
+                (
+                    "item",
+                    obj(&[
+                        ("id", msg()),
+                        ("type", j(json!("message"))),
+                        ("status", j(json!("in_progress"))),
+                        ("content", j(json!([]))),
+                        ("role", j(json!("assistant"))),
+                    ]),
+                ),
             ],
         );
-        let part = |text: &str| obj(&[("type", j(json!("output_text"))), ("annotations", j(json!([]))), ("logprobs", j(json!([]))), ("text", j(json!(text)))]);
+        let part = |text: &str| {
+            obj(&[
+                ("type", j(json!("output_text"))),
+                ("annotations", j(json!([]))),
+                ("logprobs", j(json!([]))),
+                ("text", j(json!(text))),
+            ])
+        };
         push(
             "response.content_part.added",
-            vec![("item_id", msg()), ("output_index", zero()), ("content_index", zero()), ("part", part(""))],
+            vec![
+                ("item_id", msg()),
+                ("output_index", zero()),
+                ("content_index", zero()),
+                ("part", part("")),
+            ],
         );
         let mut text = String::new();
         for i in 0..deltas {
@@ -157,11 +187,22 @@ impl Script {
         }
         push(
             "response.output_text.done",
-            vec![("item_id", msg()), ("output_index", zero()), ("content_index", zero()), ("text", j(json!(text))), ("logprobs", j(json!([])))],
+            vec![
+                ("item_id", msg()),
+                ("output_index", zero()),
+                ("content_index", zero()),
+                ("text", j(json!(text))),
+                ("logprobs", j(json!([]))),
+            ],
         );
         push(
             "response.content_part.done",
-            vec![("item_id", msg()), ("output_index", zero()), ("content_index", zero()), ("part", part(&text))],
+            vec![
+                ("item_id", msg()),
+                ("output_index", zero()),
+                ("content_index", zero()),
+                ("part", part(&text)),
+            ],
         );
         let item = obj(&[
             ("id", msg()),
@@ -170,7 +211,10 @@ impl Script {
             ("content", format!("[{}]", part(&text))),
             ("role", j(json!("assistant"))),
         ]);
-        push("response.output_item.done", vec![("output_index", zero()), ("item", item.clone())]);
+        push(
+            "response.output_item.done",
+            vec![("output_index", zero()), ("item", item.clone())],
+        );
         let usage = j(json!({
             "input_tokens": 1843, "input_tokens_details": {"cached_tokens": 1536},
             "output_tokens": deltas, "output_tokens_details": {"reasoning_tokens": 0},
