@@ -16,9 +16,10 @@
 //!   `instructions`, `store:true`, `stream:false`) are reshaped (BodyNormalizeLayer), the
 //!   non-streaming answer is folded back from the forced stream. That backend accepts
 //!   `previous_response_id` only over its WebSocket and keeps no HTTP response store
-//!   (`store:false` is forced), so an anchor could never resolve there: the layer drops it
-//!   and the follow-up gets an answer without it (`[prev=none]`) instead of a 400. The same
-//!   client straight against the strict mock gets 400s.
+//!   (`store:false` is forced), so an anchor could never resolve there: the layer answers the
+//!   follow-up itself with `400 previous_response_not_found` (the signal for a client to send
+//!   its history), rather than answering without the conversation. The same client straight
+//!   against the strict mock gets 400s for its ordinary requests too.
 //!
 //! Needs the clients from `.ci/install-clients`; each client run is killed after 120 s.
 
@@ -309,19 +310,27 @@ async fn sdks_on_the_codex_profile_get_answers_from_a_strict_backend() {
         out.expect("stream", "stream", None);
         out.expect("nonstream", "nonstream", None);
         assert!(out.id("nonstream").starts_with("resp_codex_"));
-        // No HTTP response store on that backend: the anchor is dropped, the answer comes.
-        out.expect("followup", "follow-up", None);
+        // No HTTP response store on that backend: the anchor cannot resolve, and the client
+        // is told so instead of getting an answer without its conversation.
+        assert_eq!(out.error_status("followup"), Some(400));
     }
 
     let seen = mock.requests();
-    assert_eq!(seen.len(), 6, "one upstream request per call, no refusal");
+    assert_eq!(
+        seen.len(),
+        4,
+        "one upstream request per answered call; the follow-ups stay local"
+    );
     for r in &seen {
         let body = r.json().unwrap();
         assert_eq!(body["stream"], true, "stream forced");
         assert_eq!(body["store"], false, "store forced off");
         assert!(body["instructions"].is_string(), "instructions defaulted");
         assert!(body["input"].is_array(), "string input made a list");
-        assert!(body.get("previous_response_id").is_none(), "anchor dropped");
+        assert!(
+            body.get("previous_response_id").is_none(),
+            "no anchor upstream"
+        );
     }
     assert_only_pool_credentials(&mock);
 

@@ -132,3 +132,18 @@ async fn string_input_becomes_a_message_list() {
     let sent = mock.requests().last().unwrap().json().unwrap();
     assert_eq!(sent["input"][0]["role"], "user");
 }
+
+#[tokio::test]
+async fn an_anchor_the_codex_backend_cannot_resolve_is_refused_without_an_upstream_call() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_handler(codex_strict());
+    let proxy = codex_proxy(&mock).await;
+    let body = json!({"model": "gpt-5.5", "input": "next", "stream": true, "previous_response_id": "resp_1"});
+    let (s, _, b) =
+        send_collect(&client(), json_req(&proxy.url("/v1/responses"), None, body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let v = assert_envelope(&b);
+    assert_eq!(v["error"]["code"], "previous_response_not_found");
+    assert_eq!(v["error"]["param"], "previous_response_id");
+    assert_eq!(mock.request_count(), 0);
+}

@@ -302,3 +302,35 @@ async fn sessions_stay_on_their_credential_while_it_is_healthy() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_credential_with_its_own_base_url_goes_to_its_own_upstream() {
+    let platform = MockUpstream::start().await.unwrap();
+    let other = MockUpstream::start().await.unwrap();
+    let mut cfg = config_for(platform.base_url());
+    cfg.strategy = tower_responses::credentials::Strategy::RoundRobin;
+    cfg.credentials = vec![
+        KEY_A.parse().unwrap(),
+        toml::from_str::<Wrap>(&format!(
+            "m = {{ source = \"{KEY_B}\", base_url = \"{}\", profile = \"generic\" }}",
+            other.base_url()
+        ))
+        .unwrap()
+        .m,
+    ];
+    let proxy = start_proxy(cfg).await;
+    assert_clean_streams(&run_requests(&proxy, 4).await);
+    assert_eq!(hits(&platform, KEY_A), 2);
+    assert_eq!(
+        hits(&platform, KEY_B),
+        0,
+        "B never goes to the default upstream"
+    );
+    assert_eq!(hits(&other, KEY_B), 2);
+    assert!(other.requests().iter().all(|r| r.path == "/v1/responses"));
+}
+
+#[derive(serde::Deserialize)]
+struct Wrap {
+    m: tower_responses::credentials::PoolMember,
+}

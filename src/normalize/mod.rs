@@ -9,8 +9,10 @@
 //! - **`openai`**: bodies pass byte for byte; nothing else is done (no learning either).
 //! - **`chatgpt-codex`**: the rules of PROTOCOL.md §2 ([`codex_rules`]): `stream:true` and
 //!   `store:false` forced; `max_completion_tokens`, `temperature`, `top_p`, `truncation`,
-//!   `user`, `metadata`, `safety_identifier`, `prompt_cache_retention`,
-//!   `previous_response_id` removed; `instructions` defaulted to `""` only when absent; a
+//!   `user`, `metadata`, `safety_identifier`, `prompt_cache_retention` removed; a request
+//!   with `previous_response_id` answered `400 previous_response_not_found` by the layer (that
+//!   backend stores no responses over HTTP, so the anchor cannot resolve; dropping it would
+//!   answer without the conversation); `instructions` defaulted to `""` only when absent; a
 //!   string `input` turned into a one-message list; `system` items turned into `developer`
 //!   in place (order kept, so the prompt-cache prefix stays stable); a `service_tier` other
 //!   than `priority` dropped; `max_output_tokens` enforced locally (below).

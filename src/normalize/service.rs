@@ -18,7 +18,7 @@ use super::learn::{LearnedParams, error_message, unsupported_param};
 use super::rewrite::{Plan, Rewrite, rewrite, without_param};
 use super::rule::{Rule, codex_rules};
 use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
-use crate::error::BoxError;
+use crate::error::{ApiError, BoxError};
 use crate::facts::RequestFacts;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
@@ -182,6 +182,22 @@ where
         .unwrap_or(shared.config.profile);
     if profile == Profile::Openai || !is_responses(&req) || is_encoded(&req) {
         return inner.call(req).await;
+    }
+    if profile == Profile::ChatgptCodex && RequestFacts::of(&mut req).previous_response_id.is_some()
+    {
+        // That backend keeps no responses over HTTP (store is forced off), so the anchor can
+        // never resolve. Dropping it would answer without the conversation, silently; this
+        // answer makes a client resend its history, which is what it has to do here.
+        tracing::info!(
+            "previous_response_id refused: the ChatGPT Codex backend stores no responses over HTTP"
+        );
+        return Ok(ApiError::invalid_request(
+            "previous_response_id cannot be used with the ChatGPT Codex backend over HTTP: it \
+             stores no responses. Send the conversation in `input` instead.",
+        )
+        .with_code("previous_response_not_found")
+        .with_param("previous_response_id")
+        .into_stack_response());
     }
     let config = &shared.config;
     let key = upstream_key(&req, profile);

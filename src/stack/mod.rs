@@ -173,7 +173,7 @@ impl ResponsesStack {
     }
 
     /// The whole stack on a new hyper-util client from `builder`, with
-    /// [`FreshConnectionLayer`](crate::fresh::FreshConnectionLayer) at the bottom.
+    /// [`crate::fresh::FreshConnectionLayer`] at the bottom.
     pub fn client(self, builder: &UpstreamClientBuilder) -> StackService {
         let mut fresh = FreshConnectionLayer::new();
         if let Some(m) = &self.metrics {
