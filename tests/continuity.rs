@@ -309,3 +309,54 @@ async fn encrypted_reasoning_is_stripped_only_when_the_session_must_move_to_anot
         Some(1.0)
     );
 }
+
+/// Without SoftFailureDetectLayer nobody else parses the stream: continuity reads it itself.
+#[tokio::test]
+async fn owners_are_learned_without_soft_failure_detection_too() {
+    use std::sync::Arc;
+    use tower::ServiceExt;
+    use tower_responses::body::ReplayBody;
+    use tower_responses::connect::UpstreamClientBuilder;
+    use tower_responses::credentials::{Pool, PoolMember};
+    use tower_responses::stack::ResponsesStack;
+
+    let mock = MockUpstream::start().await.unwrap();
+    ResponseStore::new(ITEM_TOKENS).install(&mock);
+    let pool = Arc::new(
+        Pool::new(vec![
+            PoolMember::new(KEY_A.parse().unwrap()),
+            PoolMember::new(KEY_B.parse().unwrap()),
+        ])
+        .unwrap(),
+    );
+    let stack = ResponsesStack::new()
+        .pool(pool)
+        .without_soft_failure()
+        .client(&UpstreamClientBuilder::new());
+    let url = format!("{}/responses", mock.base_url());
+    let call = |body: Value| {
+        let stack = stack.clone();
+        let url = url.clone();
+        async move {
+            let req = http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(ReplayBody::new(body.to_string()))
+                .unwrap();
+            let res = stack.oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (s, text) = call(turn(None, vec![user("first")])).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut prev = response_id(&text).unwrap();
+    for i in 0..3 {
+        let (s, text) = call(turn(Some(&prev), vec![user(&format!("n{i}"))])).await;
+        assert_eq!(s, StatusCode::OK, "{text}");
+        prev = response_id(&text).unwrap();
+    }
+}

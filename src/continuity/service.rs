@@ -11,14 +11,14 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::sessions::{SessionStats, Sessions};
-use super::watch::{Learn, OwnerWatch, learn_from_json};
+use super::watch::{Learn, OwnerWatch, learn_from_event, learn_from_json};
 use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
 use crate::classify::FailureClass;
 use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy};
 use crate::error::{ApiError, BoxError};
 use crate::facts::{RequestFacts, session_key};
 use crate::metrics::Metrics;
-use crate::soft_failure::SoftFailure;
+use crate::soft_failure::{EventsObserved, SoftFailure, StreamObserver, StreamObservers};
 use crate::sse::is_event_stream;
 
 /// Settings of the continuity layer.
@@ -148,6 +148,29 @@ impl Learn for Learner {
     }
 }
 
+/// Learns from the events SoftFailureDetectLayer already parses, so continuity does not parse
+/// the stream a second time.
+struct Observer {
+    layer: ContinuityLayer,
+    session: Option<String>,
+}
+
+impl StreamObserver for Observer {
+    fn event(&self, credential: Option<&str>, event_type: &str, data: &[u8]) {
+        if !OwnerWatch::<Learner>::wanted(event_type) {
+            return;
+        }
+        let mut learner = Learner {
+            layer: self.layer.clone(),
+            credential: credential.map(Arc::from),
+            session: self.session.clone(),
+        };
+        // Every attempt's created event names its own credential, so a failed attempt's id
+        // goes to the credential that made it; the answer's id to the one that answered.
+        learn_from_event(data, event_type == "response.created", &mut learner);
+    }
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S> Service<Request<ReplayBody>> for Continuity<S>
@@ -186,6 +209,13 @@ where
         if let Some(o) = encrypted_owner {
             req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
         }
+        StreamObservers::add(
+            &mut req,
+            Arc::new(Observer {
+                layer: layer.clone(),
+                session: session.clone(),
+            }),
+        );
         Box::pin(async move {
             let retry_copy = (anchor.is_some() && owner.is_none()).then(|| clone_request(&req));
             let result = inner.clone().oneshot(req).await;
@@ -297,6 +327,9 @@ async fn learn(
         credential,
         session,
     };
+    if res.extensions().get::<EventsObserved>().is_some() {
+        return res; // the observer above learns as the events pass
+    }
     if is_event_stream(res.headers()) {
         return res.map(|b| OwnerWatch::new(b, learner).boxed_unsync());
     }

@@ -54,6 +54,14 @@ impl<L: Learn> OwnerWatch<L> {
         }
     }
 
+    /// Whether an event of this type carries what continuity learns.
+    pub(super) fn wanted(event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "response.created" | "response.completed" | "response.incomplete" | "response.failed"
+        )
+    }
+
     fn scan(&mut self, data: &Bytes) {
         let Some(decoder) = &mut self.decoder else {
             return;
@@ -62,32 +70,13 @@ impl<L: Learn> OwnerWatch<L> {
         loop {
             match decoder.next_event() {
                 Ok(Some(ev)) => {
-                    let ty = ev.event_type();
-                    let wanted = matches!(
-                        ty,
-                        Some(
-                            "response.created"
-                                | "response.completed"
-                                | "response.incomplete"
-                                | "response.failed"
-                        )
-                    );
-                    if !wanted || (self.id_seen && ty == Some("response.created")) {
-                        continue;
-                    }
-                    let Ok(Envelope {
-                        response: Some(resp),
-                    }) = serde_json::from_slice::<Envelope<'_>>(&ev.data)
-                    else {
+                    let Some(ty) = ev.event_type().filter(|t| Self::wanted(t)) else {
                         continue;
                     };
-                    if let (false, Some(id)) = (self.id_seen, resp.id.as_deref()) {
-                        self.id_seen = true;
-                        self.learn.response_id(id);
+                    if self.id_seen && ty == "response.created" {
+                        continue;
                     }
-                    if let Some(n) = resp.usage.and_then(|u| u.input_tokens) {
-                        self.learn.usage(n);
-                    }
+                    self.id_seen |= learn_from_event(&ev.data, !self.id_seen, &mut self.learn);
                 }
                 Ok(None) => return,
                 Err(_) => {
@@ -138,4 +127,24 @@ pub(super) fn learn_from_json(bytes: &[u8], learn: &mut impl Learn) {
             learn.usage(n);
         }
     }
+}
+
+/// Learns from one event's data: the response id (when `take_id`) and usage. Returns whether
+/// an id was found.
+pub(super) fn learn_from_event(data: &[u8], take_id: bool, learn: &mut impl Learn) -> bool {
+    let Ok(Envelope {
+        response: Some(resp),
+    }) = serde_json::from_slice::<Envelope<'_>>(data)
+    else {
+        return false;
+    };
+    let mut found = false;
+    if let (true, Some(id)) = (take_id, resp.id.as_deref()) {
+        learn.response_id(id);
+        found = true;
+    }
+    if let Some(n) = resp.usage.and_then(|u| u.input_tokens) {
+        learn.usage(n);
+    }
+    found
 }

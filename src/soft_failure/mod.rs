@@ -56,10 +56,12 @@
 //! ```
 
 mod config;
+mod observe;
 mod service;
 mod watch;
 
 pub use config::SoftFailureConfig;
+pub use observe::{EventsObserved, StreamObserver, StreamObservers};
 pub use service::{SoftFailureDetect, SoftFailureDetectLayer};
 
 use crate::classify::Failure;

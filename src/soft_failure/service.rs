@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::watch::WatchBody;
-use super::{SoftFailure, SoftFailureConfig};
+use super::{EventsObserved, SoftFailure, SoftFailureConfig, StreamObservers};
 use crate::body::{ReplayBody, ResponseBody, full_body as full};
 use crate::classify::Failure;
 use crate::credentials::CredentialLease;
@@ -83,6 +83,7 @@ where
 
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
         let lease = req.extensions().get::<CredentialLease>().cloned();
+        let observers = req.extensions().get::<StreamObservers>().cloned();
         let fut = self.inner.call(req);
         let config = self.config.clone();
         let metrics = self.metrics.clone();
@@ -92,6 +93,7 @@ where
                 config,
                 metrics,
                 lease,
+                observers,
             };
             Ok(inspect(res, ctx).await)
         })
@@ -102,9 +104,21 @@ pub(super) struct Ctx {
     pub(super) config: SoftFailureConfig,
     pub(super) metrics: Option<Metrics>,
     pub(super) lease: Option<CredentialLease>,
+    pub(super) observers: Option<StreamObservers>,
 }
 
 impl Ctx {
+    /// Shows one event to the request's observers.
+    pub(super) fn observe(&self, ev: &crate::sse::Event) {
+        if let (Some(obs), Some(ty)) = (&self.observers, ev.event_type()) {
+            obs.notify(
+                self.lease.as_ref().map(CredentialLease::credential),
+                ty,
+                &ev.data,
+            );
+        }
+    }
+
     pub(super) fn count(&self, failure: &Failure, phase: &'static str) {
         if let Some(m) = &self.metrics {
             m.inc(
@@ -186,6 +200,9 @@ fn rejoin(prefix: Bytes, rest: Option<Result<ResponseBody, BoxError>>) -> Respon
 /// event, the end, or a bound.
 async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody> {
     let (mut parts, mut body) = res.into_parts();
+    if ctx.observers.is_some() {
+        parts.extensions.insert(EventsObserved);
+    }
     let mut decoder = SseDecoder::new().with_max_line(ctx.config.max_line);
     let mut held: Vec<Bytes> = Vec::new();
     let mut held_bytes = 0usize;
@@ -207,6 +224,7 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 // Ended before content. A terminal event would have returned already.
                 let tail = decoder.finish();
                 if let Ok(Some(ev)) = tail {
+                    ctx.observe(&ev);
                     if let Some(f) = failure_of(&ev) {
                         return mark(parts, held, f, ctx);
                     }
@@ -258,6 +276,7 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 }
             };
             events += 1;
+            ctx.observe(&ev);
             match ev.kind() {
                 EventKind::Content => {
                     return Response::from_parts(

@@ -80,6 +80,7 @@ impl WatchBody {
         loop {
             match decoder.next_event() {
                 Ok(Some(ev)) => {
+                    ctx.observe(&ev);
                     if let Some(failure) = failure_of(&ev) {
                         tracing::info!(
                             class = failure.class.as_str(),
