@@ -28,26 +28,71 @@ use serde::Deserialize;
 use crate::body::ReplayBody;
 
 /// The top-level request fields the layers decide from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+///
+/// Fields of an unexpected type read as absent: deciding is the upstream's job, not ours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestFacts {
     /// `model`.
-    #[serde(default)]
     pub model: Option<String>,
     /// `stream`.
-    #[serde(default)]
     pub stream: Option<bool>,
     /// `store`.
-    #[serde(default)]
     pub store: Option<bool>,
     /// `previous_response_id`.
-    #[serde(default)]
     pub previous_response_id: Option<String>,
     /// `prompt_cache_key` (the Codex CLI sets it to the session id).
-    #[serde(default)]
     pub prompt_cache_key: Option<String>,
     /// Whether the body was a JSON object at all.
-    #[serde(skip)]
     pub is_json_object: bool,
+}
+
+/// A field's value if it has type `T`; anything else reads as absent.
+struct Lenient<T>(Option<T>);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(Lenient(serde_json::from_value(v).ok()))
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestFacts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RequestFacts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RequestFacts, A::Error> {
+                let mut f = RequestFacts {
+                    is_json_object: true,
+                    ..RequestFacts::default()
+                };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "model" => f.model = map.next_value::<Lenient<String>>()?.0,
+                        "stream" => f.stream = map.next_value::<Lenient<bool>>()?.0,
+                        "store" => f.store = map.next_value::<Lenient<bool>>()?.0,
+                        "previous_response_id" => {
+                            f.previous_response_id = map.next_value::<Lenient<String>>()?.0
+                        }
+                        "prompt_cache_key" => {
+                            f.prompt_cache_key = map.next_value::<Lenient<String>>()?.0
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Cached facts, shared by reference between the layers of one request.
@@ -57,13 +102,18 @@ struct Cached(Arc<RequestFacts>);
 impl RequestFacts {
     /// Reads the facts from a body (a non-object body gives empty facts).
     pub fn parse(body: &[u8]) -> RequestFacts {
-        match serde_json::from_slice::<RequestFacts>(body) {
-            Ok(mut f) => {
-                f.is_json_object = true;
-                f
-            }
-            Err(_) => RequestFacts::default(),
-        }
+        Self::try_parse(body).unwrap_or_default()
+    }
+
+    /// Reads the facts, or says why the body is not a JSON object. This one pass also
+    /// validates the whole body, so an edge that must reject bad JSON need not parse it twice.
+    pub fn try_parse(body: &[u8]) -> Result<RequestFacts, serde_json::Error> {
+        serde_json::from_slice::<RequestFacts>(body)
+    }
+
+    /// Caches facts already read (by [`try_parse`](Self::try_parse)) on a request.
+    pub fn attach<B>(req: &mut Request<B>, facts: RequestFacts) {
+        req.extensions_mut().insert(Cached(Arc::new(facts)));
     }
 
     /// The request's facts, read on first use and cached in its extensions. A layer that

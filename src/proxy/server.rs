@@ -19,6 +19,7 @@ use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
 use crate::error::ApiError;
+use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
 use crate::stack::{ResponsesStack, StackService};
@@ -323,14 +324,20 @@ async fn dispatch(
         .with_code("request_timeout")
     })?
     .map_err(ApiError::from)?;
-    if req.method() == Method::POST && !req.body().is_empty() {
-        check_json_object(req.body())?;
-    }
+    // One pass validates the body and reads what the layers decide from.
+    let facts = if req.method() == Method::POST && !req.body().is_empty() {
+        Some(check_json_object(req.body())?)
+    } else {
+        None
+    };
     let (mut parts, body) = req.into_parts();
     // The client's extensions mean nothing upstream; the stack starts from a clean slate.
     parts.extensions = Default::default();
     let mut upstream = Request::from_parts(parts, ReplayBody::new(body));
     shared.base.prepare(&mut upstream, upstream_uri);
+    if let Some(facts) = facts {
+        RequestFacts::attach(&mut upstream, facts);
+    }
     if shared.pool.is_some() {
         // Rotation sets the credential's headers; the client's never go upstream.
         upstream.headers_mut().remove(header::AUTHORIZATION);
@@ -417,38 +424,13 @@ fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
 
 /// Requests to the Responses API are JSON objects; catching anything else here gives the
 /// client a clear 400 instead of whatever the upstream makes of it.
-fn check_json_object(body: &[u8]) -> Result<(), ApiError> {
-    struct ObjectOnly;
-    impl<'de> serde::Deserialize<'de> for ObjectOnly {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = ObjectOnly;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<ObjectOnly, A::Error> {
-                    while map
-                        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                        .is_some()
-                    {}
-                    Ok(ObjectOnly)
-                }
-            }
-            d.deserialize_any(V)
-        }
-    }
-    serde_json::from_slice::<ObjectOnly>(body)
-        .map(|_| ())
-        .map_err(|e| {
-            let what = if std::str::from_utf8(body).is_err() {
-                "the request body is not valid UTF-8".to_string()
-            } else {
-                format!("the request body is not a JSON object: {e}")
-            };
-            ApiError::invalid_request(what).with_code("invalid_json")
-        })
+fn check_json_object(body: &[u8]) -> Result<RequestFacts, ApiError> {
+    RequestFacts::try_parse(body).map_err(|e| {
+        let what = if std::str::from_utf8(body).is_err() {
+            "the request body is not valid UTF-8".to_string()
+        } else {
+            format!("the request body is not a JSON object: {e}")
+        };
+        ApiError::invalid_request(what).with_code("invalid_json")
+    })
 }
