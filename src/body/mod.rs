@@ -32,11 +32,13 @@
 mod decode;
 mod idle_timeout;
 mod limited;
+mod prefix;
 mod replay;
 
 pub use decode::decode;
 pub use idle_timeout::{IdleTimeout, IdleTimeoutBody};
 pub use limited::collect_limited;
+pub use prefix::{Rest, prefixed, read_prefix};
 pub use replay::ReplayBody;
 
 use bytes::Bytes;

@@ -13,8 +13,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::CompactForm;
-use super::body::read_prefix;
 use super::marker::encode_summary;
+use crate::body::read_prefix;
 use crate::body::{ReplayBody, ResponseBody, full_body};
 use crate::classify::Failure;
 use crate::error::{ApiError, BoxError};

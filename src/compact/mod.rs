@@ -116,7 +116,6 @@
 //! # }
 //! ```
 
-mod body;
 mod config;
 mod local;
 mod marker;

@@ -8,8 +8,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::CompactForm;
-use super::body::{Prefixed, read_prefix};
 use crate::body::{ReplayBody, ResponseBody};
+use crate::body::{Rest, prefixed, read_prefix};
 use crate::classify::{Failure, FailureClass};
 use crate::error::BoxError;
 use crate::soft_failure::SoftFailure;
@@ -83,7 +83,7 @@ where
         Some(f) if refuses_compaction(&f, form) => Ok(Outcome::Refused(f.to_string())),
         _ => Ok(Outcome::Failed(Response::from_parts(
             parts,
-            Prefixed::body(prefix, rest),
+            prefixed(prefix, rest),
         ))),
     }
 }
@@ -114,11 +114,8 @@ async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
     let (parts, mut body) = res.into_parts();
     let mut decoder = SseDecoder::new();
     let mut held = BytesMut::new();
-    let pass = |held: BytesMut, rest: Option<ResponseBody>, parts| {
-        Outcome::Failed(Response::from_parts(
-            parts,
-            Prefixed::body(held.freeze(), rest),
-        ))
+    let pass = |held: BytesMut, rest: Rest, parts| {
+        Outcome::Failed(Response::from_parts(parts, prefixed(held.freeze(), rest)))
     };
     loop {
         let Some(frame) = body.frame().await else {
@@ -134,13 +131,13 @@ async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
             let event = match decoder.next_event() {
                 Ok(Some(event)) => event,
                 Ok(None) => break,
-                Err(_) => return Ok(pass(held, Some(body), parts)),
+                Err(_) => return Ok(pass(held, Some(Ok(body)), parts)),
             };
             match event.event_type() {
                 Some("response.output_item.done") if is_compaction_done(&event.data) => {
                     return Ok(Outcome::Compacted(Response::from_parts(
                         parts,
-                        Prefixed::body(held.freeze(), Some(body)),
+                        prefixed(held.freeze(), Some(Ok(body))),
                     )));
                 }
                 _ => {}
@@ -149,7 +146,7 @@ async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
                 if refuses_compaction(&f, CompactForm::V2) {
                     return Ok(Outcome::Refused(f.to_string()));
                 }
-                return Ok(pass(held, Some(body), parts));
+                return Ok(pass(held, Some(Ok(body)), parts));
             }
             if event.kind() == EventKind::Terminal {
                 return Ok(Outcome::Refused(

@@ -3,9 +3,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
+
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_layer::Layer;
@@ -17,7 +17,7 @@ use super::fold::fold;
 use super::learn::{LearnedParams, error_message, unsupported_param};
 use super::rewrite::{Plan, Rewrite, rewrite, without_param};
 use super::rule::{Rule, codex_rules};
-use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
+use crate::body::{ReplayBody, ResponseBody, clone_request, prefixed, read_prefix};
 use crate::error::{ApiError, BoxError};
 use crate::facts::RequestFacts;
 use crate::metrics::Metrics;
@@ -322,66 +322,11 @@ async fn refused_param(
     {
         return (unsupported_param(message), res);
     }
-    let (parts, mut body) = res.into_parts();
-    let mut buf = BytesMut::new();
-    let rest = loop {
-        match body.frame().await {
-            None => break None,
-            Some(Err(e)) => break Some(Err(e)),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                    if buf.len() > limit {
-                        break Some(Ok(body));
-                    }
-                }
-            }
-        }
-    };
-    let prefix = buf.freeze();
+    let (parts, body) = res.into_parts();
+    let (prefix, rest) = read_prefix(body, limit).await;
     let param = match rest {
         None => error_message(&prefix).and_then(|m| unsupported_param(&m)),
         Some(_) => None,
     };
-    let body = match rest {
-        None => full_body(prefix),
-        Some(rest) => Prefixed {
-            prefix: Some(prefix),
-            rest: Some(rest),
-        }
-        .boxed_unsync(),
-    };
-    (param, Response::from_parts(parts, body))
-}
-
-/// Bytes already read, then the rest of the body (or the error that stopped the read).
-struct Prefixed {
-    prefix: Option<Bytes>,
-    rest: Option<Result<ResponseBody, BoxError>>,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(p) = self.prefix.take().filter(|p| !p.is_empty()) {
-            return Poll::Ready(Some(Ok(Frame::data(p))));
-        }
-        match &mut self.rest {
-            None => Poll::Ready(None),
-            Some(Ok(body)) => Pin::new(body).poll_frame(cx),
-            Some(Err(_)) => match self.rest.take() {
-                Some(Err(e)) => Poll::Ready(Some(Err(e))),
-                _ => Poll::Ready(None),
-            },
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
+    (param, Response::from_parts(parts, prefixed(prefix, rest)))
 }

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::watch::WatchBody;
 use super::{EventsObserved, SoftFailure, SoftFailureConfig, StreamObservers};
-use crate::body::{ReplayBody, ResponseBody, full_body as full};
+use crate::body::{ReplayBody, ResponseBody, full_body as full, prefixed, read_prefix};
 use crate::classify::Failure;
 use crate::credentials::CredentialLease;
 use crate::error::BoxError;
@@ -164,36 +164,7 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
             before_content: true,
         });
     }
-    Response::from_parts(parts, rejoin(prefix, rest))
-}
-
-/// Reads up to `limit` bytes. Returns what was read and, if the body goes on, the rest of it.
-async fn read_prefix(
-    mut body: ResponseBody,
-    limit: usize,
-) -> (Bytes, Option<Result<ResponseBody, BoxError>>) {
-    let mut buf = BytesMut::new();
-    loop {
-        match body.frame().await {
-            None => return (buf.freeze(), None),
-            Some(Err(e)) => return (buf.freeze(), Some(Err(e))),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                    if buf.len() > limit {
-                        return (buf.freeze(), Some(Ok(body)));
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn rejoin(prefix: Bytes, rest: Option<Result<ResponseBody, BoxError>>) -> ResponseBody {
-    match rest {
-        None => full(prefix),
-        Some(rest) => WatchBody::passthrough(prefix, rest).boxed_unsync(),
-    }
+    Response::from_parts(parts, prefixed(prefix, rest))
 }
 
 /// The hold-back phase: read events until the first content event, a failure, a terminal

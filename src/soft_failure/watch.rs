@@ -49,11 +49,6 @@ impl WatchBody {
         }
     }
 
-    /// `prefix`, then `rest` unparsed.
-    pub(super) fn passthrough(prefix: Bytes, rest: Result<ResponseBody, BoxError>) -> Self {
-        Self::new(Some(prefix), rest)
-    }
-
     /// The held chunks, then `rest` unparsed.
     pub(super) fn unparsed(held: Vec<Bytes>, rest: Result<ResponseBody, BoxError>) -> Self {
         Self::new(concat(held), rest)

@@ -1,0 +1,112 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use super::{ResponseBody, full_body};
+use crate::error::BoxError;
+
+/// What follows a prefix read by [`read_prefix`]: nothing (the body ended), the rest of the
+/// body, or the error that stopped the read.
+pub type Rest = Option<Result<ResponseBody, BoxError>>;
+
+/// Reads a response body until it ends or more than `limit` bytes have arrived. Layers that
+/// must look at an answer before deciding (classify an error, learn from a 400) read this
+/// much and then hand the answer on whole with [`prefixed`].
+pub async fn read_prefix(mut body: ResponseBody, limit: usize) -> (Bytes, Rest) {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return (buf.freeze(), None),
+            Some(Err(e)) => return (buf.freeze(), Some(Err(e))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        return (buf.freeze(), Some(Ok(body)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body again: `prefix`, then the rest (or its error), as the client would have had it.
+pub fn prefixed(prefix: Bytes, rest: Rest) -> ResponseBody {
+    match rest {
+        None => full_body(prefix),
+        Some(rest) => Prefixed {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rest: Some(rest),
+        }
+        .boxed_unsync(),
+    }
+}
+
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Rest,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        match &mut self.rest {
+            None => Poll::Ready(None),
+            Some(Ok(body)) => Pin::new(body).poll_frame(cx),
+            Some(Err(_)) => match self.rest.take() {
+                Some(Err(e)) => Poll::Ready(Some(Err(e))),
+                _ => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none()
+            && match &self.rest {
+                None => true,
+                Some(Ok(b)) => b.is_end_stream(),
+                Some(Err(_)) => false,
+            }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = match &self.rest {
+            Some(Ok(b)) => b.size_hint(),
+            _ => SizeHint::with_exact(0),
+        };
+        hint.set_lower(hint.lower() + p);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + p);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prefix_and_its_rest_read_as_the_whole_body() {
+        let body = full_body(Bytes::from_static(b"0123456789"));
+        let (prefix, rest) = read_prefix(body, 3).await;
+        assert!(prefix.len() > 3 || rest.is_none());
+        let whole = prefixed(prefix, rest).collect().await.unwrap().to_bytes();
+        assert_eq!(&whole[..], b"0123456789");
+        let (prefix, rest) = read_prefix(full_body(Bytes::from_static(b"ab")), 10).await;
+        assert!(rest.is_none(), "ended within the limit");
+        assert_eq!(&prefix[..], b"ab");
+    }
+}
