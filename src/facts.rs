@@ -72,7 +72,7 @@ impl<'de> Deserialize<'de> for RequestFacts {
                     is_json_object: true,
                     ..RequestFacts::default()
                 };
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(crate::json::Key(key)) = map.next_key()? {
                     match key.as_ref() {
                         "model" => f.model = map.next_value::<Lenient<String>>()?.0,
                         "stream" => f.stream = map.next_value::<Lenient<bool>>()?.0,
@@ -125,6 +125,11 @@ impl RequestFacts {
         let facts = Arc::new(RequestFacts::parse(req.body().bytes()));
         req.extensions_mut().insert(Cached(facts.clone()));
         facts
+    }
+
+    /// The facts cached on the request, if a layer or the proxy read them already.
+    pub fn cached<B>(req: &Request<B>) -> Option<Arc<RequestFacts>> {
+        req.extensions().get::<Cached>().map(|Cached(f)| f.clone())
     }
 
     /// Drops the cached facts after a body rewrite.

@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for Entries<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     out.push((k, Cow::Borrowed(v.get())));
                 }
                 Ok(Entries(out))
@@ -53,11 +53,74 @@ impl<'de> Deserialize<'de> for Entries<'de> {
     }
 }
 
+/// An object key borrowed from the input unless it holds escapes (serde's `Cow` always copies).
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 impl<'a> RawObject<'a> {
     /// Parses the top level of a JSON object; `Err` if the bytes are not one.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
         let Entries(entries) = serde_json::from_slice(bytes)?;
         Ok(RawObject { entries })
+    }
+
+    /// [`parse`](Self::parse) for bytes already known to be a valid JSON object (the proxy
+    /// validated them and [`RequestFacts`](crate::facts::RequestFacts) say so): the top level
+    /// is scanned, skipping values with `memchr`, instead of parsed. On bytes that are not
+    /// valid JSON the result is unspecified (but never a panic); `None` when the scan fails.
+    pub(crate) fn scan_valid(bytes: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let d = bytes;
+        let mut entries = Vec::new();
+        let mut i = scan::ws(d, 0);
+        if d.get(i) != Some(&b'{') {
+            return None;
+        }
+        i = scan::ws(d, i + 1);
+        if d.get(i) == Some(&b'}') {
+            return Some(RawObject { entries });
+        }
+        loop {
+            if d.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (key_end, escaped) = scan::string_end(d, i + 1)?;
+            let key = match escaped {
+                false => Cow::Borrowed(text.get(i + 1..key_end)?),
+                true => Cow::Owned(serde_json::from_str::<String>(text.get(i..=key_end)?).ok()?),
+            };
+            i = scan::ws(d, key_end + 1);
+            if d.get(i) != Some(&b':') {
+                return None;
+            }
+            i = scan::ws(d, i + 1);
+            let end = scan::value(d, i)?;
+            entries.push((key, Cow::Borrowed(text.get(i..end)?)));
+            i = scan::ws(d, end);
+            match d.get(i)? {
+                b',' => i = scan::ws(d, i + 1),
+                b'}' => return Some(RawObject { entries }),
+                _ => return None,
+            }
+        }
     }
 
     /// The raw JSON text of a field.
@@ -210,7 +273,32 @@ pub fn scan_array_items(raw: &str) -> Option<Vec<&str>> {
 /// assert_eq!(&item[span], r#""system""#);
 /// ```
 pub fn scan_field(raw: &str, key: &str) -> Option<std::ops::Range<usize>> {
-    let d = raw.as_bytes();
+    scan_field_bytes(raw.as_bytes(), key)
+}
+
+/// [`scan_field`] on bytes that may not be UTF-8 (an SSE event's data).
+pub(crate) fn scan_field_bytes(d: &[u8], key: &str) -> Option<std::ops::Range<usize>> {
+    let start = find_in_object(d, |k, escaped, at| {
+        // An escaped key is compared after unescaping; plain keys need no allocation.
+        let matches = match escaped {
+            false => k == key.as_bytes(),
+            true => serde_json::from_slice::<String>(k).is_ok_and(|k| k == key),
+        };
+        matches.then_some(at)
+    })?;
+    Some(start..scan::value(d, start)?)
+}
+
+/// Walks the top-level entries of the raw JSON object `d` until `visit` returns `Some`.
+///
+/// `visit` gets each key (its raw bytes between the quotes, or with the quotes when
+/// `escaped`, ready to unescape) and where its value starts. Only the values passed over are
+/// skipped, so a field found early costs nothing of what follows it. `None` when no entry
+/// is claimed or the object is not well formed up to there.
+pub(crate) fn find_in_object<T>(
+    d: &[u8],
+    mut visit: impl FnMut(&[u8], bool, usize) -> Option<T>,
+) -> Option<T> {
     let mut i = scan::ws(d, 0);
     if d.get(i) != Some(&b'{') {
         return None;
@@ -224,29 +312,29 @@ pub fn scan_field(raw: &str, key: &str) -> Option<std::ops::Range<usize>> {
             return None;
         }
         let (key_end, escaped) = scan::string_end(d, i + 1)?;
-        let this = &d[i + 1..key_end];
+        let key = match escaped {
+            false => &d[i + 1..key_end],
+            true => &d[i..=key_end],
+        };
         i = scan::ws(d, key_end + 1);
         if d.get(i) != Some(&b':') {
             return None;
         }
         i = scan::ws(d, i + 1);
-        let end = scan::value(d, i)?;
-        // An escaped key is compared after unescaping; plain keys need no allocation.
-        let matches = if escaped {
-            serde_json::from_slice::<String>(&d[key_end - this.len() - 1..=key_end])
-                .is_ok_and(|k| k == key)
-        } else {
-            this == key.as_bytes()
-        };
-        if matches {
-            return Some(i..end);
+        if let Some(found) = visit(key, escaped, i) {
+            return Some(found);
         }
-        i = scan::ws(d, end);
+        i = scan::ws(d, scan::value(d, i)?);
         match d.get(i)? {
             b',' => i = scan::ws(d, i + 1),
             _ => return None,
         }
     }
+}
+
+/// Index just past the raw JSON value starting at `at` (no validation).
+pub(crate) fn scan_value(d: &[u8], at: usize) -> Option<usize> {
+    scan::value(d, at)
 }
 
 /// The scanner shared with [`crate::sse`]: one implementation of "skip a JSON value".
@@ -306,5 +394,30 @@ mod tests {
             Some(13..16)
         );
         assert_eq!(scan_field(r#"{"a":{"role":"x"}}"#, "role"), None);
+    }
+
+    fn entries(o: &RawObject<'_>) -> Vec<(String, String)> {
+        o.entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn scanning_a_valid_object_gives_what_parsing_gives() {
+        for body in [
+            r#"{}"#,
+            r#" { "model" : "gpt-5.5" , "input":[{"role":"user","content":"a \"}\" b"}] } "#,
+            r#"{"r\u006fle":"x","n":-1.5e3,"t":true,"z":null,"o":{"k":[1,{"a":"}"}]},"s":"é"}"#,
+            r#"{"input":"[\"not\", \"an array\"]","tools":[],"stream":false}"#,
+        ] {
+            let parsed = RawObject::parse(body.as_bytes()).unwrap();
+            let scanned = RawObject::scan_valid(body.as_bytes()).unwrap();
+            assert_eq!(entries(&scanned), entries(&parsed), "{body}");
+            assert_eq!(scanned.to_bytes(), parsed.to_bytes(), "{body}");
+        }
+        for bad in ["", "[]", "{", r#"{"a":}"#, r#"{"a":1 "b":2}"#, "\u{ff}"] {
+            let _ = RawObject::scan_valid(bad.as_bytes());
+        }
     }
 }

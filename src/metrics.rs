@@ -36,28 +36,61 @@ struct Family {
 pub struct Metrics(Arc<Mutex<BTreeMap<&'static str, Family>>>);
 
 fn render_labels(labels: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    write_labels(&mut out, labels);
+    out
+}
+
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     if labels.is_empty() {
-        return String::new();
+        return;
     }
-    let mut out = String::from("{");
+    out.push('{');
     for (i, (k, v)) in labels.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(k);
         out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
+        if !v.contains(['\\', '"', '\n']) {
+            out.push_str(v);
+        } else {
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
             }
         }
         out.push('"');
     }
     out.push('}');
-    out
+}
+
+thread_local! {
+    // Updates render their labels here, so an update of an existing series allocates nothing.
+    static LABELS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn apply(
+    map: &mut BTreeMap<&'static str, Family>,
+    key: &str,
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    f: impl FnOnce(&mut f64),
+) {
+    let fam = map.entry(name).or_insert_with(|| Family {
+        help,
+        kind,
+        series: BTreeMap::new(),
+    });
+    match fam.series.get_mut(key) {
+        Some(v) => f(v),
+        None => f(fam.series.entry(key.to_owned()).or_insert(0.0)),
+    }
 }
 
 impl Metrics {
@@ -79,13 +112,20 @@ impl Metrics {
         labels: &[(&str, &str)],
         f: impl FnOnce(&mut f64),
     ) {
-        let mut map = self.lock();
-        let fam = map.entry(name).or_insert_with(|| Family {
-            help,
-            kind,
-            series: BTreeMap::new(),
-        });
-        f(fam.series.entry(render_labels(labels)).or_insert(0.0));
+        self.with_key(labels, |map, key| apply(map, key, name, help, kind, f));
+    }
+
+    /// Runs `f` under the lock with `labels` rendered into a reused buffer.
+    fn with_key<R>(
+        &self,
+        labels: &[(&str, &str)],
+        f: impl FnOnce(&mut BTreeMap<&'static str, Family>, &str) -> R,
+    ) -> R {
+        LABELS.with_borrow_mut(|key| {
+            key.clear();
+            write_labels(key, labels);
+            f(&mut self.lock(), key)
+        })
     }
 
     /// Adds one to a counter.
@@ -101,6 +141,16 @@ impl Metrics {
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)], v: f64) {
         self.update(name, help, Kind::Gauge, labels, |x| *x = v);
+    }
+
+    /// Sets several gauges that share `labels` (one lock, labels rendered once): `(name,
+    /// help, value)` each.
+    pub fn set_many(&self, gauges: &[(&'static str, &'static str, f64)], labels: &[(&str, &str)]) {
+        self.with_key(labels, |map, key| {
+            for &(name, help, v) in gauges {
+                apply(map, key, name, help, Kind::Gauge, |x| *x = v);
+            }
+        });
     }
 
     /// Adds `v` (possibly negative) to a gauge.

@@ -122,12 +122,21 @@ pub fn event_kind(event_type: &str) -> EventKind {
         "response.completed" | "response.failed" | "response.incomplete" => EventKind::Terminal,
         "error" => EventKind::Error,
         "response.created" | "response.in_progress" | "response.queued" => EventKind::Lifecycle,
-        t if t.contains("rate_limit") => EventKind::Lifecycle,
+        // Every event of a stream comes through here, most of them deltas: output names are
+        // tested first, and rate-limit notices with a byte-window test rather than
+        // `str::contains`, whose searcher setup costs more than these short names.
         t => match t.strip_prefix("response.") {
+            // A delta is output, whatever it is a delta of.
+            Some(rest) if rest.ends_with(".delta") => EventKind::Content,
+            _ if mentions_rate_limit(t) => EventKind::Lifecycle,
             Some(rest) if is_content(rest) => EventKind::Content,
             _ => EventKind::Other,
         },
     }
+}
+
+fn mentions_rate_limit(t: &str) -> bool {
+    t.as_bytes().windows(10).any(|w| w == b"rate_limit")
 }
 
 /// Output event groups after `response.`; tool calls are matched by their `_call` suffix.
@@ -143,10 +152,9 @@ const CONTENT_GROUPS: [&str; 8] = [
 ];
 
 fn is_content(rest: &str) -> bool {
-    let group = rest.split('.').next().unwrap_or(rest);
     rest.ends_with(".delta")
-        || group.ends_with("_call")
         || CONTENT_GROUPS.iter().any(|g| rest.starts_with(g))
+        || rest.split('.').next().unwrap_or(rest).ends_with("_call")
 }
 
 /// Reads the top-level JSON `"type"` string of `data` without parsing the whole payload.

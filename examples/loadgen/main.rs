@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! loadgen run [--quick] [--out FILE] [--targets baseline,passthrough,tower-responses,nginx,litellm]
-//!             [--nginx BIN] [--litellm BIN] [--litellm-workers N] [--streams N]
+//!             [--nginx BIN] [--litellm BIN] [--litellm-workers N] [--streams N] [--rounds N]
 //! loadgen serve-mock                        # the fast mock upstream (prints READY <addr>)
 //! loadgen serve-passthrough --upstream ADDR # bare hyper-util proxy
 //! loadgen serve-proxy --upstream URL        # tower_responses::proxy::Proxy, full stack
@@ -16,6 +16,7 @@
 
 mod client;
 mod mock;
+mod paired;
 mod passthrough;
 mod procfs;
 mod targets;
@@ -47,7 +48,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: loadgen run [--quick] [--out FILE] [--targets LIST] [--nginx BIN] \
-                 [--litellm BIN] [--litellm-workers N] [--streams N]\n       \
+                 [--litellm BIN] [--litellm-workers N] [--streams N] [--rounds N]\n       \
                  loadgen serve-mock | serve-passthrough --upstream ADDR | serve-proxy --upstream URL"
             );
             2
@@ -287,9 +288,25 @@ fn run(args: &[String]) -> i32 {
         drop(running);
         outcomes.push(out);
     }
+    let rounds: usize = flag(args, "--rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 2 } else { 6 });
+    let wants = |t: &str| wanted.iter().any(|w| w == t);
+    let paired = if rounds > 0 && wants("passthrough") && wants("tower-responses") {
+        eprintln!("== paired rounds: passthrough and tower-responses, alternately");
+        match paired_rounds(&rt, &plan, mock.addr, rounds, ticks) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("   {e}");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     drop(mock);
 
-    let report = report(&plan, &outcomes, quick);
+    let report = report(&plan, &outcomes, &paired, quick);
     println!("{report}");
     if let Some(path) = flag(args, "--out") {
         if let Err(e) = std::fs::write(path, &report) {
@@ -298,6 +315,39 @@ fn run(args: &[String]) -> i32 {
         }
     }
     0
+}
+
+/// Starts a fresh passthrough and a fresh proxy side by side and measures them alternately.
+fn paired_rounds(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    mock: SocketAddr,
+    rounds: usize,
+    ticks: f64,
+) -> Result<Vec<paired::Round>, String> {
+    let pass = targets::spawn_self(&["serve-passthrough", "--upstream", &mock.to_string()])?;
+    let up = format!("http://{mock}/v1");
+    let stack = targets::spawn_self(&["serve-proxy", "--upstream", &up])?;
+    let (pt, st) = (target(pass.addr, None), target(stack.addr, None));
+    let body = client::request_body(&mock::model_name(0, 50), true, None);
+    let phases = paired::Phases {
+        c1: plan.c1 / 2,
+        c64: plan.c64 / 2,
+    };
+    Ok(rt.block_on(paired::rounds(
+        paired::Side {
+            target: &pt,
+            pid: pass.pid,
+        },
+        paired::Side {
+            target: &st,
+            pid: stack.pid,
+        },
+        &body,
+        rounds,
+        &phases,
+        ticks,
+    )))
 }
 
 /// Sends a fixed number of requests and prints a summary: the load for a profiler run
@@ -543,7 +593,7 @@ fn cpu_per_1000(o: &Outcome) -> f64 {
     o.c64_cpu / ok as f64 * 1000.0
 }
 
-fn report(plan: &Plan, outcomes: &[Outcome], quick: bool) -> String {
+fn report(plan: &Plan, outcomes: &[Outcome], paired: &[paired::Round], quick: bool) -> String {
     let mut r = String::new();
     let ran: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_none()).collect();
     let base = ran.iter().find(|o| o.name == "baseline");
@@ -779,17 +829,82 @@ fn report(plan: &Plan, outcomes: &[Outcome], quick: bool) -> String {
         );
     }
 
+    if !paired.is_empty() {
+        let _ = writeln!(
+            r,
+            "\n### Paired rounds: the stack's own cost, passthrough and stack measured alternately\n"
+        );
+        let _ = writeln!(
+            r,
+            "Both run side by side (fresh processes); each round measures one, then the other (the order alternates): concurrency 1 for {:.1} s, then 64 clients for {:.1} s with CPU read from /proc. The verdicts below use the median round, so slow drift of the shared machine falls on both alike.\n",
+            plan.c1.as_secs_f64() / 2.0,
+            plan.c64.as_secs_f64() / 2.0
+        );
+        let _ = writeln!(
+            r,
+            "| round | passthrough CPU s / 1000 req | stack CPU s / 1000 req | CPU ratio | passthrough TTFB p50 / p99 | stack TTFB p50 / p99 | added TTFB p99 | added TTLB p99 |"
+        );
+        let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (i, x) in paired.iter().enumerate() {
+            let _ = writeln!(
+                r,
+                "| {} | {:.3} | {:.3} | {:.2}x | {:.0} µs / {:.0} µs | {:.0} µs / {:.0} µs | {:+.0} µs | {:+.0} µs |",
+                i + 1,
+                x.pass.cpu_per_1000,
+                x.stack.cpu_per_1000,
+                x.cpu_ratio(),
+                x.pass.ttfb.0,
+                x.pass.ttfb.1,
+                x.stack.ttfb.0,
+                x.stack.ttfb.1,
+                x.added_ttfb_p99(),
+                x.added_ttlb_p99(),
+            );
+        }
+        let med = |f: fn(&paired::Round) -> f64| paired::median(paired.iter().map(f).collect());
+        let _ = writeln!(
+            r,
+            "| **median** | | | **{:.2}x** | | | **{:+.0} µs** | **{:+.0} µs** |",
+            med(paired::Round::cpu_ratio),
+            med(paired::Round::added_ttfb_p99),
+            med(paired::Round::added_ttlb_p99),
+        );
+    }
+
     // The targets of issue 10, checked on this run.
     let full = ran.iter().find(|o| o.name == "tower-responses");
     let lite = ran.iter().find(|o| o.name == "litellm");
     if let Some(f) = full {
         let _ = writeln!(r, "\n### Targets for the full stack (this run)\n");
+        let med = |f: fn(&paired::Round) -> f64| paired::median(paired.iter().map(f).collect());
+        if !paired.is_empty() {
+            let q = med(paired::Round::cpu_ratio);
+            let _ = writeln!(
+                r,
+                "- CPU per request vs bare passthrough, median of {} paired rounds: {q:.2}x (target ≤ 1.2x): {}",
+                paired.len(),
+                verdict(q <= 1.2)
+            );
+            let (h, a) = (
+                med(paired::Round::added_ttfb_p99),
+                med(paired::Round::added_ttlb_p99),
+            );
+            let _ = writeln!(
+                r,
+                "- added p99 at concurrency 1 vs the bare passthrough, median of the paired rounds: TTFB {h:+.0} µs, TTLB {a:+.0} µs (target < 100 µs): {}",
+                verdict(a < 100.0 && h < 100.0)
+            );
+        }
         if let Some(p) = pass {
             let q = cpu_per_1000(f) / cpu_per_1000(p);
             let _ = writeln!(
                 r,
-                "- CPU per request vs bare passthrough: {q:.2}x (target ≤ 1.2x): {}",
-                verdict(q <= 1.2)
+                "- CPU per request vs bare passthrough, single pass above: {q:.2}x{}",
+                if paired.is_empty() {
+                    format!(" (target ≤ 1.2x): {}", verdict(q <= 1.2))
+                } else {
+                    String::new()
+                }
             );
         }
         if let Some(b) = &b1 {
@@ -807,8 +922,12 @@ fn report(plan: &Plan, outcomes: &[Outcome], quick: bool) -> String {
             let h = x.head.1.as_secs_f64() * 1e6 - y.head.1.as_secs_f64() * 1e6;
             let _ = writeln!(
                 r,
-                "- added p99 at concurrency 1 vs the bare passthrough (the stack's own cost): TTFB {h:+.0} µs, TTLB {a:+.0} µs (target < 100 µs): {}",
-                verdict(a < 100.0 && h < 100.0)
+                "- added p99 at concurrency 1 vs the bare passthrough, single pass above: TTFB {h:+.0} µs, TTLB {a:+.0} µs{}",
+                if paired.is_empty() {
+                    format!(" (target < 100 µs): {}", verdict(a < 100.0 && h < 100.0))
+                } else {
+                    String::new()
+                }
             );
         }
         let s = &f.streams;

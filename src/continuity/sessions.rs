@@ -63,7 +63,11 @@ impl Sessions {
                 }
             }
         }
-        let (stats, seen) = g.0.entry(session.to_string()).or_default();
+        // The key is copied only for a new session.
+        let (stats, seen) = match g.0.get_mut(session) {
+            Some(entry) => entry,
+            None => g.0.entry(session.to_owned()).or_default(),
+        };
         *seen = tick;
         if stats.turns == 0 {
             stats.first_input = input_tokens;
@@ -75,30 +79,30 @@ impl Sessions {
         let stats = *stats;
         drop(g);
         if let Some(m) = metrics {
-            let l = [("session", session)];
-            m.set(
-                SERIES[0],
-                "Turns answered in the session.",
-                &l,
-                stats.turns as f64,
-            );
-            m.set(
-                SERIES[1],
-                "Input tokens of the session's latest turn.",
-                &l,
-                stats.last_input as f64,
-            );
-            m.set(
-                SERIES[2],
-                "Largest per-turn input of the session.",
-                &l,
-                stats.max_input as f64,
-            );
-            m.set(
-                SERIES[3],
-                "Input tokens of all the session's turns.",
-                &l,
-                stats.total_input as f64,
+            m.set_many(
+                &[
+                    (
+                        SERIES[0],
+                        "Turns answered in the session.",
+                        stats.turns as f64,
+                    ),
+                    (
+                        SERIES[1],
+                        "Input tokens of the session's latest turn.",
+                        stats.last_input as f64,
+                    ),
+                    (
+                        SERIES[2],
+                        "Largest per-turn input of the session.",
+                        stats.max_input as f64,
+                    ),
+                    (
+                        SERIES[3],
+                        "Input tokens of all the session's turns.",
+                        stats.total_input as f64,
+                    ),
+                ],
+                &[("session", session)],
             );
             m.inc("tr_turns_total", "Turns answered with usage.", &[]);
             m.add(

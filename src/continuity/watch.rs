@@ -9,21 +9,8 @@ use serde::Deserialize;
 
 use crate::body::ResponseBody;
 use crate::error::BoxError;
+use crate::json::{find_in_object, scan_value};
 use crate::sse::SseDecoder;
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    response: Option<Resp<'a>>,
-}
-
-/// The fields continuity reads from a response object.
-#[derive(Deserialize)]
-pub(super) struct Resp<'a> {
-    #[serde(borrow)]
-    pub(super) id: Option<Cow<'a, str>>,
-    pub(super) usage: Option<Usage>,
-}
 
 #[derive(Deserialize)]
 pub(super) struct Usage {
@@ -119,31 +106,47 @@ impl<L: Learn + Unpin> Body for OwnerWatch<L> {
 
 /// Reads id and usage from a complete JSON response object.
 pub(super) fn learn_from_json(bytes: &[u8], learn: &mut impl Learn) {
-    if let Ok(resp) = serde_json::from_slice::<Resp<'_>>(bytes) {
-        if let Some(id) = resp.id.as_deref() {
-            learn.response_id(id);
-        }
-        if let Some(n) = resp.usage.and_then(|u| u.input_tokens) {
-            learn.usage(n);
-        }
-    }
+    learn_from_response(bytes, true, learn);
 }
 
 /// Learns from one event's data: the response id (when `take_id`) and usage. Returns whether
 /// an id was found.
 pub(super) fn learn_from_event(data: &[u8], take_id: bool, learn: &mut impl Learn) -> bool {
-    let Ok(Envelope {
-        response: Some(resp),
-    }) = serde_json::from_slice::<Envelope<'_>>(data)
-    else {
-        return false;
-    };
-    let mut found = false;
-    if let (true, Some(id)) = (take_id, resp.id.as_deref()) {
-        learn.response_id(id);
-        found = true;
+    let response = find_in_object(data, |key, _, at| (key == b"response").then_some(at));
+    match response {
+        Some(at) => learn_from_response(&data[at..], take_id, learn),
+        None => false,
     }
-    if let Some(n) = resp.usage.and_then(|u| u.input_tokens) {
+}
+
+/// The response object is scanned, not parsed: `response.completed` carries the whole output
+/// and only two small fields are wanted. One walk finds both (`usage` comes after `output`);
+/// only they are deserialised. `resp` may run on past the object's end.
+fn learn_from_response(resp: &[u8], take_id: bool, learn: &mut impl Learn) -> bool {
+    let (mut id_at, mut usage_at) = (None, None);
+    find_in_object(resp, |key, _, at| {
+        match key {
+            b"id" => id_at = Some(at),
+            b"usage" => usage_at = Some(at),
+            _ => {}
+        }
+        (id_at.is_some() && usage_at.is_some()).then_some(())
+    });
+    let value = |at: usize| scan_value(resp, at).map(|end| &resp[at..end]);
+    let mut found = false;
+    if take_id {
+        let id = id_at
+            .and_then(value)
+            .and_then(|raw| serde_json::from_slice::<Cow<'_, str>>(raw).ok());
+        if let Some(id) = id {
+            learn.response_id(&id);
+            found = true;
+        }
+    }
+    let usage = usage_at
+        .and_then(value)
+        .and_then(|raw| serde_json::from_slice::<Usage>(raw).ok());
+    if let Some(n) = usage.and_then(|u| u.input_tokens) {
         learn.usage(n);
     }
     found

@@ -35,15 +35,26 @@ pub(crate) struct Plan {
 
 /// Plans the rewrite of `body`: the cap policy first (it needs the client's value), then the
 /// rules in order, then what the upstream was learnt to refuse.
+#[cfg(test)]
 pub(crate) fn rewrite(
     body: &[u8],
     rules: &[Rule],
     policy: TokenCapPolicy,
     learned: &[String],
 ) -> Rewrite {
-    let Ok(mut obj) = RawObject::parse(body) else {
-        return Rewrite::Untouched;
-    };
+    match RawObject::parse(body) {
+        Ok(obj) => rewrite_object(obj, rules, policy, learned),
+        Err(_) => Rewrite::Untouched,
+    }
+}
+
+/// [`rewrite`] of a body whose top level is already split.
+pub(crate) fn rewrite_object(
+    mut obj: RawObject<'_>,
+    rules: &[Rule],
+    policy: TokenCapPolicy,
+    learned: &[String],
+) -> Rewrite {
     let mut plan = Plan {
         client_stream: obj.get("stream") == Some("true"),
         ..Plan::default()

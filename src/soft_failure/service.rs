@@ -16,7 +16,7 @@ use crate::classify::Failure;
 use crate::credentials::CredentialLease;
 use crate::error::BoxError;
 use crate::metrics::Metrics;
-use crate::sse::{EventKind, SseDecoder, is_event_stream};
+use crate::sse::{EventKind, SseDecoder, event_kind, is_event_stream};
 
 /// Applies [`SoftFailureDetect`] to a service. See the [module docs](super).
 #[derive(Debug, Clone, Default)]
@@ -109,14 +109,18 @@ pub(super) struct Ctx {
 
 impl Ctx {
     /// Shows one event to the request's observers.
-    pub(super) fn observe(&self, ev: &crate::sse::Event) {
-        if let (Some(obs), Some(ty)) = (&self.observers, ev.event_type()) {
+    ///
+    /// Returns the event's kind: its type is sniffed once here for every use.
+    pub(super) fn observe(&self, ev: &crate::sse::Event) -> EventKind {
+        let ty = ev.event_type();
+        if let (Some(obs), Some(ty)) = (&self.observers, ty) {
             obs.notify(
                 self.lease.as_ref().map(CredentialLease::credential),
                 ty,
                 &ev.data,
             );
         }
+        ty.map_or(EventKind::Other, event_kind)
     }
 
     pub(super) fn count(&self, failure: &Failure, phase: &'static str) {
@@ -195,8 +199,8 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 // Ended before content. A terminal event would have returned already.
                 let tail = decoder.finish();
                 if let Ok(Some(ev)) = tail {
-                    ctx.observe(&ev);
-                    if let Some(f) = failure_of(&ev) {
+                    let kind = ctx.observe(&ev);
+                    if let Some(f) = failure_of(kind, &ev) {
                         return mark(parts, held, f, ctx);
                     }
                 }
@@ -247,8 +251,8 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 }
             };
             events += 1;
-            ctx.observe(&ev);
-            match ev.kind() {
+            let kind = ctx.observe(&ev);
+            match kind {
                 EventKind::Content => {
                     return Response::from_parts(
                         parts,
@@ -256,10 +260,10 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                     );
                 }
                 EventKind::Terminal | EventKind::Error => {
-                    if let Some(f) = failure_of(&ev) {
+                    if let Some(f) = failure_of(kind, &ev) {
                         return mark(parts, held, f, ctx);
                     }
-                    if ev.kind() == EventKind::Terminal {
+                    if kind == EventKind::Terminal {
                         // Completed (or benignly incomplete) without content: the answer is whole.
                         return Response::from_parts(parts, full(concat(&held)));
                     }
@@ -296,8 +300,9 @@ fn mark(
     Response::from_parts(parts, full(concat(&held)))
 }
 
-pub(super) fn failure_of(ev: &crate::sse::Event) -> Option<Failure> {
-    match ev.kind() {
+/// The failure an event of this kind reports, if any.
+pub(super) fn failure_of(kind: EventKind, ev: &crate::sse::Event) -> Option<Failure> {
+    match kind {
         EventKind::Terminal | EventKind::Error => Failure::from_sse_data(&ev.data),
         _ => None,
     }

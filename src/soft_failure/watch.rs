@@ -75,8 +75,8 @@ impl WatchBody {
         loop {
             match decoder.next_event() {
                 Ok(Some(ev)) => {
-                    ctx.observe(&ev);
-                    if let Some(failure) = failure_of(&ev) {
+                    let kind = ctx.observe(&ev);
+                    if let Some(failure) = failure_of(kind, &ev) {
                         tracing::info!(
                             class = failure.class.as_str(),
                             code = failure.code.as_deref().unwrap_or(""),
@@ -88,7 +88,7 @@ impl WatchBody {
                             lease.report(&failure);
                         }
                     }
-                    if ev.kind() == EventKind::Terminal {
+                    if kind == EventKind::Terminal {
                         self.terminal = true;
                         // Nothing after a terminal event matters; stop parsing.
                         self.watch = None;
