@@ -290,7 +290,7 @@ fn run(args: &[String]) -> i32 {
     }
     let rounds: usize = flag(args, "--rounds")
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 2 } else { 6 });
+        .unwrap_or(if quick { 3 } else { 9 });
     let wants = |t: &str| wanted.iter().any(|w| w == t);
     let paired = if rounds > 0 && wants("passthrough") && wants("tower-responses") {
         eprintln!("== paired rounds: passthrough and tower-responses, alternately");

@@ -63,7 +63,12 @@ impl<L: Learn> OwnerWatch<L> {
                     if self.id_seen && ty == "response.created" {
                         continue;
                     }
-                    self.id_seen |= learn_from_event(&ev.data, !self.id_seen, &mut self.learn);
+                    self.id_seen |= learn_from_event(
+                        &ev.data,
+                        !self.id_seen,
+                        carries_usage(ty),
+                        &mut self.learn,
+                    );
                 }
                 Ok(None) => return,
                 Err(_) => {
@@ -106,23 +111,39 @@ impl<L: Learn + Unpin> Body for OwnerWatch<L> {
 
 /// Reads id and usage from a complete JSON response object.
 pub(super) fn learn_from_json(bytes: &[u8], learn: &mut impl Learn) {
-    learn_from_response(bytes, true, learn);
+    learn_from_response(bytes, true, true, learn);
 }
 
-/// Learns from one event's data: the response id (when `take_id`) and usage. Returns whether
-/// an id was found.
-pub(super) fn learn_from_event(data: &[u8], take_id: bool, learn: &mut impl Learn) -> bool {
+/// Learns from one event's data: the response id (when `take_id`) and usage (when
+/// `want_usage`). Returns whether an id was found.
+pub(super) fn learn_from_event(
+    data: &[u8],
+    take_id: bool,
+    want_usage: bool,
+    learn: &mut impl Learn,
+) -> bool {
     let response = find_in_object(data, |key, _, at| (key == b"response").then_some(at));
     match response {
-        Some(at) => learn_from_response(&data[at..], take_id, learn),
+        Some(at) => learn_from_response(&data[at..], take_id, want_usage, learn),
         None => false,
     }
+}
+
+/// Whether an event of this type can carry usage (`response.created` has `"usage": null`,
+/// at the end of a response object that echoes the instructions and tools).
+pub(super) fn carries_usage(event_type: &str) -> bool {
+    event_type != "response.created"
 }
 
 /// The response object is scanned, not parsed: `response.completed` carries the whole output
 /// and only two small fields are wanted. One walk finds both (`usage` comes after `output`);
 /// only they are deserialised. `resp` may run on past the object's end.
-fn learn_from_response(resp: &[u8], take_id: bool, learn: &mut impl Learn) -> bool {
+fn learn_from_response(
+    resp: &[u8],
+    take_id: bool,
+    want_usage: bool,
+    learn: &mut impl Learn,
+) -> bool {
     let (mut id_at, mut usage_at) = (None, None);
     find_in_object(resp, |key, _, at| {
         match key {
@@ -130,7 +151,8 @@ fn learn_from_response(resp: &[u8], take_id: bool, learn: &mut impl Learn) -> bo
             b"usage" => usage_at = Some(at),
             _ => {}
         }
-        (id_at.is_some() && usage_at.is_some()).then_some(())
+        let done = |wanted: bool, found: &Option<usize>| !wanted || found.is_some();
+        (done(take_id, &id_at) && done(want_usage, &usage_at)).then_some(())
     });
     let value = |at: usize| scan_value(resp, at).map(|end| &resp[at..end]);
     let mut found = false;
@@ -150,4 +172,72 @@ fn learn_from_response(resp: &[u8], take_id: bool, learn: &mut impl Learn) -> bo
         learn.usage(n);
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen {
+        ids: Vec<String>,
+        usage: Vec<u64>,
+    }
+
+    impl Learn for Seen {
+        fn response_id(&mut self, id: &str) {
+            self.ids.push(id.to_owned());
+        }
+        fn usage(&mut self, input_tokens: u64) {
+            self.usage.push(input_tokens);
+        }
+    }
+
+    #[test]
+    fn reads_the_top_level_id_and_usage_only() {
+        // Nested objects carry their own "id" and "usage" keys, and strings that look like
+        // them; only the response's own fields count.
+        let completed = br#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_\u0041bc","output":[{"id":"msg_1","type":"message","content":[{"type":"output_text","text":"\"usage\":{\"input_tokens\":1}"}]}],"tools":[{"type":"function","name":"f","parameters":{"properties":{"usage":{"type":"string"}}}}],"usage":{"input_tokens":2300,"output_tokens":12},"metadata":{"usage":"x"}}}"#;
+        let mut seen = Seen::default();
+        assert!(learn_from_event(completed, true, true, &mut seen));
+        assert_eq!(seen.ids, ["resp_Abc"]);
+        assert_eq!(seen.usage, [2300]);
+
+        let mut seen = Seen::default();
+        assert!(!learn_from_event(completed, false, true, &mut seen));
+        assert_eq!((seen.ids.len(), seen.usage.as_slice()), (0, &[2300][..]));
+
+        let created = br#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress","usage":null}}"#;
+        let mut seen = Seen::default();
+        assert!(learn_from_event(
+            created,
+            true,
+            carries_usage("response.created"),
+            &mut seen
+        ));
+        assert_eq!(
+            (seen.ids.as_slice(), seen.usage.len()),
+            (&["resp_1".to_owned()][..], 0)
+        );
+
+        let mut seen = Seen::default();
+        for data in [
+            &br#"{"type":"response.output_text.delta","delta":"{\"response\":{\"id\":\"x\"}}"}"#[..],
+            b"[DONE]",
+            br#"{"type":"response.completed","response":{"id":"#,
+        ] {
+            assert!(!learn_from_event(data, true, true, &mut seen));
+        }
+        assert_eq!((seen.ids.len(), seen.usage.len()), (0, 0));
+
+        let mut seen = Seen::default();
+        learn_from_json(
+            br#"{"id":"resp_2","object":"response","usage":{"input_tokens":7}}"#,
+            &mut seen,
+        );
+        assert_eq!(
+            (seen.ids.as_slice(), seen.usage.as_slice()),
+            (&["resp_2".to_owned()][..], &[7][..])
+        );
+    }
 }
