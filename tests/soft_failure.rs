@@ -157,6 +157,39 @@ async fn a_stream_without_content_within_the_bound_is_released_as_is() {
 }
 
 #[tokio::test]
+async fn a_slow_start_is_released_after_the_time_bound_not_held_forever() {
+    let mock = MockUpstream::start().await.unwrap();
+    // Lifecycle events, then silence on an open connection: a model still queueing.
+    mock.push(
+        Reply::sse(vec![
+            events::created("resp_q"),
+            events::in_progress("resp_q"),
+        ])
+        .hold_open(),
+    );
+    let layer = SoftFailureDetectLayer::with_config(SoftFailureConfig {
+        max_hold: Duration::from_millis(300),
+        ..Default::default()
+    });
+    // Bounded wait: without the time bound the layer would hold the head as long as the
+    // upstream stays silent.
+    let (res, _) = tokio::time::timeout(Duration::from_secs(20), through_layer(&mock, layer))
+        .await
+        .expect("the held answer is released after max_hold");
+    assert!(
+        res.extensions().get::<SoftFailure>().is_none(),
+        "slow is not failed"
+    );
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(
+        text.contains("response.created") && text.contains("response.in_progress"),
+        "the held events go out together: {text}"
+    );
+}
+
+#[tokio::test]
 async fn a_terminal_event_ends_the_body_even_if_the_upstream_stays_open() {
     let mock = MockUpstream::start().await.unwrap();
     mock.push(Reply::text("all done").hold_open());

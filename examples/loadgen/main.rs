@@ -379,21 +379,34 @@ fn drive(args: &[String]) -> i32 {
                 let (tgt, body) = (tgt.clone(), body.clone());
                 tokio::spawn(async move {
                     let mut conn = client::Conn::new(tgt);
-                    let mut ok = 0;
+                    let mut samples = Vec::with_capacity(per);
                     for _ in 0..per {
-                        ok += usize::from(conn.once(&body, false, None).await.ok);
+                        samples.push(conn.once(&body, false, None).await);
                     }
-                    ok
+                    samples
                 })
             })
             .collect();
-        let mut ok = 0;
+        let mut all = Vec::new();
         for t in tasks {
-            ok += t.await.unwrap_or(0);
+            all.extend(t.await.unwrap_or_default());
         }
-        ok
+        all
     });
-    println!("{ok} of {} requests completed", n.div_ceil(c) * c);
+    let done: Vec<Sample> = ok.into_iter().filter(|s| s.ok).collect();
+    let (h, l) = (
+        sorted(&done, |s| Some(s.head)),
+        sorted(&done, |s| Some(s.last)),
+    );
+    println!(
+        "{} of {} requests completed; TTFB p50 {} p99 {}; TTLB p50 {} p99 {}",
+        done.len(),
+        n.div_ceil(c) * c,
+        us(pct(&h, 0.5)),
+        us(pct(&h, 0.99)),
+        us(pct(&l, 0.5)),
+        us(pct(&l, 0.99)),
+    );
     0
 }
 

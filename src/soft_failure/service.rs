@@ -182,10 +182,18 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
     let mut held: Vec<Bytes> = Vec::new();
     let mut held_bytes = 0usize;
     let mut events = 0usize;
-    let deadline = Instant::now() + ctx.config.max_hold;
+    // One timer for the whole hold: a timeout per frame would register and cancel a timer
+    // for every held frame.
+    let deadline = tokio::time::sleep_until(Instant::now() + ctx.config.max_hold);
+    tokio::pin!(deadline);
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_elapsed) => {
+        let next = tokio::select! {
+            biased;
+            frame = body.frame() => Ok(frame),
+            () = &mut deadline => Err(()),
+        };
+        let frame = match next {
+            Err(()) => {
                 // Slow to start is not a failure: release what we hold and watch the rest.
                 return Response::from_parts(
                     parts,
