@@ -3,7 +3,7 @@
 # venv under ~/.cache), builds the load harness in release mode, runs every target on
 # loopback, and writes the tables to target/bench/loadgen-<date>.md.
 #
-#   scripts/bench.sh            # full run (about 3 minutes of load, plus installs and build)
+#   scripts/bench.sh            # full run (about 5 minutes of load, plus installs and build)
 #   scripts/bench.sh --quick    # short phases, 200 streams: for development
 #   scripts/bench.sh --micro    # also run the criterion micro benchmarks
 #
