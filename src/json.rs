@@ -20,6 +20,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::ops::{ControlFlow, Range};
 
 use bytes::Bytes;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -88,39 +89,22 @@ impl<'a> RawObject<'a> {
     /// valid JSON the result is unspecified (but never a panic); `None` when the scan fails.
     pub(crate) fn scan_valid(bytes: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let d = bytes;
         let mut entries = Vec::new();
-        let mut i = scan::ws(d, 0);
-        if d.get(i) != Some(&b'{') {
-            return None;
-        }
-        i = scan::ws(d, i + 1);
-        if d.get(i) == Some(&b'}') {
-            return Some(RawObject { entries });
-        }
-        loop {
-            if d.get(i) != Some(&b'"') {
-                return None;
+        let walked = walk_object(bytes, |key, escaped, start| {
+            let end = scan::value(bytes, start).and_then(|end| {
+                let key = match escaped {
+                    false => Cow::Borrowed(text.get(key)?),
+                    true => Cow::Owned(serde_json::from_str(text.get(key)?).ok()?),
+                };
+                entries.push((key, Cow::Borrowed(text.get(start..end)?)));
+                Some(end)
+            });
+            match end {
+                Some(end) => ControlFlow::Continue(Some(end)),
+                None => ControlFlow::Break(()),
             }
-            let (key_end, escaped) = scan::string_end(d, i + 1)?;
-            let key = match escaped {
-                false => Cow::Borrowed(text.get(i + 1..key_end)?),
-                true => Cow::Owned(serde_json::from_str::<String>(text.get(i..=key_end)?).ok()?),
-            };
-            i = scan::ws(d, key_end + 1);
-            if d.get(i) != Some(&b':') {
-                return None;
-            }
-            i = scan::ws(d, i + 1);
-            let end = scan::value(d, i)?;
-            entries.push((key, Cow::Borrowed(text.get(i..end)?)));
-            i = scan::ws(d, end);
-            match d.get(i)? {
-                b',' => i = scan::ws(d, i + 1),
-                b'}' => return Some(RawObject { entries }),
-                _ => return None,
-            }
-        }
+        })?;
+        walked.is_continue().then_some(RawObject { entries })
     }
 
     /// The raw JSON text of a field.
@@ -273,11 +257,7 @@ pub fn scan_array_items(raw: &str) -> Option<Vec<&str>> {
 /// assert_eq!(&item[span], r#""system""#);
 /// ```
 pub fn scan_field(raw: &str, key: &str) -> Option<std::ops::Range<usize>> {
-    scan_field_bytes(raw.as_bytes(), key)
-}
-
-/// [`scan_field`] on bytes that may not be UTF-8 (an SSE event's data).
-pub(crate) fn scan_field_bytes(d: &[u8], key: &str) -> Option<std::ops::Range<usize>> {
+    let d = raw.as_bytes();
     let start = find_in_object(d, |k, escaped, at| {
         // An escaped key is compared after unescaping; plain keys need no allocation.
         let matches = match escaped {
@@ -289,23 +269,42 @@ pub(crate) fn scan_field_bytes(d: &[u8], key: &str) -> Option<std::ops::Range<us
     Some(start..scan::value(d, start)?)
 }
 
-/// Walks the top-level entries of the raw JSON object `d` until `visit` returns `Some`.
-///
-/// `visit` gets each key (its raw bytes between the quotes, or with the quotes when
-/// `escaped`, ready to unescape) and where its value starts. Only the values passed over are
-/// skipped, so a field found early costs nothing of what follows it. `None` when no entry
-/// is claimed or the object is not well formed up to there.
+/// Finds a top-level entry of the raw JSON object `d` (bytes that may not be UTF-8, such as
+/// an SSE event's data): `visit` gets each key (its raw bytes between the quotes, or with
+/// the quotes when `escaped`, ready to unescape) and where its value starts, until it
+/// returns `Some`. Only the values passed over are skipped, so a field found early costs
+/// nothing of what follows it. `None` when no entry is claimed or the object is not well
+/// formed up to there.
 pub(crate) fn find_in_object<T>(
     d: &[u8],
     mut visit: impl FnMut(&[u8], bool, usize) -> Option<T>,
 ) -> Option<T> {
+    let walked = walk_object(d, |key, escaped, at| match visit(&d[key], escaped, at) {
+        Some(found) => ControlFlow::Break(found),
+        None => ControlFlow::Continue(None),
+    })?;
+    walked.break_value()
+}
+
+/// The one walk over a raw object's top level behind [`find_in_object`] and
+/// [`RawObject::scan_valid`].
+///
+/// `visit` gets each key's span (between the quotes; with them when `escaped`) and where its
+/// value starts, and says what next: `Continue(None)` skips the value, `Continue(Some(end))`
+/// goes on from `end` (the visitor measured the value itself), `Break(t)` stops. The walk
+/// gives `Some(Break(t))` when stopped, `Some(Continue(()))` at the object's end, `None`
+/// when the bytes are not an object's top level.
+fn walk_object<T>(
+    d: &[u8],
+    mut visit: impl FnMut(Range<usize>, bool, usize) -> ControlFlow<T, Option<usize>>,
+) -> Option<ControlFlow<T>> {
     let mut i = scan::ws(d, 0);
     if d.get(i) != Some(&b'{') {
         return None;
     }
     i = scan::ws(d, i + 1);
     if d.get(i) == Some(&b'}') {
-        return None;
+        return Some(ControlFlow::Continue(()));
     }
     loop {
         if d.get(i) != Some(&b'"') {
@@ -313,28 +312,26 @@ pub(crate) fn find_in_object<T>(
         }
         let (key_end, escaped) = scan::string_end(d, i + 1)?;
         let key = match escaped {
-            false => &d[i + 1..key_end],
-            true => &d[i..=key_end],
+            false => i + 1..key_end,
+            true => i..key_end + 1,
         };
         i = scan::ws(d, key_end + 1);
         if d.get(i) != Some(&b':') {
             return None;
         }
         i = scan::ws(d, i + 1);
-        if let Some(found) = visit(key, escaped, i) {
-            return Some(found);
-        }
-        i = scan::ws(d, scan::value(d, i)?);
+        let end = match visit(key, escaped, i) {
+            ControlFlow::Break(found) => return Some(ControlFlow::Break(found)),
+            ControlFlow::Continue(Some(end)) => end,
+            ControlFlow::Continue(None) => scan::value(d, i)?,
+        };
+        i = scan::ws(d, end);
         match d.get(i)? {
             b',' => i = scan::ws(d, i + 1),
+            b'}' => return Some(ControlFlow::Continue(())),
             _ => return None,
         }
     }
-}
-
-/// Index just past the raw JSON value starting at `at` (no validation).
-pub(crate) fn scan_value(d: &[u8], at: usize) -> Option<usize> {
-    scan::value(d, at)
 }
 
 /// The scanner shared with [`crate::sse`]: one implementation of "skip a JSON value".

@@ -151,9 +151,9 @@ const CONTENT_GROUPS: [&str; 8] = [
     "mcp_",
 ];
 
+/// Whether a non-delta event after `response.` is output (deltas are answered before).
 fn is_content(rest: &str) -> bool {
-    rest.ends_with(".delta")
-        || CONTENT_GROUPS.iter().any(|g| rest.starts_with(g))
+    CONTENT_GROUPS.iter().any(|g| rest.starts_with(g))
         || rest.split('.').next().unwrap_or(rest).ends_with("_call")
 }
 

@@ -90,22 +90,11 @@ async fn measure(side: &Side<'_>, body: &Bytes, phases: &Phases, ticks: f64) -> 
     }
 }
 
+/// p50 and p99 in µs, by the percentile the rest of the report uses.
 fn p50_p99(samples: &[Sample], f: impl Fn(&Sample) -> Duration) -> (f64, f64) {
-    let mut v: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.ok)
-        .map(|s| f(s).as_secs_f64() * 1e6)
-        .collect();
-    v.sort_by(f64::total_cmp);
-    (quantile(&v, 0.5), quantile(&v, 0.99))
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    let v = crate::sorted(samples, |s| Some(f(s)));
+    let us = |p| crate::pct(&v, p).as_secs_f64() * 1e6;
+    (us(0.5), us(0.99))
 }
 
 /// The median of `values`: the middle one, or the mean of the middle two (NaN when empty).

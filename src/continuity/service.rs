@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::sessions::{SessionStats, Sessions};
-use super::watch::{Learn, OwnerWatch, carries_usage, learn_from_event, learn_from_json};
+use super::watch::{Learn, OwnerWatch, learn_from_event, learn_from_json};
 use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
 use crate::classify::FailureClass;
 use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy};
@@ -169,8 +169,8 @@ impl StreamObserver for Observer {
         // goes to the credential that made it; the answer's id to the one that answered.
         learn_from_event(
             data,
+            event_type,
             event_type == "response.created",
-            carries_usage(event_type),
             &mut learner,
         );
     }

@@ -9,8 +9,9 @@ use serde::Deserialize;
 
 use crate::body::ResponseBody;
 use crate::error::BoxError;
-use crate::json::{find_in_object, scan_value};
+use crate::json::find_in_object;
 use crate::sse::SseDecoder;
+use crate::sse::scan::skip_value;
 
 #[derive(Deserialize)]
 pub(super) struct Usage {
@@ -63,12 +64,7 @@ impl<L: Learn> OwnerWatch<L> {
                     if self.id_seen && ty == "response.created" {
                         continue;
                     }
-                    self.id_seen |= learn_from_event(
-                        &ev.data,
-                        !self.id_seen,
-                        carries_usage(ty),
-                        &mut self.learn,
-                    );
+                    self.id_seen |= learn_from_event(&ev.data, ty, !self.id_seen, &mut self.learn);
                 }
                 Ok(None) => return,
                 Err(_) => {
@@ -114,25 +110,22 @@ pub(super) fn learn_from_json(bytes: &[u8], learn: &mut impl Learn) {
     learn_from_response(bytes, true, true, learn);
 }
 
-/// Learns from one event's data: the response id (when `take_id`) and usage (when
-/// `want_usage`). Returns whether an id was found.
+/// Learns from one event's data: the response id (when `take_id`) and usage. Returns whether
+/// an id was found.
 pub(super) fn learn_from_event(
     data: &[u8],
+    event_type: &str,
     take_id: bool,
-    want_usage: bool,
     learn: &mut impl Learn,
 ) -> bool {
+    // `response.created` has `"usage": null`, at the end of a response object that echoes
+    // the instructions and tools: the walk stops at its id instead.
+    let want_usage = event_type != "response.created";
     let response = find_in_object(data, |key, _, at| (key == b"response").then_some(at));
     match response {
         Some(at) => learn_from_response(&data[at..], take_id, want_usage, learn),
         None => false,
     }
-}
-
-/// Whether an event of this type can carry usage (`response.created` has `"usage": null`,
-/// at the end of a response object that echoes the instructions and tools).
-pub(super) fn carries_usage(event_type: &str) -> bool {
-    event_type != "response.created"
 }
 
 /// The response object is scanned, not parsed: `response.completed` carries the whole output
@@ -154,7 +147,7 @@ fn learn_from_response(
         let done = |wanted: bool, found: &Option<usize>| !wanted || found.is_some();
         (done(take_id, &id_at) && done(want_usage, &usage_at)).then_some(())
     });
-    let value = |at: usize| scan_value(resp, at).map(|end| &resp[at..end]);
+    let value = |at: usize| skip_value(resp, at).map(|end| &resp[at..end]);
     let mut found = false;
     if take_id {
         let id = id_at
@@ -199,20 +192,30 @@ mod tests {
         // them; only the response's own fields count.
         let completed = br#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_\u0041bc","output":[{"id":"msg_1","type":"message","content":[{"type":"output_text","text":"\"usage\":{\"input_tokens\":1}"}]}],"tools":[{"type":"function","name":"f","parameters":{"properties":{"usage":{"type":"string"}}}}],"usage":{"input_tokens":2300,"output_tokens":12},"metadata":{"usage":"x"}}}"#;
         let mut seen = Seen::default();
-        assert!(learn_from_event(completed, true, true, &mut seen));
+        assert!(learn_from_event(
+            completed,
+            "response.completed",
+            true,
+            &mut seen
+        ));
         assert_eq!(seen.ids, ["resp_Abc"]);
         assert_eq!(seen.usage, [2300]);
 
         let mut seen = Seen::default();
-        assert!(!learn_from_event(completed, false, true, &mut seen));
+        assert!(!learn_from_event(
+            completed,
+            "response.completed",
+            false,
+            &mut seen
+        ));
         assert_eq!((seen.ids.len(), seen.usage.as_slice()), (0, &[2300][..]));
 
         let created = br#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress","usage":null}}"#;
         let mut seen = Seen::default();
         assert!(learn_from_event(
             created,
+            "response.created",
             true,
-            carries_usage("response.created"),
             &mut seen
         ));
         assert_eq!(
@@ -226,7 +229,12 @@ mod tests {
             b"[DONE]",
             br#"{"type":"response.completed","response":{"id":"#,
         ] {
-            assert!(!learn_from_event(data, true, true, &mut seen));
+            assert!(!learn_from_event(
+                data,
+                "response.completed",
+                true,
+                &mut seen
+            ));
         }
         assert_eq!((seen.ids.len(), seen.usage.len()), (0, 0));
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::events::{Fields, Tracker, visible_delta};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
-use crate::sse::{Event, EventKind, SseDecoder};
+use crate::sse::{Event, EventKind, SseDecoder, event_kind};
 
 /// Characters per token in the output estimate. English prose averages about four
 /// characters per token in OpenAI's tokenizers; code and other languages run denser, so the
@@ -100,7 +100,7 @@ impl CapBody {
             }
             _ => {}
         }
-        if event.kind() == EventKind::Terminal {
+        if event_kind(kind) == EventKind::Terminal {
             self.state = State::Passthrough;
         }
         true

@@ -35,26 +35,24 @@ pub(crate) struct Plan {
 
 /// Plans the rewrite of `body`: the cap policy first (it needs the client's value), then the
 /// rules in order, then what the upstream was learnt to refuse.
-#[cfg(test)]
+///
+/// `validated`: the body is known to be a JSON object (the proxy parsed it whole, and
+/// [`RequestFacts`](crate::facts::RequestFacts) say so), so its top level is scanned instead
+/// of parsed a second time.
 pub(crate) fn rewrite(
     body: &[u8],
+    validated: bool,
     rules: &[Rule],
     policy: TokenCapPolicy,
     learned: &[String],
 ) -> Rewrite {
-    match RawObject::parse(body) {
-        Ok(obj) => rewrite_object(obj, rules, policy, learned),
-        Err(_) => Rewrite::Untouched,
-    }
-}
-
-/// [`rewrite`] of a body whose top level is already split.
-pub(crate) fn rewrite_object(
-    mut obj: RawObject<'_>,
-    rules: &[Rule],
-    policy: TokenCapPolicy,
-    learned: &[String],
-) -> Rewrite {
+    let top = match validated {
+        true => RawObject::scan_valid(body),
+        false => RawObject::parse(body).ok(),
+    };
+    let Some(mut obj) = top else {
+        return Rewrite::Untouched;
+    };
     let mut plan = Plan {
         client_stream: obj.get("stream") == Some("true"),
         ..Plan::default()
@@ -123,7 +121,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn plan(body: &Value, rules: &[Rule], policy: TokenCapPolicy) -> Plan {
-        match rewrite(body.to_string().as_bytes(), rules, policy, &[]) {
+        match rewrite(body.to_string().as_bytes(), false, rules, policy, &[]) {
             Rewrite::Plan(p) => p,
             other => panic!("unexpected {other:?}"),
         }
@@ -181,6 +179,7 @@ mod tests {
         let body = json!({"max_output_tokens": 5});
         match rewrite(
             body.to_string().as_bytes(),
+            false,
             &[],
             TokenCapPolicy::Reject,
             &[],
@@ -202,7 +201,7 @@ mod tests {
     fn learned_params_are_stripped_and_a_learned_cap_is_enforced() {
         let body = br#"{"foo_bar":1,"max_output_tokens":7}"#;
         let learned = vec!["foo_bar".to_string(), "max_output_tokens".to_string()];
-        let Rewrite::Plan(p) = rewrite(body, &[], TokenCapPolicy::Pass, &learned) else {
+        let Rewrite::Plan(p) = rewrite(body, false, &[], TokenCapPolicy::Pass, &learned) else {
             panic!()
         };
         assert_eq!(&p.body.unwrap()[..], b"{}");
@@ -218,7 +217,7 @@ mod tests {
     fn malformed_bodies_are_untouched() {
         for body in [&b"{\"a\":"[..], b"[1,2]", b"", b"\xff\xfe"] {
             assert!(matches!(
-                rewrite(body, &codex_rules(), TokenCapPolicy::Enforce, &[]),
+                rewrite(body, false, &codex_rules(), TokenCapPolicy::Enforce, &[]),
                 Rewrite::Untouched
             ));
         }

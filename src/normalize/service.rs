@@ -15,12 +15,11 @@ use super::cap::CapBody;
 use super::config::NormalizeConfig;
 use super::fold::fold;
 use super::learn::{LearnedParams, error_message, unsupported_param};
-use super::rewrite::{Plan, Rewrite, rewrite_object, without_param};
+use super::rewrite::{Plan, Rewrite, rewrite, without_param};
 use super::rule::{Rule, codex_rules};
 use crate::body::{ReplayBody, ResponseBody, clone_request, prefixed, read_prefix};
 use crate::error::{ApiError, BoxError};
 use crate::facts::RequestFacts;
-use crate::json::RawObject;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::soft_failure::SoftFailure;
@@ -211,18 +210,15 @@ where
         Profile::ChatgptCodex => &shared.codex[..],
         _ => &config.rules[..],
     };
-    // Facts read by the proxy (or an outer layer) mean the body was parsed whole as an
-    // object: scanning its top level is then enough, and much cheaper than parsing again.
+    // Facts read by the proxy (or an outer layer) mean the body was parsed whole as an object.
     let validated = RequestFacts::cached(&req).is_some_and(|f| f.is_json_object);
-    let body = req.body().bytes();
-    let top = match validated {
-        true => RawObject::scan_valid(body),
-        false => RawObject::parse(body).ok(),
-    };
-    let decided = match top {
-        Some(obj) => rewrite_object(obj, rules, config.cap_policy(profile), &learned),
-        None => Rewrite::Untouched,
-    };
+    let decided = rewrite(
+        req.body().bytes(),
+        validated,
+        rules,
+        config.cap_policy(profile),
+        &learned,
+    );
     let mut plan = match decided {
         Rewrite::Untouched => return inner.call(req).await,
         Rewrite::Reject(err) => {
