@@ -17,6 +17,7 @@ pub mod error;
 pub mod facts;
 pub mod fresh;
 pub mod json;
+pub mod marks;
 pub mod metrics;
 pub mod normalize;
 pub mod profile;

@@ -71,19 +71,3 @@ impl fmt::Debug for CredentialLease {
             .finish_non_exhaustive()
     }
 }
-
-/// Request extension: this request must be served by this credential (label), set by the
-/// continuity layer for requests anchored to a response another credential created.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PinnedCredential(pub Arc<str>);
-
-/// Response extension: the credential (label) that served this answer, set by rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServedBy(pub Arc<str>);
-
-/// Request extension: encrypted items in this request (reasoning `encrypted_content`,
-/// compaction items) were produced by this credential. When rotation must send the request
-/// with another one, it strips encrypted reasoning items first: the other account cannot
-/// decrypt them and the upstream would reject the whole request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EncryptedOwner(pub Arc<str>);

@@ -48,7 +48,8 @@ mod rotate;
 mod source;
 mod state;
 
-pub use lease::{CredentialLease, EncryptedOwner, LeaseReporter, PinnedCredential, ServedBy};
+pub use crate::marks::{EncryptedOwner, PinnedCredential, ServedBy};
+pub use lease::{CredentialLease, LeaseReporter};
 pub use pool::{CooldownPolicy, Pool, PoolMember, Strategy};
 pub use rotate::{CredentialRotate, CredentialRotateLayer, RotateConfig};
 pub use source::{CredentialSource, LoadError};

@@ -64,16 +64,6 @@ pub use config::SoftFailureConfig;
 pub use observe::{EventsObserved, StreamObserver, StreamObservers};
 pub use service::{SoftFailureDetect, SoftFailureDetectLayer};
 
-use crate::classify::Failure;
 #[cfg(doc)]
 use crate::credentials::CredentialLease;
-
-/// Response extension: what [`SoftFailureDetectLayer`] found wrong with this answer.
-#[derive(Debug, Clone)]
-pub struct SoftFailure {
-    /// The classified failure.
-    pub failure: Failure,
-    /// `true` when the client has seen nothing yet (the failure came in an HTTP error, in a
-    /// held-back stream, or in a JSON answer): retrying elsewhere is invisible to it.
-    pub before_content: bool,
-}
+pub use crate::marks::SoftFailure;
