@@ -45,8 +45,13 @@ pub struct ProxyConfig {
     /// How a credential is chosen: `round_robin`, `fill_first`, `least_used`, `random`,
     /// `weighted`.
     pub strategy: Strategy,
-    /// Inbound bearer keys. Without any, only loopback clients are served.
+    /// Inbound bearer keys. Without any, only loopback clients addressing the proxy as
+    /// `localhost`, `127.0.0.1` or `[::1]` are served. With any, upstream credentials are
+    /// required: the client key is checked, then removed, and never goes upstream.
     pub client_keys: Vec<Secret>,
+    /// Web origins (`https://app.example`, `http://localhost:3000`) whose pages may call the
+    /// proxy. A request with any other `Origin` header gets 403. Default empty: no web page.
+    pub allowed_origins: Vec<String>,
     /// Largest request body accepted, after decoding (bytes).
     pub body_limit: usize,
     /// How long to wait for the upstream's response head (seconds).
@@ -56,6 +61,18 @@ pub struct ProxyConfig {
     pub stream_idle_timeout_secs: u64,
     /// Upstream pool idle timeout (seconds), below the provider's own.
     pub pool_idle_timeout_secs: u64,
+    /// How long a client has to send a request head (seconds). The same clock runs while a
+    /// keep-alive connection waits for its next request, so it is also the client idle
+    /// timeout. Cuts slowloris clients that trickle headers.
+    pub header_read_timeout_secs: u64,
+    /// How long a client has to send its request body (seconds).
+    pub body_read_timeout_secs: u64,
+    /// Most header lines a request may have.
+    pub max_headers: usize,
+    /// Most bytes a request head (request line and headers) may take; at least 8192.
+    pub max_header_bytes: usize,
+    /// Most client connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
     /// Compaction routing (`[compact]`: `remote`, `compact_model`, per-model overrides).
     pub compact: CompactConfig,
     /// Body normalization (`[normalize]`: rules for a generic upstream, the
@@ -72,10 +89,16 @@ impl Default for ProxyConfig {
             credentials: Vec::new(),
             strategy: Strategy::default(),
             client_keys: Vec::new(),
+            allowed_origins: Vec::new(),
             body_limit: crate::body::DEFAULT_BODY_LIMIT,
             upstream_timeout_secs: 600,
             stream_idle_timeout_secs: 300,
             pool_idle_timeout_secs: 20,
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 120,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_connections: 512,
             compact: CompactConfig::default(),
             normalize: NormalizeConfig::default(),
         }
@@ -104,6 +127,16 @@ impl ProxyConfig {
     /// The response-head timeout.
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)
+    }
+
+    /// The request-head (and client idle) timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The request-body timeout.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 
     /// The silent-body timeout.

@@ -17,6 +17,7 @@
 //! ```
 
 mod config;
+mod edge;
 mod server;
 
 pub use config::{ConfigError, ProxyConfig};
