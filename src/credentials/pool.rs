@@ -36,6 +36,8 @@ pub struct PoolMember {
     pub profile: Option<Profile>,
     /// Weight for [`Strategy::Weighted`] (default 1).
     pub weight: u32,
+    /// Its label in logs and metrics; default: its kind and position, e.g. `key-1`.
+    pub name: Option<String>,
 }
 
 impl PoolMember {
@@ -46,6 +48,7 @@ impl PoolMember {
             base_url: None,
             profile: None,
             weight: 1,
+            name: None,
         }
     }
 }
@@ -142,13 +145,18 @@ impl Pool {
     /// Loads every member now; fails on the first that cannot be loaded.
     pub fn new(members: Vec<PoolMember>) -> Result<Pool, LoadError> {
         let mut entries = Vec::with_capacity(members.len());
-        for member in members {
-            let cred = member.source.load()?;
-            let mut label: Arc<str> = Arc::from(cred.label.as_str());
+        for (i, member) in members.into_iter().enumerate() {
+            let mut cred = member.source.load()?;
+            // A configured name, else kind and position: never anything of the secret.
+            let mut label: Arc<str> = match &member.name {
+                Some(name) => Arc::from(name.as_str()),
+                None => Arc::from(member.source.label_at(i + 1)),
+            };
             // Two literal keys may share a label; keep labels unique.
             if entries.iter().any(|e: &Entry| e.label == label) {
                 label = Arc::from(format!("{label}#{}", entries.len() + 1));
             }
+            cred.label = label.to_string();
             entries.push(Entry {
                 label,
                 file_stamp: RwLock::new(file_stamp(&member.source)),
@@ -528,7 +536,7 @@ impl std::str::FromStr for PoolMember {
 }
 
 /// In TOML a member is either its source as a string, or a table:
-/// `{ source = "codex-auth:~/.codex/auth.json", base_url = "...", profile = "chatgpt-codex", weight = 2 }`.
+/// `{ source = "codex-auth:~/.codex/auth.json", base_url = "...", profile = "chatgpt-codex", weight = 2, name = "alice" }`.
 impl<'de> serde::Deserialize<'de> for PoolMember {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(serde::Deserialize)]
@@ -539,6 +547,7 @@ impl<'de> serde::Deserialize<'de> for PoolMember {
             profile: Option<Profile>,
             #[serde(default = "one")]
             weight: u32,
+            name: Option<String>,
         }
         fn one() -> u32 {
             1
@@ -556,6 +565,7 @@ impl<'de> serde::Deserialize<'de> for PoolMember {
                 base_url: t.base_url,
                 profile: t.profile,
                 weight: t.weight,
+                name: t.name.filter(|n| !n.trim().is_empty()),
             },
         })
     }
@@ -599,12 +609,12 @@ mod tests {
         );
 
         let ff = pool(&KEYS, Strategy::FillFirst);
-        assert!(picks(&ff, 5).iter().all(|l| l == "key-…AAAA"));
+        assert!(picks(&ff, 5).iter().all(|l| l == "key-1"));
 
         let lu = pool(&KEYS, Strategy::LeastUsed);
-        lu.record_use("key-…AAAA");
-        lu.record_use("key-…BBBB");
-        assert_eq!(&*lu.pick(&[], None, None).unwrap(), "key-…CCCC");
+        lu.record_use("key-1");
+        lu.record_use("key-2");
+        assert_eq!(&*lu.pick(&[], None, None).unwrap(), "key-3");
 
         let mut members: Vec<PoolMember> = KEYS
             .iter()
@@ -615,7 +625,7 @@ mod tests {
             .unwrap()
             .with_strategy(Strategy::Weighted);
         let got = picks(&w, 1000);
-        let heavy = got.iter().filter(|l| *l == "key-…AAAA").count();
+        let heavy = got.iter().filter(|l| *l == "key-1").count();
         assert!(
             heavy > 650,
             "weight 8 of 10 should take most picks, took {heavy}"
@@ -634,24 +644,24 @@ mod tests {
     #[test]
     fn a_pin_overrides_and_exclusions_and_cooldowns_are_skipped() {
         let p = pool(&KEYS, Strategy::FillFirst);
-        assert_eq!(&*p.pick(&[], Some("key-…CCCC"), None).unwrap(), "key-…CCCC");
-        let a: Arc<str> = Arc::from("key-…AAAA");
-        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-…BBBB");
-        p.record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded));
-        let a: Arc<str> = Arc::from("key-…AAAA");
-        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-…CCCC");
+        assert_eq!(&*p.pick(&[], Some("key-3"), None).unwrap(), "key-3");
+        let a: Arc<str> = Arc::from("key-1");
+        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-2");
+        p.record_failure("key-2", &Failure::new(FailureClass::Overloaded));
+        let a: Arc<str> = Arc::from("key-1");
+        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-3");
     }
 
     #[test]
     fn failover_does_not_overwrite_a_session_binding() {
         let p = pool(&KEYS, Strategy::RoundRobin);
-        p.bind_session("s", "key-…BBBB");
-        assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-…BBBB");
-        p.record_failure("key-…BBBB", &Failure::new(FailureClass::RateLimited));
+        p.bind_session("s", "key-2");
+        assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-2");
+        p.record_failure("key-2", &Failure::new(FailureClass::RateLimited));
         let other = p.pick(&[], None, Some("s")).unwrap();
-        assert_ne!(&*other, "key-…BBBB");
+        assert_ne!(&*other, "key-2");
         p.bind_session("s", &other);
-        assert_eq!(p.state().affinity("s").as_deref(), Some("key-…BBBB"));
+        assert_eq!(p.state().affinity("s").as_deref(), Some("key-2"));
     }
 
     #[test]
@@ -666,17 +676,17 @@ mod tests {
             FailureClass::ContextLength,
         ] {
             assert!(
-                p.record_failure("key-…AAAA", &Failure::new(class))
+                p.record_failure("key-1", &Failure::new(class))
                     .is_none(),
                 "{class:?}"
             );
         }
         // Overload: short, and longer only on repeats.
         let first = p
-            .record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded))
+            .record_failure("key-2", &Failure::new(FailureClass::Overloaded))
             .unwrap();
         let second = p
-            .record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded))
+            .record_failure("key-2", &Failure::new(FailureClass::Overloaded))
             .unwrap();
         let now = SystemTime::now();
         let d1 = first.until.unwrap().duration_since(now).unwrap_or_default();
@@ -691,7 +701,7 @@ mod tests {
         );
         // A transport failure is never the credential's fault.
         assert!(
-            p.record_failure("key-…CCCC", &Failure::transport(false, "reset"))
+            p.record_failure("key-3", &Failure::transport(false, "reset"))
                 .is_none()
         );
     }
@@ -717,8 +727,8 @@ mod tests {
             "x-codex-secondary-reset-at",
             reset.to_string().parse().unwrap(),
         );
-        p.record_success("key-…AAAA", &h);
-        let c = p.cooldown_of("key-…AAAA").expect("cooling");
+        p.record_success("key-1", &h);
+        let c = p.cooldown_of("key-1").expect("cooling");
         let until = c
             .until
             .unwrap()
