@@ -32,7 +32,7 @@ pub type ProxyBody = crate::body::ResponseBody;
 
 /// How long an in-flight connection may finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// hyper's smallest read buffer; `max_buf_size` below it panics.
+/// The smallest head limit accepted: request lines and a few ordinary headers must fit.
 const MIN_HEADER_BYTES: usize = 8192;
 
 struct Shared {
@@ -147,7 +147,7 @@ impl Proxy {
         http.timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout())
             .max_headers(config.max_headers)
-            .max_buf_size(config.max_header_bytes);
+            .max_header_size(config.max_header_bytes);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let mut at_limit = false;
         tokio::pin!(shutdown);
