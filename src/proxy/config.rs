@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compact::CompactConfig;
-use crate::credentials::{PoolMember, Secret, Strategy};
+use crate::credentials::{CredentialSource, PoolMember, Secret, Strategy};
 pub use crate::error::ConfigError;
 use crate::normalize::NormalizeConfig;
 use crate::profile::Profile;
@@ -102,6 +102,28 @@ impl Default for ProxyConfig {
             compact: CompactConfig::default(),
             normalize: NormalizeConfig::default(),
         }
+    }
+}
+
+/// The warning to print when a command-line flag carries a secret literally (not `env:NAME`,
+/// `file:PATH` or `codex-auth:PATH`): every user of the machine can read a process's
+/// arguments (`ps`, `/proc/PID/cmdline`).
+///
+/// ```
+/// use tower_responses::proxy::command_line_secret_warning;
+///
+/// assert!(command_line_secret_warning("--credential", "sk-live-123").unwrap().contains("process list"));
+/// assert!(command_line_secret_warning("--credential", "env:OPENAI_API_KEY").is_none());
+/// assert!(command_line_secret_warning("--client-key", "file:/run/secrets/client").is_none());
+/// ```
+pub fn command_line_secret_warning(flag: &str, value: &str) -> Option<String> {
+    match value.parse::<CredentialSource>() {
+        Ok(CredentialSource::Literal(_)) => Some(format!(
+            "warning: {flag} was given a secret on the command line, where other users of this \
+             machine can read it in the process list; use {flag} env:NAME or {flag} file:PATH, \
+             or the configuration file"
+        )),
+        _ => None,
     }
 }
 

@@ -20,5 +20,5 @@ mod config;
 mod edge;
 mod server;
 
-pub use config::{ConfigError, ProxyConfig};
+pub use config::{ConfigError, ProxyConfig, command_line_secret_warning};
 pub use server::{Proxy, ProxyBody};
