@@ -235,7 +235,14 @@ mod tests {
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
-        for good in ["/", "/v1", "/v1/responses", "/v1/files/file-1.txt", "/v1/a%20b", "/v1/..."] {
+        for good in [
+            "/",
+            "/v1",
+            "/v1/responses",
+            "/v1/files/file-1.txt",
+            "/v1/a%20b",
+            "/v1/...",
+        ] {
             assert!(check_path(good).is_ok(), "{good}");
         }
         let base = UpstreamBase::parse("https://chatgpt.com/backend-api/codex").unwrap();

@@ -85,7 +85,10 @@ async fn an_idle_keep_alive_connection_is_closed() {
     let (responses, _) = parse_responses(&got);
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].status, 200);
-    assert!(responses[0].header("connection").is_none(), "kept alive at first");
+    assert!(
+        responses[0].header("connection").is_none(),
+        "kept alive at first"
+    );
 }
 
 #[tokio::test]
@@ -159,5 +162,9 @@ async fn concurrent_client_connections_are_capped() {
         .expect("served once a connection closed")
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    assert_eq!(hits(), Some(1.0), "one log line per time the cap is reached");
+    assert_eq!(
+        hits(),
+        Some(1.0),
+        "one log line per time the cap is reached"
+    );
 }

@@ -50,7 +50,9 @@ async fn a_web_page_cannot_use_a_keyless_proxy() {
         ("csrf", csrf, 403, "host_not_allowed"),
         (
             "rebinding, same request as a local client would send",
-            post_with(&format!("Host: evil.example:{port}\r\nContent-Type: application/json\r\n")),
+            post_with(&format!(
+                "Host: evil.example:{port}\r\nContent-Type: application/json\r\n"
+            )),
             403,
             "host_not_allowed",
         ),
@@ -64,7 +66,9 @@ async fn a_web_page_cannot_use_a_keyless_proxy() {
         ),
         (
             "text/plain from a non-browser",
-            post_with(&format!("Host: localhost:{port}\r\nContent-Type: text/plain\r\n")),
+            post_with(&format!(
+                "Host: localhost:{port}\r\nContent-Type: text/plain\r\n"
+            )),
             415,
             "unsupported_media_type",
         ),
@@ -126,7 +130,9 @@ async fn origins_are_refused_unless_allowed_in_keyed_mode_too() {
     let (s, code) = status_of(&proxy, &head("Origin: https://evil.example\r\n")).await;
     assert_eq!((s, code.as_deref()), (403, Some("origin_not_allowed")));
     assert_eq!(
-        status_of(&proxy, &head("Origin: https://APP.example\r\n")).await.0,
+        status_of(&proxy, &head("Origin: https://APP.example\r\n"))
+            .await
+            .0,
         200
     );
     assert_eq!(mock.request_count(), 2);
@@ -172,7 +178,10 @@ async fn the_client_key_never_goes_upstream() {
     let mut cfg = config_for(mock.base_url());
     cfg.client_keys = vec![Secret::new(CLIENT_KEY)];
     let err = Proxy::bind(cfg.clone()).await.unwrap_err().to_string();
-    assert!(err.contains("client keys need upstream credentials"), "{err}");
+    assert!(
+        err.contains("client keys need upstream credentials"),
+        "{err}"
+    );
 
     cfg.credentials = vec!["sk-upstream-77".parse().unwrap()];
     let proxy = start_proxy(cfg).await;
@@ -197,7 +206,12 @@ async fn the_client_key_never_goes_upstream() {
     let records = mock.requests();
     assert_eq!(records.len(), 3);
     for r in &records {
-        assert_eq!(r.credential.as_deref(), Some("sk-upstream-77"), "{}", r.path);
+        assert_eq!(
+            r.credential.as_deref(),
+            Some("sk-upstream-77"),
+            "{}",
+            r.path
+        );
         for (name, value) in &r.headers {
             assert!(
                 !String::from_utf8_lossy(value.as_bytes()).contains(CLIENT_KEY),

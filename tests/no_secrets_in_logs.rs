@@ -100,7 +100,10 @@ async fn secrets_never_reach_the_logs_at_trace() {
         assert!(!logs.contains(tail), "{tail} (of {secret}) in the logs");
     }
     // Credentials are named by kind and position.
-    assert!(logs.contains("key-1"), "the first credential's label is logged");
+    assert!(
+        logs.contains("key-1"),
+        "the first credential's label is logged"
+    );
     assert!(!logs.contains("key-…"));
     std::fs::remove_dir_all(&dir).ok();
 }

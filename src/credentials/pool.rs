@@ -676,8 +676,7 @@ mod tests {
             FailureClass::ContextLength,
         ] {
             assert!(
-                p.record_failure("key-1", &Failure::new(class))
-                    .is_none(),
+                p.record_failure("key-1", &Failure::new(class)).is_none(),
                 "{class:?}"
             );
         }

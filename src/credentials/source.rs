@@ -308,7 +308,14 @@ mod tests {
         std::fs::write(&path, vec![b'k'; 70 * 1024]).unwrap();
         assert!(source.load().unwrap_err().0.contains("larger than"));
         std::fs::remove_file(&path).unwrap();
-        assert!(source.load_off_runtime().await.unwrap_err().0.contains("cannot read"));
+        assert!(
+            source
+                .load_off_runtime()
+                .await
+                .unwrap_err()
+                .0
+                .contains("cannot read")
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

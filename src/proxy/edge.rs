@@ -49,7 +49,9 @@ impl EdgeRules {
         let mut hosts = headers.get_all(header::HOST).iter();
         let (host, extra) = (hosts.next(), hosts.next());
         if extra.is_some() {
-            return Err(ApiError::invalid_request("more than one Host header").with_code("invalid_host"));
+            return Err(
+                ApiError::invalid_request("more than one Host header").with_code("invalid_host")
+            );
         }
         let host = match host {
             Some(h) => Some(h.to_str().map_err(|_| {
@@ -246,10 +248,16 @@ mod tests {
             check_media_type(&h)
         };
         assert_eq!(with("application/json").unwrap(), MediaType::Json);
-        assert_eq!(with("Application/JSON; charset=utf-8").unwrap(), MediaType::Json);
+        assert_eq!(
+            with("Application/JSON; charset=utf-8").unwrap(),
+            MediaType::Json
+        );
         assert!(with("text/plain;charset=UTF-8").is_err());
         assert!(with("application/jsonx").is_err());
         assert!(with("multipart/form-data; boundary=x").is_err());
-        assert_eq!(check_media_type(&HeaderMap::new()).unwrap(), MediaType::Missing);
+        assert_eq!(
+            check_media_type(&HeaderMap::new()).unwrap(),
+            MediaType::Missing
+        );
     }
 }

@@ -328,10 +328,9 @@ async fn dispatch(
 ) -> Result<Response<ProxyBody>, Refused> {
     match admit(shared, peer, req, route).await {
         Ok(Admitted::Local(res)) => Ok(res),
-        Ok(Admitted::Forward(upstream)) => forward(shared, upstream).await.map_err(|err| Refused {
-            err,
-            close: false,
-        }),
+        Ok(Admitted::Forward(upstream)) => forward(shared, upstream)
+            .await
+            .map_err(|err| Refused { err, close: false }),
         // The edge may have left the body unread, or the client may be hostile: either way
         // this connection carries nothing more (nothing pipelined behind it is read).
         Err(err) => Err(Refused { err, close: true }),
@@ -548,8 +547,14 @@ fn check_edge_config(config: &ProxyConfig) -> Result<(), ConfigError> {
         }
     }
     let positive = [
-        ("header_read_timeout_secs", config.header_read_timeout_secs as usize),
-        ("body_read_timeout_secs", config.body_read_timeout_secs as usize),
+        (
+            "header_read_timeout_secs",
+            config.header_read_timeout_secs as usize,
+        ),
+        (
+            "body_read_timeout_secs",
+            config.body_read_timeout_secs as usize,
+        ),
         ("max_headers", config.max_headers),
         ("max_connections", config.max_connections),
     ];

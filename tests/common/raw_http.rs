@@ -82,10 +82,7 @@ pub async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Exchang
 /// Splits a byte stream into responses (`Content-Length` or chunked bodies).
 pub fn parse_responses(mut data: &[u8]) -> (Vec<RawResponse>, Vec<u8>) {
     let mut out = Vec::new();
-    loop {
-        let Some(end) = find(data, b"\r\n\r\n") else {
-            break;
-        };
+    while let Some(end) = find(data, b"\r\n\r\n") {
         let head = String::from_utf8_lossy(&data[..end]).into_owned();
         let mut lines = head.split("\r\n");
         let status = lines
@@ -110,7 +107,9 @@ pub fn parse_responses(mut data: &[u8]) -> (Vec<RawResponse>, Vec<u8>) {
                 None => break,
             }
         } else {
-            let len: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let len: usize = get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             if rest.len() < len {
                 break;
             }
