@@ -338,3 +338,42 @@ async fn large_compressed_bodies_are_decoded_and_forwarded() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(&mock.requests()[0].body[..], &plain[..]);
 }
+
+#[tokio::test]
+async fn a_shortened_stream_does_not_keep_the_upstreams_content_length() {
+    use http_body_util::BodyExt;
+    let mock = MockUpstream::start().await.unwrap();
+    // The upstream frames its SSE by length and sends a comment after the terminal event;
+    // the stream ends for the client at the terminal event, so the length no longer holds.
+    let mut chunks: Vec<Bytes> = tower_responses::testing::events::text_answer("hello")
+        .iter()
+        .map(tower_responses::testing::events::encode)
+        .collect();
+    chunks.push(Bytes::from_static(b": trailing comment after the end\n\n"));
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    // Paced, so the comment arrives on its own, after the proxy has ended the stream.
+    mock.push(
+        Reply::sse_raw(chunks)
+            .with_header("content-length", &total.to_string())
+            .paced(Duration::from_millis(20)),
+    );
+    let proxy = start_proxy(config_for(mock.base_url())).await;
+    let res = send(
+        &client(),
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "m", "stream": true, "input": "hi"}),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("content-length").is_none());
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("the body ends cleanly")
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("response.completed"));
+}

@@ -511,6 +511,12 @@ async fn forward(
     let idle = shared.config.stream_idle_timeout();
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Layers may end an event stream early (at its terminal event, at a token cap), so the
+    // upstream's length no longer holds, and hyper aborts a body shorter than its
+    // Content-Length. Event streams go out chunked.
+    if crate::sse::is_event_stream(&parts.headers) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     Ok(Response::from_parts(
         parts,
         IdleTimeoutBody::new(body, idle).boxed_unsync(),
