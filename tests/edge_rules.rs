@@ -129,13 +129,47 @@ async fn origins_are_refused_unless_allowed_in_keyed_mode_too() {
     assert_eq!(status_of(&proxy, &head("")).await.0, 200);
     let (s, code) = status_of(&proxy, &head("Origin: https://evil.example\r\n")).await;
     assert_eq!((s, code.as_deref()), (403, Some("origin_not_allowed")));
+    let allowed = exchange(proxy.addr, &head("Origin: https://APP.example\r\n"), WAIT).await;
+    assert_eq!(allowed.responses[0].status, 200);
+    // The allowed page may read the answer.
     assert_eq!(
-        status_of(&proxy, &head("Origin: https://APP.example\r\n"))
-            .await
-            .0,
-        200
+        allowed.responses[0].header("access-control-allow-origin"),
+        Some("https://APP.example")
     );
     assert_eq!(mock.request_count(), 2);
+
+    // Its browser's preflight is answered; another origin's is refused.
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /v1/responses HTTP/1.1\r\nHost: proxy.internal\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let ok = exchange(
+        proxy.addr,
+        preflight("https://app.example").as_bytes(),
+        WAIT,
+    )
+    .await;
+    let r = &ok.responses[0];
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(
+        r.header("access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    let (s, code) = status_of(&proxy, preflight("https://evil.example").as_bytes()).await;
+    assert_eq!((s, code.as_deref()), (403, Some("origin_not_allowed")));
+    assert_eq!(mock.request_count(), 2, "preflights never go upstream");
 }
 
 #[tokio::test]

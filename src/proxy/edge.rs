@@ -5,8 +5,9 @@
 //! They look only at the request head, so a refused request costs no body read. Each refusal is
 //! an [`ApiError`] in the OpenAI envelope; the server closes the connection after it.
 
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 
+use crate::body::{ResponseBody, full_body};
 use crate::error::ApiError;
 use crate::upstream::check_path;
 
@@ -39,6 +40,72 @@ impl EdgeRules {
         check_path(req.uri().path()).map_err(|why| {
             ApiError::invalid_request(format!("the request path is not accepted: {why}"))
                 .with_code("invalid_path")
+        })
+    }
+
+    /// Answers a CORS preflight from an allowed origin (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`), after the same target, `Host` and path checks as any
+    /// request. `Ok(None)` for anything else, which [`check`](Self::check) then judges.
+    pub(super) fn preflight<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<Option<Response<ResponseBody>>, ApiError> {
+        let headers = req.headers();
+        let requested = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let Some(requested) = requested
+            .filter(|_| req.method() == Method::OPTIONS && headers.contains_key(header::ORIGIN))
+        else {
+            return Ok(None);
+        };
+        check_target(req.uri())?;
+        self.check_host(req.version(), headers)?;
+        self.check_origin(headers)?;
+        let method = Method::from_bytes(requested.as_bytes()).map_err(|_| {
+            ApiError::invalid_request("Access-Control-Request-Method is not a method")
+        })?;
+        check_method(&method)?;
+        check_path(req.uri().path()).map_err(|why| {
+            ApiError::invalid_request(format!("the request path is not accepted: {why}"))
+                .with_code("invalid_path")
+        })?;
+        let mut res = Response::new(full_body(""));
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        let h = res.headers_mut();
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        }
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        // The page may send what it asks for (`Authorization`, `Content-Type`, SDK headers):
+        // the origin is trusted by configuration, and the client key still applies.
+        if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        Ok(Some(res))
+    }
+
+    /// The `Origin` to name in `Access-Control-Allow-Origin`, if the request has an allowed one.
+    pub(super) fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let mut origins = headers.get_all(header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (Some(origin), None) if self.is_allowed(origin) => Some(origin.clone()),
+            _ => None,
+        }
+    }
+
+    fn is_allowed(&self, origin: &HeaderValue) -> bool {
+        origin.to_str().ok().is_some_and(|o| {
+            let o = o.trim().trim_end_matches('/');
+            self.allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o))
         })
     }
 
@@ -94,13 +161,7 @@ impl EdgeRules {
         match (origins.next(), origins.next()) {
             (Some(_), Some(_)) => return refused("more than one Origin header"),
             (Some(origin), None) => {
-                let allowed = origin.to_str().ok().is_some_and(|o| {
-                    let o = o.trim().trim_end_matches('/');
-                    self.allowed_origins
-                        .iter()
-                        .any(|a| a.eq_ignore_ascii_case(o))
-                });
-                return if allowed {
+                return if self.is_allowed(origin) {
                     Ok(())
                 } else {
                     refused("requests from this web origin are not accepted")

@@ -279,6 +279,7 @@ async fn handle(
     let id = shared.next_request.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let route = route_label(req.uri().path());
+    let cors = shared.edge.allowed_origin(req.headers());
     let mut res = match dispatch(&shared, peer, req, route).await {
         Ok(res) => res,
         Err(Refused { err, close }) => {
@@ -291,6 +292,13 @@ async fn handle(
             res
         }
     };
+    if let Some(origin) = cors {
+        // A page of an allowed origin may read the answer.
+        let h = res.headers_mut();
+        h.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .or_insert(origin);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
     if let Ok(v) = HeaderValue::from_str(&format!("req_{id}")) {
         res.headers_mut().insert("x-request-id", v);
     }
@@ -357,6 +365,9 @@ async fn admit(
             "this proxy has no client keys configured and only serves loopback clients",
         )
         .with_code("loopback_only"));
+    }
+    if let Some(res) = shared.edge.preflight(&req)? {
+        return Ok(Admitted::Local(res));
     }
     shared.edge.check(&req)?;
     match (req.method(), route) {
