@@ -327,28 +327,17 @@ enum Admitted {
     Forward(Request<ReplayBody>),
 }
 
-/// Answers a request: the edge first, then the stack.
-async fn dispatch(
-    shared: &Shared,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    route: &'static str,
-) -> Result<Response<ProxyBody>, Refused> {
-    match admit(shared, peer, req, route).await {
-        Ok(Admitted::Local(res)) => Ok(res),
-        Ok(Admitted::Forward(upstream)) => forward(shared, upstream)
-            .await
-            .map_err(|err| Refused { err, close: false }),
-        // The edge may have left the body unread, or the client may be hostile: either way
-        // this connection carries nothing more (nothing pipelined behind it is read).
-        Err(err) => Err(Refused { err, close: true }),
-    }
-}
-
 /// An error answer, and whether the connection ends after it.
 struct Refused {
     err: ApiError,
     close: bool,
+}
+
+/// Errors from the stack keep the connection: the client did nothing wrong.
+impl From<ApiError> for Refused {
+    fn from(err: ApiError) -> Self {
+        Refused { err, close: false }
+    }
 }
 
 /// The edge: who may ask, what they may ask for, and the body, read within its limits.
@@ -468,6 +457,23 @@ async fn admit(
     if let Some(facts) = facts {
         RequestFacts::attach(&mut upstream, facts);
     }
+    Ok(Admitted::Forward(upstream))
+}
+
+/// Answers a request: the edge first, then the stack.
+async fn dispatch(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    route: &'static str,
+) -> Result<Response<ProxyBody>, Refused> {
+    let mut upstream = match admit(shared, peer, req, route).await {
+        Ok(Admitted::Local(res)) => return Ok(res),
+        Ok(Admitted::Forward(upstream)) => upstream,
+        // The edge may have left the body unread, or the client may be hostile: either way
+        // this connection carries nothing more (nothing pipelined behind it is read).
+        Err(err) => return Err(Refused { err, close: true }),
+    };
     if shared.pool.is_some() {
         // Rotation sets the credential's headers; the client's never go upstream.
         upstream.headers_mut().remove(header::AUTHORIZATION);
@@ -475,14 +481,6 @@ async fn admit(
     } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
         auth.set_sensitive(true);
     }
-    Ok(Admitted::Forward(upstream))
-}
-
-/// Sends an admitted request through the stack and streams the answer back.
-async fn forward(
-    shared: &Shared,
-    upstream: Request<ReplayBody>,
-) -> Result<Response<ProxyBody>, ApiError> {
     let res = tokio::time::timeout(
         shared.config.upstream_timeout(),
         shared.stack.clone().oneshot(upstream),
