@@ -407,7 +407,10 @@ fn forbidden_pages_are_not_auth() {
     assert!(!Blocked.cools_credential() && !Blocked.retry_elsewhere());
     // ...but the API's own refusal, or a page that says so, is.
     assert_eq!(
-        http_class(403, r#"{"error":{"message":"denied","code":"permission_denied"}}"#),
+        http_class(
+            403,
+            r#"{"error":{"message":"denied","code":"permission_denied"}}"#
+        ),
         Auth
     );
     assert_eq!(

@@ -206,11 +206,11 @@ where
             req.extensions_mut()
                 .insert(PinnedCredential(Arc::from(o.as_str())));
         }
-        let encrypted_owner = owner.clone().or_else(|| {
-            session
-                .as_deref()
-                .and_then(|s| layer.pool.state().affinity(s))
-        });
+        // Encrypted items belong to the account that answered the previous turn (the anchor's
+        // owner, else the session's last account, a fallback included).
+        let encrypted_owner = owner
+            .clone()
+            .or_else(|| session.as_deref().and_then(|s| layer.pool.last_served(s)));
         if let Some(o) = encrypted_owner {
             req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
         }

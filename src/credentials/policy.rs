@@ -192,11 +192,20 @@ pub fn decide(a: &Attempt<'_>, policy: &CooldownPolicy) -> Decision {
     match a.phase {
         Phase::Unsent | Phase::Sent if failure.origin == Origin::Transport => {
             let (next, why) = if a.phase == Phase::Unsent && !a.pinned {
-                (Next::Elsewhere, "never reached the upstream: safe to send elsewhere")
+                (
+                    Next::Elsewhere,
+                    "never reached the upstream: safe to send elsewhere",
+                )
             } else if a.phase == Phase::Unsent {
-                (Next::Stop, "never reached the upstream, but pinned to its owner")
+                (
+                    Next::Stop,
+                    "never reached the upstream, but pinned to its owner",
+                )
             } else {
-                (Next::Stop, "the upstream may have worked on it: not sent again")
+                (
+                    Next::Stop,
+                    "the upstream may have worked on it: not sent again",
+                )
             };
             return Decision {
                 cooldown: None,
@@ -214,7 +223,10 @@ pub fn decide(a: &Attempt<'_>, policy: &CooldownPolicy) -> Decision {
             FailureClass::RateLimited | FailureClass::QuotaExhausted | FailureClass::Auth
         )
     {
-        return stop(None, "remote compaction refused: the compaction layer falls back");
+        return stop(
+            None,
+            "remote compaction refused: the compaction layer falls back",
+        );
     }
     if class == FailureClass::Auth && a.auth_before > 0 {
         return stop(
@@ -262,8 +274,7 @@ pub fn cooldown_for(
         })
     };
     let (until, note) = match class {
-        FailureClass::RateLimited => match within(Duration::from_secs(1), p.rate_limit_hint_max)
-        {
+        FailureClass::RateLimited => match within(Duration::from_secs(1), p.rate_limit_hint_max) {
             Some(t) => (Some(t), HINTED),
             None => (
                 Some(now + backoff(p.rate_limit_floor, p.rate_limit_max, strikes)),
@@ -324,11 +335,17 @@ pub fn when_none_usable(cooling: &[Cooldown], now: SystemTime, max_wait: Duratio
     if let Some(w) = wait.filter(|w| *w <= max_wait) {
         return NoneUsable::Wait(w);
     }
-    let retry = wait.unwrap_or(Duration::from_secs(60)).max(Duration::from_secs(1));
-    let all_quota = !hard.is_empty() && hard.iter().all(|c| c.class == FailureClass::QuotaExhausted);
-    let limited = hard
-        .iter()
-        .any(|c| matches!(c.class, FailureClass::QuotaExhausted | FailureClass::RateLimited));
+    let retry = wait
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(1));
+    let all_quota =
+        !hard.is_empty() && hard.iter().all(|c| c.class == FailureClass::QuotaExhausted);
+    let limited = hard.iter().any(|c| {
+        matches!(
+            c.class,
+            FailureClass::QuotaExhausted | FailureClass::RateLimited
+        )
+    });
     let err = if all_quota {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

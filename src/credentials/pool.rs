@@ -445,10 +445,13 @@ impl Pool {
     /// another one (the primary was out) becomes its fallback, where it stays until the
     /// primary returns; either way it is the session's last account.
     pub fn record_served(&self, session: &str, label: &str) {
-        let mut b = self.state.session(session).unwrap_or_else(|| SessionBinding {
-            primary: label.to_string(),
-            ..SessionBinding::default()
-        });
+        let mut b = self
+            .state
+            .session(session)
+            .unwrap_or_else(|| SessionBinding {
+                primary: label.to_string(),
+                ..SessionBinding::default()
+            });
         let before = b.clone();
         if b.primary != label {
             b.fallback = Some(label.to_string());
@@ -471,10 +474,19 @@ impl Pool {
         self.state.record_use(label);
     }
 
-    /// Learns from a successful answer: repeat-failure strikes end, and Codex usage windows at
-    /// 100% cool the credential before it fails.
+    /// Learns from a successful answer: repeat-failure strikes and a soft cooldown end, and
+    /// Codex usage windows at 100% cool the credential before it fails.
     pub fn record_success(&self, label: &str, headers: &http::HeaderMap) {
-        self.state.reset_strikes(label);
+        if self
+            .state
+            .cooldown(label)
+            .is_some_and(|c| !c.excludes() && c.active(SystemTime::now()))
+        {
+            // A soft cooldown only said "recently troubled": an answer says it is fine now.
+            self.clear(label);
+        } else {
+            self.state.reset_strikes(label);
+        }
         if let Some(until) = CodexUsage::from_headers(headers).and_then(|u| u.exhausted_until()) {
             if until > SystemTime::now() {
                 self.cool(

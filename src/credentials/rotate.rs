@@ -189,7 +189,10 @@ const ERROR_PEEK: usize = 64 * 1024;
 /// status alone.
 async fn outcome(
     result: Result<Response<ResponseBody>, BoxError>,
-) -> (Option<(Failure, Phase)>, Result<Response<ResponseBody>, BoxError>) {
+) -> (
+    Option<(Failure, Phase)>,
+    Result<Response<ResponseBody>, BoxError>,
+) {
     match result {
         Ok(res) => {
             if let Some(mark) = res.extensions().get::<SoftFailure>() {
@@ -233,7 +236,10 @@ where
     let started = Instant::now();
     let max_attempts = layer.config.max_attempts.unwrap_or(pool.len()).max(1);
     let compaction = req.extensions().get::<RemoteCompactAttempt>().is_some();
-    let encrypted_owner = req.extensions().get::<EncryptedOwner>().map(|o| o.0.clone());
+    let encrypted_owner = req
+        .extensions()
+        .get::<EncryptedOwner>()
+        .map(|o| o.0.clone());
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last: Option<Result<Response<ResponseBody>, BoxError>> = None;
     let mut auth_before = 0;
@@ -252,13 +258,21 @@ where
             let left = layer.config.max_wait.saturating_sub(waited);
             match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
                 NoneUsable::Wait(d) => {
-                    tracing::info!(wait_ms = d.as_millis() as u64, "every credential is out; waiting for the first to return");
+                    tracing::info!(
+                        wait_ms = d.as_millis() as u64,
+                        "every credential is out; waiting for the first to return"
+                    );
                     tokio::time::sleep(d).await;
                     waited += d.max(Duration::from_millis(1));
                     continue;
                 }
                 NoneUsable::Refuse(err) => {
-                    tracing::warn!(status = err.status.as_u16(), code = err.code.as_deref(), retry_after_secs = err.retry_after.map(|d| d.as_secs()), "no credential can serve the request");
+                    tracing::warn!(
+                        status = err.status.as_u16(),
+                        code = err.code.as_deref(),
+                        retry_after_secs = err.retry_after.map(|d| d.as_secs()),
+                        "no credential can serve the request"
+                    );
                     return Ok(err.into_stack_response());
                 }
             }

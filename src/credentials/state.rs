@@ -183,7 +183,11 @@ impl PoolState for MemoryState {
     }
 
     fn uses(&self, credential: &str) -> u64 {
-        lock(&self.counters).uses.get(credential).copied().unwrap_or(0)
+        lock(&self.counters)
+            .uses
+            .get(credential)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn strike(&self, credential: &str, class: FailureClass) -> u32 {
@@ -215,7 +219,12 @@ impl PoolState for MemoryState {
     }
 
     fn put_owner(&self, key: &str, credential: &str, expires: SystemTime) {
-        lock(&self.owners).insert(key, credential.to_string(), Some(expires), SystemTime::now());
+        lock(&self.owners).insert(
+            key,
+            credential.to_string(),
+            Some(expires),
+            SystemTime::now(),
+        );
     }
 
     fn owner(&self, key: &str, now: SystemTime) -> Option<String> {
@@ -251,7 +260,13 @@ mod tests {
         assert!(s.set_cooldown("j", cool(FailureClass::RateLimited, Some(5))));
         assert!(!s.set_cooldown("j", cool(FailureClass::Overloaded, Some(30))));
         // An expired cooldown is replaced by anything.
-        s.set_cooldown("e", Cooldown { until: Some(SystemTime::now() - Duration::from_secs(1)), ..cool(FailureClass::Auth, None) });
+        s.set_cooldown(
+            "e",
+            Cooldown {
+                until: Some(SystemTime::now() - Duration::from_secs(1)),
+                ..cool(FailureClass::Auth, None)
+            },
+        );
         assert!(s.set_cooldown("e", cool(FailureClass::Transient, Some(1))));
     }
 

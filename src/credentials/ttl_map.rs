@@ -44,14 +44,27 @@ impl<V: Clone> TtlMap<V> {
     }
 
     /// Writes `key` (it becomes the newest) and evicts what must go.
-    pub(crate) fn insert(&mut self, key: &str, value: V, expires: Option<SystemTime>, now: SystemTime) {
+    pub(crate) fn insert(
+        &mut self,
+        key: &str,
+        value: V,
+        expires: Option<SystemTime>,
+        now: SystemTime,
+    ) {
         self.seq += 1;
         let seq = self.seq;
         let key: Arc<str> = match self.map.get_key_value(key) {
             Some((k, _)) => k.clone(),
             None => Arc::from(key),
         };
-        self.map.insert(key.clone(), Slot { value, expires, seq });
+        self.map.insert(
+            key.clone(),
+            Slot {
+                value,
+                expires,
+                seq,
+            },
+        );
         self.order.push_back((key, seq));
         // Expired or superseded slots at the front go first (at most two per insert keeps
         // each call O(1) and the queue within a constant factor of the map)...
@@ -141,7 +154,11 @@ mod tests {
         m.insert("cold", 0, None, now);
         for i in 0..100_000u32 {
             m.insert("hot", i, None, now);
-            assert!(m.order.len() <= 2 * m.len() + 17, "queue {} at {i}", m.order.len());
+            assert!(
+                m.order.len() <= 2 * m.len() + 17,
+                "queue {} at {i}",
+                m.order.len()
+            );
         }
         assert_eq!(m.get("cold", now), Some(0));
     }

@@ -200,7 +200,7 @@ where
             );
         }
         let res = self.fresh.request(req).await;
-        let mut res = boxed(res.map_err(|e| Box::new(attempt_error(e)))?);
+        let mut res = boxed(res.map_err(|e| BoxError::from(attempt_error(e)))?);
         res.extensions_mut().insert(retry);
         Ok(res)
     }

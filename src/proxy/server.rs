@@ -89,6 +89,7 @@ impl Proxy {
             let pool = Pool::new(config.credentials.clone())
                 .map_err(|e| ConfigError(format!("credential: {e}")))?
                 .with_strategy(config.strategy)
+                .with_default_profile(config.profile())
                 .with_metrics(metrics.clone());
             Some(Arc::new(pool))
         };
@@ -359,8 +360,9 @@ async fn dispatch(
         .with_code("upstream_timeout")
     })?
     .map_err(|e| {
-        let kind = match e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            Some(e) if e.is_connect() => "connect",
+        // Never sent (connect refused, handed back) or lost after the upstream had it.
+        let kind = match crate::marks::AttemptError::find(&*e).map(|a| a.phase) {
+            Some(crate::marks::Phase::Unsent) => "connect",
             _ => "transport",
         };
         shared.metrics.inc(

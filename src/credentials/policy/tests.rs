@@ -19,8 +19,8 @@ enum Cool {
     /// Out of rotation until its file changes.
     Open,
 }
-use Cool::*;
 use ClientSees::{Answer, Unavailable};
+use Cool::*;
 use Next::{Elsewhere, Stop};
 
 const H: u64 = 3600;
@@ -37,7 +37,6 @@ fn seen(d: &Decision, now: SystemTime) -> Cool {
         },
     }
 }
-
 
 #[test]
 fn every_class_and_phase() {
@@ -75,7 +74,10 @@ fn every_class_and_phase() {
     ];
     for (class, phase, kind, cool, next, client) in rows {
         let failure = Failure::new(class);
-        let d = decide(&Attempt::new(Some(&failure), phase, kind, now), &CooldownPolicy::default());
+        let d = decide(
+            &Attempt::new(Some(&failure), phase, kind, now),
+            &CooldownPolicy::default(),
+        );
         let row = format!("{class} {phase} {kind:?}");
         assert_eq!(seen(&d, now), cool, "cooldown of {row}");
         assert_eq!(d.next, next, "next of {row}");
@@ -149,7 +151,14 @@ fn hints_are_clamped_per_class_and_backoff_doubles() {
         };
         f
     };
-    let secs = |c: Option<Cooldown>| c.unwrap().until.unwrap().duration_since(now).unwrap().as_secs();
+    let secs = |c: Option<Cooldown>| {
+        c.unwrap()
+            .until
+            .unwrap()
+            .duration_since(now)
+            .unwrap()
+            .as_secs()
+    };
     #[rustfmt::skip]
     let rows = [
         // class,         after,              reset_at,               strikes, want seconds
@@ -172,7 +181,10 @@ fn hints_are_clamped_per_class_and_backoff_doubles() {
     for (class, after, reset_at, strikes, want) in rows {
         let f = with_hint(class, after, reset_at);
         let got = secs(cooldown_for(&f, KeyKind::Key, strikes, &p, now));
-        assert_eq!(got, want, "{class} after={after:?} reset_at={reset_at:?} strikes={strikes}");
+        assert_eq!(
+            got, want,
+            "{class} after={after:?} reset_at={reset_at:?} strikes={strikes}"
+        );
     }
 }
 
@@ -190,10 +202,17 @@ fn none_usable() {
         NoneUsable::Wait(w) => panic!("waits {w:?}"),
     };
     // The earliest returns within max_wait: wait for it.
-    let w = when_none_usable(&[cool(RateLimited, Some(1)), cool(QuotaExhausted, Some(H))], now, max_wait);
+    let w = when_none_usable(
+        &[cool(RateLimited, Some(1)), cool(QuotaExhausted, Some(H))],
+        now,
+        max_wait,
+    );
     assert!(matches!(w, NoneUsable::Wait(d) if d == Duration::from_secs(1)));
     // Every credential out of quota: 429 usage_limit_reached with the earliest reset.
-    let e = refused(&[cool(QuotaExhausted, Some(2 * H)), cool(QuotaExhausted, Some(H))]);
+    let e = refused(&[
+        cool(QuotaExhausted, Some(2 * H)),
+        cool(QuotaExhausted, Some(H)),
+    ]);
     assert_eq!(e.status, http::StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(e.code.as_deref(), Some("usage_limit_reached"));
     assert_eq!(e.retry_after, Some(Duration::from_secs(H)));
