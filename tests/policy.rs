@@ -411,3 +411,34 @@ async fn a_session_stays_on_one_fallback_while_its_credential_cools() {
     );
     assert_ne!(served[0], bound);
 }
+
+#[tokio::test]
+async fn an_anchored_request_with_an_unknown_owner_skips_codex_members() {
+    // The README's mixed pool: a Codex login (the stack's chatgpt-codex profile) and a
+    // platform key with its own base_url and no profile written.
+    let mock = MockUpstream::start().await.unwrap();
+    let mut platform = PoolMember::new(KEY_B.parse().unwrap());
+    platform.base_url = Some(mock.base_url());
+    let mut cfg = config_for(mock.base_url());
+    cfg.profile_override = Some(tower_responses::profile::Profile::ChatgptCodex);
+    cfg.credentials = vec![PoolMember::new(KEY_A.parse().unwrap()), platform];
+    cfg.strategy = Strategy::FillFirst;
+    let proxy = start_proxy(cfg).await;
+    let anchored = json!({"model": "gpt-5.5", "stream": true, "previous_response_id": "resp_P",
+        "input": [{"role": "user", "content": "next"}]});
+    let (s, _, text) = ask(&proxy, anchored).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert_eq!(
+        hits(&mock, KEY_A),
+        0,
+        "the Codex backend stores nothing: never asked"
+    );
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    // The platform key went out with its own URL's (generic) rules: the anchor is kept.
+    assert_eq!(seen[0].json().unwrap()["previous_response_id"], "resp_P");
+    // Unanchored requests still fill the Codex login first.
+    let (s, _, _) = ask(&proxy, body()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(hits(&mock, KEY_A), 1);
+}
