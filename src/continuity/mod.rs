@@ -44,6 +44,8 @@
 //! assert_eq!(continuity.owner_of("resp_abc").as_deref(), Some("key-…bbbb"));
 //! ```
 
+mod anchor;
+mod search;
 mod service;
 mod sessions;
 mod watch;
