@@ -82,7 +82,10 @@ mod tests {
         let post = Method::POST;
         let delete = Method::DELETE;
         assert_eq!(addressed_id(&get, "/v1/responses/resp_1"), Some("resp_1"));
-        assert_eq!(addressed_id(&delete, "/v1/responses/resp_1/"), Some("resp_1"));
+        assert_eq!(
+            addressed_id(&delete, "/v1/responses/resp_1/"),
+            Some("resp_1")
+        );
         assert_eq!(
             addressed_id(&post, "/backend-api/codex/responses/resp_1/cancel"),
             Some("resp_1")
