@@ -14,6 +14,7 @@ use crate::body::{ReplayBody, ResponseBody, clone_request};
 use crate::classify::FailureClass;
 use crate::credentials::{PinnedCredential, ServedBy};
 use crate::error::{ApiError, BoxError};
+use crate::marks::AttemptError;
 use crate::soft_failure::SoftFailure;
 
 /// `Retry-After` of a search that only met waiting credentials, when none says when it
@@ -154,7 +155,9 @@ where
         let res = match answer {
             Ok(res) => res,
             Err(e) => {
-                tracing::info!(credential = &*label, error = %e, "owner search: transport loss; inconclusive");
+                // Sent or not, a lost attempt cannot say whether the credential has the anchor.
+                let phase = AttemptError::find(&*e).map(|a| a.phase.as_str());
+                tracing::info!(credential = &*label, error = %e, phase, "owner search: transport loss; inconclusive");
                 inconclusive.unavailable += 1;
                 continue;
             }

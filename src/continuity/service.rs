@@ -18,6 +18,7 @@ use crate::classify::FailureClass;
 use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy};
 use crate::error::{ApiError, BoxError};
 use crate::facts::{RequestFacts, session_key};
+use crate::marks::AttemptError;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::soft_failure::{EventsObserved, SoftFailure, StreamObserver, StreamObservers};
@@ -275,7 +276,8 @@ where
                 (Err(e), Some(_)) => {
                     // Never let a lost anchor look like a missing one: the client must retry
                     // with previous_response_id intact.
-                    tracing::info!(error = %e, "transport loss on an anchored request; answering 502 upstream_unavailable");
+                    let phase = AttemptError::find(&*e).map(|a| a.phase.as_str());
+                    tracing::info!(error = %e, phase, "transport loss on an anchored request; answering 502 upstream_unavailable");
                     count(&layer, "transport_to_502");
                     return Ok(upstream_unavailable());
                 }
