@@ -235,6 +235,48 @@ async fn cooling_credentials_are_skipped_and_only_waiting_ones_give_a_503() {
     );
 }
 
+/// Finding 3 (b): a credential that answers 429 during the search cannot tell either. Only
+/// waiting ones: a 503 with that credential's `Retry-After`; with a 500 among them, a 502.
+#[tokio::test]
+async fn a_rate_limited_answer_in_the_search_is_inconclusive() {
+    let rate_limited = Reply::json(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "Rate limit reached"}}),
+    )
+    .with_header("retry-after", "7");
+    let mock = MockUpstream::start().await.unwrap();
+    let platform = Platform::install(&mock);
+    platform.force(KEY_B, rate_limited.clone());
+    let proxy = proxy_with(&mock, keys(&[KEY_A, KEY_B, KEY_C]), Strategy::FillFirst).await;
+    let c = client();
+    let url = proxy.url("/v1/responses");
+    let (s, h, b) = send_collect(&c, json_req(&url, None, anchored("resp_x"))).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{}", text(&b));
+    assert_eq!(
+        error_code(&b).as_deref(),
+        Some("previous_response_owner_unavailable")
+    );
+    let retry_after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=7).contains(&retry_after),
+        "B's own wait: {retry_after}"
+    );
+    assert_eq!(seen_from(&mock, 0).len(), 3, "A, B and C asked");
+
+    let mock = MockUpstream::start().await.unwrap();
+    let platform = Platform::install(&mock);
+    platform.force(KEY_B, rate_limited);
+    platform.force(KEY_C, server_error());
+    let proxy = proxy_with(&mock, keys(&[KEY_A, KEY_B, KEY_C]), Strategy::FillFirst).await;
+    let (s, _, b) = send_collect(
+        &c,
+        json_req(&proxy.url("/v1/responses"), None, anchored("resp_x")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{}", text(&b));
+    assert_eq!(error_code(&b).as_deref(), Some("upstream_unavailable"));
+}
+
 fn addressed(method: Method, url: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)
