@@ -213,3 +213,57 @@ where
         None => first,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::full_body;
+    use crate::classify::Failure;
+
+    fn answer(status: u16, class: Option<FailureClass>) -> Response<ResponseBody> {
+        let mut res = Response::new(full_body(bytes::Bytes::new()));
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(class) = class {
+            res.extensions_mut().insert(SoftFailure {
+                failure: Failure::new(class),
+                before_content: true,
+            });
+        }
+        res
+    }
+
+    #[test]
+    fn what_each_answer_says_about_the_anchor() {
+        use FailureClass::*;
+        let previous = Anchor::Previous("resp_1".into());
+        let path = Anchor::Path("resp_1".into());
+        let rows = [
+            (
+                400,
+                Some(PreviousResponseNotFound),
+                &previous,
+                Verdict::Missing,
+            ),
+            (404, Some(RouteNotFound), &path, Verdict::Missing),
+            (404, None, &path, Verdict::Missing),
+            (429, Some(RateLimited), &previous, Verdict::Waiting),
+            (429, None, &previous, Verdict::Waiting),
+            (200, Some(QuotaExhausted), &previous, Verdict::Waiting),
+            (500, Some(Transient), &previous, Verdict::Unavailable),
+            (502, None, &path, Verdict::Unavailable),
+            (200, Some(Transient), &previous, Verdict::Unavailable),
+            (401, Some(Auth), &previous, Verdict::Unavailable),
+            (200, None, &previous, Verdict::Answer),
+            (400, Some(InvalidRequest), &previous, Verdict::Answer),
+            // A 404 is not a missing previous_response_id.
+            (404, Some(RouteNotFound), &previous, Verdict::Answer),
+        ];
+        for (status, class, anchor, expected) in rows {
+            assert_eq!(
+                verdict(&answer(status, class), anchor),
+                expected,
+                "{status} {class:?} {anchor:?}"
+            );
+        }
+    }
+}
