@@ -227,6 +227,9 @@ impl ResponsesStack {
                 if let Some(m) = &self.metrics {
                     continuity = continuity.metrics(m.clone());
                 }
+                if let Some(p) = self.profile {
+                    continuity = continuity.profile(p);
+                }
                 svc = StackService::new(continuity.layer(svc));
             }
         }
