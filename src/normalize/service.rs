@@ -305,7 +305,7 @@ async fn shape_response(
         None => res,
     };
     if plan.upstream_stream && !plan.client_stream {
-        fold(res, shared.config.max_buffered).await
+        fold(res, shared.config.max_buffered, shared.config.fold_idle_timeout).await
     } else {
         res
     }
