@@ -59,6 +59,18 @@ impl Peek {
             prefixed(self.prefix, self.rest)
         }
     }
+
+    /// The error answer again, from its head and [`into_error_body`](Self::into_error_body);
+    /// a stalled body's `Content-Length` is dropped, since what was read is shorter.
+    pub fn into_error_response(
+        self,
+        mut parts: http::response::Parts,
+    ) -> http::Response<ResponseBody> {
+        if self.stalled {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        http::Response::from_parts(parts, self.into_error_body())
+    }
 }
 
 /// [`read_prefix`] bounded in time: after `within`, it stops with what it has and

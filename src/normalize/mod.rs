@@ -157,7 +157,7 @@
 
 mod cap;
 mod config;
-mod events;
+pub(crate) mod events;
 mod fold;
 mod learn;
 mod rewrite;

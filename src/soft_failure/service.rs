@@ -13,8 +13,8 @@ use super::watch::WatchBody;
 use super::{EventsObserved, SoftFailure, SoftFailureConfig, StreamObservers};
 use crate::body::{ReplayBody, ResponseBody, full_body as full, prefixed, read_prefix_within};
 use crate::classify::{Failure, FailureClass, Origin};
-use crate::error::ApiError;
 use crate::credentials::CredentialLease;
+use crate::error::ApiError;
 use crate::error::BoxError;
 use crate::metrics::Metrics;
 use crate::sse::{EventKind, SseDecoder, event_kind, is_event_stream};
@@ -177,17 +177,12 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
             before_content: true,
         });
     }
-    let body = if status.is_success() {
+    if status.is_success() {
         // A slow success body is still the answer: hand all of it on.
-        prefixed(peek.prefix, peek.rest)
+        Response::from_parts(parts, prefixed(peek.prefix, peek.rest))
     } else {
-        if peek.stalled {
-            // What was read is the answer; its length is no longer the upstream's.
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        peek.into_error_body()
-    };
-    Response::from_parts(parts, body)
+        peek.into_error_response(parts)
+    }
 }
 
 /// The hold-back phase: read events until the first content event, a failure, a terminal
@@ -332,7 +327,10 @@ fn not_a_stream(
     failure.code = Some(INVALID_UPSTREAM_STREAM.into());
     failure.message = Some(message.into());
     failure.origin = Origin::Stream;
-    tracing::info!(why, "upstream event stream holds no Responses event; answered 502");
+    tracing::info!(
+        why,
+        "upstream event stream holds no Responses event; answered 502"
+    );
     ctx.count(&failure, "before_content");
     let mut res = ApiError::upstream_unavailable(message)
         .with_code(INVALID_UPSTREAM_STREAM)

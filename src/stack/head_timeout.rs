@@ -149,12 +149,13 @@ where
         }
         if this.sleep.poll(cx).is_ready() {
             let elapsed = HeadTimeoutElapsed(*this.timeout);
-            tracing::info!(timeout_ms = this.timeout.as_millis() as u64, "no response head in time; attempt abandoned");
-            let err = AttemptError::new(
-                Phase::Sent,
-                Failure::transport(false, elapsed.to_string()),
-            )
-            .with_source(elapsed);
+            tracing::info!(
+                timeout_ms = this.timeout.as_millis() as u64,
+                "no response head in time; attempt abandoned"
+            );
+            let err =
+                AttemptError::new(Phase::Sent, Failure::transport(false, elapsed.to_string()))
+                    .with_source(elapsed);
             return Poll::Ready(Err(err.into()));
         }
         Poll::Pending
