@@ -39,7 +39,10 @@ fn request(mock: &MockUpstream, body: Value) -> Request<ReplayBody> {
 }
 
 fn streaming(mock: &MockUpstream) -> Request<ReplayBody> {
-    request(mock, json!({"model": "gpt-5.5", "stream": true, "input": "hi"}))
+    request(
+        mock,
+        json!({"model": "gpt-5.5", "stream": true, "input": "hi"}),
+    )
 }
 
 /// SoftFailureDetectLayer on a real client.
@@ -142,7 +145,12 @@ async fn an_error_event_after_content_ends_the_body_through_the_proxy() {
 async fn a_stream_false_answer_longer_than_the_head_timeout_completes() {
     let mock = MockUpstream::start().await.unwrap();
     // Ten events 300 ms apart: 3 s of answer against a 1 s head timeout.
-    let mut evs = events::answer("resp_long", "msg_long", "one two three", events::usage(3, 3));
+    let mut evs = events::answer(
+        "resp_long",
+        "msg_long",
+        "one two three",
+        events::usage(3, 3),
+    );
     evs.truncate(evs.len() - 1);
     while evs.len() < 9 {
         evs.insert(2, events::in_progress("resp_long"));
@@ -249,7 +257,10 @@ async fn a_fold_whose_upstream_goes_silent_is_cut_by_its_idle_timeout() {
     };
     let res = tokio::time::timeout(
         BOUND,
-        folded(config, request(&mock, json!({"model": "gpt-5.5", "input": "hi"}))),
+        folded(
+            config,
+            request(&mock, json!({"model": "gpt-5.5", "input": "hi"})),
+        ),
     )
     .await
     .expect("the fold gives up on a silent upstream");
@@ -296,9 +307,12 @@ async fn a_slow_json_success_body_is_passed_whole_not_cut_at_the_peek_bound() {
     let text = answer.to_string();
     let (head, tail) = text.split_at(10);
     mock.push(
-        Reply::sse_raw(vec![Bytes::from(head.to_owned()), Bytes::from(tail.to_owned())])
-            .with_header("content-type", "application/json")
-            .first_event_then_wait(Duration::from_millis(600)),
+        Reply::sse_raw(vec![
+            Bytes::from(head.to_owned()),
+            Bytes::from(tail.to_owned()),
+        ])
+        .with_header("content-type", "application/json")
+        .first_event_then_wait(Duration::from_millis(600)),
     );
     let config = SoftFailureConfig {
         peek_timeout: Duration::from_millis(200),
@@ -364,11 +378,18 @@ async fn the_folds_response_too_large_is_never_worth_a_retry() {
         max_buffered: 4096,
         ..codex_config()
     };
-    let res = folded(config, request(&mock, json!({"model": "gpt-5.5", "input": "hi"}))).await;
+    let res = folded(
+        config,
+        request(&mock, json!({"model": "gpt-5.5", "input": "hi"})),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     let m = mark(&res);
     assert!(!m.before_content, "never retried: the answer was generated");
-    assert!(!m.failure.retry_elsewhere(), "any credential would get it again");
+    assert!(
+        !m.failure.retry_elsewhere(),
+        "any credential would get it again"
+    );
     assert!(!m.failure.cools_credential(), "not the credential's fault");
     assert_eq!(m.failure.code.as_deref(), Some("response_too_large"));
     assert_eq!(json_body(res).await["error"]["code"], "response_too_large");
