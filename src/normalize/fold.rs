@@ -16,8 +16,13 @@ use crate::sse::{Event, EventKind, SseDecoder, event_kind};
 
 enum Outcome {
     Answer(Value),
-    /// What the client gets, and the classified failure behind it.
-    Error(ApiError, Failure),
+    /// What the client gets, and the classified failure behind it (boxed: the answer
+    /// variant is the common one).
+    Error(Box<(ApiError, Failure)>),
+}
+
+fn failed(err: ApiError, failure: Failure) -> Outcome {
+    Outcome::Error(Box::new((err, failure)))
 }
 
 /// What the fold has seen so far.
@@ -75,7 +80,7 @@ pub(crate) async fn fold(
     };
     let outcome = outcome.unwrap_or_else(|| {
         let message = "the upstream stream ended before the response completed";
-        Outcome::Error(
+        failed(
             ApiError::upstream_unavailable(message),
             Failure::transport(false, message),
         )
@@ -96,7 +101,8 @@ pub(crate) async fn fold(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Response::from_parts(parts, full_body(bytes))
         }
-        Outcome::Error(err, failure) => {
+        Outcome::Error(boxed) => {
+            let (err, failure) = *boxed;
             let mut out = err.into_stack_response();
             // Keep what outer layers read from the upstream's answer (connection tags,
             // classified failures).
@@ -132,7 +138,7 @@ fn too_large(limit: usize) -> Outcome {
     failure.status = Some(StatusCode::BAD_GATEWAY);
     failure.code = Some(RESPONSE_TOO_LARGE.into());
     failure.message = Some(message.clone());
-    Outcome::Error(
+    failed(
         ApiError::upstream_unavailable(message).with_code(RESPONSE_TOO_LARGE),
         failure,
     )
@@ -144,14 +150,14 @@ fn broken(e: &(dyn std::error::Error + 'static)) -> Outcome {
             "the upstream sent nothing for {}s before the response completed",
             idle.0.as_secs()
         );
-        return Outcome::Error(
+        return failed(
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message.clone())
                 .with_code("upstream_timeout"),
             Failure::transport(false, message),
         );
     }
     let message = "the upstream stream broke off before the response completed";
-    Outcome::Error(
+    failed(
         ApiError::upstream_unavailable(message),
         Failure::transport(false, format!("{message}: {e}")),
     )
@@ -163,7 +169,7 @@ fn unparseable() -> Outcome {
     failure.status = Some(StatusCode::BAD_GATEWAY);
     failure.message = Some(message.into());
     failure.origin = Origin::Stream;
-    Outcome::Error(ApiError::upstream_unavailable(message), failure)
+    failed(ApiError::upstream_unavailable(message), failure)
 }
 
 fn finish(decoder: &mut SseDecoder, folding: &mut Folding) -> Option<Outcome> {
@@ -220,14 +226,14 @@ fn on_event(event: &Event, folding: &mut Folding) -> Option<Outcome> {
             Some(Outcome::Answer(resp))
         }
         "response.failed" | "error" => Some(match Failure::from_sse_data(&event.data) {
-            Some(failure) => Outcome::Error(failure_error(&failure), failure),
+            Some(failure) => failed(failure_error(&failure), failure),
             None => {
                 let message = "the upstream response failed";
                 let mut failure = Failure::new(FailureClass::Transient);
                 failure.status = Some(StatusCode::BAD_GATEWAY);
                 failure.message = Some(message.into());
                 failure.origin = Origin::Stream;
-                Outcome::Error(
+                failed(
                     ApiError::new(StatusCode::BAD_GATEWAY, "server_error", message),
                     failure,
                 )
