@@ -182,6 +182,39 @@ async fn a_stream_false_answer_longer_than_the_head_timeout_completes() {
     assert_eq!(v["output"][0]["content"][0]["text"], "one two three");
 }
 
+#[tokio::test]
+async fn a_local_compaction_summary_longer_than_the_head_timeout_completes() {
+    let mock = MockUpstream::start().await.unwrap();
+    // The summary streams for ~3 s, an event every 300 ms, against a 1 s head timeout.
+    mock.push(
+        Reply::text("the tokenizer fix is in progress and two tests still fail")
+            .paced(Duration::from_millis(300)),
+    );
+    let mut config = config_for(mock.base_url());
+    config.profile_override = Some(Profile::Openai);
+    config.compact.remote = tower_responses::compact::RemotePolicy::Never;
+    config.upstream_timeout_secs = 1;
+    let proxy = start_proxy(config).await;
+    let req = json_req(
+        &proxy.url("/v1/responses/compact"),
+        None,
+        json!({"model": "gpt-5.5", "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix the tokenizer"}]}
+        ]}),
+    );
+    let (status, _, body) = tokio::time::timeout(BOUND, send_collect(&client(), req))
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "response.compaction");
+    assert_eq!(
+        v["output"].as_array().unwrap().last().unwrap()["type"],
+        "compaction"
+    );
+    assert!(mock.request_count() == 1, "one summary request");
+}
+
 /// An upstream that accepts the connection, reads the request and never answers.
 async fn silent_upstream() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
