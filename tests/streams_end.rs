@@ -212,7 +212,7 @@ async fn a_local_compaction_summary_longer_than_the_head_timeout_completes() {
         v["output"].as_array().unwrap().last().unwrap()["type"],
         "compaction"
     );
-    assert!(mock.request_count() == 1, "one summary request");
+    assert_eq!(mock.request_count(), 1, "one summary request");
 }
 
 /// An upstream that accepts the connection, reads the request and never answers.
