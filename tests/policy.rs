@@ -442,3 +442,24 @@ async fn an_anchored_request_with_an_unknown_owner_skips_codex_members() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(hits(&mock, KEY_A), 1);
 }
+
+#[tokio::test]
+async fn a_folded_failure_after_content_is_not_sent_again() {
+    // A `stream:false` client on a backend that only streams: the proxy folds the stream
+    // into one JSON object. The upstream fails after content: generating it again on the
+    // other key would pay twice for an answer the upstream already started.
+    let mock = MockUpstream::start().await.unwrap();
+    let mut evs = events::text_answer("partial answer");
+    evs.truncate(5);
+    evs.push(events::failed("resp_x", "server_error", "The server had an error"));
+    mock.push(Reply::sse(evs));
+    let mut cfg = config_for(mock.base_url());
+    cfg.profile_override = Some(tower_responses::profile::Profile::ChatgptCodex);
+    cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
+    let proxy = start_proxy(cfg).await;
+    let folded = json!({"model": "gpt-5.5", "stream": false, "input": [{"role": "user", "content": "hi"}]});
+    let (s, _, text) = ask(&proxy, folded).await;
+    assert!(s.is_server_error(), "{s} {text}");
+    assert_envelope(text.as_bytes());
+    assert_eq!(mock.request_count(), 1, "one upstream execution");
+}

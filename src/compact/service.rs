@@ -325,7 +325,14 @@ where
         header::ACCEPT,
         HeaderValue::from_static("text/event-stream"),
     );
-    match summarise(&mut inner, summary_req, config.max_summary_bytes).await? {
+    match summarise(
+        &mut inner,
+        summary_req,
+        config.max_summary_bytes,
+        config.summary_idle_timeout(),
+    )
+    .await?
+    {
         Summarised::Done(summary) => {
             let kept = match form {
                 CompactForm::V1 => kept_user_messages(

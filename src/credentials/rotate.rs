@@ -14,7 +14,9 @@ use super::policy::{self, Next, NoneUsable};
 use super::{
     Cooldown, CredentialLease, EncryptedOwner, PickRequest, PinnedCredential, Pool, ServedBy,
 };
-use crate::body::{ReplayBody, ResponseBody, clone_request, prefixed, read_prefix};
+use crate::body::{
+    DEFAULT_PEEK_TIMEOUT, ReplayBody, ResponseBody, clone_request, read_prefix_within,
+};
 use crate::classify::{Failure, FailureClass, Origin};
 use crate::compact::RemoteCompactAttempt;
 use crate::error::{ApiError, BoxError};
@@ -202,10 +204,13 @@ async fn outcome(
             if res.status().is_success() {
                 return (None, Ok(res));
             }
-            let (parts, body) = res.into_parts();
-            let (prefix, rest) = read_prefix(body, ERROR_PEEK).await;
-            let failure = Failure::from_http(parts.status, &parts.headers, &prefix);
-            let res = Response::from_parts(parts, prefixed(prefix, rest));
+            let (mut parts, body) = res.into_parts();
+            let peek = read_prefix_within(body, ERROR_PEEK, DEFAULT_PEEK_TIMEOUT).await;
+            let failure = Failure::from_http(parts.status, &parts.headers, &peek.prefix);
+            if peek.stalled {
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+            }
+            let res = Response::from_parts(parts, peek.into_error_body());
             (failure.map(|f| (f, Phase::BeforeContent)), Ok(res))
         }
         Err(e) => {

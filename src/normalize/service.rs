@@ -17,7 +17,9 @@ use super::fold::fold;
 use super::learn::{LearnedParams, error_message, unsupported_param};
 use super::rewrite::{Plan, Rewrite, rewrite, without_param};
 use super::rule::{Rule, codex_rules};
-use crate::body::{ReplayBody, ResponseBody, clone_request, prefixed, read_prefix};
+use crate::body::{
+    DEFAULT_PEEK_TIMEOUT, ReplayBody, ResponseBody, clone_request, read_prefix_within,
+};
 use crate::classify::{Failure, FailureClass};
 use crate::error::{ApiError, BoxError};
 use crate::facts::RequestFacts;
@@ -320,7 +322,12 @@ async fn shape_response(
         None => res,
     };
     if plan.upstream_stream && !plan.client_stream {
-        fold(res, shared.config.max_buffered).await
+        fold(
+            res,
+            shared.config.max_buffered,
+            shared.config.fold_idle_timeout,
+        )
+        .await
     } else {
         res
     }
@@ -342,10 +349,11 @@ async fn refused_param(
         return (unsupported_param(message), res);
     }
     let (parts, body) = res.into_parts();
-    let (prefix, rest) = read_prefix(body, limit).await;
-    let param = match rest {
-        None => error_message(&prefix).and_then(|m| unsupported_param(&m)),
-        Some(_) => None,
+    // Bounded in time too: a 400 whose body stalls is answered with what came.
+    let peek = read_prefix_within(body, limit, DEFAULT_PEEK_TIMEOUT).await;
+    let param = match (&peek.rest, peek.stalled) {
+        (None, false) => error_message(&peek.prefix).and_then(|m| unsupported_param(&m)),
+        _ => None,
     };
-    (param, Response::from_parts(parts, prefixed(prefix, rest)))
+    (param, peek.into_error_response(parts))
 }

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
-use crate::stack::{ResponsesStack, StackService};
+use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
 use crate::upstream::{UpstreamBase, strip_hop_by_hop};
 use tower::ServiceExt;
 
@@ -102,6 +102,7 @@ impl Proxy {
             .compact(config.compact.clone())
             .normalize(config.normalize.clone())
             .metrics(metrics.clone())
+            .head_timeout(config.upstream_timeout())
             .upstream_base(config.upstream.clone());
         if let Some(pool) = &pool {
             stack = stack.pool(pool.clone());
@@ -346,20 +347,17 @@ async fn dispatch(
     } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
         auth.set_sensitive(true);
     }
-    let res = tokio::time::timeout(
-        shared.config.upstream_timeout(),
-        shared.stack.clone().oneshot(upstream),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server_error",
-            "the upstream did not answer in time",
-        )
-        .with_code("upstream_timeout")
-    })?
-    .map_err(|e| {
+    // The response-head timeout is the stack's, per upstream attempt (`HeadTimeoutLayer`):
+    // a whole-stack bound would also cut folds, local compaction and retries.
+    let res = shared.stack.clone().oneshot(upstream).await.map_err(|e| {
+        if HeadTimeoutElapsed::find(&*e).is_some() {
+            return ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "the upstream did not answer in time",
+            )
+            .with_code("upstream_timeout");
+        }
         // Never sent (connect refused, handed back) or lost after the upstream had it.
         let kind = match crate::marks::AttemptError::find(&*e).map(|a| a.phase) {
             Some(crate::marks::Phase::Unsent) => "connect",
