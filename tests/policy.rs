@@ -451,13 +451,18 @@ async fn a_folded_failure_after_content_is_not_sent_again() {
     let mock = MockUpstream::start().await.unwrap();
     let mut evs = events::text_answer("partial answer");
     evs.truncate(5);
-    evs.push(events::failed("resp_x", "server_error", "The server had an error"));
+    evs.push(events::failed(
+        "resp_x",
+        "server_error",
+        "The server had an error",
+    ));
     mock.push(Reply::sse(evs));
     let mut cfg = config_for(mock.base_url());
     cfg.profile_override = Some(tower_responses::profile::Profile::ChatgptCodex);
     cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
     let proxy = start_proxy(cfg).await;
-    let folded = json!({"model": "gpt-5.5", "stream": false, "input": [{"role": "user", "content": "hi"}]});
+    let folded =
+        json!({"model": "gpt-5.5", "stream": false, "input": [{"role": "user", "content": "hi"}]});
     let (s, _, text) = ask(&proxy, folded).await;
     assert!(s.is_server_error(), "{s} {text}");
     assert_envelope(text.as_bytes());

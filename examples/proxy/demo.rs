@@ -531,13 +531,13 @@ pub async fn run() -> ExitCode {
 }
 
 /// A second proxy in front of its own mock (the Codex-strict backend, one key).
-struct StrictProxy {
+struct SideProxy {
     mock: MockUpstream,
     url: String,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn codex_strict_proxy() -> Result<StrictProxy, String> {
+async fn codex_strict_proxy() -> Result<SideProxy, String> {
     let mock = MockUpstream::start().await.map_err(|e| e.to_string())?;
     mock.set_handler(codex_strict());
     let config = ProxyConfig {
@@ -551,17 +551,22 @@ async fn codex_strict_proxy() -> Result<StrictProxy, String> {
         ],
         ..ProxyConfig::default()
     };
+    side_proxy(mock, config).await
+}
+
+/// Binds and serves a side proxy in front of its own mock.
+async fn side_proxy(mock: MockUpstream, config: ProxyConfig) -> Result<SideProxy, String> {
     let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
     let url = format!("http://{}/v1/responses", proxy.local_addr());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(proxy.serve(async {
         let _ = rx.await;
     }));
-    Ok(StrictProxy { mock, url, stop })
+    Ok(SideProxy { mock, url, stop })
 }
 
 /// A proxy with one API key in front of its own mock (the README's main setup).
-async fn single_key_proxy() -> Result<StrictProxy, String> {
+async fn single_key_proxy() -> Result<SideProxy, String> {
     let mock = MockUpstream::start().await.map_err(|e| e.to_string())?;
     let config = ProxyConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
@@ -569,13 +574,7 @@ async fn single_key_proxy() -> Result<StrictProxy, String> {
         credentials: vec![KEY_A.parse().expect("literal key")],
         ..ProxyConfig::default()
     };
-    let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
-    let url = format!("http://{}/v1/responses", proxy.local_addr());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(proxy.serve(async {
-        let _ = rx.await;
-    }));
-    Ok(StrictProxy { mock, url, stop })
+    side_proxy(mock, config).await
 }
 
 fn print_table(rows: &[Row]) {

@@ -433,14 +433,6 @@ impl Pool {
         Some(chosen.label.clone())
     }
 
-    /// Binds a session to a credential unless it is already bound (failover does not
-    /// overwrite a binding: the session returns to its credential when that one recovers).
-    pub fn bind_session(&self, session: &str, label: &str) {
-        if self.state.affinity(session).is_none() {
-            self.state.bind(session, label);
-        }
-    }
-
     /// Records which credential served a session's turn: the first one becomes its primary;
     /// another one (the primary was out) becomes its fallback, where it stays until the
     /// primary returns; either way it is the session's last account.
@@ -572,20 +564,6 @@ impl Pool {
                 &[("credential", label), ("class", c.class.as_str())],
             );
         }
-    }
-
-    /// The earliest time any credential returns, and whether every cooldown is quota.
-    pub fn earliest_return(&self) -> (Option<SystemTime>, bool) {
-        let cools: Vec<Cooldown> = self
-            .active_cooldowns()
-            .into_iter()
-            .filter(Cooldown::excludes)
-            .collect();
-        let all_quota = !cools.is_empty()
-            && cools
-                .iter()
-                .all(|c| c.class == FailureClass::QuotaExhausted);
-        (cools.iter().filter_map(|c| c.until).min(), all_quota)
     }
 }
 
@@ -754,15 +732,20 @@ mod tests {
     }
 
     #[test]
-    fn failover_does_not_overwrite_a_session_binding() {
+    fn a_session_keeps_its_primary_and_one_fallback() {
         let p = pool(&KEYS, Strategy::RoundRobin);
-        p.bind_session("s", "key-…BBBB");
+        p.record_served("s", "key-…BBBB");
         assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-…BBBB");
         p.record_failure("key-…BBBB", &Failure::new(FailureClass::RateLimited));
         let other = p.pick(&[], None, Some("s")).unwrap();
         assert_ne!(&*other, "key-…BBBB");
-        p.bind_session("s", &other);
+        p.record_served("s", &other);
+        // The binding does not move; the fallback is kept while the primary is out.
         assert_eq!(p.state().affinity("s").as_deref(), Some("key-…BBBB"));
+        for _ in 0..5 {
+            assert_eq!(p.pick(&[], None, Some("s")), Some(other.clone()));
+        }
+        assert_eq!(p.last_served("s").as_deref(), Some(&*other));
     }
 
     #[test]
