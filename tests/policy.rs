@@ -468,3 +468,24 @@ async fn a_folded_failure_after_content_is_not_sent_again() {
     assert_envelope(text.as_bytes());
     assert_eq!(mock.request_count(), 1, "one upstream execution");
 }
+
+#[tokio::test]
+async fn failover_without_a_session_strips_reasoning_the_next_account_cannot_read() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.push_for(
+        KEY_A,
+        Reply::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "resets_in_seconds": 3600}}),
+        ),
+    );
+    let proxy = proxy_with(&mock, &[KEY_A, KEY_B], Strategy::FillFirst).await;
+    let with_reasoning = json!({"model": "gpt-5.5", "stream": true,
+        "input": [{"role": "user", "content": "hi"}, reasoning("someones")]});
+    let (s, _, text) = ask(&proxy, with_reasoning).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let seen = mock.requests();
+    let items = |i: usize| seen[i].json().unwrap()["input"].as_array().unwrap().len();
+    assert_eq!(items(0), 2, "the first pick gets the request as sent");
+    assert_eq!(items(1), 1, "the other account gets it without the encrypted item");
+}
