@@ -54,15 +54,20 @@ impl Sdk {
 
     /// Runs the client against `base_url` and returns its steps by name.
     async fn run(self, base_url: &str) -> Steps {
+        self.run_script("sdk_client", base_url).await
+    }
+
+    /// Runs `tests/e2e/<script>.py` or `.cjs` against `base_url`.
+    async fn run_script(self, script: &str, base_url: &str) -> Steps {
         let mut cmd = match self {
             Sdk::Python => {
                 let mut c = e2e::command(e2e::python());
-                c.arg(e2e::script("sdk_client.py"));
+                c.arg(e2e::script(&format!("{script}.py")));
                 c
             }
             Sdk::Node => {
                 let mut c = e2e::command("node");
-                c.arg(e2e::script("sdk_client.cjs"))
+                c.arg(e2e::script(&format!("{script}.cjs")))
                     .env("NODE_PATH", e2e::node_modules());
                 c
             }
@@ -340,6 +345,101 @@ async fn sdks_on_the_codex_profile_get_answers_from_a_strict_backend() {
     assert_eq!(direct.error_status("stream"), Some(400));
     assert_eq!(direct.error_status("nonstream"), Some(400));
     assert_eq!(mock.request_count() - before, 2);
+}
+
+/// A Response object as the platform writes it: every field the SDKs' `Response` declares.
+fn platform_response(id: &str, status: &str, usage: Option<Value>) -> Value {
+    let mut r = events::response(id, status, vec![], usage);
+    for (k, v) in [
+        ("model", json!(MODEL)),
+        ("tools", json!([])),
+        ("tool_choice", json!("auto")),
+        ("parallel_tool_calls", json!(true)),
+        ("instructions", Value::Null),
+        ("metadata", json!({})),
+        ("temperature", json!(1.0)),
+        ("top_p", json!(1.0)),
+    ] {
+        r[k] = v;
+    }
+    r
+}
+
+/// A long streamed answer as the platform streams it (whole response objects, `logprobs` on
+/// every delta), so whatever fails validation downstream is what the proxy wrote.
+fn long_answer(id: &str) -> Reply {
+    let text = "one two three four five six seven eight nine ten eleven twelve thirteen";
+    let usage = events::usage(10, 14);
+    let mut evs = events::answer(id, &format!("msg_{id}"), text, usage.clone());
+    for ev in &mut evs {
+        if let Some(status) = ev["response"]["status"].as_str().map(str::to_owned) {
+            let u = (status == "completed").then(|| usage.clone());
+            let mut full = platform_response(id, &status, u);
+            full["output"] = ev["response"]["output"].clone();
+            ev["response"] = full;
+        }
+        if ev["type"] == "response.output_text.delta" {
+            ev["logprobs"] = json!([]);
+        }
+        if ev["type"] == "response.output_text.done" {
+            ev["logprobs"] = json!([]);
+        }
+    }
+    Reply::sse(evs)
+}
+
+/// What the proxy writes itself, read with the SDKs' own types: a stream it cut at
+/// `max_output_tokens` (Python: every event a `ResponseStreamEvent`, the final object a
+/// `Response`; Node: the SDK's `ResponseStream` and `finalResponse()`), a local v2
+/// compaction stream, and a local v1 compaction answer (`CompactedResponse`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_types_accept_the_answers_the_proxy_writes_itself() {
+    let mock = MockUpstream::start().await.unwrap();
+    let next = std::sync::atomic::AtomicU64::new(1);
+    mock.set_handler(move |r| {
+        let body = r.json()?;
+        if !is_responses(r) || !last_user_text(&body).contains("capped") {
+            return None; // the local summary requests get the mock's own answer
+        }
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(long_answer(&format!("resp_cap_{n}")))
+    });
+    let mut cfg = config_for(mock.base_url());
+    // The Codex profile enforces max_output_tokens locally; compaction is always local.
+    cfg.profile_override = Some(Profile::ChatgptCodex);
+    cfg.compact.remote = tower_responses::compact::RemotePolicy::Never;
+    cfg.credentials = vec![KEY_A.parse().unwrap()];
+    let proxy = start_proxy(cfg).await;
+
+    for sdk in [Sdk::Python, Sdk::Node] {
+        let out = sdk.run_script("sdk_validate", &proxy.url("/v1")).await;
+        let capped = out.text("capped");
+        assert!(
+            capped.starts_with("incomplete max_output_tokens output_tokens="),
+            "{} capped: {capped}",
+            sdk.name()
+        );
+        assert!(out.id("capped").starts_with("resp_cap_"));
+        assert_eq!(
+            out.text("compact_v2"),
+            "completed compaction id=true",
+            "{}",
+            sdk.name()
+        );
+        assert_eq!(
+            out.text("compact_v1"),
+            "compaction id=true",
+            "{}",
+            sdk.name()
+        );
+    }
+    // Nothing local reached the upstream as a compaction: only summaries and the capped calls.
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|r| !r.path.ends_with("/responses/compact")),
+        "local compaction never calls the compact route"
+    );
 }
 
 /// The harness itself: a client that hangs (here a shell whose child outlives it) is killed

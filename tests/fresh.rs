@@ -153,9 +153,13 @@ async fn a_fresh_connections_failure_is_passed_through() {
         .oneshot(stream_request(&mock.base_url()))
         .await
         .expect_err("the upstream closed without answering");
-    // hyper-util's own error, untouched, so outer layers can still tell what happened.
+    // An attempt error that says the upstream had the request (it read it), with
+    // hyper-util's own error as its source, so outer layers can still tell what happened.
+    let attempt = tower_responses::marks::AttemptError::find(&*err).expect("typed");
+    assert_eq!(attempt.phase, tower_responses::marks::Phase::Sent);
     assert!(
-        err.downcast_ref::<hyper_util::client::legacy::Error>()
+        std::error::Error::source(attempt)
+            .and_then(|s| s.downcast_ref::<hyper_util::client::legacy::Error>())
             .is_some()
     );
     assert_eq!(mock.request_count(), 1);

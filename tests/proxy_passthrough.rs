@@ -346,15 +346,23 @@ async fn garbage_and_endless_lines_from_the_upstream_do_not_hurt_the_proxy() {
         json_req(&proxy.url("/v1/responses"), None, stream_body()),
     )
     .await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(&body[..], &garbage[..], "bytes pass through as they came");
+    // A 200 event stream without one Responses event is not an answer: the client gets a
+    // 502 in the envelope instead of bytes no SDK can parse (issue 14 item 10).
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("invalid_upstream_stream")
+    );
     let (s, _, body) = send_collect(
         &c,
         json_req(&proxy.url("/v1/responses"), None, stream_body()),
     )
     .await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(body.len(), 3 * 1024 * 1024);
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("invalid_upstream_stream")
+    );
     let (s, _, body) = send_collect(
         &c,
         json_req(&proxy.url("/v1/responses"), None, stream_body()),

@@ -225,7 +225,7 @@ pub async fn run() -> ExitCode {
     let mut rows = Vec::new();
     let plain = turn(None, "hello");
 
-    eprintln!("[1/9] quota exhausted inside a 200 stream (seed 004)");
+    eprintln!("[1/10] quota exhausted inside a 200 stream (seed 004)");
     mock.push_for(
         KEY_A,
         failed_stream("insufficient_quota", "You exceeded your current quota"),
@@ -256,7 +256,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean() && a_tried,
     });
 
-    eprintln!("[2/9] a follow-up with previous_response_id, two accounts (seed 003)");
+    eprintln!("[2/10] a follow-up with previous_response_id, two accounts (seed 003)");
     let store = ResponseStore::new(2300);
     store.install(&mock);
     let first = send(&client, &via, CLIENT_KEY, &[], &turn(None, "first")).await;
@@ -273,7 +273,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[3/9] the upstream drops the connection under previous_response_id (seed 003)");
+    eprintln!("[3/10] the upstream drops the connection under previous_response_id (seed 003)");
     let prev = with.response_id.clone().unwrap_or_default();
     mock.set_handler(|_| None);
     mock.push(Reply::fault(Fault::CloseAfterRead));
@@ -295,7 +295,7 @@ pub async fn run() -> ExitCode {
     });
     mock.set_handler(|_| None);
 
-    eprintln!("[4/9] the upstream keeps the stream open after response.completed");
+    eprintln!("[4/10] the upstream keeps the stream open after response.completed");
     mock.push(Reply::text("done, but the connection stays open").hold_open());
     let without = send(&client, &direct, KEY_A, &[], &plain).await;
     mock.push(Reply::text("done, but the connection stays open").hold_open());
@@ -308,7 +308,7 @@ pub async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[5/9] providers drop idle keep-alive connections (seed 001)");
+    eprintln!("[5/10] providers drop idle keep-alive connections (seed 001)");
     mock.set_stale(Duration::from_millis(200), StaleMode::Html400);
     let pooled: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut without = Vec::new();
@@ -341,7 +341,7 @@ pub async fn run() -> ExitCode {
         ok: with.iter().all(Seen::clean) && retries >= 1.0,
     });
 
-    eprintln!("[6/9] remote compaction for a model the compact route refuses (seed 000)");
+    eprintln!("[6/10] remote compaction for a model the compact route refuses (seed 000)");
     mock.set_handler(|r| {
         let refused = r.path.ends_with("/responses/compact")
             && r.json().is_some_and(|b| b["model"] == "gpt-5.5");
@@ -378,7 +378,7 @@ pub async fn run() -> ExitCode {
             && remote_calls == 2,
     });
 
-    eprintln!("[7/9] the ChatGPT Codex backend rejects ordinary bodies (seed 002)");
+    eprintln!("[7/10] the ChatGPT Codex backend rejects ordinary bodies (seed 002)");
     let strict = match codex_strict_proxy().await {
         Ok(s) => s,
         Err(e) => {
@@ -421,7 +421,7 @@ pub async fn run() -> ExitCode {
     });
     let _ = strict.stop.send(());
 
-    eprintln!("[8/9] every account exhausted");
+    eprintln!("[8/10] every account exhausted");
     let resets_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -448,7 +448,46 @@ pub async fn run() -> ExitCode {
         ok: with.status == Some(StatusCode::TOO_MANY_REQUESTS) && mock.request_count() == before,
     });
 
-    eprintln!("[9/9] proxy edges: wrong client key, WebSocket upgrade, oversized body");
+    eprintln!("[9/10] one upstream 500 with one credential, and the client's retry");
+    match single_key_proxy().await {
+        Ok(single) => {
+            let boom = || {
+                Reply::json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": {"type": "server_error", "message": "The server had an error"}}),
+                )
+            };
+            single.mock.push(boom());
+            let direct = format!("{}/responses", single.mock.base_url());
+            let first = send(&client, &direct, KEY_A, &[], &plain).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let again = send(&client, &direct, KEY_A, &[], &plain).await;
+            single.mock.push(boom());
+            let via_first = send(&client, &single.url, "unused", &[], &plain).await;
+            // The Codex CLI retries a 5xx after 200 ms and gives up on any 429.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let via_again = send(&client, &single.url, "unused", &[], &plain).await;
+            rows.push(Row {
+                fault: "one 500, one credential",
+                without: format!("{}; the retry: {}", first.summary(), again.summary()),
+                with: format!(
+                    "{}; the retry: {}",
+                    via_first.summary(),
+                    via_again.summary()
+                ),
+                layer: "credentials::policy (5xx cools softly, no 429)",
+                ok: via_first.status == Some(StatusCode::INTERNAL_SERVER_ERROR)
+                    && via_again.clean(),
+            });
+            let _ = single.stop.send(());
+        }
+        Err(e) => {
+            eprintln!("error: cannot start the one-credential proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    eprintln!("[10/10] proxy edges: wrong client key, WebSocket upgrade, oversized body");
     let bad_key = send(&client, &via, "wrong", &[], &plain).await;
     let ws = send(
         &client,
@@ -491,14 +530,14 @@ pub async fn run() -> ExitCode {
     }
 }
 
-/// A second proxy, for an upstream that behaves like the ChatGPT Codex backend.
-struct StrictProxy {
+/// A second proxy in front of its own mock (the Codex-strict backend, one key).
+struct SideProxy {
     mock: MockUpstream,
     url: String,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn codex_strict_proxy() -> Result<StrictProxy, String> {
+async fn codex_strict_proxy() -> Result<SideProxy, String> {
     let mock = MockUpstream::start().await.map_err(|e| e.to_string())?;
     mock.set_handler(codex_strict());
     let config = ProxyConfig {
@@ -512,13 +551,30 @@ async fn codex_strict_proxy() -> Result<StrictProxy, String> {
         ],
         ..ProxyConfig::default()
     };
+    side_proxy(mock, config).await
+}
+
+/// Binds and serves a side proxy in front of its own mock.
+async fn side_proxy(mock: MockUpstream, config: ProxyConfig) -> Result<SideProxy, String> {
     let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
     let url = format!("http://{}/v1/responses", proxy.local_addr());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(proxy.serve(async {
         let _ = rx.await;
     }));
-    Ok(StrictProxy { mock, url, stop })
+    Ok(SideProxy { mock, url, stop })
+}
+
+/// A proxy with one API key in front of its own mock (the README's main setup).
+async fn single_key_proxy() -> Result<SideProxy, String> {
+    let mock = MockUpstream::start().await.map_err(|e| e.to_string())?;
+    let config = ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        upstream: mock.base_url(),
+        credentials: vec![KEY_A.parse().expect("literal key")],
+        ..ProxyConfig::default()
+    };
+    side_proxy(mock, config).await
 }
 
 fn print_table(rows: &[Row]) {

@@ -38,7 +38,7 @@ mod replay;
 pub use decode::{INLINE_DECODE_LIMIT, decode, decode_off_runtime};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutBody};
 pub use limited::collect_limited;
-pub use prefix::{Rest, prefixed, read_prefix};
+pub use prefix::{DEFAULT_PEEK_TIMEOUT, Peek, Rest, prefixed, read_prefix, read_prefix_within};
 pub use replay::ReplayBody;
 
 use bytes::Bytes;

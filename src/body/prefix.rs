@@ -1,5 +1,6 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -30,6 +31,92 @@ pub async fn read_prefix(mut body: ResponseBody, limit: usize) -> (Bytes, Rest) 
                 }
             }
         }
+    }
+}
+
+/// How long a layer waits for an error body it peeks at: an error answer is small and
+/// arrives at once, so a body that stalls is answered with what came.
+pub const DEFAULT_PEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`read_prefix_within`] read.
+pub struct Peek {
+    /// The bytes read.
+    pub prefix: Bytes,
+    /// What follows them (as [`read_prefix`] returns it).
+    pub rest: Rest,
+    /// `true` when the time bound ended the read: `rest` is the body still to come, which
+    /// may never come.
+    pub stalled: bool,
+}
+
+impl Peek {
+    /// The body of an error answer: all of it, or, when it stalled, what was read (the
+    /// client is answered now instead of waiting on an upstream that sends nothing).
+    pub fn into_error_body(self) -> ResponseBody {
+        if self.stalled {
+            full_body(self.prefix)
+        } else {
+            prefixed(self.prefix, self.rest)
+        }
+    }
+
+    /// The error answer again, from its head and [`into_error_body`](Self::into_error_body);
+    /// a stalled body's `Content-Length` is dropped, since what was read is shorter.
+    pub fn into_error_response(
+        self,
+        mut parts: http::response::Parts,
+    ) -> http::Response<ResponseBody> {
+        if self.stalled {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        http::Response::from_parts(parts, self.into_error_body())
+    }
+}
+
+/// [`read_prefix`] bounded in time: after `within`, it stops with what it has and
+/// [`Peek::stalled`] set.
+pub async fn read_prefix_within(mut body: ResponseBody, limit: usize, within: Duration) -> Peek {
+    let mut buf = BytesMut::new();
+    // The read borrows the body, so a stalled read can still hand it on.
+    let read = async {
+        loop {
+            match body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                        if buf.len() > limit {
+                            return Ok(Some(()));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(within, read).await;
+    let prefix = buf.freeze();
+    match outcome {
+        Ok(Ok(None)) => Peek {
+            prefix,
+            rest: None,
+            stalled: false,
+        },
+        Ok(Ok(Some(()))) => Peek {
+            prefix,
+            rest: Some(Ok(body)),
+            stalled: false,
+        },
+        Ok(Err(e)) => Peek {
+            prefix,
+            rest: Some(Err(e)),
+            stalled: false,
+        },
+        Err(_) => Peek {
+            prefix,
+            rest: Some(Ok(body)),
+            stalled: true,
+        },
     }
 }
 

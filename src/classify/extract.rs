@@ -170,6 +170,12 @@ fn text_body(body: &[u8]) -> Said {
     }
 }
 
+/// Whether a non-JSON body is an HTML page or nothing at all.
+fn is_page_or_empty(body: &[u8]) -> bool {
+    let t = body.trim_ascii();
+    t.is_empty() || t.starts_with(b"<")
+}
+
 /// A `response.incomplete` (or `status: incomplete` object) is a credential's failure only
 /// when its reason is quota- or rate-limit-shaped.
 fn incomplete(response: &Value, status: Option<StatusCode>, origin: Origin) -> Option<Failure> {
@@ -249,7 +255,23 @@ pub(super) fn from_http(
             // Plain text, HTML, or JSON cut short by the caller's bound: the text is the message.
             None => text_body(body),
         };
-        said.into_failure(Some(status), Origin::Http)
+        let page = json.is_none() && is_page_or_empty(body);
+        let failure = said.into_failure(Some(status), Origin::Http);
+        if page && status == StatusCode::FORBIDDEN && failure.class == FailureClass::Auth {
+            // Only the status said "auth": a challenge page in front of the API, not a key
+            // the API refused (which always answers in its JSON envelope).
+            let auth_phrase = failure
+                .message
+                .as_deref()
+                .is_some_and(|m| classify_error(None, None, None, Some(m)) == FailureClass::Auth);
+            if !auth_phrase {
+                return Some(Failure {
+                    class: FailureClass::Blocked,
+                    ..failure
+                });
+            }
+        }
+        failure
     };
     failure.retry = hints::retry_hint_from_headers(headers, now).merge(failure.retry);
     Some(failure)

@@ -108,6 +108,7 @@
 //! | 429 | `RateLimited` |
 //! | 402 | `QuotaExhausted` |
 //! | 401, 403 | `Auth` (a 401 from the Codex backend is an expired token; a refresh may fix it) |
+//! | 403 with an HTML page or no body, nothing else said | `Blocked` (a CDN or firewall challenge, not the credential) |
 //! | 404, 405 | `RouteNotFound` |
 //! | 408, 500, 502, 504, other 5xx | `Transient` |
 //! | 503, 529 | `Overloaded` |
@@ -120,7 +121,7 @@
 //! |---|---|---|
 //! | `RateLimited`, `QuotaExhausted`, `Auth`, `Overloaded`, `Transient` | yes | yes |
 //! | `StaleConnection` | no (the connection's fault) | yes |
-//! | `ModelUnsupported`, `RouteNotFound`, `ContextLength`, `InvalidRequest`, `ContentPolicy`, `PreviousResponseNotFound`, `Cancelled`, `Unknown` | no | no |
+//! | `ModelUnsupported`, `RouteNotFound`, `ContextLength`, `InvalidRequest`, `ContentPolicy`, `PreviousResponseNotFound`, `Cancelled`, `Blocked`, `Unknown` | no | no |
 //!
 //! A `Transient` transport error (connect refused, reset) is the network's fault, not the
 //! credential's: [`Failure::cools_credential`] accounts for [`Failure::origin`] and is the
@@ -175,6 +176,10 @@ pub enum FailureClass {
     Cancelled,
     /// Nothing recognisable.
     Unknown,
+    /// Refused before the API: a `403` with an HTML page or no body (a CDN or firewall
+    /// challenge). The credential is not at fault and the request would meet the same page
+    /// elsewhere, so nothing cools and the answer passes.
+    Blocked,
 }
 
 impl FailureClass {
@@ -195,6 +200,7 @@ impl FailureClass {
             FailureClass::RouteNotFound => "route_not_found",
             FailureClass::Cancelled => "cancelled",
             FailureClass::Unknown => "unknown",
+            FailureClass::Blocked => "blocked",
         }
     }
 

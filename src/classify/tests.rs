@@ -392,9 +392,32 @@ fn status_fallbacks() {
             want,
             "{code}"
         );
-        assert_eq!(http_class(code, ""), want, "empty {code}");
+        let bodiless = if code == 403 { Blocked } else { want };
+        assert_eq!(http_class(code, ""), bodiless, "empty {code}");
     }
     assert_eq!(classify_error(Some(status(200)), None, None, None), Unknown);
+}
+
+#[test]
+fn forbidden_pages_are_not_auth() {
+    // A CDN challenge in front of the API is not the key's fault...
+    let page = "<!DOCTYPE html><html><head><title>Just a moment...</title></head></html>";
+    assert_eq!(http_class(403, page), Blocked);
+    assert_eq!(http_class(403, "  "), Blocked);
+    assert!(!Blocked.cools_credential() && !Blocked.retry_elsewhere());
+    // ...but the API's own refusal, or a page that says so, is.
+    assert_eq!(
+        http_class(
+            403,
+            r#"{"error":{"message":"denied","code":"permission_denied"}}"#
+        ),
+        Auth
+    );
+    assert_eq!(
+        http_class(403, "<html><title>Invalid API key</title></html>"),
+        Auth
+    );
+    assert_eq!(http_class(401, ""), Auth);
 }
 
 #[test]

@@ -69,6 +69,9 @@ pub struct CompactConfig {
     pub summary_prompt: Option<String>,
     /// Longest summary kept, in bytes; a longer one is cut (on a character boundary).
     pub max_summary_bytes: usize,
+    /// Longest silence of the upstream while it writes a local summary, in seconds; a summary
+    /// that keeps coming is never cut. Default 300.
+    pub summary_idle_timeout_secs: u64,
 }
 
 /// The default summarisation request of a local compaction.
@@ -111,11 +114,17 @@ impl Default for CompactConfig {
             keep_user_tokens: 20_000,
             summary_prompt: None,
             max_summary_bytes: 256 * 1024,
+            summary_idle_timeout_secs: 300,
         }
     }
 }
 
 impl CompactConfig {
+    /// [`summary_idle_timeout_secs`](Self::summary_idle_timeout_secs) as a duration.
+    pub fn summary_idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.summary_idle_timeout_secs)
+    }
+
     /// The policy that applies to `model`.
     pub fn policy_for(&self, model: &str) -> RemotePolicy {
         self.models

@@ -2,7 +2,7 @@
 //! the shape the client asked for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -14,10 +14,10 @@ use tower_service::Service;
 
 use super::CompactForm;
 use super::marker::encode_summary;
-use crate::body::read_prefix;
-use crate::body::{ReplayBody, ResponseBody, full_body};
+use crate::body::{IdleTimeout, IdleTimeoutBody, ReplayBody, ResponseBody, full_body, read_prefix};
 use crate::classify::Failure;
 use crate::error::{ApiError, BoxError};
+use crate::normalize::events::response_usage;
 use crate::soft_failure::SoftFailure;
 use crate::sse::{SseDecoder, is_event_stream};
 
@@ -117,11 +117,13 @@ fn failure_response(failure: &Failure) -> Response<ResponseBody> {
     err.into_stack_response()
 }
 
-/// Sends the summary request and reads the summary out of the answer.
+/// Sends the summary request and reads the summary out of the answer; the upstream may take
+/// as long as it keeps sending, but never stay silent longer than `idle`.
 pub(crate) async fn summarise<S>(
     inner: S,
     req: Request<ReplayBody>,
     max_bytes: usize,
+    idle: Duration,
 ) -> Result<Summarised, BoxError>
 where
     S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
@@ -139,11 +141,12 @@ where
         ..Summary::default()
     };
     let streamed = is_event_stream(res.headers());
-    let mut body = res.into_body();
+    let mut body = IdleTimeoutBody::new(res.into_body(), idle).boxed_unsync();
     if !streamed {
         let (bytes, rest) = read_prefix(body, MAX_JSON_ANSWER).await;
         let object = match (rest, serde_json::from_slice::<ResponseObject>(&bytes)) {
             (None, Ok(object)) => object,
+            (Some(Err(e)), _) if is_idle(&*e) => return Ok(Summarised::Failed(silent(idle))),
             _ => return Ok(Summarised::Failed(empty_summary())),
         };
         push_bounded(&mut summary.text, &object.output_text(), max_bytes);
@@ -153,7 +156,12 @@ where
     let mut decoder = SseDecoder::new();
     let mut done_text: Option<String> = None;
     'read: while let Some(frame) = body.frame().await {
-        let Ok(chunk) = frame?.into_data() else {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) if is_idle(&*e) => return Ok(Summarised::Failed(silent(idle))),
+            Err(e) => return Err(e),
+        };
+        let Ok(chunk) = frame.into_data() else {
             continue;
         };
         decoder.push(chunk);
@@ -205,6 +213,24 @@ where
     Ok(finish(summary))
 }
 
+fn is_idle(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<IdleTimeout>().is_some()
+}
+
+/// The answer when the upstream went silent in the middle of the summary.
+fn silent(idle: Duration) -> Response<ResponseBody> {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "server_error",
+        format!(
+            "local compaction failed: the upstream sent nothing for {}s",
+            idle.as_secs()
+        ),
+    )
+    .with_code("upstream_timeout")
+    .into_stack_response()
+}
+
 fn empty_summary() -> Response<ResponseBody> {
     ApiError::upstream_unavailable("local compaction failed: the upstream returned no summary")
         .with_code("compaction_failed")
@@ -228,38 +254,39 @@ fn unix_now() -> u64 {
 }
 
 /// The client's answer: v1 JSON (kept user messages, then the compaction item) or a v2
-/// stream with exactly one compaction item.
+/// stream with exactly one compaction item. What the proxy writes here is a whole Responses
+/// object as the SDKs' types define it: items carry an `id`, response objects every field
+/// a Response has, `usage` every count (zero where the upstream gave none).
 pub(crate) fn answer(
     form: CompactForm,
     summary: Summary,
     kept_user_messages: &[String],
     model: &str,
 ) -> Response<ResponseBody> {
-    let item = json!({"type": "compaction", "encrypted_content": encode_summary(&summary.text)});
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let id = format!("resp_trsum_{:x}_{n}", unix_now());
+    let now = unix_now();
+    let id = format!("resp_trsum_{now:x}_{n}");
+    let item = json!({
+        "id": format!("cmp_trsum_{now:x}_{n}"),
+        "type": "compaction",
+        "encrypted_content": encode_summary(&summary.text),
+    });
+    let usage = response_usage(summary.usage.as_ref(), 0, 0);
     let (content_type, body) = match form {
         CompactForm::V1 => {
             let mut output: Vec<&str> = kept_user_messages.iter().map(String::as_str).collect();
             let item = item.to_string();
             output.push(&item);
-            let usage = summary
-                .usage
-                .as_ref()
-                .map_or_else(|| "null".to_string(), Value::to_string);
             let body = format!(
                 r#"{{"id":{},"object":"response.compaction","created_at":{},"output":{},"usage":{}}}"#,
                 Value::from(id),
-                unix_now(),
+                now,
                 crate::json::join_array(output),
                 usage
             );
             ("application/json", Bytes::from(body))
         }
-        CompactForm::V2 => (
-            "text/event-stream",
-            v2_stream(&id, model, item, summary.usage),
-        ),
+        CompactForm::V2 => ("text/event-stream", v2_stream(&id, model, now, item, usage)),
     };
     let mut res = Response::new(full_body(body));
     *res.headers_mut() = summary.headers;
@@ -268,33 +295,59 @@ pub(crate) fn answer(
     res
 }
 
+/// A Response object with every field the API's own has; the request's sampling and tool
+/// settings are not known here, so they take the API's defaults.
 fn response_object(
     id: &str,
     model: &str,
+    created_at: u64,
     status: &str,
     output: Vec<Value>,
-    usage: Option<Value>,
+    usage: Value,
 ) -> Value {
+    let completed_at = (status == "completed").then(unix_now);
     json!({
         "id": id,
         "object": "response",
-        "created_at": unix_now(),
+        "created_at": created_at,
         "status": status,
+        "background": false,
+        "completed_at": completed_at,
         "error": null,
         "incomplete_details": null,
+        "instructions": null,
+        "max_output_tokens": null,
+        "max_tool_calls": null,
+        "metadata": {},
         "model": model,
         "output": output,
+        "parallel_tool_calls": true,
+        "previous_response_id": null,
+        "prompt_cache_key": null,
+        "reasoning": {"effort": null, "summary": null},
+        "safety_identifier": null,
+        "service_tier": "default",
+        "store": false,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
         "usage": usage,
+        "user": null,
     })
 }
 
-fn v2_stream(id: &str, model: &str, item: Value, usage: Option<Value>) -> Bytes {
+fn v2_stream(id: &str, model: &str, created_at: u64, item: Value, usage: Value) -> Bytes {
+    let open = |status| response_object(id, model, created_at, status, vec![], Value::Null);
     let events = [
-        json!({"type": "response.created", "response": response_object(id, model, "in_progress", vec![], None)}),
-        json!({"type": "response.in_progress", "response": response_object(id, model, "in_progress", vec![], None)}),
+        json!({"type": "response.created", "response": open("in_progress")}),
+        json!({"type": "response.in_progress", "response": open("in_progress")}),
         json!({"type": "response.output_item.added", "output_index": 0, "item": item}),
         json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
-        json!({"type": "response.completed", "response": response_object(id, model, "completed", vec![item.clone()], usage)}),
+        json!({"type": "response.completed", "response": response_object(id, model, created_at, "completed", vec![item.clone()], usage)}),
     ];
     let mut out = BytesMut::new();
     for (n, mut event) in events.into_iter().enumerate() {

@@ -54,6 +54,7 @@
 //! unsupported_ttl_secs = 21600    # how long a refusal is remembered
 //! keep_user_tokens = 20000        # v1 local answers keep this many tokens of user messages
 //! max_summary_bytes = 262144
+//! summary_idle_timeout_secs = 300 # a local summary may take long, but not go silent this long
 //! # summary_prompt = "..."        # replaces DEFAULT_SUMMARY_PROMPT
 //!
 //! [compact.models."gpt-5.5"]      # per-model overrides

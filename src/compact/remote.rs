@@ -8,8 +8,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::CompactForm;
+use crate::body::{DEFAULT_PEEK_TIMEOUT, IdleTimeoutBody, Rest, prefixed, read_prefix_within};
 use crate::body::{ReplayBody, ResponseBody};
-use crate::body::{Rest, prefixed, read_prefix};
 use crate::classify::{Failure, FailureClass};
 use crate::error::BoxError;
 use crate::soft_failure::SoftFailure;
@@ -21,6 +21,10 @@ const ERROR_PEEK: usize = 64 * 1024;
 /// Most bytes of a v2 stream held while waiting for its compaction item. A compaction
 /// answer is a handful of events; an answer this long without one is not compacting.
 const MAX_V2_HOLD: usize = 8 * 1024 * 1024;
+
+/// Longest silence of a v2 answer held while waiting for its compaction item (what Codex
+/// itself waits on a silent stream).
+const V2_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What a remote attempt came to.
 pub(crate) enum Outcome {
@@ -77,14 +81,12 @@ where
         });
     }
     let (parts, body) = res.into_parts();
-    let (prefix, rest) = read_prefix(body, ERROR_PEEK).await;
-    let failure = marked.or_else(|| Failure::from_http(status, &parts.headers, &prefix));
+    // Bounded in time too: an error body that stalls is answered with what came.
+    let peek = read_prefix_within(body, ERROR_PEEK, DEFAULT_PEEK_TIMEOUT).await;
+    let failure = marked.or_else(|| Failure::from_http(status, &parts.headers, &peek.prefix));
     match failure {
         Some(f) if refuses_compaction(&f, form) => Ok(Outcome::Refused(f.to_string())),
-        _ => Ok(Outcome::Failed(Response::from_parts(
-            parts,
-            prefixed(prefix, rest),
-        ))),
+        _ => Ok(Outcome::Failed(peek.into_error_response(parts))),
     }
 }
 
@@ -111,7 +113,10 @@ fn is_compaction_done(data: &[u8]) -> bool {
 /// Holds a v2 answer back until its compaction item is done: then it goes out as it came.
 /// An answer that completes without one is a refusal.
 async fn inspect_v2(res: Response<ResponseBody>) -> Result<Outcome, BoxError> {
-    let (parts, mut body) = res.into_parts();
+    let (parts, body) = res.into_parts();
+    // The hold ends at the compaction item, however long the upstream takes to write it, but
+    // not on an upstream that goes silent.
+    let mut body = IdleTimeoutBody::new(body, V2_IDLE).boxed_unsync();
     let mut decoder = SseDecoder::new();
     let mut held = BytesMut::new();
     let pass = |held: BytesMut, rest: Rest, parts| {

@@ -197,7 +197,7 @@ fn mark(
 }
 
 async fn route<S>(
-    inner: S,
+    mut inner: S,
     layer: CompactRouteLayer,
     mut req: Request<ReplayBody>,
 ) -> Result<Response<ResponseBody>, BoxError>
@@ -280,7 +280,9 @@ where
             }
         }
         attempt_req.extensions_mut().insert(RemoteCompactAttempt);
-        match attempt(inner.clone(), attempt_req, form).await? {
+        // Every attempt goes through the instance readied in poll_ready (by `&mut`): a clone
+        // would wait for capacity this one holds, such as a concurrency limit's permit.
+        match attempt(&mut inner, attempt_req, form).await? {
             Outcome::Compacted(res) => {
                 tracing::info!(model = %m, form = form.as_str(), mode = mode.as_str(), "compacted by the upstream");
                 layer.count(
@@ -323,7 +325,14 @@ where
         header::ACCEPT,
         HeaderValue::from_static("text/event-stream"),
     );
-    match summarise(inner, summary_req, config.max_summary_bytes).await? {
+    match summarise(
+        &mut inner,
+        summary_req,
+        config.max_summary_bytes,
+        config.summary_idle_timeout(),
+    )
+    .await?
+    {
         Summarised::Done(summary) => {
             let kept = match form {
                 CompactForm::V1 => kept_user_messages(

@@ -111,6 +111,7 @@ fn wrote(writing: &mut bool, tag: &ConnTag, n: usize) {
     if n == 0 {
         return;
     }
+    tag.wrote();
     if *writing {
         tag.touch();
     } else {

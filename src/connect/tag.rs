@@ -15,6 +15,7 @@ struct Inner {
     created: Instant,
     uses: AtomicU64,
     last_active_ns: AtomicU64,
+    last_write_ns: AtomicU64,
     idle_before_use_ns: AtomicU64,
 }
 
@@ -25,6 +26,7 @@ impl ConnTag {
             created: Instant::now(),
             uses: AtomicU64::new(0),
             last_active_ns: AtomicU64::new(0),
+            last_write_ns: AtomicU64::new(0),
             idle_before_use_ns: AtomicU64::new(0),
         }))
     }
@@ -64,6 +66,18 @@ impl ConnTag {
     /// When bytes last moved on the connection.
     pub fn last_active(&self) -> Instant {
         self.0.created + Duration::from_nanos(self.0.last_active_ns.load(Ordering::Acquire))
+    }
+
+    /// How long ago the last request bytes were written. A reused connection that fails
+    /// within moments of the write failed before the upstream could have worked on the
+    /// request; one that fails later may have run it.
+    pub fn since_last_write(&self) -> Duration {
+        let at = Duration::from_nanos(self.0.last_write_ns.load(Ordering::Acquire));
+        self.0.created.elapsed().saturating_sub(at)
+    }
+
+    pub(crate) fn wrote(&self) {
+        self.0.last_write_ns.store(self.now_ns(), Ordering::Release);
     }
 
     fn now_ns(&self) -> u64 {

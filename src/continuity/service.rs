@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use http::{Request, Response, header};
+use http::{Request, Response, Uri, header};
 use http_body_util::BodyExt;
-use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::anchor::Anchor;
+use super::search::{Verdict, search_owner, verdict};
 use super::sessions::{SessionStats, Sessions};
 use super::watch::{Learn, OwnerWatch, learn_from_event, learn_from_json};
 use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
@@ -17,7 +18,9 @@ use crate::classify::FailureClass;
 use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy};
 use crate::error::{ApiError, BoxError};
 use crate::facts::{RequestFacts, session_key};
+use crate::marks::AttemptError;
 use crate::metrics::Metrics;
+use crate::profile::Profile;
 use crate::soft_failure::{EventsObserved, SoftFailure, StreamObserver, StreamObservers};
 use crate::sse::is_event_stream;
 
@@ -50,6 +53,7 @@ pub struct ContinuityLayer {
     config: ContinuityConfig,
     sessions: Arc<Sessions>,
     metrics: Option<Metrics>,
+    profile: Option<Profile>,
 }
 
 impl std::fmt::Debug for ContinuityLayer {
@@ -73,7 +77,15 @@ impl ContinuityLayer {
             pool,
             config,
             metrics: None,
+            profile: None,
         }
+    }
+
+    /// The upstream's profile for credentials that set none (as the stack's
+    /// `BodyNormalizeLayer` has it). Without one, it is read from each request's URL.
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = Some(profile);
+        self
     }
 
     /// Reports into `metrics`.
@@ -99,6 +111,30 @@ impl ContinuityLayer {
     /// A session's token accounting.
     pub fn session_stats(&self, session: &str) -> Option<SessionStats> {
         self.sessions.get(session)
+    }
+
+    pub(super) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The profile a request goes out with when its credential names none.
+    fn stack_profile(&self, uri: &Uri) -> Profile {
+        self.profile
+            .unwrap_or_else(|| Profile::from_base_url(&uri.to_string()))
+    }
+
+    /// Whether ids `credential` creates can be anchors later. The ChatGPT Codex backend
+    /// stores nothing over HTTP (`store` is forced off there, and normalize refuses anchors
+    /// to it), so its ids would only fill the owner map.
+    fn keeps_anchors(&self, credential: &str, stack_profile: Profile) -> bool {
+        let member = self.pool.entry(credential).map(|e| &e.member);
+        let profile = member
+            .and_then(|m| {
+                m.profile
+                    .or_else(|| m.base_url.as_deref().map(Profile::from_base_url))
+            })
+            .unwrap_or(stack_profile);
+        profile != Profile::ChatgptCodex
     }
 }
 
@@ -130,12 +166,15 @@ struct Learner {
     layer: ContinuityLayer,
     credential: Option<Arc<str>>,
     session: Option<String>,
+    stack_profile: Profile,
 }
 
 impl Learn for Learner {
     fn response_id(&mut self, id: &str) {
         if let Some(c) = &self.credential {
-            self.layer.record_owner(id, c);
+            if self.layer.keeps_anchors(c, self.stack_profile) {
+                self.layer.record_owner(id, c);
+            }
         }
     }
 
@@ -153,6 +192,7 @@ impl Learn for Learner {
 struct Observer {
     layer: ContinuityLayer,
     session: Option<String>,
+    stack_profile: Profile,
 }
 
 impl StreamObserver for Observer {
@@ -164,6 +204,7 @@ impl StreamObserver for Observer {
             layer: self.layer.clone(),
             credential: credential.map(Arc::from),
             session: self.session.clone(),
+            stack_profile: self.stack_profile,
         };
         // Every attempt's created event names its own credential, so a failed attempt's id
         // goes to the credential that made it; the answer's id to the one that answered.
@@ -195,53 +236,59 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReplayBody>) -> Self::Future {
+        // The instance readied in poll_ready serves this request; the clone stays behind.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         let facts = RequestFacts::of(&mut req);
         let session = session_key(req.headers(), &facts);
-        let anchor = facts.previous_response_id.clone();
-        let owner = anchor.as_deref().and_then(|id| layer.owner_of(id));
+        let anchor = Anchor::of(&req, &facts);
+        let owner = anchor.as_ref().and_then(|a| layer.owner_of(a.id()));
         if let Some(o) = &owner {
             req.extensions_mut()
                 .insert(PinnedCredential(Arc::from(o.as_str())));
         }
-        let encrypted_owner = owner.clone().or_else(|| {
-            session
-                .as_deref()
-                .and_then(|s| layer.pool.state().affinity(s))
-        });
+        // Encrypted items belong to the account that answered the previous turn (the anchor's
+        // owner, else the session's last account, a fallback included).
+        let encrypted_owner = owner
+            .clone()
+            .or_else(|| session.as_deref().and_then(|s| layer.pool.last_served(s)));
         if let Some(o) = encrypted_owner {
             req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
         }
+        let stack_profile = layer.stack_profile(req.uri());
         StreamObservers::add(
             &mut req,
             Arc::new(Observer {
                 layer: layer.clone(),
                 session: session.clone(),
+                stack_profile,
             }),
         );
         Box::pin(async move {
             let retry_copy = (anchor.is_some() && owner.is_none()).then(|| clone_request(&req));
-            let result = inner.clone().oneshot(req).await;
-            let res = match (result, &anchor) {
-                (Ok(res), Some(_)) => recover(res, retry_copy, inner, &layer).await,
+            let result = inner.call(req).await;
+            let res = match (result, anchor) {
+                (Ok(res), Some(anchor)) => {
+                    recover(res, retry_copy, &mut inner, &layer, &anchor).await
+                }
                 (Ok(res), None) => res,
                 (Err(e), Some(_)) => {
                     // Never let a lost anchor look like a missing one: the client must retry
                     // with previous_response_id intact.
-                    tracing::info!(error = %e, "transport loss on an anchored request; answering 502 upstream_unavailable");
+                    let phase = AttemptError::find(&*e).map(|a| a.phase.as_str());
+                    tracing::info!(error = %e, phase, "transport loss on an anchored request; answering 502 upstream_unavailable");
                     count(&layer, "transport_to_502");
                     return Ok(upstream_unavailable());
                 }
                 (Err(e), None) => return Err(e),
             };
-            Ok(learn(res, &layer, session).await)
+            Ok(learn(res, &layer, session, stack_profile).await)
         })
     }
 }
 
-fn count(layer: &ContinuityLayer, what: &str) {
+pub(super) fn count(layer: &ContinuityLayer, what: &str) {
     if let Some(m) = &layer.metrics {
         m.inc(
             "tr_continuity_actions_total",
@@ -251,68 +298,45 @@ fn count(layer: &ContinuityLayer, what: &str) {
     }
 }
 
-fn upstream_unavailable() -> Response<ResponseBody> {
+pub(super) fn upstream_unavailable() -> Response<ResponseBody> {
     ApiError::upstream_unavailable(
         "the upstream connection was lost; retry this request with the same previous_response_id",
     )
     .into_stack_response()
 }
 
-/// Handles an anchored request's answer: maps losses to 502; asks the other credentials when
-/// the owner is unknown and the answer says the anchor is missing.
+/// Handles an anchored request's answer: maps a stream cut before content to 502; searches
+/// the other credentials when the owner is unknown and the answer says the anchor is missing.
 async fn recover<S>(
     res: Response<ResponseBody>,
     retry_copy: Option<Request<ReplayBody>>,
-    inner: S,
+    inner: &mut S,
     layer: &ContinuityLayer,
+    anchor: &Anchor,
 ) -> Response<ResponseBody>
 where
-    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError> + Clone,
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
 {
-    let class = res
+    let cut = res
         .extensions()
         .get::<SoftFailure>()
         .filter(|s| s.before_content)
-        .map(|s| s.failure.class);
-    match class {
-        Some(FailureClass::Transient | FailureClass::StaleConnection)
-            if res.status().is_success() =>
-        {
-            // A stream cut before content: retryable, not a missing anchor.
-            count(layer, "cut_stream_to_502");
-            upstream_unavailable()
+        .is_some_and(|s| {
+            matches!(
+                s.failure.class,
+                FailureClass::Transient | FailureClass::StaleConnection
+            )
+        });
+    if cut && res.status().is_success() {
+        // A stream cut before content: retryable, not a missing anchor.
+        count(layer, "cut_stream_to_502");
+        return upstream_unavailable();
+    }
+    match (verdict(&res, anchor), retry_copy) {
+        (Verdict::Missing, Some(template)) => {
+            search_owner(res, &template, inner, layer, anchor).await
         }
-        Some(FailureClass::PreviousResponseNotFound) => {
-            let Some(template) = retry_copy else {
-                return res; // the owner itself says it is gone: genuine
-            };
-            let served = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
-            for label in layer.pool.labels() {
-                if Some(&label) == served.as_ref() {
-                    continue;
-                }
-                let mut attempt = clone_request(&template);
-                attempt
-                    .extensions_mut()
-                    .insert(PinnedCredential(label.clone()));
-                count(layer, "search_owner");
-                let Ok(other) = inner.clone().oneshot(attempt).await else {
-                    continue;
-                };
-                let missing = other
-                    .extensions()
-                    .get::<SoftFailure>()
-                    .is_some_and(|s| s.failure.class == FailureClass::PreviousResponseNotFound);
-                if !missing {
-                    tracing::info!(
-                        credential = &*label,
-                        "found the owner of previous_response_id on another credential"
-                    );
-                    return other;
-                }
-            }
-            res
-        }
+        // The owner itself says it is gone (genuine), or the answer is not about the anchor.
         _ => res,
     }
 }
@@ -322,6 +346,7 @@ async fn learn(
     res: Response<ResponseBody>,
     layer: &ContinuityLayer,
     session: Option<String>,
+    stack_profile: Profile,
 ) -> Response<ResponseBody> {
     let credential = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
     if credential.is_none() && session.is_none() {
@@ -331,6 +356,7 @@ async fn learn(
         layer: layer.clone(),
         credential,
         session,
+        stack_profile,
     };
     if res.extensions().get::<EventsObserved>().is_some() {
         return res; // the observer above learns as the events pass

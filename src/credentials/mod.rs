@@ -9,15 +9,14 @@
 //! `ChatGPT-Account-ID` never go upstream), and while the client has seen nothing, retries on
 //! the next credential, within attempts, a retry budget and a total time.
 //!
-//! Cooldowns follow the classified failure ([`Pool::record_failure`]):
-//!
-//! | class | cooldown |
-//! |---|---|
-//! | rate limited | until the hinted reset (`Retry-After`, "try again in", reset headers), else backoff doubling from 2 s (max 120 s) |
-//! | quota / billing | until `resets_at` or the exhausted Codex window's reset (the later window if both are), else 1 h |
-//! | auth (401/403) | until its `codex-auth:` file changes, or an operator clears it |
-//! | overloaded / 5xx | 1 s, doubling only on consecutive repeats (max 30 s) |
-//! | model, route, stale connection, invalid request, content policy, context length | none: the key is fine |
+//! What happens to each failed attempt (what cools, for how long, whether the request goes
+//! elsewhere, what the client sees) is one pure decision, [`policy::decide`], whose table is
+//! in the [`policy`] module docs and the README. In short: rate limits, quota and auth take a
+//! credential out of rotation until the upstream's reset (clamped per class); an overload or a
+//! 5xx only makes the pool try that credential last, so it never turns into the proxy's own
+//! 429; route, model and request faults cool nothing; a request that may already have run
+//! upstream is never sent again. Cooldowns only grow: a shorter one never replaces a longer
+//! one.
 //!
 //! A successful answer whose `x-codex-*-used-percent` headers show a window at 100% cools
 //! the credential before it fails. Every cooldown is logged with its reason and exported as
@@ -43,17 +42,19 @@
 //! ```
 
 mod lease;
+pub mod policy;
 mod pool;
 mod rotate;
 mod source;
 mod state;
+mod ttl_map;
 
 pub use crate::marks::{EncryptedOwner, PinnedCredential, ServedBy};
 pub use lease::{CredentialLease, LeaseReporter};
-pub use pool::{CooldownPolicy, Pool, PoolMember, Strategy};
+pub use pool::{CooldownPolicy, PickRequest, Pool, PoolMember, Strategy};
 pub use rotate::{CredentialRotate, CredentialRotateLayer, RotateConfig};
 pub use source::{CredentialSource, LoadError};
-pub use state::{Cooldown, MemoryState, PoolState};
+pub use state::{Cooldown, MemoryState, PoolState, SessionBinding};
 
 use std::fmt;
 use std::sync::Arc;
@@ -127,10 +128,14 @@ impl Credential {
     }
 
     /// Replaces the client's `Authorization` and `ChatGPT-Account-ID` with this credential's,
-    /// as sensitive header values.
+    /// as sensitive header values. The client's `OpenAI-Organization` and `OpenAI-Project`
+    /// go too: they name the client's account, and a mismatch with this key is a 401 that
+    /// would cool a healthy credential.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(header::AUTHORIZATION);
         headers.remove(&CHATGPT_ACCOUNT_ID);
+        headers.remove("openai-organization");
+        headers.remove("openai-project");
         if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) {
             v.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, v);

@@ -1,12 +1,15 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::state::{Cooldown, MemoryState, PoolState};
+use super::policy::{self, KeyKind};
+use super::state::{Cooldown, MemoryState, PoolState, SessionBinding};
 use super::{Credential, CredentialSource, LoadError};
 use crate::classify::{CodexUsage, Failure, FailureClass};
 use crate::metrics::Metrics;
 use crate::profile::Profile;
+
+pub use super::policy::CooldownPolicy;
 
 /// How the pool picks among healthy credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -32,7 +35,8 @@ pub struct PoolMember {
     pub source: CredentialSource,
     /// Its own upstream base URL, if it differs from the stack's.
     pub base_url: Option<String>,
-    /// Its upstream's profile, if it differs.
+    /// Its upstream's profile, if it differs. Unset with a `base_url`, it is the profile of
+    /// that URL (a platform key beside Codex logins must not get the Codex rules).
     pub profile: Option<Profile>,
     /// Weight for [`Strategy::Weighted`] (default 1).
     pub weight: u32,
@@ -53,38 +57,24 @@ impl PoolMember {
     }
 }
 
-/// Cooldown lengths where the upstream gave no time.
-#[derive(Debug, Clone)]
-pub struct CooldownPolicy {
-    /// First backoff for a rate limit without a hint; doubles on repeats.
-    pub rate_limit_floor: Duration,
-    /// Cap of that backoff.
-    pub rate_limit_max: Duration,
-    /// Quota/billing exhaustion without a reset time.
-    pub quota_default: Duration,
-    /// First cooldown for overload / 5xx; doubles only on repeats.
-    pub overload_floor: Duration,
-    /// Cap of that.
-    pub overload_max: Duration,
-}
-
-impl Default for CooldownPolicy {
-    fn default() -> Self {
-        CooldownPolicy {
-            rate_limit_floor: Duration::from_secs(2),
-            rate_limit_max: Duration::from_secs(120),
-            quota_default: Duration::from_secs(60 * 60),
-            overload_floor: Duration::from_secs(1),
-            overload_max: Duration::from_secs(30),
-        }
-    }
-}
+/// How often a credential's auth file is looked at (one `stat`), at most.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Entry {
     pub(crate) label: Arc<str>,
     pub(crate) member: PoolMember,
-    pub(crate) current: RwLock<Credential>,
-    file_stamp: RwLock<Option<SystemTime>>,
+    pub(crate) kind: KeyKind,
+    current: Arc<RwLock<Credential>>,
+    file: Option<Arc<FileWatch>>,
+}
+
+/// A credential file's last seen stamp, and whether a reload changed it since the pool last
+/// looked.
+struct FileWatch {
+    stamp: Mutex<Option<SystemTime>>,
+    checked: Mutex<Option<Instant>>,
+    reloading: AtomicBool,
+    changed: AtomicBool,
 }
 
 impl Entry {
@@ -94,6 +84,22 @@ impl Entry {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// What a pick must respect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickRequest<'a> {
+    /// Credentials already tried for this request.
+    pub exclude: &'a [Arc<str>],
+    /// The request must be served by this one (healthy or not: the caller decides what a
+    /// cooling pin means).
+    pub pinned: Option<&'a str>,
+    /// The request's session key.
+    pub session: Option<&'a str>,
+    /// The request is anchored (`previous_response_id`) to an owner nobody knows: members on
+    /// the `chatgpt-codex` profile store nothing, so they are picked only when no other
+    /// member is left.
+    pub anchored: bool,
 }
 
 /// A pool of credentials, their health, and the rules for choosing one.
@@ -121,6 +127,7 @@ pub struct Pool {
     state: Arc<dyn PoolState>,
     strategy: Strategy,
     policy: CooldownPolicy,
+    default_profile: Option<Profile>,
     cursor: AtomicUsize,
     metrics: Option<Metrics>,
 }
@@ -134,18 +141,15 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-fn file_stamp(source: &CredentialSource) -> Option<SystemTime> {
-    source
-        .path()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .and_then(|m| m.modified().ok())
+fn file_stamp(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).ok().and_then(|m| m.modified().ok())
 }
 
 impl Pool {
     /// Loads every member now; fails on the first that cannot be loaded.
     pub fn new(members: Vec<PoolMember>) -> Result<Pool, LoadError> {
         let mut entries = Vec::with_capacity(members.len());
-        for (i, member) in members.into_iter().enumerate() {
+        for (i, mut member) in members.into_iter().enumerate() {
             let mut cred = member.source.load()?;
             // A configured name, else kind and position: never anything of the secret.
             let mut label: Arc<str> = match &member.name {
@@ -157,11 +161,27 @@ impl Pool {
                 label = Arc::from(format!("{label}#{}", entries.len() + 1));
             }
             cred.label = label.to_string();
+            if member.profile.is_none() {
+                member.profile = member.base_url.as_deref().map(Profile::from_base_url);
+            }
+            let kind = match member.source {
+                CredentialSource::CodexAuth(_) => KeyKind::Login,
+                _ => KeyKind::Key,
+            };
+            let file = member.source.path().map(|p| {
+                Arc::new(FileWatch {
+                    stamp: Mutex::new(file_stamp(p)),
+                    checked: Mutex::new(Some(Instant::now())),
+                    reloading: AtomicBool::new(false),
+                    changed: AtomicBool::new(false),
+                })
+            });
             entries.push(Entry {
                 label,
-                file_stamp: RwLock::new(file_stamp(&member.source)),
+                kind,
+                file,
                 member,
-                current: RwLock::new(cred),
+                current: Arc::new(RwLock::new(cred)),
             });
         }
         Ok(Pool {
@@ -169,6 +189,7 @@ impl Pool {
             state: Arc::new(MemoryState::default()),
             strategy: Strategy::default(),
             policy: CooldownPolicy::default(),
+            default_profile: None,
             cursor: AtomicUsize::new(0),
             metrics: None,
         })
@@ -192,6 +213,13 @@ impl Pool {
         self
     }
 
+    /// The stack's profile, which members without their own have (used to keep anchored
+    /// requests off `chatgpt-codex` members).
+    pub fn with_default_profile(mut self, profile: Profile) -> Self {
+        self.default_profile = Some(profile);
+        self
+    }
+
     /// Reports credential state into `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         for e in &self.entries {
@@ -209,6 +237,11 @@ impl Pool {
     /// The state store.
     pub fn state(&self) -> &Arc<dyn PoolState> {
         &self.state
+    }
+
+    /// The cooldown lengths.
+    pub fn policy(&self) -> &CooldownPolicy {
+        &self.policy
     }
 
     /// The credentials' labels, in configuration order.
@@ -230,12 +263,27 @@ impl Pool {
         self.entries.iter().find(|e| &*e.label == label)
     }
 
-    /// The active cooldown of a credential, if any.
+    /// The profile a member's requests go out with (its own, else the stack's).
+    pub fn profile_of(&self, label: &str) -> Option<Profile> {
+        self.entry(label)
+            .and_then(|e| e.member.profile)
+            .or(self.default_profile)
+    }
+
+    /// The active cooldown of a credential, if any (soft ones included).
     pub fn cooldown_of(&self, label: &str) -> Option<Cooldown> {
         self.refresh_file(label);
         self.state
             .cooldown(label)
             .filter(|c| c.active(SystemTime::now()))
+    }
+
+    /// The active cooldowns of every credential.
+    pub fn active_cooldowns(&self) -> Vec<Cooldown> {
+        self.entries
+            .iter()
+            .filter_map(|e| self.cooldown_of(&e.label))
+            .collect()
     }
 
     /// An operator puts a credential back in rotation.
@@ -244,65 +292,113 @@ impl Pool {
         self.set_health(label, true, None);
     }
 
-    /// Re-reads a `codex-auth:` file that changed, and clears an auth cooldown (a new login).
+    /// Notices a changed `codex-auth:` file: at most one `stat` per file per second, and the
+    /// re-read happens off the async workers. A new login clears an auth cooldown.
     fn refresh_file(&self, label: &str) {
         let Some(entry) = self.entry(label) else {
             return;
         };
-        if entry.member.source.path().is_none() {
+        let Some(watch) = &entry.file else {
+            return;
+        };
+        self.take_file_change(label, watch);
+        {
+            let mut checked = watch.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.is_some_and(|t| t.elapsed() < FILE_CHECK_EVERY) {
+                return;
+            }
+            *checked = Some(Instant::now());
+        }
+        if watch.reloading.swap(true, Ordering::AcqRel) {
             return;
         }
-        let stamp = file_stamp(&entry.member.source);
-        let old = *entry.file_stamp.read().unwrap_or_else(|p| p.into_inner());
-        if stamp == old {
-            return;
+        let reload = {
+            let watch = watch.clone();
+            let current = entry.current.clone();
+            let source = entry.member.source.clone();
+            let label = entry.label.clone();
+            move || reload_file(&watch, &current, &source, &label)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(reload);
+            }
+            Err(_) => reload(),
         }
-        match entry.member.source.load() {
-            Ok(mut cred) => {
-                cred.label = entry.label.to_string();
-                *entry.current.write().unwrap_or_else(|p| p.into_inner()) = cred;
-                *entry.file_stamp.write().unwrap_or_else(|p| p.into_inner()) = stamp;
-                if self
-                    .state
-                    .cooldown(label)
-                    .is_some_and(|c| c.class == FailureClass::Auth)
-                {
-                    tracing::info!(
-                        credential = label,
-                        "auth file changed; credential back in rotation"
-                    );
-                    self.clear(label);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(credential = label, error = %e, "auth file changed but cannot be read")
-            }
+        // A reload that finished already (no runtime) is seen now, not a second later.
+        self.take_file_change(label, watch);
+    }
+
+    /// After a reload changed the credential: a new login ends an auth cooldown.
+    fn take_file_change(&self, label: &str, watch: &FileWatch) {
+        let auth_cooling = || {
+            self.state
+                .cooldown(label)
+                .is_some_and(|c| c.class == FailureClass::Auth)
+        };
+        if watch.changed.swap(false, Ordering::AcqRel) && auth_cooling() {
+            tracing::info!(
+                credential = label,
+                "auth file changed; credential back in rotation"
+            );
+            self.clear(label);
         }
     }
 
     /// Picks a healthy credential not in `exclude`: the pinned one if given (healthy or not:
-    /// the caller decides what a cooling pin means), else the session's bound one while it is
-    /// healthy, else by the strategy.
+    /// the caller decides what a cooling pin means), else the session's own while it is
+    /// healthy, else by the strategy. See [`Pool::pick_for`].
     pub fn pick(
         &self,
         exclude: &[Arc<str>],
         pinned: Option<&str>,
         session: Option<&str>,
     ) -> Option<Arc<str>> {
-        if let Some(pin) = pinned {
+        self.pick_for(&PickRequest {
+            exclude,
+            pinned,
+            session,
+            anchored: false,
+        })
+    }
+
+    /// Picks a credential for a request: its pin; else, among credentials not excluded and
+    /// not out of rotation, the session's primary, then the session's fallback, then one by
+    /// the strategy. Credentials under a soft cooldown (overload, 5xx) are picked only when
+    /// every other usable one is too; `chatgpt-codex` members only when an anchored request
+    /// has nowhere else to go.
+    pub fn pick_for(&self, req: &PickRequest<'_>) -> Option<Arc<str>> {
+        if let Some(pin) = req.pinned {
             return self.entry(pin).map(|e| e.label.clone());
         }
-        let healthy: Vec<&Entry> = self
+        let now = SystemTime::now();
+        // Rank 0 is best: fresh, then softly cooled, then (anchored) Codex members.
+        let rank = |e: &Entry| -> Option<u8> {
+            if req.exclude.contains(&e.label) {
+                return None;
+            }
+            let soft = match self.cooldown_of(&e.label) {
+                Some(c) if c.excludes() => return None,
+                Some(c) => c.active(now),
+                None => false,
+            };
+            let codex = req.anchored && self.profile_of(&e.label) == Some(Profile::ChatgptCodex);
+            Some(u8::from(soft) + 2 * u8::from(codex))
+        };
+        let ranked: Vec<(&Entry, u8)> = self
             .entries
             .iter()
-            .filter(|e| !exclude.contains(&e.label) && self.cooldown_of(&e.label).is_none())
+            .filter_map(|e| rank(e).map(|r| (e, r)))
             .collect();
-        if healthy.is_empty() {
-            return None;
-        }
-        if let Some(session) = session {
-            if let Some(bound) = self.state.affinity(session) {
-                if let Some(e) = healthy.iter().find(|e| *e.label == *bound) {
+        let best = ranked.iter().map(|(_, r)| *r).min()?;
+        let healthy: Vec<&Entry> = ranked
+            .iter()
+            .filter(|(_, r)| *r == best)
+            .map(|(e, _)| *e)
+            .collect();
+        if let Some(binding) = req.session.and_then(|s| self.state.session(s)) {
+            for bound in std::iter::once(&binding.primary).chain(binding.fallback.as_ref()) {
+                if let Some(e) = healthy.iter().find(|e| *e.label == **bound) {
                     return Some(e.label.clone());
                 }
             }
@@ -345,12 +441,32 @@ impl Pool {
         Some(chosen.label.clone())
     }
 
-    /// Binds a session to a credential unless it is already bound (failover does not
-    /// overwrite a binding: the session returns to its credential when that one recovers).
-    pub fn bind_session(&self, session: &str, label: &str) {
-        if self.state.affinity(session).is_none() {
-            self.state.bind(session, label);
+    /// Records which credential served a session's turn: the first one becomes its primary;
+    /// another one (the primary was out) becomes its fallback, where it stays until the
+    /// primary returns; either way it is the session's last account.
+    pub fn record_served(&self, session: &str, label: &str) {
+        let mut b = self
+            .state
+            .session(session)
+            .unwrap_or_else(|| SessionBinding {
+                primary: label.to_string(),
+                ..SessionBinding::default()
+            });
+        let before = b.clone();
+        if b.primary != label {
+            b.fallback = Some(label.to_string());
         }
+        b.last = Some(label.to_string());
+        if b != before {
+            self.state.set_session(session, b);
+        }
+    }
+
+    /// The credential that served a session's last turn.
+    pub fn last_served(&self, session: &str) -> Option<String> {
+        self.state
+            .session(session)
+            .map(|b| b.last.unwrap_or(b.primary))
     }
 
     /// Counts a use.
@@ -358,9 +474,19 @@ impl Pool {
         self.state.record_use(label);
     }
 
-    /// Learns from a successful answer's headers: Codex usage windows at 100% cool the
-    /// credential before it fails; a success clears repeat-failure strikes.
+    /// Learns from a successful answer: repeat-failure strikes and a soft cooldown end, and
+    /// Codex usage windows at 100% cool the credential before it fails.
     pub fn record_success(&self, label: &str, headers: &http::HeaderMap) {
+        if self
+            .state
+            .cooldown(label)
+            .is_some_and(|c| !c.excludes() && c.active(SystemTime::now()))
+        {
+            // A soft cooldown only said "recently troubled": an answer says it is fine now.
+            self.clear(label);
+        } else {
+            self.state.reset_strikes(label);
+        }
         if let Some(until) = CodexUsage::from_headers(headers).and_then(|u| u.exhausted_until()) {
             if until > SystemTime::now() {
                 self.cool(
@@ -375,82 +501,49 @@ impl Pool {
         }
     }
 
-    /// Cools a credential as the failure class calls for; returns the cooldown if one was set.
+    /// Cools a credential as [`policy::cooldown_for`] says for this failure; returns the
+    /// cooldown it asked for (a longer one already in place is kept).
     pub fn record_failure(&self, label: &str, failure: &Failure) -> Option<Cooldown> {
         if !failure.cools_credential() {
-            // A route, model, request or connection fault: the key is fine.
+            tracing::debug!(
+                credential = label,
+                class = failure.class.as_str(),
+                "not cooled: the route, the model, the request or the connection is at fault"
+            );
             return None;
         }
-        let now = SystemTime::now();
-        let hinted = failure.retry.until(now);
-        let code = failure.code.as_deref().unwrap_or(failure.class.as_str());
-        let cooldown = match failure.class {
-            FailureClass::RateLimited => {
-                let strikes = self.state.strike(label, failure.class);
-                let until = hinted.unwrap_or_else(|| {
-                    now + backoff(
-                        self.policy.rate_limit_floor,
-                        self.policy.rate_limit_max,
-                        strikes,
-                    )
-                });
-                Some(Cooldown {
-                    until: Some(until),
-                    class: failure.class,
-                    reason: format!("{code}{}", hint_note(hinted.is_some())),
-                })
-            }
-            FailureClass::QuotaExhausted => {
-                let until = hinted.unwrap_or(now + self.policy.quota_default);
-                Some(Cooldown {
-                    until: Some(until),
-                    class: failure.class,
-                    reason: format!("{code}{}", hint_note(hinted.is_some())),
-                })
-            }
-            FailureClass::Auth => Some(Cooldown {
-                until: None,
-                class: failure.class,
-                reason: format!("{code}: out until its auth file changes or an operator clears it"),
-            }),
-            FailureClass::Overloaded | FailureClass::Transient => {
-                let strikes = self.state.strike(label, failure.class);
-                let until = hinted.unwrap_or_else(|| {
-                    now + backoff(
-                        self.policy.overload_floor,
-                        self.policy.overload_max,
-                        strikes,
-                    )
-                });
-                Some(Cooldown {
-                    until: Some(until),
-                    class: failure.class,
-                    reason: format!("{code}{}", hint_note(hinted.is_some())),
-                })
-            }
-            // The route, the model, the connection or the request is at fault, not the key.
-            _ => None,
-        };
-        if let Some(c) = &cooldown {
-            self.cool(label, c.clone());
-        }
-        cooldown
+        let strikes = self.state.strike(label, failure.class).saturating_sub(1);
+        let kind = self.entry(label).map_or(KeyKind::Key, |e| e.kind);
+        let cooldown =
+            policy::cooldown_for(failure, kind, strikes, &self.policy, SystemTime::now())?;
+        self.cool(label, cooldown.clone());
+        Some(cooldown)
     }
 
-    fn cool(&self, label: &str, cooldown: Cooldown) {
+    /// Applies a cooldown (cooldowns only grow) and says so in the log and the metrics.
+    pub(crate) fn cool(&self, label: &str, cooldown: Cooldown) {
         let secs = cooldown
             .until
             .and_then(|u| u.duration_since(SystemTime::now()).ok())
             .map(|d| d.as_secs_f64());
+        if !self.state.set_cooldown(label, cooldown.clone()) {
+            tracing::info!(
+                credential = label,
+                class = cooldown.class.as_str(),
+                reason = %cooldown.reason,
+                "not cooled again: a longer cooldown already holds"
+            );
+            return;
+        }
         tracing::info!(
             credential = label,
             class = cooldown.class.as_str(),
             reason = %cooldown.reason,
             cooling_secs = secs.unwrap_or(f64::INFINITY),
+            out_of_rotation = cooldown.excludes(),
             "credential cooling"
         );
-        self.set_health(label, false, Some(&cooldown));
-        self.state.set_cooldown(label, cooldown);
+        self.set_health(label, !cooldown.excludes(), Some(&cooldown));
     }
 
     fn set_health(&self, label: &str, healthy: bool, cooldown: Option<&Cooldown>) {
@@ -480,35 +573,31 @@ impl Pool {
             );
         }
     }
-
-    /// The earliest time any credential returns, and whether every cooldown is quota.
-    pub fn earliest_return(&self) -> (Option<SystemTime>, bool) {
-        let now = SystemTime::now();
-        let cools: Vec<Cooldown> = self
-            .entries
-            .iter()
-            .filter_map(|e| self.state.cooldown(&e.label).filter(|c| c.active(now)))
-            .collect();
-        let all_quota = !cools.is_empty()
-            && cools
-                .iter()
-                .all(|c| c.class == FailureClass::QuotaExhausted);
-        (cools.iter().filter_map(|c| c.until).min(), all_quota)
-    }
 }
 
-fn hint_note(hinted: bool) -> &'static str {
-    if hinted {
-        " (time from the upstream's reset signal)"
-    } else {
-        " (no reset signal; default backoff)"
+/// Re-reads a credential file whose stamp moved (runs off the async workers).
+fn reload_file(
+    watch: &FileWatch,
+    current: &RwLock<Credential>,
+    source: &CredentialSource,
+    label: &str,
+) {
+    let stamp = source.path().and_then(file_stamp);
+    let old = *watch.stamp.lock().unwrap_or_else(|p| p.into_inner());
+    if stamp != old {
+        match source.load() {
+            Ok(mut cred) => {
+                cred.label = label.to_string();
+                *current.write().unwrap_or_else(|p| p.into_inner()) = cred;
+                *watch.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+                watch.changed.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(credential = label, error = %e, "auth file changed but cannot be read")
+            }
+        }
     }
-}
-
-fn backoff(floor: Duration, max: Duration, strikes: u32) -> Duration {
-    floor
-        .saturating_mul(1u32 << strikes.saturating_sub(1).min(16))
-        .min(max)
+    watch.reloading.store(false, Ordering::Release);
 }
 
 /// A cheap, well-spread pseudo-random number below `n` (SplitMix64 of a counter and the clock):
@@ -653,15 +742,20 @@ mod tests {
     }
 
     #[test]
-    fn failover_does_not_overwrite_a_session_binding() {
+    fn a_session_keeps_its_primary_and_one_fallback() {
         let p = pool(&KEYS, Strategy::RoundRobin);
-        p.bind_session("s", "key-2");
+        p.record_served("s", "key-2");
         assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-2");
         p.record_failure("key-2", &Failure::new(FailureClass::RateLimited));
         let other = p.pick(&[], None, Some("s")).unwrap();
         assert_ne!(&*other, "key-2");
-        p.bind_session("s", &other);
+        p.record_served("s", &other);
+        // The binding does not move; the fallback is kept while the primary is out.
         assert_eq!(p.state().affinity("s").as_deref(), Some("key-2"));
+        for _ in 0..5 {
+            assert_eq!(p.pick(&[], None, Some("s")), Some(other.clone()));
+        }
+        assert_eq!(p.last_served("s").as_deref(), Some(&*other));
     }
 
     #[test]
@@ -773,6 +867,11 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
+        // The file is looked at once a second at most: wait for it, boundedly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while p.pick(&[], None, None).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_eq!(p.pick(&[], None, None).as_deref(), Some(label.as_str()));
         assert_eq!(
             p.entry(&label).unwrap().credential().token.expose(),

@@ -10,14 +10,19 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{CredentialLease, EncryptedOwner, PinnedCredential, Pool, ServedBy};
-use crate::body::{ReplayBody, ResponseBody, clone_request};
-use crate::classify::{Failure, FailureClass};
+use super::policy::{self, Next, NoneUsable};
+use super::{
+    Cooldown, CredentialLease, EncryptedOwner, PickRequest, PinnedCredential, Pool, ServedBy,
+};
+use crate::body::{
+    DEFAULT_PEEK_TIMEOUT, ReplayBody, ResponseBody, clone_request, read_prefix_within,
+};
+use crate::classify::{Failure, FailureClass, Origin};
 use crate::compact::RemoteCompactAttempt;
 use crate::error::{ApiError, BoxError};
 use crate::facts::{RequestFacts, session_key};
+use crate::marks::{AttemptError, Phase, SoftFailure};
 use crate::metrics::Metrics;
-use crate::soft_failure::SoftFailure;
 
 /// Bounds of the retries across credentials.
 #[derive(Debug, Clone)]
@@ -31,6 +36,9 @@ pub struct RotateConfig {
     pub retry_percent: f32,
     /// Retries always allowed per second, whatever the share.
     pub min_retries_per_sec: u32,
+    /// When every credential is out of rotation and the first returns within this long, the
+    /// request waits for it instead of failing.
+    pub max_wait: Duration,
 }
 
 impl Default for RotateConfig {
@@ -40,6 +48,7 @@ impl Default for RotateConfig {
             max_total: Duration::from_secs(60),
             retry_percent: 0.5,
             min_retries_per_sec: 10,
+            max_wait: Duration::from_secs(2),
         }
     }
 }
@@ -157,7 +166,8 @@ where
             .extensions()
             .get::<PinnedCredential>()
             .map(|p| p.0.clone());
-        Box::pin(rotate(inner, layer, req, session, pinned))
+        let anchored = pinned.is_none() && facts.previous_response_id.is_some();
+        Box::pin(rotate(inner, layer, req, session, pinned, anchored))
     }
 }
 
@@ -171,12 +181,57 @@ fn count(layer: &CredentialRotateLayer, label: &str, outcome: &str) {
     }
 }
 
+/// Most bytes of an unmarked error body read to classify it (when no
+/// `SoftFailureDetectLayer` sits inside this layer to do it).
+const ERROR_PEEK: usize = 64 * 1024;
+
+/// The outcome of one attempt: its classified failure and phase (`None`: answered), and the
+/// result to hand on. Answers are read from their [`SoftFailure`] mark; an unmarked error
+/// status is classified from its headers and a bounded prefix of its body, never from the
+/// status alone.
+async fn outcome(
+    result: Result<Response<ResponseBody>, BoxError>,
+) -> (
+    Option<(Failure, Phase)>,
+    Result<Response<ResponseBody>, BoxError>,
+) {
+    match result {
+        Ok(res) => {
+            if let Some(mark) = res.extensions().get::<SoftFailure>() {
+                let found = (mark.failure.clone(), mark.phase());
+                return (Some(found), Ok(res));
+            }
+            if res.status().is_success() {
+                return (None, Ok(res));
+            }
+            let (mut parts, body) = res.into_parts();
+            let peek = read_prefix_within(body, ERROR_PEEK, DEFAULT_PEEK_TIMEOUT).await;
+            let failure = Failure::from_http(parts.status, &parts.headers, &peek.prefix);
+            if peek.stalled {
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+            }
+            let res = Response::from_parts(parts, peek.into_error_body());
+            (failure.map(|f| (f, Phase::BeforeContent)), Ok(res))
+        }
+        Err(e) => {
+            let found = match AttemptError::find(&*e) {
+                Some(a) => (a.failure.clone(), a.phase),
+                // An inner service that does not say how far the request got: assume it may
+                // have run, so it is never sent twice.
+                None => (Failure::transport(false, e.to_string()), Phase::Sent),
+            };
+            (Some(found), Err(e))
+        }
+    }
+}
+
 async fn rotate<S>(
     mut inner: S,
     layer: CredentialRotateLayer,
     req: Request<ReplayBody>,
     session: Option<String>,
     pinned: Option<Arc<str>>,
+    anchored: bool,
 ) -> Result<Response<ResponseBody>, BoxError>
 where
     S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
@@ -185,28 +240,67 @@ where
     layer.budget.deposit();
     let started = Instant::now();
     let max_attempts = layer.config.max_attempts.unwrap_or(pool.len()).max(1);
-    let compact_attempt = req.extensions().get::<RemoteCompactAttempt>().is_some();
+    let compaction = req.extensions().get::<RemoteCompactAttempt>().is_some();
+    let encrypted_owner = req
+        .extensions()
+        .get::<EncryptedOwner>()
+        .map(|o| o.0.clone());
     let mut tried: Vec<Arc<str>> = Vec::new();
-    let mut last: Option<Response<ResponseBody>> = None;
-    let mut last_err: Option<BoxError> = None;
+    let mut last: Option<Result<Response<ResponseBody>, BoxError>> = None;
+    let mut auth_before = 0;
+    let mut waited = Duration::ZERO;
     while tried.len() < max_attempts {
-        let Some(label) = pool.pick(&tried, pinned.as_deref(), session.as_deref()) else {
-            break;
+        let pick = pool.pick_for(&PickRequest {
+            exclude: &tried,
+            pinned: pinned.as_deref(),
+            session: session.as_deref(),
+            anchored,
+        });
+        let Some(label) = pick else {
+            if !tried.is_empty() {
+                break;
+            }
+            let left = layer.config.max_wait.saturating_sub(waited);
+            match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
+                NoneUsable::Wait(d) => {
+                    tracing::info!(
+                        wait_ms = d.as_millis() as u64,
+                        "every credential is out; waiting for the first to return"
+                    );
+                    tokio::time::sleep(d).await;
+                    waited += d.max(Duration::from_millis(1));
+                    continue;
+                }
+                NoneUsable::Refuse(err) => {
+                    tracing::warn!(
+                        status = err.status.as_u16(),
+                        code = err.code.as_deref(),
+                        retry_after_secs = err.retry_after.map(|d| d.as_secs()),
+                        "no credential can serve the request"
+                    );
+                    return Ok(err.into_stack_response());
+                }
+            }
         };
         if pinned.is_some() {
-            if let Some(c) = pool.cooldown_of(&label) {
+            if let Some(c) = pool.cooldown_of(&label).filter(Cooldown::excludes) {
                 // A pinned request never goes elsewhere: the other account cannot see the anchor.
                 let wait = c
                     .until
                     .and_then(|u| u.duration_since(SystemTime::now()).ok())
                     .unwrap_or(Duration::from_secs(60));
+                if wait <= layer.config.max_wait.saturating_sub(waited) {
+                    tokio::time::sleep(wait).await;
+                    waited += wait.max(Duration::from_millis(1));
+                    continue;
+                }
                 return Ok(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_error",
                     format!("the credential that owns previous_response_id is cooling ({}); retry later", c.reason),
                 )
                 .with_code("previous_response_owner_unavailable")
-                .with_retry_after(wait)
+                .with_retry_after(wait.max(Duration::from_secs(1)))
                 .into_stack_response());
             }
         }
@@ -238,10 +332,15 @@ where
                 *attempt.uri_mut() = uri;
             }
         }
-        if let Some(owner) = attempt.extensions().get::<EncryptedOwner>() {
-            if owner.0 != label {
-                strip_encrypted_reasoning(&mut attempt, &layer, &label);
-            }
+        // Encrypted items are readable only by the account that made them: strip them when
+        // this attempt goes to another one, or, with their account unknown, to any but the
+        // first pick.
+        let foreign = match &encrypted_owner {
+            Some(owner) => **owner != *label,
+            None => !tried.is_empty(),
+        };
+        if foreign {
+            strip_encrypted_reasoning(&mut attempt, &layer, &label);
         }
         if let Some(profile) = entry.member.profile {
             attempt.extensions_mut().insert(profile);
@@ -259,108 +358,76 @@ where
             Ok(svc) => svc.call(attempt).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok(mut res) => {
-                res.extensions_mut().insert(ServedBy(label.clone()));
-                let failure = res
-                    .extensions()
-                    .get::<SoftFailure>()
-                    .filter(|s| s.before_content)
-                    .map(|s| s.failure.clone())
-                    .or_else(|| {
-                        // Working without SoftFailureDetectLayer: classify by status alone.
-                        (!res.status().is_success())
-                            .then(|| Failure::from_http(res.status(), res.headers(), b""))
-                            .flatten()
-                    });
-                let Some(failure) = failure else {
-                    count(&layer, &label, "ok");
-                    pool.record_success(&label, res.headers());
-                    if let Some(s) = &session {
-                        pool.bind_session(s, &label);
-                    }
-                    return Ok(res);
-                };
-                count(&layer, &label, failure.class.as_str());
-                if compact_attempt
-                    && !matches!(
-                        failure.class,
-                        FailureClass::RateLimited
-                            | FailureClass::QuotaExhausted
-                            | FailureClass::Auth
-                    )
-                {
-                    // A remote compaction the route or the model refused (a bare 502, a 404,
-                    // an unsupported model): the compaction layer falls back; the key is fine.
-                    return Ok(res);
-                }
-                pool.record_failure(&label, &failure);
-                if pinned.is_some() || !failure.class.retry_elsewhere() {
-                    return Ok(res);
-                }
-                tracing::info!(
-                    credential = &*label,
-                    class = failure.class.as_str(),
-                    "failure before content; trying the next credential"
-                );
-                last = Some(res);
+        let (failed, mut result) = outcome(result).await;
+        if let Ok(res) = &mut result {
+            res.extensions_mut().insert(ServedBy(label.clone()));
+        }
+        let Some((failure, phase)) = failed else {
+            count(&layer, &label, "ok");
+            if let Ok(res) = &result {
+                pool.record_success(&label, res.headers());
             }
-            Err(e) => {
-                // No HTTP answer: the connection's fault, not the credential's. Try the next.
-                count(&layer, &label, "transport");
-                tracing::info!(credential = &*label, error = %e, "transport failure; trying the next credential");
-                if pinned.is_some() {
-                    return Err(e);
-                }
-                last_err = Some(e);
+            if let Some(s) = &session {
+                pool.record_served(s, &label);
+            }
+            return result;
+        };
+        let outcome_label = if failure.origin == Origin::Transport {
+            "transport"
+        } else {
+            failure.class.as_str()
+        };
+        count(&layer, &label, outcome_label);
+        let strikes = if failure.cools_credential() {
+            pool.state().strike(&label, failure.class).saturating_sub(1)
+        } else {
+            0
+        };
+        let decision = policy::decide(
+            &policy::Attempt {
+                failure: Some(&failure),
+                phase,
+                kind: entry.kind,
+                strikes,
+                auth_before,
+                pinned: pinned.is_some(),
+                compaction,
+                now: SystemTime::now(),
+            },
+            pool.policy(),
+        );
+        tracing::info!(
+            credential = &*label,
+            class = failure.class.as_str(),
+            phase = phase.as_str(),
+            next = ?decision.next,
+            why = decision.why,
+            "upstream attempt failed"
+        );
+        if let Some(c) = decision.cooldown {
+            pool.cool(&label, c);
+        }
+        if failure.class == FailureClass::Auth {
+            auth_before += 1;
+        }
+        if decision.next == Next::Stop {
+            return result;
+        }
+        last = Some(result);
+    }
+    match last {
+        Some(result) => result,
+        None => {
+            let left = layer.config.max_wait.saturating_sub(waited);
+            match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
+                NoneUsable::Refuse(err) => Ok(err.into_stack_response()),
+                NoneUsable::Wait(_) => Ok(ApiError::upstream_unavailable(
+                    "no credential could be tried for this request",
+                )
+                .into_stack_response()),
             }
         }
     }
-    if let Some(res) = last {
-        return Ok(res);
-    }
-    if let Some(e) = last_err {
-        return Err(e);
-    }
-    Ok(all_cooling(pool))
-}
-
-/// Every credential is cooling and none was tried: say when one returns.
-fn all_cooling(pool: &Pool) -> Response<ResponseBody> {
-    let (earliest, all_quota) = pool.earliest_return();
-    let now = SystemTime::now();
-    let wait = earliest
-        .and_then(|t| t.duration_since(now).ok())
-        .unwrap_or(Duration::from_secs(60));
-    let mut err = if all_quota {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "usage_limit_reached",
-            "The usage limit has been reached on every configured credential",
-        )
-        .with_code("usage_limit_reached");
-        e.resets_at = earliest
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
-        e
-    } else {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            format!(
-                "every configured credential is cooling; try again in {}s",
-                wait.as_secs().max(1)
-            ),
-        )
-        .with_code("rate_limit_exceeded")
-    };
-    err = err.with_retry_after(wait);
-    tracing::warn!(
-        wait_secs = wait.as_secs(),
-        all_quota,
-        "every credential is cooling"
-    );
-    err.into_stack_response()
 }
 
 fn rebase(uri: &Uri, default_base: &str, member_base: &str) -> Option<Uri> {

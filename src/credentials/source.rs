@@ -136,23 +136,6 @@ impl CredentialSource {
         }
     }
 
-    /// Reads the credential off the async runtime's workers: a file source is read on
-    /// tokio's blocking pool (a slow disk or network file system must not stall every
-    /// request); the others are read in place. Outside a tokio runtime it reads in place.
-    pub async fn load_off_runtime(&self) -> Result<Credential, LoadError> {
-        let Some(_) = self.path() else {
-            return self.load();
-        };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return self.load();
-        };
-        let source = self.clone();
-        handle
-            .spawn_blocking(move || source.load())
-            .await
-            .unwrap_or_else(|_| Err(LoadError("reading the credential file panicked".into())))
-    }
-
     /// Reads the credential now.
     pub fn load(&self) -> Result<Credential, LoadError> {
         let label = self.label();
@@ -289,14 +272,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    #[tokio::test]
-    async fn loads_a_key_file_trimmed_and_bounded() {
+    #[test]
+    fn loads_a_key_file_trimmed_and_bounded() {
         let dir = std::env::temp_dir().join(format!("tr-keyfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key");
         std::fs::write(&path, "  sk-from-a-file\n").unwrap();
         let source = CredentialSource::File(path.clone());
-        let cred = source.load_off_runtime().await.unwrap();
+        let cred = source.load().unwrap();
         assert_eq!(cred.token.expose(), "sk-from-a-file");
         assert_eq!(cred.account_id, None);
 
@@ -308,14 +291,7 @@ mod tests {
         std::fs::write(&path, vec![b'k'; 70 * 1024]).unwrap();
         assert!(source.load().unwrap_err().0.contains("larger than"));
         std::fs::remove_file(&path).unwrap();
-        assert!(
-            source
-                .load_off_runtime()
-                .await
-                .unwrap_err()
-                .0
-                .contains("cannot read")
-        );
+        assert!(source.load().unwrap_err().0.contains("cannot read"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

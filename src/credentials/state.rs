@@ -2,9 +2,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use super::ttl_map::TtlMap;
 use crate::classify::FailureClass;
 
-/// Why and until when a credential is out of rotation.
+/// Why and until when a credential is out of rotation (or, for a soft cooldown, tried last).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cooldown {
     /// Back in rotation at this time (`None`: until its auth file changes or an operator
@@ -21,17 +22,49 @@ impl Cooldown {
     pub fn active(&self, now: SystemTime) -> bool {
         self.until.is_none_or(|t| t > now)
     }
+
+    /// Whether it takes the credential out of rotation. Rate limits, quota and auth do; an
+    /// overload or a 5xx is the upstream's trouble, not the key's, so those only make the
+    /// pool try the credential last (a *soft* cooldown).
+    pub fn excludes(&self) -> bool {
+        matches!(
+            self.class,
+            FailureClass::RateLimited | FailureClass::QuotaExhausted | FailureClass::Auth
+        )
+    }
+
+    /// Whether this cooldown outlasts `other`: a hard one outlasts any soft one, and among
+    /// equals the later end (an open end is the latest) wins. Cooldowns only grow by this
+    /// order.
+    pub fn outlasts(&self, other: &Cooldown) -> bool {
+        let end = |c: &Cooldown| (c.excludes(), c.until.is_none(), c.until);
+        end(self) > end(other)
+    }
 }
 
-/// Where the pool keeps what it learns: cooldowns, use counts, repeat-failure strikes and
-/// session affinity. The in-memory [`MemoryState`] serves one process; a shared store for
-/// several replicas implements the same trait.
+/// A session's credentials: the one it is bound to, the fallback it keeps while that one is
+/// out, and the one that served its last turn.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionBinding {
+    /// The credential the session was first served by; it returns there when it can.
+    pub primary: String,
+    /// Where the session stays while its primary is out of rotation.
+    pub fallback: Option<String>,
+    /// The credential that served the session's last turn (its encrypted items are that
+    /// account's).
+    pub last: Option<String>,
+}
+
+/// Where the pool keeps what it learns: cooldowns, use counts, repeat-failure strikes,
+/// session bindings and response owners. The in-memory [`MemoryState`] serves one process; a
+/// shared store for several replicas implements the same trait.
 pub trait PoolState: Send + Sync + 'static {
     /// The credential's cooldown, if any was set (expired ones may be returned; callers check
     /// [`Cooldown::active`]).
     fn cooldown(&self, credential: &str) -> Option<Cooldown>;
-    /// Sets a cooldown.
-    fn set_cooldown(&self, credential: &str, cooldown: Cooldown);
+    /// Sets a cooldown unless the credential's current one [outlasts](Cooldown::outlasts) it
+    /// (cooldowns only grow); returns whether it was set.
+    fn set_cooldown(&self, credential: &str, cooldown: Cooldown) -> bool;
     /// Clears a cooldown and the repeat-failure strikes.
     fn clear(&self, credential: &str);
     /// Counts a use; returns the new count.
@@ -41,29 +74,48 @@ pub trait PoolState: Send + Sync + 'static {
     /// Adds a strike for a repeated failure of `class`; returns the count of consecutive
     /// strikes of that class.
     fn strike(&self, credential: &str, class: FailureClass) -> u32;
-    /// The credential a session is bound to.
-    fn affinity(&self, session: &str) -> Option<String>;
-    /// Binds a session to a credential.
-    fn bind(&self, session: &str, credential: &str);
-    /// Anything else keyed by a string with a TTL (response id → owner, for continuity).
+    /// Forgets the strikes (a success).
+    fn reset_strikes(&self, credential: &str);
+    /// A session's binding.
+    fn session(&self, session: &str) -> Option<SessionBinding>;
+    /// Writes a session's binding.
+    fn set_session(&self, session: &str, binding: SessionBinding);
+    /// Records that `credential` owns `key` (a response id) until `expires`.
     fn put_owner(&self, key: &str, credential: &str, expires: SystemTime);
     /// The owner of `key`, if not expired.
     fn owner(&self, key: &str, now: SystemTime) -> Option<String>;
+
+    /// The credential a session is bound to.
+    fn affinity(&self, session: &str) -> Option<String> {
+        self.session(session).map(|b| b.primary)
+    }
+
+    /// Binds a session to a credential (its primary).
+    fn bind(&self, session: &str, credential: &str) {
+        self.set_session(
+            session,
+            SessionBinding {
+                primary: credential.to_string(),
+                ..SessionBinding::default()
+            },
+        );
+    }
 }
 
 #[derive(Default)]
-struct Inner {
-    cooldowns: HashMap<String, Cooldown>,
+struct Counters {
     uses: HashMap<String, u64>,
     strikes: HashMap<String, (FailureClass, u32)>,
-    affinity: HashMap<String, String>,
-    owners: HashMap<String, (String, SystemTime)>,
 }
 
 /// The in-memory [`PoolState`]. Session and owner maps are bounded: past `capacity` entries
-/// the oldest expired (or, failing that, arbitrary) entries are dropped.
+/// the oldest go first, in O(1) per insert. Each map has its own lock, so recording an owner
+/// never waits for a pick.
 pub struct MemoryState {
-    inner: Mutex<Inner>,
+    cooldowns: Mutex<HashMap<String, Cooldown>>,
+    counters: Mutex<Counters>,
+    sessions: Mutex<TtlMap<SessionBinding>>,
+    owners: Mutex<TtlMap<String>>,
     capacity: usize,
 }
 
@@ -81,50 +133,65 @@ impl Default for MemoryState {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl MemoryState {
     /// A state whose session and owner maps hold at most `capacity` entries each.
     pub fn with_capacity(capacity: usize) -> Self {
         MemoryState {
-            inner: Mutex::new(Inner::default()),
+            cooldowns: Mutex::default(),
+            counters: Mutex::default(),
+            sessions: Mutex::new(TtlMap::new(capacity)),
+            owners: Mutex::new(TtlMap::new(capacity)),
             capacity: capacity.max(1),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl PoolState for MemoryState {
     fn cooldown(&self, credential: &str) -> Option<Cooldown> {
-        self.lock().cooldowns.get(credential).cloned()
+        lock(&self.cooldowns).get(credential).cloned()
     }
 
-    fn set_cooldown(&self, credential: &str, cooldown: Cooldown) {
-        self.lock()
-            .cooldowns
-            .insert(credential.to_string(), cooldown);
+    fn set_cooldown(&self, credential: &str, cooldown: Cooldown) -> bool {
+        let now = SystemTime::now();
+        let mut g = lock(&self.cooldowns);
+        if let Some(current) = g.get(credential) {
+            if current.active(now) && !cooldown.outlasts(current) {
+                return false;
+            }
+        }
+        g.insert(credential.to_string(), cooldown);
+        true
     }
 
     fn clear(&self, credential: &str) {
-        let mut g = self.lock();
-        g.cooldowns.remove(credential);
-        g.strikes.remove(credential);
+        lock(&self.cooldowns).remove(credential);
+        lock(&self.counters).strikes.remove(credential);
     }
 
     fn record_use(&self, credential: &str) -> u64 {
-        let mut g = self.lock();
-        let n = g.uses.entry(credential.to_string()).or_insert(0);
+        let mut g = lock(&self.counters);
+        let n = match g.uses.get_mut(credential) {
+            Some(n) => n,
+            None => g.uses.entry(credential.to_string()).or_insert(0),
+        };
         *n += 1;
         *n
     }
 
     fn uses(&self, credential: &str) -> u64 {
-        self.lock().uses.get(credential).copied().unwrap_or(0)
+        lock(&self.counters)
+            .uses
+            .get(credential)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn strike(&self, credential: &str, class: FailureClass) -> u32 {
-        let mut g = self.lock();
+        let mut g = lock(&self.counters);
         let e = g
             .strikes
             .entry(credential.to_string())
@@ -136,47 +203,91 @@ impl PoolState for MemoryState {
         e.1
     }
 
-    fn affinity(&self, session: &str) -> Option<String> {
-        self.lock().affinity.get(session).cloned()
+    fn reset_strikes(&self, credential: &str) {
+        let mut g = lock(&self.counters);
+        if g.strikes.contains_key(credential) {
+            g.strikes.remove(credential);
+        }
     }
 
-    fn bind(&self, session: &str, credential: &str) {
-        let mut g = self.lock();
-        if g.affinity.len() >= self.capacity && !g.affinity.contains_key(session) {
-            // Sessions carry no time; drop an arbitrary one rather than grow without bound.
-            if let Some(k) = g.affinity.keys().next().cloned() {
-                g.affinity.remove(&k);
-            }
-        }
-        g.affinity
-            .insert(session.to_string(), credential.to_string());
+    fn session(&self, session: &str) -> Option<SessionBinding> {
+        lock(&self.sessions).get(session, SystemTime::now())
+    }
+
+    fn set_session(&self, session: &str, binding: SessionBinding) {
+        lock(&self.sessions).insert(session, binding, None, SystemTime::now());
     }
 
     fn put_owner(&self, key: &str, credential: &str, expires: SystemTime) {
-        let mut g = self.lock();
-        if g.owners.len() >= self.capacity && !g.owners.contains_key(key) {
-            let now = SystemTime::now();
-            g.owners.retain(|_, (_, exp)| *exp > now);
-            if g.owners.len() >= self.capacity {
-                let oldest = g
-                    .owners
-                    .iter()
-                    .min_by_key(|(_, (_, exp))| *exp)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    g.owners.remove(&k);
-                }
-            }
-        }
-        g.owners
-            .insert(key.to_string(), (credential.to_string(), expires));
+        lock(&self.owners).insert(
+            key,
+            credential.to_string(),
+            Some(expires),
+            SystemTime::now(),
+        );
     }
 
     fn owner(&self, key: &str, now: SystemTime) -> Option<String> {
-        self.lock()
-            .owners
-            .get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(c, _)| c.clone())
+        lock(&self.owners).get(key, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cool(class: FailureClass, secs: Option<u64>) -> Cooldown {
+        Cooldown {
+            until: secs.map(|s| SystemTime::now() + Duration::from_secs(s)),
+            class,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn cooldowns_only_grow() {
+        let s = MemoryState::default();
+        assert!(s.set_cooldown("k", cool(FailureClass::QuotaExhausted, Some(7 * 86400))));
+        // A rate limit's 2 s, a 5xx's 1 s: neither shortens the week.
+        assert!(!s.set_cooldown("k", cool(FailureClass::RateLimited, Some(2))));
+        assert!(!s.set_cooldown("k", cool(FailureClass::Transient, Some(1))));
+        assert_eq!(s.cooldown("k").unwrap().class, FailureClass::QuotaExhausted);
+        // An open-ended auth cooldown outlasts everything.
+        assert!(s.set_cooldown("k", cool(FailureClass::Auth, None)));
+        assert!(!s.set_cooldown("k", cool(FailureClass::QuotaExhausted, Some(30 * 86400))));
+        // A soft one never replaces a hard one, even a later soft one.
+        assert!(s.set_cooldown("j", cool(FailureClass::RateLimited, Some(5))));
+        assert!(!s.set_cooldown("j", cool(FailureClass::Overloaded, Some(30))));
+        // An expired cooldown is replaced by anything.
+        s.set_cooldown(
+            "e",
+            Cooldown {
+                until: Some(SystemTime::now() - Duration::from_secs(1)),
+                ..cool(FailureClass::Auth, None)
+            },
+        );
+        assert!(s.set_cooldown("e", cool(FailureClass::Transient, Some(1))));
+    }
+
+    #[test]
+    fn sessions_evict_the_oldest() {
+        let s = MemoryState::with_capacity(2);
+        s.bind("s1", "a");
+        s.bind("s2", "b");
+        s.bind("s1", "a"); // s1 written again: s2 is now the oldest
+        s.bind("s3", "c");
+        assert_eq!(s.affinity("s2"), None);
+        assert_eq!(s.affinity("s1").as_deref(), Some("a"));
+        assert_eq!(s.affinity("s3").as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn strikes_reset() {
+        let s = MemoryState::default();
+        assert_eq!(s.strike("k", FailureClass::Transient), 1);
+        assert_eq!(s.strike("k", FailureClass::Transient), 2);
+        s.reset_strikes("k");
+        assert_eq!(s.strike("k", FailureClass::Transient), 1);
     }
 }

@@ -2,14 +2,24 @@
 
 use std::error::Error as _;
 use std::io;
+use std::time::Duration;
 
 use hyper_util::client::legacy::Error as ClientError;
 
 use super::RetryReason;
+use crate::classify::Failure;
+use crate::connect::ConnTag;
+use crate::marks::{AttemptError, Phase};
 
-/// Why a failed attempt may be retried, if it may. `reused` is whether the attempt went out on
-/// a connection from the pool.
-pub(crate) fn error_reason(err: &ClientError, reused: bool) -> Option<RetryReason> {
+/// Why a failed attempt may be retried, if it may. `tag` is the connection it went out on,
+/// when known; a reused one that broke counts only when it broke within `window` of the
+/// request's last write, before the upstream could have started on it (Pingora's
+/// `fail_to_connect` versus `error_while_proxy`). Later, the upstream may be working on it.
+pub(crate) fn error_reason(
+    err: &ClientError,
+    tag: Option<&ConnTag>,
+    window: Duration,
+) -> Option<RetryReason> {
     if err.is_connect() {
         return Some(RetryReason::NotSent);
     }
@@ -18,8 +28,11 @@ pub(crate) fn error_reason(err: &ClientError, reused: bool) -> Option<RetryReaso
     if hyper_err.is_some_and(hyper::Error::is_canceled) {
         return Some(RetryReason::NotSent);
     }
-    if !reused {
+    let Some(tag) = tag.filter(|t| t.is_reused()) else {
         // A fresh connection that fails is the upstream's doing, not the pool's.
+        return None;
+    };
+    if tag.since_last_write() > window {
         return None;
     }
     if hyper_err.is_some_and(|e| e.is_incomplete_message() || e.is_closed()) {
@@ -35,6 +48,19 @@ pub(crate) fn error_reason(err: &ClientError, reused: bool) -> Option<RetryReaso
         source = e.source();
     }
     None
+}
+
+/// The error an attempt ends with, saying how far it got: a request that was never written
+/// (or handed back unsent) is [`Phase::Unsent`]; any other may have reached the upstream.
+pub(crate) fn attempt_error(err: ClientError) -> AttemptError {
+    let unsent = err.is_connect()
+        || err
+            .source()
+            .and_then(|s| s.downcast_ref::<hyper::Error>())
+            .is_some_and(hyper::Error::is_canceled);
+    let phase = if unsent { Phase::Unsent } else { Phase::Sent };
+    let failure = Failure::transport(false, err.to_string());
+    AttemptError::new(phase, failure).with_source(err)
 }
 
 fn broken_kind(kind: io::ErrorKind) -> bool {

@@ -174,6 +174,7 @@ pub(crate) struct Config {
     pub(crate) stale_statuses: Vec<StatusCode>,
     pub(crate) peek_limit: usize,
     pub(crate) peek_timeout: Duration,
+    pub(crate) unsent_window: Duration,
     pub(crate) metrics: Option<Metrics>,
 }
 
@@ -202,6 +203,10 @@ impl FreshConnectionLayer {
                 ],
                 peek_limit: 4 * 1024,
                 peek_timeout: Duration::from_secs(5),
+                // A stale pooled connection's RST or FIN comes back within a round trip of
+                // the write; an upstream that read the request for longer than this may be
+                // generating, and a second copy would be paid twice.
+                unsent_window: Duration::from_millis(250),
                 metrics: None,
             },
         }
@@ -237,6 +242,14 @@ impl FreshConnectionLayer {
     /// How long reading that prefix may take; an answer that stalls is passed through.
     pub fn peek_timeout(mut self, timeout: Duration) -> Self {
         self.config.peek_timeout = timeout;
+        self
+    }
+
+    /// How soon after the request's last write a reused connection must break for the
+    /// request to count as never worked on (and be retried on a fresh connection). Default
+    /// 250 ms; a later break may have run the request, so it is not sent again.
+    pub fn unsent_window(mut self, window: Duration) -> Self {
+        self.config.unsent_window = window;
         self
     }
 

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{CaptureConnection, Connect, capture_connection};
 use tower_service::Service;
 
-use super::judge::{error_reason, is_api_envelope};
+use super::judge::{attempt_error, error_reason, is_api_envelope};
 use super::peek::{PeekEnd, peek};
 use super::{Config, FreshRetry, RetryReason};
 use crate::body::{ReplayBody, ResponseBody, clone_request};
@@ -22,7 +22,8 @@ use crate::error::BoxError;
 /// when a stale pooled connection failed the request. Built by
 /// [`FreshConnectionLayer`](super::FreshConnectionLayer); cheap to clone.
 ///
-/// Errors are hyper-util's, boxed, as with [`ClientService`](crate::connect::ClientService).
+/// Errors are [`AttemptError`](crate::marks::AttemptError)s with hyper-util's error as their
+/// source: each says whether the request may have reached the upstream.
 #[derive(Debug)]
 pub struct FreshConnection<C> {
     pooled: Client<C, ReplayBody>,
@@ -105,9 +106,10 @@ where
         let res = match result {
             Ok(res) => boxed(res),
             Err(err) => {
-                return match error_reason(&err, attempt.reused()) {
+                let window = self.config.unsent_window;
+                return match error_reason(&err, attempt.tag.as_ref(), window) {
                     Some(reason) => self.retry(again, reason, &attempt, None).await,
-                    None => Err(Box::new(err)),
+                    None => Err(Box::new(attempt_error(err))),
                 };
             }
         };
@@ -197,7 +199,8 @@ where
                 &[("reason", reason.as_str())],
             );
         }
-        let mut res = boxed(self.fresh.request(req).await.map_err(Box::new)?);
+        let res = self.fresh.request(req).await;
+        let mut res = boxed(res.map_err(|e| BoxError::from(attempt_error(e)))?);
         res.extensions_mut().insert(retry);
         Ok(res)
     }

@@ -110,7 +110,7 @@ impl CapBody {
     fn incomplete_event(&self) -> Bytes {
         let mut ev = json!({
             "type": "response.incomplete",
-            "response": self.tracker.incomplete_response(),
+            "response": self.tracker.incomplete_response(estimate_tokens(self.chars)),
         });
         if let Some(seq) = self.last_seq {
             ev["sequence_number"] = json!(seq + 1);
@@ -276,5 +276,8 @@ mod tests {
             ev["response"]["output"][0]["content"][0]["text"],
             "abcdefgh"
         );
+        // Eight characters let through: two tokens by the estimate.
+        assert_eq!(ev["response"]["usage"]["output_tokens"], 2);
+        assert_eq!(ev["response"]["usage"]["total_tokens"], 2);
     }
 }

@@ -47,6 +47,10 @@ pub struct NormalizeConfig {
     pub max_buffered: usize,
     /// Most bytes of a 400 answer read to look for `Unsupported parameter`. Default 64 KiB.
     pub max_error_body: usize,
+    /// Longest silence of the upstream while a `stream:false` answer is folded, in seconds;
+    /// a long answer that keeps coming is never cut. Default 300 (what Codex waits).
+    #[serde(rename = "fold_idle_timeout_secs", with = "secs")]
+    pub fold_idle_timeout: Duration,
 }
 
 mod secs {
@@ -68,6 +72,7 @@ impl Default for NormalizeConfig {
             learn_ttl: Duration::from_secs(3600),
             max_buffered: 16 * 1024 * 1024,
             max_error_body: 64 * 1024,
+            fold_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -179,8 +179,10 @@ impl Tracker {
         items.into_iter().map(|i| i.value.clone()).collect()
     }
 
-    /// A `response` object for `response.incomplete` with reason `max_output_tokens`.
-    pub(crate) fn incomplete_response(&self) -> Value {
+    /// A `response` object for `response.incomplete` with reason `max_output_tokens`, whose
+    /// `usage` counts the `output_tokens` the client was let through (the upstream never
+    /// sent its final count: the stream was cut before it).
+    pub(crate) fn incomplete_response(&self, output_tokens: u64) -> Value {
         let mut v = self
             .base
             .clone()
@@ -192,8 +194,84 @@ impl Tracker {
                 json!({"reason": "max_output_tokens"}),
             );
             obj.insert("output".into(), Value::Array(self.output()));
-            obj.insert("usage".into(), self.usage.clone().unwrap_or(Value::Null));
+            // An in-progress usage may carry the input count; its output count is not final.
+            let mut given = self.usage.clone();
+            if let Some(u) = given.as_mut().and_then(Value::as_object_mut) {
+                u.remove("output_tokens");
+                u.remove("total_tokens");
+                u.remove("output_tokens_details");
+            }
+            obj.insert(
+                "usage".into(),
+                response_usage(given.as_ref(), 0, output_tokens),
+            );
         }
         v
+    }
+}
+
+/// A complete Responses `usage` object: the upstream's numbers where it sent them, `input`
+/// and `output` (counted or estimated by the caller) where it did not, the token details
+/// the SDKs require filled with zeros, and `total_tokens` their sum when absent.
+pub(crate) fn response_usage(given: Option<&Value>, input: u64, output: u64) -> Value {
+    let mut usage = given
+        .filter(|u| u.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let count = |u: &Value, key: &str, fallback: u64| {
+        u.get(key).and_then(Value::as_u64).unwrap_or(fallback)
+    };
+    let input = count(&usage, "input_tokens", input);
+    let output = count(&usage, "output_tokens", output);
+    let total = count(&usage, "total_tokens", input + output);
+    let details = |u: &Value, key: &str, fields: &[&str]| {
+        let mut d = u
+            .get(key)
+            .filter(|d| d.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        for f in fields {
+            if d.get(*f).and_then(Value::as_u64).is_none() {
+                d[*f] = json!(0);
+            }
+        }
+        d
+    };
+    let input_details = details(
+        &usage,
+        "input_tokens_details",
+        &["cached_tokens", "cache_write_tokens"],
+    );
+    let output_details = details(&usage, "output_tokens_details", &["reasoning_tokens"]);
+    usage["input_tokens"] = json!(input);
+    usage["output_tokens"] = json!(output);
+    usage["total_tokens"] = json!(total);
+    usage["input_tokens_details"] = input_details;
+    usage["output_tokens_details"] = output_details;
+    usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_keeps_what_was_sent_and_fills_the_rest() {
+        let u = response_usage(None, 0, 7);
+        assert_eq!(u["input_tokens"], 0);
+        assert_eq!(u["output_tokens"], 7);
+        assert_eq!(u["total_tokens"], 7);
+        assert_eq!(u["input_tokens_details"]["cached_tokens"], 0);
+        assert_eq!(u["output_tokens_details"]["reasoning_tokens"], 0);
+        let sent = json!({"input_tokens": 5, "output_tokens": 2, "input_tokens_details": {"cached_tokens": 3}});
+        let u = response_usage(Some(&sent), 0, 9);
+        assert_eq!(u["input_tokens"], 5);
+        assert_eq!(
+            u["output_tokens"], 2,
+            "the upstream's count wins over the estimate"
+        );
+        assert_eq!(u["total_tokens"], 7);
+        assert_eq!(u["input_tokens_details"]["cached_tokens"], 3);
+        assert_eq!(u["input_tokens_details"]["cache_write_tokens"], 0);
     }
 }

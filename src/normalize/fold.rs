@@ -1,6 +1,6 @@
 //! A streamed answer folded into the one JSON response object a `stream:false` client expects.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -8,31 +8,59 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::events::{Fields, Tracker};
-use crate::body::{ResponseBody, full_body};
-use crate::classify::{Failure, FailureClass};
+use crate::body::{IdleTimeout, IdleTimeoutBody, ResponseBody, full_body};
+use crate::classify::{Failure, FailureClass, Origin};
 use crate::error::ApiError;
-use crate::sse::{Event, SseDecoder};
+use crate::soft_failure::SoftFailure;
+use crate::sse::{Event, EventKind, SseDecoder, event_kind};
 
 enum Outcome {
     Answer(Value),
-    Error(ApiError),
+    /// What the client gets, and the classified failure behind it (boxed: the answer
+    /// variant is the common one).
+    Error(Box<(ApiError, Failure)>),
 }
 
-/// Reads the whole stream (at most `limit` bytes) and answers as the platform would to a
-/// non-streaming request.
-pub(crate) async fn fold(res: Response<ResponseBody>, limit: usize) -> Response<ResponseBody> {
-    let (mut parts, mut body) = res.into_parts();
+fn failed(err: ApiError, failure: Failure) -> Outcome {
+    Outcome::Error(Box::new((err, failure)))
+}
+
+/// What the fold has seen so far.
+struct Folding {
+    tracker: Tracker,
+    /// A content event went by: the upstream generated (and billed) output, so a failure
+    /// from here on is after content and must not be retried.
+    content: bool,
+}
+
+/// Reads the whole stream (at most `limit` bytes, silent at most `idle` at a time) and
+/// answers as the platform would to a non-streaming request.
+///
+/// A failure becomes the HTTP error the platform would have sent, marked with a
+/// [`SoftFailure`] that carries the real classified failure, so rotation decides from it
+/// and not from a bare status: before content it may retry; after content
+/// (`before_content: false`) it must not, the output was already generated. The fold's own
+/// `response_too_large` is never retried.
+pub(crate) async fn fold(
+    res: Response<ResponseBody>,
+    limit: usize,
+    idle: Duration,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = res.into_parts();
+    // A long answer is fine as long as it keeps coming; an upstream that goes silent is not.
+    let mut body = std::pin::pin!(IdleTimeoutBody::new(body, idle));
     let mut decoder = SseDecoder::new();
-    let mut tracker = Tracker::new(limit);
+    let mut folding = Folding {
+        tracker: Tracker::new(limit),
+        content: false,
+    };
     let mut total = 0usize;
     let outcome = loop {
         let frame = match body.frame().await {
-            None => break finish(&mut decoder, &mut tracker),
+            None => break finish(&mut decoder, &mut folding),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "upstream stream broke while folding");
-                break Some(Outcome::Error(ApiError::upstream_unavailable(
-                    "the upstream stream broke off before the response completed",
-                )));
+                break Some(broken(&*e));
             }
             Some(Ok(frame)) => frame,
         };
@@ -41,24 +69,21 @@ pub(crate) async fn fold(res: Response<ResponseBody>, limit: usize) -> Response<
         };
         total = total.saturating_add(data.len());
         if total > limit {
-            break Some(Outcome::Error(
-                ApiError::upstream_unavailable(format!(
-                    "the upstream answer is larger than {limit} bytes; request it with stream:true"
-                ))
-                .with_code("response_too_large"),
-            ));
+            break Some(too_large(limit));
         }
         decoder.push(data);
-        match drain(&mut decoder, &mut tracker, false) {
+        match drain(&mut decoder, &mut folding, false) {
             Ok(None) => {}
             Ok(Some(outcome)) => break Some(outcome),
-            Err(()) => break Some(Outcome::Error(unparseable())),
+            Err(()) => break Some(unparseable()),
         }
     };
     let outcome = outcome.unwrap_or_else(|| {
-        Outcome::Error(ApiError::upstream_unavailable(
-            "the upstream stream ended before the response completed",
-        ))
+        let message = "the upstream stream ended before the response completed";
+        failed(
+            ApiError::upstream_unavailable(message),
+            Failure::transport(false, message),
+        )
     });
     match outcome {
         Outcome::Answer(v) => {
@@ -76,27 +101,84 @@ pub(crate) async fn fold(res: Response<ResponseBody>, limit: usize) -> Response<
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Response::from_parts(parts, full_body(bytes))
         }
-        Outcome::Error(err) => {
+        Outcome::Error(boxed) => {
+            let (err, failure) = *boxed;
             let mut out = err.into_stack_response();
             // Keep what outer layers read from the upstream's answer (connection tags,
             // classified failures).
             *out.extensions_mut() = parts.extensions;
+            let too_large = failure.code.as_deref() == Some(RESPONSE_TOO_LARGE);
+            let before_content = !folding.content && !too_large;
+            let inner_mark = out
+                .extensions()
+                .get::<SoftFailure>()
+                .is_some_and(|s| s.before_content);
+            // Before content an inner soft-failure layer may have classified the answer from
+            // the upstream's own words already; that mark is the better one.
+            if !(before_content && inner_mark) {
+                out.extensions_mut().insert(SoftFailure {
+                    failure,
+                    before_content,
+                });
+            }
             out
         }
     }
 }
 
-fn unparseable() -> ApiError {
-    ApiError::upstream_unavailable("the upstream sent an event stream that could not be parsed")
+/// The `error.code` of the fold's own answer to a stream past its byte bound.
+const RESPONSE_TOO_LARGE: &str = "response_too_large";
+
+fn too_large(limit: usize) -> Outcome {
+    let message =
+        format!("the upstream answer is larger than {limit} bytes; request it with stream:true");
+    // Any credential would generate the same answer again: never worth a retry, and no
+    // credential's fault.
+    let mut failure = Failure::new(FailureClass::InvalidRequest);
+    failure.status = Some(StatusCode::BAD_GATEWAY);
+    failure.code = Some(RESPONSE_TOO_LARGE.into());
+    failure.message = Some(message.clone());
+    failed(
+        ApiError::upstream_unavailable(message).with_code(RESPONSE_TOO_LARGE),
+        failure,
+    )
 }
 
-fn finish(decoder: &mut SseDecoder, tracker: &mut Tracker) -> Option<Outcome> {
-    drain(decoder, tracker, true).unwrap_or_else(|()| Some(Outcome::Error(unparseable())))
+fn broken(e: &(dyn std::error::Error + 'static)) -> Outcome {
+    if let Some(idle) = e.downcast_ref::<IdleTimeout>() {
+        let message = format!(
+            "the upstream sent nothing for {}s before the response completed",
+            idle.0.as_secs()
+        );
+        return failed(
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message.clone())
+                .with_code("upstream_timeout"),
+            Failure::transport(false, message),
+        );
+    }
+    let message = "the upstream stream broke off before the response completed";
+    failed(
+        ApiError::upstream_unavailable(message),
+        Failure::transport(false, format!("{message}: {e}")),
+    )
+}
+
+fn unparseable() -> Outcome {
+    let message = "the upstream sent an event stream that could not be parsed";
+    let mut failure = Failure::new(FailureClass::Transient);
+    failure.status = Some(StatusCode::BAD_GATEWAY);
+    failure.message = Some(message.into());
+    failure.origin = Origin::Stream;
+    failed(ApiError::upstream_unavailable(message), failure)
+}
+
+fn finish(decoder: &mut SseDecoder, folding: &mut Folding) -> Option<Outcome> {
+    drain(decoder, folding, true).unwrap_or_else(|()| Some(unparseable()))
 }
 
 fn drain(
     decoder: &mut SseDecoder,
-    tracker: &mut Tracker,
+    folding: &mut Folding,
     at_end: bool,
 ) -> Result<Option<Outcome>, ()> {
     loop {
@@ -107,7 +189,7 @@ fn drain(
         };
         match next {
             Ok(Some(event)) => {
-                if let Some(outcome) = on_event(&event, tracker) {
+                if let Some(outcome) = on_event(&event, folding) {
                     return Ok(Some(outcome));
                 }
             }
@@ -117,13 +199,16 @@ fn drain(
     }
 }
 
-fn on_event(event: &Event, tracker: &mut Tracker) -> Option<Outcome> {
+fn on_event(event: &Event, folding: &mut Folding) -> Option<Outcome> {
     let kind = event.event_type()?;
+    if event_kind(kind) == EventKind::Content {
+        folding.content = true;
+    }
     match kind {
         "response.output_item.done" => {
             let f = Fields::parse(&event.data)?;
             if let (Some(i), Some(item)) = (f.output_index, f.item) {
-                tracker.item(i, item, true);
+                folding.tracker.item(i, item, true);
             }
             None
         }
@@ -135,23 +220,25 @@ fn on_event(event: &Event, tracker: &mut Tracker) -> Option<Outcome> {
                 .is_none_or(|o| o.as_array().is_some_and(Vec::is_empty) || o.is_null());
             if empty {
                 if let Some(obj) = resp.as_object_mut() {
-                    obj.insert("output".into(), Value::Array(tracker.done_output()));
+                    obj.insert("output".into(), Value::Array(folding.tracker.done_output()));
                 }
             }
             Some(Outcome::Answer(resp))
         }
-        "response.failed" | "error" => Some(Outcome::Error(
-            Failure::from_sse_data(&event.data).map_or_else(
-                || {
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "server_error",
-                        "the upstream response failed",
-                    )
-                },
-                |f| failure_error(&f),
-            ),
-        )),
+        "response.failed" | "error" => Some(match Failure::from_sse_data(&event.data) {
+            Some(failure) => failed(failure_error(&failure), failure),
+            None => {
+                let message = "the upstream response failed";
+                let mut failure = Failure::new(FailureClass::Transient);
+                failure.status = Some(StatusCode::BAD_GATEWAY);
+                failure.message = Some(message.into());
+                failure.origin = Origin::Stream;
+                failed(
+                    ApiError::new(StatusCode::BAD_GATEWAY, "server_error", message),
+                    failure,
+                )
+            }
+        }),
         _ => None,
     }
 }
@@ -204,6 +291,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const IDLE: Duration = Duration::from_secs(300);
+
     fn sse(events: &[Value]) -> Response<ResponseBody> {
         let mut s = String::new();
         for e in events {
@@ -232,7 +321,7 @@ mod tests {
             json!({"type":"response.output_item.done","output_index":0,"item":item}),
             json!({"type":"response.completed","response":{"id":"r1","status":"completed","output":[],"usage":{"output_tokens":1}}}),
         ]);
-        let res = fold(res, 1 << 20).await;
+        let res = fold(res, 1 << 20, IDLE).await;
         assert_eq!(res.headers()["content-type"], "application/json");
         let (status, v) = json_of(res).await;
         assert_eq!(status, 200);
@@ -252,7 +341,7 @@ mod tests {
             let res = sse(&[
                 json!({"type":"response.failed","response":{"id":"r","status":"failed","error":{"code":code,"message":"m"}}}),
             ]);
-            let (s, v) = json_of(fold(res, 1 << 20).await).await;
+            let (s, v) = json_of(fold(res, 1 << 20, IDLE).await).await;
             assert_eq!(s.as_u16(), status, "{code}");
             assert_eq!(v["error"]["code"], code);
             assert_eq!(v["error"]["message"], "m");
@@ -262,9 +351,9 @@ mod tests {
     #[tokio::test]
     async fn truncated_or_oversized_streams_are_502() {
         let res = sse(&[json!({"type":"response.created","response":{"id":"r"}})]);
-        assert_eq!(fold(res, 1 << 20).await.status(), 502);
+        assert_eq!(fold(res, 1 << 20, IDLE).await.status(), 502);
         let res = sse(&[json!({"type":"response.created","response":{"id":"r"}})]);
-        let (s, v) = json_of(fold(res, 10).await).await;
+        let (s, v) = json_of(fold(res, 10, IDLE).await).await;
         assert_eq!(s, 502);
         assert_eq!(v["error"]["code"], "response_too_large");
     }

@@ -74,6 +74,7 @@
 //! learn_ttl_secs = 3600
 //! max_buffered = 16777216        # bytes folded for stream:false clients
 //! max_error_body = 65536         # bytes of a 400 read to learn from
+//! fold_idle_timeout_secs = 300   # a folded answer may take long, but not go silent this long
 //!
 //! # The generic profile's rules, applied in order. One key per rule:
 //! [[normalize.rules]]
@@ -157,7 +158,7 @@
 
 mod cap;
 mod config;
-mod events;
+pub(crate) mod events;
 mod fold;
 mod learn;
 mod rewrite;

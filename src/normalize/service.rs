@@ -17,7 +17,10 @@ use super::fold::fold;
 use super::learn::{LearnedParams, error_message, unsupported_param};
 use super::rewrite::{Plan, Rewrite, rewrite, without_param};
 use super::rule::{Rule, codex_rules};
-use crate::body::{ReplayBody, ResponseBody, clone_request, prefixed, read_prefix};
+use crate::body::{
+    DEFAULT_PEEK_TIMEOUT, ReplayBody, ResponseBody, clone_request, read_prefix_within,
+};
+use crate::classify::{Failure, FailureClass};
 use crate::error::{ApiError, BoxError};
 use crate::facts::RequestFacts;
 use crate::metrics::Metrics;
@@ -191,13 +194,25 @@ where
         tracing::info!(
             "previous_response_id refused: the ChatGPT Codex backend stores no responses over HTTP"
         );
-        return Ok(ApiError::invalid_request(
-            "previous_response_id cannot be used with the ChatGPT Codex backend over HTTP: it \
-             stores no responses. Send the conversation in `input` instead.",
-        )
-        .with_code("previous_response_not_found")
-        .with_param("previous_response_id")
-        .into_stack_response());
+        let message = "previous_response_id cannot be used with the ChatGPT Codex backend over \
+                       HTTP: it stores no responses. Send the conversation in `input` instead.";
+        let mut res = ApiError::invalid_request(message)
+            .with_code("previous_response_not_found")
+            .with_param("previous_response_id")
+            .into_stack_response();
+        // Classified where it is made, so continuity can ask the members that may own the
+        // anchor and rotation does not guess from a bare 400.
+        res.extensions_mut().insert(SoftFailure {
+            failure: Failure {
+                status: Some(StatusCode::BAD_REQUEST),
+                code: Some("previous_response_not_found".into()),
+                kind: Some("invalid_request_error".into()),
+                message: Some(message.into()),
+                ..Failure::new(FailureClass::PreviousResponseNotFound)
+            },
+            before_content: true,
+        });
+        return Ok(res);
     }
     let config = &shared.config;
     let key = upstream_key(&req, profile);
@@ -231,11 +246,11 @@ where
     if let Some(body) = plan.body.take() {
         set_body(&mut req, body);
     }
-    let retry = config.learn.then(|| (clone_request(&req), inner.clone()));
+    let retry = config.learn.then(|| clone_request(&req));
     let mut res = inner.call(req).await?;
 
     if res.status() == StatusCode::BAD_REQUEST {
-        if let Some((mut again, svc)) = retry {
+        if let Some(mut again) = retry {
             let (refused, kept) = refused_param(res, config.max_error_body).await;
             res = kept;
             if let Some((param, (body, cap))) = refused.and_then(|p| {
@@ -253,7 +268,9 @@ where
                 }
                 plan.cap = plan.cap.or(cap);
                 set_body(&mut again, body);
-                res = svc.oneshot(again).await?;
+                // The same instance again, readied anew: a clone could wait on capacity this
+                // one holds.
+                res = inner.ready().await?.call(again).await?;
             }
         }
     }
@@ -305,7 +322,12 @@ async fn shape_response(
         None => res,
     };
     if plan.upstream_stream && !plan.client_stream {
-        fold(res, shared.config.max_buffered).await
+        fold(
+            res,
+            shared.config.max_buffered,
+            shared.config.fold_idle_timeout,
+        )
+        .await
     } else {
         res
     }
@@ -327,10 +349,11 @@ async fn refused_param(
         return (unsupported_param(message), res);
     }
     let (parts, body) = res.into_parts();
-    let (prefix, rest) = read_prefix(body, limit).await;
-    let param = match rest {
-        None => error_message(&prefix).and_then(|m| unsupported_param(&m)),
-        Some(_) => None,
+    // Bounded in time too: a 400 whose body stalls is answered with what came.
+    let peek = read_prefix_within(body, limit, DEFAULT_PEEK_TIMEOUT).await;
+    let param = match (&peek.rest, peek.stalled) {
+        (None, false) => error_message(&peek.prefix).and_then(|m| unsupported_param(&m)),
+        _ => None,
     };
-    (param, Response::from_parts(parts, prefixed(prefix, rest)))
+    (param, peek.into_error_response(parts))
 }

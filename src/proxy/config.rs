@@ -54,7 +54,9 @@ pub struct ProxyConfig {
     pub allowed_origins: Vec<String>,
     /// Largest request body accepted, after decoding (bytes).
     pub body_limit: usize,
-    /// How long to wait for the upstream's response head (seconds).
+    /// How long each upstream attempt may wait for its response head (seconds); a folded
+    /// `stream:false` answer or a local compaction summary is bounded by its idle timeout
+    /// instead (`normalize.fold_idle_timeout_secs`, `compact.summary_idle_timeout_secs`).
     pub upstream_timeout_secs: u64,
     /// How long a response body may stay silent before it is cut (seconds). Codex itself
     /// waits 300 s.

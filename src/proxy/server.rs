@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
-use crate::stack::{ResponsesStack, StackService};
+use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
 use crate::upstream::{UpstreamBase, strip_hop_by_hop};
 use tower::ServiceExt;
 
@@ -84,6 +84,7 @@ impl Proxy {
             let pool = Pool::new(config.credentials.clone())
                 .map_err(|e| ConfigError(format!("credential: {e}")))?
                 .with_strategy(config.strategy)
+                .with_default_profile(config.profile())
                 .with_metrics(metrics.clone());
             Some(Arc::new(pool))
         };
@@ -96,6 +97,7 @@ impl Proxy {
             .compact(config.compact.clone())
             .normalize(config.normalize.clone())
             .metrics(metrics.clone())
+            .head_timeout(config.upstream_timeout())
             .upstream_base(config.upstream.clone());
         if let Some(pool) = &pool {
             stack = stack.pool(pool.clone());
@@ -481,22 +483,20 @@ async fn dispatch(
     } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
         auth.set_sensitive(true);
     }
-    let res = tokio::time::timeout(
-        shared.config.upstream_timeout(),
-        shared.stack.clone().oneshot(upstream),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server_error",
-            "the upstream did not answer in time",
-        )
-        .with_code("upstream_timeout")
-    })?
-    .map_err(|e| {
-        let kind = match e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            Some(e) if e.is_connect() => "connect",
+    // The response-head timeout is the stack's, per upstream attempt (`HeadTimeoutLayer`):
+    // a whole-stack bound would also cut folds, local compaction and retries.
+    let res = shared.stack.clone().oneshot(upstream).await.map_err(|e| {
+        if HeadTimeoutElapsed::find(&*e).is_some() {
+            return ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "the upstream did not answer in time",
+            )
+            .with_code("upstream_timeout");
+        }
+        // Never sent (connect refused, handed back) or lost after the upstream had it.
+        let kind = match crate::marks::AttemptError::find(&*e).map(|a| a.phase) {
+            Some(crate::marks::Phase::Unsent) => "connect",
             _ => "transport",
         };
         shared.metrics.inc(

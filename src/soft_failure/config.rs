@@ -17,6 +17,9 @@ pub struct SoftFailureConfig {
     pub max_line: usize,
     /// Most bytes of an error or non-streaming JSON body read to classify it.
     pub max_json_peek: usize,
+    /// Longest wait for the body of an error or JSON answer read to classify it; an error
+    /// body that stalls is answered with what arrived.
+    pub peek_timeout: Duration,
 }
 
 impl Default for SoftFailureConfig {
@@ -27,6 +30,7 @@ impl Default for SoftFailureConfig {
             max_hold: Duration::from_secs(10),
             max_line: 1024 * 1024,
             max_json_peek: 4 * 1024 * 1024,
+            peek_timeout: crate::body::DEFAULT_PEEK_TIMEOUT,
         }
     }
 }

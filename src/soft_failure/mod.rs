@@ -16,11 +16,16 @@
 //!   request's [`CredentialLease`] so the pool cools that credential for later requests, and
 //!   counts them;
 //! - **ends the body after a terminal event** (`response.completed`, `response.failed`,
-//!   `response.incomplete`) even if the upstream keeps the connection open: the Codex CLI
-//!   otherwise waits its 300 s idle timeout;
+//!   `response.incomplete`, or a top-level `error` event) even if the upstream keeps the
+//!   connection open: the Codex CLI otherwise waits its 300 s idle timeout;
 //! - marks a stream that ends before content without a terminal event (retryable);
-//! - classifies non-streaming answers too: HTTP errors (from a bounded prefix of the body) and
-//!   2xx JSON objects whose `status` is `failed`.
+//! - answers a `200 text/event-stream` that holds no Responses event (before it ends, or by
+//!   the hold-back's byte or event bound) with `502 invalid_upstream_stream` in the API's
+//!   envelope, marked `Transient` before content, instead of passing on bytes no client can
+//!   parse;
+//! - classifies non-streaming answers too: HTTP errors (from a bounded prefix of the body,
+//!   read for at most [`SoftFailureConfig::peek_timeout`]: an error body that stalls is
+//!   answered with what arrived) and 2xx JSON objects whose `status` is `failed`.
 //!
 //! Memory per stream is bounded by the hold-back limits and the SSE line limit, whatever the
 //! upstream sends.

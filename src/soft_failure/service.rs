@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -11,9 +11,10 @@ use tower_service::Service;
 
 use super::watch::WatchBody;
 use super::{EventsObserved, SoftFailure, SoftFailureConfig, StreamObservers};
-use crate::body::{ReplayBody, ResponseBody, full_body as full, prefixed, read_prefix};
-use crate::classify::Failure;
+use crate::body::{ReplayBody, ResponseBody, full_body as full, prefixed, read_prefix_within};
+use crate::classify::{Failure, FailureClass, Origin};
 use crate::credentials::CredentialLease;
+use crate::error::ApiError;
 use crate::error::BoxError;
 use crate::metrics::Metrics;
 use crate::sse::{EventKind, SseDecoder, event_kind, is_event_stream};
@@ -147,15 +148,23 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
     if status.is_success() && !is_json {
         return res;
     }
-    // An HTTP error, or a JSON answer: read a bounded prefix to classify it.
+    // An HTTP error, or a JSON answer: read a bounded prefix to classify it, bounded in time
+    // too: an error body that stalls must not hold the client.
     let (mut parts, body) = res.into_parts();
-    let (prefix, rest) = read_prefix(body, ctx.config.max_json_peek).await;
-    let complete = rest.is_none();
+    let peek = read_prefix_within(body, ctx.config.max_json_peek, ctx.config.peek_timeout).await;
+    let complete = peek.rest.is_none();
     let failure = if status.is_success() && !complete {
-        None // too big to be an error object; leave it alone
+        None // too big (or too slow) to be an error object; leave it alone
     } else {
-        Failure::from_http(status, &parts.headers, &prefix)
+        Failure::from_http(status, &parts.headers, &peek.prefix)
     };
+    if peek.stalled {
+        tracing::debug!(
+            status = status.as_u16(),
+            read = peek.prefix.len(),
+            "upstream answer body stalled while peeking"
+        );
+    }
     if let Some(failure) = failure {
         ctx.count(&failure, "before_content");
         tracing::debug!(
@@ -168,7 +177,12 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
             before_content: true,
         });
     }
-    Response::from_parts(parts, prefixed(prefix, rest))
+    if status.is_success() {
+        // A slow success body is still the answer: hand all of it on.
+        Response::from_parts(parts, prefixed(peek.prefix, peek.rest))
+    } else {
+        peek.into_error_response(parts)
+    }
 }
 
 /// The hold-back phase: read events until the first content event, a failure, a terminal
@@ -182,6 +196,8 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
     let mut held: Vec<Bytes> = Vec::new();
     let mut held_bytes = 0usize;
     let mut events = 0usize;
+    // Events that carry a Responses type: with none, the bytes are not a Responses stream.
+    let mut typed = 0usize;
     // One timer for the whole hold: a timeout per frame would register and cancel a timer
     // for every held frame.
     let deadline = tokio::time::sleep_until(Instant::now() + ctx.config.max_hold);
@@ -207,10 +223,14 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 // Ended before content. A terminal event would have returned already.
                 let tail = decoder.finish();
                 if let Ok(Some(ev)) = tail {
+                    typed += usize::from(ev.event_type().is_some());
                     let kind = ctx.observe(&ev);
                     if let Some(f) = failure_of(kind, &ev) {
                         return mark(parts, held, f, ctx);
                     }
+                }
+                if typed == 0 {
+                    return not_a_stream(parts, &ctx, "ended");
                 }
                 let failure = Failure::transport(
                     false,
@@ -249,6 +269,7 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
             let ev = match decoder.next_event() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
+                Err(_) if typed == 0 => return not_a_stream(parts, &ctx, "line_too_long"),
                 Err(e) => {
                     // A line past the bound: stop parsing, let the bytes flow as they are.
                     tracing::debug!(error = %e, "SSE line too long; passing the stream through unparsed");
@@ -259,6 +280,7 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
                 }
             };
             events += 1;
+            typed += usize::from(ev.event_type().is_some());
             let kind = ctx.observe(&ev);
             match kind {
                 EventKind::Content => {
@@ -280,6 +302,9 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
             }
         }
         if events >= ctx.config.max_held_events || held_bytes >= ctx.config.max_held_bytes {
+            if typed == 0 {
+                return not_a_stream(parts, &ctx, "bound");
+            }
             return Response::from_parts(
                 parts,
                 WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
@@ -287,6 +312,40 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
         }
     }
 }
+
+/// A `200 text/event-stream` with no Responses event in it (an HTML page, a proxy's banner,
+/// bytes from a broken middlebox): the client gets a 502 in the API's envelope instead of
+/// garbage it cannot parse, and rotation may try elsewhere (the client has seen nothing).
+fn not_a_stream(
+    parts: http::response::Parts,
+    ctx: &Ctx,
+    why: &'static str,
+) -> Response<ResponseBody> {
+    let message = "the upstream answered 200 text/event-stream without a parseable Responses event";
+    let mut failure = Failure::new(FailureClass::Transient);
+    failure.status = Some(StatusCode::BAD_GATEWAY);
+    failure.code = Some(INVALID_UPSTREAM_STREAM.into());
+    failure.message = Some(message.into());
+    failure.origin = Origin::Stream;
+    tracing::info!(
+        why,
+        "upstream event stream holds no Responses event; answered 502"
+    );
+    ctx.count(&failure, "before_content");
+    let mut res = ApiError::upstream_unavailable(message)
+        .with_code(INVALID_UPSTREAM_STREAM)
+        .into_stack_response();
+    // Outer layers still read what the attempt carried (connection tags).
+    *res.extensions_mut() = parts.extensions;
+    res.extensions_mut().insert(SoftFailure {
+        failure,
+        before_content: true,
+    });
+    res
+}
+
+/// The `error.code` of [`not_a_stream`]'s answer.
+const INVALID_UPSTREAM_STREAM: &str = "invalid_upstream_stream";
 
 fn mark(
     mut parts: http::response::Parts,

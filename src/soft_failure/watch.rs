@@ -88,7 +88,10 @@ impl WatchBody {
                             lease.report(&failure);
                         }
                     }
-                    if kind == EventKind::Terminal {
+                    // A top-level `error` event ends the answer as `response.failed` does
+                    // (PROTOCOL §3): an upstream that keeps the connection open after it
+                    // must not hold the client until its idle timeout.
+                    if matches!(kind, EventKind::Terminal | EventKind::Error) {
                         self.terminal = true;
                         // Nothing after a terminal event matters; stop parsing.
                         self.watch = None;

@@ -6,6 +6,7 @@
 //! CredentialRotateLayer    picks a credential, retries on classified failure
 //! BodyNormalizeLayer       shapes the body for the chosen upstream's profile
 //! SoftFailureDetectLayer   holds back lifecycle events, classifies, marks the response
+//! HeadTimeoutLayer         bounds one attempt's wait for its response head
 //! FreshConnectionLayer     stale-connection retry
 //! hyper-util Client        rustls, via a connector that tags connections
 //! ```
@@ -16,7 +17,9 @@
 //! credential may point at an upstream with another profile, and outside soft-failure
 //! detection because it retries on what that layer finds before the client sees anything.
 //! The stale-connection retry is innermost: it is a connection's fault, never a
-//! credential's.
+//! credential's. The head timeout sits just above it, so it bounds one attempt's wait for
+//! an answer and nothing more: answers that take long on purpose (a folded `stream:false`
+//! answer, a local compaction summary) are bounded by idle timeouts in their layers.
 //!
 //! ```
 //! use tower::ServiceExt;
@@ -42,10 +45,13 @@
 //! ```
 
 mod forward;
+mod head_timeout;
 
 pub use forward::Forward;
+pub use head_timeout::{HeadTimeout, HeadTimeoutElapsed, HeadTimeoutFuture, HeadTimeoutLayer};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
@@ -84,7 +90,12 @@ pub struct ResponsesStack {
     normalize: Option<NormalizeConfig>,
     normalize_off: bool,
     profile: Option<Profile>,
+    head_timeout: Option<Duration>,
+    head_timeout_off: bool,
 }
+
+/// How long an attempt waits for its response head unless configured otherwise.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ResponsesStack {
     /// The default stack: soft-failure detection always; rotation and continuity once a
@@ -160,6 +171,19 @@ impl ResponsesStack {
         self
     }
 
+    /// How long one upstream attempt may take to answer with its response head (default
+    /// [`DEFAULT_HEAD_TIMEOUT`]). See [`HeadTimeoutLayer`].
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = Some(timeout);
+        self
+    }
+
+    /// Switches the per-attempt head timeout off (the inner client bounds it, or nothing does).
+    pub fn without_head_timeout(mut self) -> Self {
+        self.head_timeout_off = true;
+        self
+    }
+
     /// Configures compaction routing.
     pub fn compact(mut self, config: CompactConfig) -> Self {
         self.compact = config;
@@ -192,7 +216,12 @@ impl ResponsesStack {
             + 'static,
         S::Future: Send + 'static,
     {
-        let mut svc = StackService::new(inner);
+        let mut svc = if self.head_timeout_off {
+            StackService::new(inner)
+        } else {
+            let timeout = self.head_timeout.unwrap_or(DEFAULT_HEAD_TIMEOUT);
+            StackService::new(HeadTimeoutLayer::new(timeout).layer(inner))
+        };
         if !self.soft_failure_off {
             let mut layer =
                 SoftFailureDetectLayer::with_config(self.soft_failure.clone().unwrap_or_default());
@@ -226,6 +255,9 @@ impl ResponsesStack {
                     ContinuityLayer::with_config(pool.clone(), self.continuity.clone());
                 if let Some(m) = &self.metrics {
                     continuity = continuity.metrics(m.clone());
+                }
+                if let Some(p) = self.profile {
+                    continuity = continuity.profile(p);
                 }
                 svc = StackService::new(continuity.layer(svc));
             }

@@ -26,6 +26,10 @@ pub enum Fault {
         /// How many SSE events reach the client before the connection drops.
         after_events: usize,
     },
+    /// Read the whole request, work on it for this long (no answer head), then close the
+    /// connection (FIN): an upstream that had the request and lost it. A retry of it would
+    /// run it twice.
+    CloseAfterWorking(Duration),
 }
 
 /// What a request arriving on a connection that idled too long gets (see
@@ -53,7 +57,7 @@ enum Content {
         body: Bytes,
     },
     Sse(Vec<Bytes>),
-    Abort(Abort),
+    Abort(Abort, Option<Duration>),
 }
 
 /// One scripted answer. Build it with a constructor ([`Reply::text`], [`Reply::json`],
@@ -152,8 +156,9 @@ impl Reply {
     /// A transport fault instead of an answer.
     pub fn fault(fault: Fault) -> Reply {
         match fault {
-            Fault::CloseAfterRead => Reply::new(Content::Abort(Abort::Fin)),
-            Fault::ResetAfterRead => Reply::new(Content::Abort(Abort::Reset)),
+            Fault::CloseAfterRead => Reply::new(Content::Abort(Abort::Fin, None)),
+            Fault::ResetAfterRead => Reply::new(Content::Abort(Abort::Reset, None)),
+            Fault::CloseAfterWorking(d) => Reply::new(Content::Abort(Abort::Fin, Some(d))),
             Fault::CloseMidStream { after_events } => {
                 Reply::new(Content::AutoStream).close_mid_stream(after_events)
             }
@@ -225,7 +230,7 @@ impl Reply {
         }
         let mut headers = HeaderMap::new();
         let (chunks, mut streamed, content_type) = match self.content {
-            Content::Abort(abort) => return Plan::Abort(abort),
+            Content::Abort(abort, delay) => return Plan::Abort(abort, delay),
             // `Auto` was resolved above; streaming the answer is its safe reading anyway.
             Content::Auto | Content::AutoStream => sse_chunks(auto::answer_events(req)),
             Content::Text(text) => sse_chunks(auto::text_events(req, &text)),
@@ -274,7 +279,7 @@ fn sse_chunks(evs: Vec<Value>) -> (Vec<Bytes>, bool, HeaderValue) {
 
 /// A reply resolved against its request.
 pub(crate) enum Plan {
-    Abort(Abort),
+    Abort(Abort, Option<Duration>),
     Respond(Planned),
 }
 

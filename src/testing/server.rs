@@ -349,7 +349,12 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, req: Request<Incoming
         Choice::Reply(reply) => reply,
     };
     match reply.plan(&record) {
-        Plan::Abort(how) => abort(&conn, how).await,
+        Plan::Abort(how, delay) => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            abort(&conn, how).await
+        }
         Plan::Respond(p) => {
             let body = if p.streamed {
                 let pacing = Pacing {

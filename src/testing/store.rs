@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use serde_json::json;
 
 use super::{MockUpstream, RecordedRequest, Reply, events};
@@ -63,7 +63,16 @@ impl ResponseStore {
 
     /// The answer to one request, as the handler gives it (`None` for requests it does not
     /// handle: no JSON body or no credential).
+    ///
+    /// Besides `POST /responses` (streamed when `stream: true`, else a JSON response object,
+    /// `queued` for `background: true`), it answers the calls that name a stored response in
+    /// their path, for its owner only (anyone else gets `404`, as on the platform):
+    /// `GET`/`DELETE /responses/{id}`, `POST /responses/{id}/cancel` and
+    /// `GET /responses/{id}/input_items`.
     pub fn answer(&self, r: &RecordedRequest) -> Option<Reply> {
+        if let Some((id, operation)) = addressed(&r.path) {
+            return self.answer_addressed(r, id, operation);
+        }
         let body = r.json()?;
         let cred = r.credential.clone()?;
         if let Some(prev) = body["previous_response_id"].as_str() {
@@ -88,6 +97,22 @@ impl ResponseStore {
         self.insert(&id, &cred);
         let items = body["input"].as_array().map_or(1, Vec::len) as u64;
         let usage = events::usage(items * self.tokens_per_item, 5);
+        if body["stream"] != json!(true) {
+            let background = body["background"] == json!(true);
+            let (status, output) = if background {
+                ("queued", Vec::new())
+            } else {
+                (
+                    "completed",
+                    vec![events::message_item(&format!("msg_store_{n}"), "ok")],
+                )
+            };
+            let usage = (!background).then_some(usage);
+            return Some(Reply::json(
+                StatusCode::OK,
+                events::response(&id, status, output, usage),
+            ));
+        }
         Some(Reply::sse(events::answer(
             &id,
             &format!("msg_store_{n}"),
@@ -95,4 +120,47 @@ impl ResponseStore {
             usage,
         )))
     }
+
+    fn answer_addressed(&self, r: &RecordedRequest, id: &str, operation: &str) -> Option<Reply> {
+        let cred = r.credential.clone()?;
+        match (&r.method, operation) {
+            (&Method::GET | &Method::DELETE, "")
+            | (&Method::POST, "cancel")
+            | (&Method::GET, "input_items") => {}
+            _ => return None,
+        }
+        if self.owner(id).as_ref() != Some(&cred) {
+            return Some(Reply::json(
+                StatusCode::NOT_FOUND,
+                json!({"error": {
+                    "message": format!("Response with id '{id}' not found."),
+                    "type": "invalid_request_error",
+                    "param": null,
+                    "code": null
+                }}),
+            ));
+        }
+        let body = match (&r.method, operation) {
+            (&Method::DELETE, _) => {
+                self.lock().remove(id);
+                json!({"id": id, "object": "response", "deleted": true})
+            }
+            (_, "cancel") => events::response(id, "cancelled", Vec::new(), None),
+            (_, "input_items") => json!({
+                "object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false
+            }),
+            _ => events::response(id, "completed", Vec::new(), None),
+        };
+        Some(Reply::json(StatusCode::OK, body))
+    }
+}
+
+/// `(id, operation)` of a path naming a stored response: `/responses/{id}` (operation `""`),
+/// `/responses/{id}/cancel`, `/responses/{id}/input_items`, with or without `/v1`.
+fn addressed(path: &str) -> Option<(&str, &str)> {
+    let path = path.split('?').next().unwrap_or("");
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let rest = path.trim_end_matches('/').strip_prefix("/responses/")?;
+    let (id, operation) = rest.split_once('/').unwrap_or((rest, ""));
+    (!id.is_empty() && id != "compact" && !operation.contains('/')).then_some((id, operation))
 }

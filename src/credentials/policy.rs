@@ -1,0 +1,382 @@
+//! What happens to a failed attempt: one pure decision, read as a table.
+//!
+//! Every upstream attempt ends in an outcome: answered, or a classified [`Failure`] with the
+//! [`Phase`] it reached. [`decide`] maps that outcome (with the credential's kind and the
+//! request's situation) to a [`Decision`]: what to cool and until when, whether the request
+//! may go to another credential, and what the client gets when it stops. [`when_none_usable`]
+//! decides what a request gets when no credential can be picked at all. Rotation asks these
+//! two functions and does what they say; the pool only keeps state. The table test in this
+//! module is their specification; the README shows the same table.
+//!
+//! | class | phase | cooldown | next | the client sees, when it stops |
+//! |---|---|---|---|---|
+//! | `RateLimited` | before content | the hinted reset, clamped to 1 s..24 h; else 2 s doubling to 120 s | another credential | the upstream's answer |
+//! | `QuotaExhausted` | before content | the hinted reset, clamped to 60 s..8 d; else 1 h | another credential | the upstream's answer |
+//! | `Auth`, a key (literal, `env:`, `file:`) | before content | 60 s doubling to 1 h; after it a probe request tries the key again | another credential, unless it is the request's second auth failure in a row: then stop and cool nothing more (the request is the likely cause) | the upstream's answer |
+//! | `Auth`, a `codex-auth:` login | before content | until its file changes | as above | the upstream's answer |
+//! | `Overloaded`, `Transient` | before content | *soft* (the key is only tried last): the hint clamped to 1..30 s, else 1 s doubling to 30 s | another credential | the upstream's answer (never the proxy's 429) |
+//! | `StaleConnection` | before content | none: the connection's fault | another credential | the upstream's answer |
+//! | `Blocked`, `ModelUnsupported`, `RouteNotFound`, `ContextLength`, `InvalidRequest`, `ContentPolicy`, `PreviousResponseNotFound`, `Cancelled`, `Unknown` | before content | none: the request or the route is at fault | stop | the upstream's answer |
+//! | any | after content | as before content (reported by the stream) | stop: the client has seen content | the stream as it came |
+//! | transport error | unsent (never reached the upstream) | none | another credential | `502 upstream_unavailable` |
+//! | transport error | sent (the upstream may have worked on it) | none | stop: sending it again could run it twice | `502 upstream_unavailable` |
+//!
+//! Two situations override the next step: a request pinned to its anchor's owner never goes
+//! elsewhere, and a remote compaction attempt that failed for any reason but rate, quota or
+//! auth stops at once without cooling (the compaction layer falls back to a local summary).
+//!
+//! When no credential can be picked ([`when_none_usable`]): only hard cooldowns (rate limit,
+//! quota, auth) take a credential out; soft ones never do. If the earliest returns within
+//! `max_wait` (2 s by default), the request waits for it. Otherwise every credential cooling
+//! for quota gives `429 usage_limit_reached` with `resets_at`; any rate limit or quota gives
+//! `429 rate_limit_exceeded`; only auth gives `503 credentials_unavailable`. Each carries
+//! `Retry-After` with the earliest real return.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use tower_responses::classify::{Failure, FailureClass};
+//! use tower_responses::credentials::policy::{self, Attempt, ClientSees, KeyKind, Next};
+//! use tower_responses::marks::Phase;
+//!
+//! let now = SystemTime::now();
+//! let failure = Failure::new(FailureClass::Transient);
+//! let d = policy::decide(&Attempt::new(Some(&failure), Phase::BeforeContent, KeyKind::Key, now),
+//!     &Default::default());
+//! // A 500 rests the key only softly, moves on, and never becomes the proxy's own 429.
+//! assert!(d.cooldown.as_ref().is_some_and(|c| !c.excludes()));
+//! assert_eq!(d.next, Next::Elsewhere);
+//! assert_eq!(d.client, ClientSees::Answer);
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use super::state::Cooldown;
+use crate::classify::{Failure, FailureClass, Origin};
+use crate::error::ApiError;
+use crate::marks::Phase;
+
+/// What kind of credential failed: it decides how an auth failure ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An API key (literal, `env:`, `file:`): nothing can renew it, so an auth cooldown is
+    /// finite and a later request probes it again.
+    Key,
+    /// A login read from a Codex `auth.json` (`codex-auth:`): it comes back when its file
+    /// changes (the Codex CLI refreshed it).
+    Login,
+}
+
+/// Cooldown lengths and bounds, per class.
+#[derive(Debug, Clone)]
+pub struct CooldownPolicy {
+    /// First backoff for a rate limit without a hint; doubles on repeats.
+    pub rate_limit_floor: Duration,
+    /// Cap of that backoff.
+    pub rate_limit_max: Duration,
+    /// The longest rate-limit hint believed.
+    pub rate_limit_hint_max: Duration,
+    /// Quota/billing exhaustion without a reset time.
+    pub quota_default: Duration,
+    /// The shortest quota cooldown, whatever the hint (a reset in the past still cools).
+    pub quota_min: Duration,
+    /// The longest quota hint believed (the weekly window, and a day to spare).
+    pub quota_max: Duration,
+    /// First auth cooldown of an API key; doubles on repeats.
+    pub auth_floor: Duration,
+    /// Cap of that.
+    pub auth_max: Duration,
+    /// First soft cooldown for overload / 5xx; doubles only on repeats.
+    pub overload_floor: Duration,
+    /// Cap of that, and of any hint for those classes.
+    pub overload_max: Duration,
+}
+
+impl Default for CooldownPolicy {
+    fn default() -> Self {
+        CooldownPolicy {
+            rate_limit_floor: Duration::from_secs(2),
+            rate_limit_max: Duration::from_secs(120),
+            rate_limit_hint_max: Duration::from_secs(24 * 3600),
+            quota_default: Duration::from_secs(3600),
+            quota_min: Duration::from_secs(60),
+            quota_max: Duration::from_secs(8 * 24 * 3600),
+            auth_floor: Duration::from_secs(60),
+            auth_max: Duration::from_secs(3600),
+            overload_floor: Duration::from_secs(1),
+            overload_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the policy knows about one finished attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    /// The classified failure, or `None` when the attempt was answered.
+    pub failure: Option<&'a Failure>,
+    /// How far it got.
+    pub phase: Phase,
+    /// The credential's kind.
+    pub kind: KeyKind,
+    /// Earlier consecutive failures of the same class on this credential (0 the first time).
+    pub strikes: u32,
+    /// Auth failures earlier in this request, on other credentials.
+    pub auth_before: u32,
+    /// The request is pinned to its anchor's owner.
+    pub pinned: bool,
+    /// The request is a remote compaction attempt the compaction layer can fall back from.
+    pub compaction: bool,
+    /// The time cooldowns are measured from.
+    pub now: SystemTime,
+}
+
+impl<'a> Attempt<'a> {
+    /// An attempt with no strikes, no pin, no earlier auth failure.
+    pub fn new(failure: Option<&'a Failure>, phase: Phase, kind: KeyKind, now: SystemTime) -> Self {
+        Attempt {
+            failure,
+            phase,
+            kind,
+            strikes: 0,
+            auth_before: 0,
+            pinned: false,
+            compaction: false,
+            now,
+        }
+    }
+}
+
+/// Where the request goes after this attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// It is done: the client gets [`Decision::client`].
+    Stop,
+    /// Try another credential (when none is left, stop with [`Decision::client`]).
+    Elsewhere,
+}
+
+/// What the client gets when the request stops after this attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSees {
+    /// The upstream's answer, as it came.
+    Answer,
+    /// `502 upstream_unavailable`: no answer came, retry the same request.
+    Unavailable,
+}
+
+/// The decision for one attempt.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Cool the credential like this (`None`: it is fine).
+    pub cooldown: Option<Cooldown>,
+    /// Where the request goes.
+    pub next: Next,
+    /// What the client sees if the request stops here.
+    pub client: ClientSees,
+    /// Why, for the log line.
+    pub why: &'static str,
+}
+
+/// Decides what one attempt's outcome means. Pure: the same inputs give the same decision.
+pub fn decide(a: &Attempt<'_>, policy: &CooldownPolicy) -> Decision {
+    let stop = |cooldown, why| Decision {
+        cooldown,
+        next: Next::Stop,
+        client: ClientSees::Answer,
+        why,
+    };
+    let Some(failure) = a.failure else {
+        return stop(None, "answered");
+    };
+    match a.phase {
+        Phase::Unsent | Phase::Sent if failure.origin == Origin::Transport => {
+            let (next, why) = if a.phase == Phase::Unsent && !a.pinned {
+                (
+                    Next::Elsewhere,
+                    "never reached the upstream: safe to send elsewhere",
+                )
+            } else if a.phase == Phase::Unsent {
+                (
+                    Next::Stop,
+                    "never reached the upstream, but pinned to its owner",
+                )
+            } else {
+                (
+                    Next::Stop,
+                    "the upstream may have worked on it: not sent again",
+                )
+            };
+            return Decision {
+                cooldown: None,
+                next,
+                client: ClientSees::Unavailable,
+                why,
+            };
+        }
+        _ => {}
+    }
+    let class = failure.class;
+    if a.compaction
+        && !matches!(
+            class,
+            FailureClass::RateLimited | FailureClass::QuotaExhausted | FailureClass::Auth
+        )
+    {
+        return stop(
+            None,
+            "remote compaction refused: the compaction layer falls back",
+        );
+    }
+    if class == FailureClass::Auth && a.auth_before > 0 {
+        return stop(
+            None,
+            "second auth failure in one request: the request is the likely cause",
+        );
+    }
+    let cooldown = cooldown_for(failure, a.kind, a.strikes, policy, a.now);
+    if a.phase == Phase::AfterContent {
+        return stop(cooldown, "failed after content: the client has seen it");
+    }
+    if a.pinned {
+        return stop(cooldown, "pinned to its anchor's owner: never elsewhere");
+    }
+    if class.retry_elsewhere() {
+        Decision {
+            cooldown,
+            next: Next::Elsewhere,
+            client: ClientSees::Answer,
+            why: "another credential may succeed",
+        }
+    } else {
+        stop(cooldown, "any credential would get the same answer")
+    }
+}
+
+/// The cooldown a failure calls for, whatever the phase (`None`: the credential is fine).
+pub fn cooldown_for(
+    failure: &Failure,
+    kind: KeyKind,
+    strikes: u32,
+    p: &CooldownPolicy,
+    now: SystemTime,
+) -> Option<Cooldown> {
+    if !failure.cools_credential() {
+        return None;
+    }
+    let class = failure.class;
+    let hinted = failure.retry.until(now);
+    let code = failure.code.as_deref().unwrap_or(class.as_str());
+    let within = |floor: Duration, max: Duration| {
+        hinted.map(|t| {
+            let d = t.duration_since(now).unwrap_or_default();
+            now + d.clamp(floor, max)
+        })
+    };
+    let (until, note) = match class {
+        FailureClass::RateLimited => match within(Duration::from_secs(1), p.rate_limit_hint_max) {
+            Some(t) => (Some(t), HINTED),
+            None => (
+                Some(now + backoff(p.rate_limit_floor, p.rate_limit_max, strikes)),
+                BACKOFF,
+            ),
+        },
+        FailureClass::QuotaExhausted => match within(p.quota_min, p.quota_max) {
+            Some(t) => (Some(t), HINTED),
+            None => (Some(now + p.quota_default), " (no reset signal; default)"),
+        },
+        FailureClass::Auth => match kind {
+            KeyKind::Key => (
+                Some(now + backoff(p.auth_floor, p.auth_max, strikes)),
+                " (a later request probes the key again)",
+            ),
+            KeyKind::Login => (None, ": out until its auth file changes"),
+        },
+        FailureClass::Overloaded | FailureClass::Transient => {
+            match within(p.overload_floor, p.overload_max) {
+                Some(t) => (Some(t), HINTED),
+                None => (
+                    Some(now + backoff(p.overload_floor, p.overload_max, strikes)),
+                    BACKOFF,
+                ),
+            }
+        }
+        _ => return None,
+    };
+    Some(Cooldown {
+        until,
+        class,
+        reason: format!("{code}{note}"),
+    })
+}
+
+const HINTED: &str = " (time from the upstream's reset signal)";
+const BACKOFF: &str = " (no reset signal; backoff)";
+
+fn backoff(floor: Duration, max: Duration, strikes: u32) -> Duration {
+    floor.saturating_mul(1u32 << strikes.min(16)).min(max)
+}
+
+/// What a request gets when no credential can be picked.
+#[derive(Debug, Clone)]
+pub enum NoneUsable {
+    /// Wait this long, then pick again: the earliest credential returns within `max_wait`.
+    Wait(Duration),
+    /// Answer the client with this error.
+    Refuse(ApiError),
+}
+
+/// Decides for a request that found every credential out of rotation. `cooling` holds the
+/// active cooldowns of the pool's credentials.
+pub fn when_none_usable(cooling: &[Cooldown], now: SystemTime, max_wait: Duration) -> NoneUsable {
+    let hard: Vec<&Cooldown> = cooling.iter().filter(|c| c.excludes()).collect();
+    let earliest = hard.iter().filter_map(|c| c.until).min();
+    let wait = earliest.map(|t| t.duration_since(now).unwrap_or_default());
+    if let Some(w) = wait.filter(|w| *w <= max_wait) {
+        return NoneUsable::Wait(w);
+    }
+    let retry = wait
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(1));
+    let all_quota =
+        !hard.is_empty() && hard.iter().all(|c| c.class == FailureClass::QuotaExhausted);
+    let limited = hard.iter().any(|c| {
+        matches!(
+            c.class,
+            FailureClass::QuotaExhausted | FailureClass::RateLimited
+        )
+    });
+    let err = if all_quota {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "usage_limit_reached",
+            "The usage limit has been reached on every configured credential",
+        )
+        .with_code("usage_limit_reached");
+        e.resets_at = earliest
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        e
+    } else if limited {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "every configured credential is rate limited or out of quota; try again in {}s",
+                retry.as_secs()
+            ),
+        )
+        .with_code("rate_limit_exceeded")
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the upstream refused every configured credential (auth); see the proxy's log and /metrics",
+        )
+        .with_code("credentials_unavailable")
+    };
+    NoneUsable::Refuse(err.with_retry_after(retry))
+}
+
+#[cfg(test)]
+mod tests;

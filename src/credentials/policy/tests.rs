@@ -1,0 +1,234 @@
+//! The specification of [`decide`](super::decide) and [`when_none_usable`](super::when_none_usable):
+//! one row per failure class and phase.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::classify::{Failure, FailureClass::*, RetryHint};
+use crate::marks::Phase::*;
+
+/// How a row expects the credential to be cooled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cool {
+    /// Not at all.
+    No,
+    /// Softly (tried last), for this long.
+    Soft(u64),
+    /// Out of rotation for this long.
+    Hard(u64),
+    /// Out of rotation until its file changes.
+    Open,
+}
+use ClientSees::{Answer, Unavailable};
+use Cool::*;
+use Next::{Elsewhere, Stop};
+
+const H: u64 = 3600;
+
+fn seen(d: &Decision, now: SystemTime) -> Cool {
+    match &d.cooldown {
+        None => No,
+        Some(c) => match c.until {
+            None => Open,
+            Some(t) => {
+                let secs = t.duration_since(now).unwrap().as_secs();
+                if c.excludes() { Hard(secs) } else { Soft(secs) }
+            }
+        },
+    }
+}
+
+#[test]
+fn every_class_and_phase() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let key = KeyKind::Key;
+    let login = KeyKind::Login;
+    #[rustfmt::skip]
+    let rows: Vec<(FailureClass, Phase, KeyKind, Cool, Next, ClientSees)> = vec![
+        // class            phase          kind   cooldown     next       client sees
+        (RateLimited,       BeforeContent, key,   Hard(2),     Elsewhere, Answer),
+        (QuotaExhausted,    BeforeContent, key,   Hard(H),     Elsewhere, Answer),
+        (Auth,              BeforeContent, key,   Hard(60),    Elsewhere, Answer),
+        (Auth,              BeforeContent, login, Open,        Elsewhere, Answer),
+        (Overloaded,        BeforeContent, key,   Soft(1),     Elsewhere, Answer),
+        (Transient,         BeforeContent, key,   Soft(1),     Elsewhere, Answer),
+        (StaleConnection,   BeforeContent, key,   No,          Elsewhere, Answer),
+        (Blocked,           BeforeContent, key,   No,          Stop,      Answer),
+        (ModelUnsupported,  BeforeContent, key,   No,          Stop,      Answer),
+        (RouteNotFound,     BeforeContent, key,   No,          Stop,      Answer),
+        (ContextLength,     BeforeContent, key,   No,          Stop,      Answer),
+        (InvalidRequest,    BeforeContent, key,   No,          Stop,      Answer),
+        (ContentPolicy,     BeforeContent, key,   No,          Stop,      Answer),
+        (PreviousResponseNotFound, BeforeContent, key, No,     Stop,      Answer),
+        (Cancelled,         BeforeContent, key,   No,          Stop,      Answer),
+        (Unknown,           BeforeContent, key,   No,          Stop,      Answer),
+        // After content nothing is retried; the reported failure still cools.
+        (RateLimited,       AfterContent,  key,   Hard(2),     Stop,      Answer),
+        (QuotaExhausted,    AfterContent,  key,   Hard(H),     Stop,      Answer),
+        (Auth,              AfterContent,  login, Open,        Stop,      Answer),
+        (Overloaded,        AfterContent,  key,   Soft(1),     Stop,      Answer),
+        (Transient,         AfterContent,  key,   Soft(1),     Stop,      Answer),
+        (StaleConnection,   AfterContent,  key,   No,          Stop,      Answer),
+        (InvalidRequest,    AfterContent,  key,   No,          Stop,      Answer),
+        (ContentPolicy,     AfterContent,  key,   No,          Stop,      Answer),
+    ];
+    for (class, phase, kind, cool, next, client) in rows {
+        let failure = Failure::new(class);
+        let d = decide(
+            &Attempt::new(Some(&failure), phase, kind, now),
+            &CooldownPolicy::default(),
+        );
+        let row = format!("{class} {phase} {kind:?}");
+        assert_eq!(seen(&d, now), cool, "cooldown of {row}");
+        assert_eq!(d.next, next, "next of {row}");
+        assert_eq!(d.client, client, "client of {row}");
+    }
+
+    // Transport errors: only a request that never reached the upstream goes again.
+    #[rustfmt::skip]
+    let transport_rows = [
+        (Unsent, false, Elsewhere),
+        (Sent,   false, Stop),
+        (Unsent, true,  Stop),
+        (Sent,   true,  Stop),
+    ];
+    for (phase, pinned, next) in transport_rows {
+        let failure = Failure::transport(false, "connection reset");
+        let mut a = Attempt::new(Some(&failure), phase, key, now);
+        a.pinned = pinned;
+        let d = decide(&a, &CooldownPolicy::default());
+        assert_eq!(seen(&d, now), No, "transport {phase} pinned={pinned}");
+        assert_eq!(d.next, next, "transport {phase} pinned={pinned}");
+        assert_eq!(d.client, Unavailable, "transport {phase} pinned={pinned}");
+    }
+}
+
+#[test]
+fn situations_override_the_next_step() {
+    let now = SystemTime::now();
+    let p = CooldownPolicy::default();
+    // Pinned: cools as the class says, never elsewhere.
+    let quota = Failure::new(QuotaExhausted);
+    let mut a = Attempt::new(Some(&quota), BeforeContent, KeyKind::Key, now);
+    a.pinned = true;
+    let d = decide(&a, &p);
+    assert!(d.cooldown.is_some());
+    assert_eq!(d.next, Stop);
+    // A refused remote compaction: the route's fault, no cooldown, stop.
+    let overloaded = Failure::new(Transient);
+    let mut a = Attempt::new(Some(&overloaded), BeforeContent, KeyKind::Key, now);
+    a.compaction = true;
+    let d = decide(&a, &p);
+    assert!(d.cooldown.is_none());
+    assert_eq!(d.next, Stop);
+    // ...but quota on a compaction attempt rotates like any request.
+    let mut a = Attempt::new(Some(&quota), BeforeContent, KeyKind::Key, now);
+    a.compaction = true;
+    assert_eq!(decide(&a, &p).next, Elsewhere);
+    // The second auth failure in a request stops there and cools nothing more.
+    let auth = Failure::new(Auth);
+    let mut a = Attempt::new(Some(&auth), BeforeContent, KeyKind::Key, now);
+    a.auth_before = 1;
+    let d = decide(&a, &p);
+    assert!(d.cooldown.is_none());
+    assert_eq!(d.next, Stop);
+    // Success decides nothing.
+    let d = decide(&Attempt::new(None, BeforeContent, KeyKind::Key, now), &p);
+    assert!(d.cooldown.is_none());
+    assert_eq!((d.next, d.client), (Stop, Answer));
+}
+
+#[test]
+fn hints_are_clamped_per_class_and_backoff_doubles() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let p = CooldownPolicy::default();
+    let with_hint = |class, after: Option<u64>, reset_at: Option<SystemTime>| {
+        let mut f = Failure::new(class);
+        f.status = Some(http::StatusCode::SERVICE_UNAVAILABLE);
+        f.retry = RetryHint {
+            after: after.map(Duration::from_secs),
+            reset_at,
+        };
+        f
+    };
+    let secs = |c: Option<Cooldown>| {
+        c.unwrap()
+            .until
+            .unwrap()
+            .duration_since(now)
+            .unwrap()
+            .as_secs()
+    };
+    #[rustfmt::skip]
+    let rows = [
+        // class,         after,              reset_at,               strikes, want seconds
+        (Overloaded,      Some(999_999_999),  None,                   0, 30),
+        (Transient,       Some(5),            None,                   0, 5),
+        (Transient,       None,               None,                   0, 1),
+        (Transient,       None,               None,                   3, 8),
+        (Transient,       None,               None,                   9, 30),
+        (RateLimited,     Some(999_999_999),  None,                   0, 24 * H),
+        (RateLimited,     None,               None,                   0, 2),
+        (RateLimited,     None,               None,                   2, 8),
+        (RateLimited,     None,               None,                   10, 120),
+        (QuotaExhausted,  None,               Some(now - Duration::from_secs(10)), 0, 60),
+        (QuotaExhausted,  None,               Some(now + Duration::from_secs(3 * H)), 0, 3 * H),
+        (QuotaExhausted,  Some(999_999_999),  None,                   0, 8 * 24 * H),
+        (Auth,            None,               None,                   0, 60),
+        (Auth,            None,               None,                   1, 120),
+        (Auth,            None,               None,                   12, H),
+    ];
+    for (class, after, reset_at, strikes, want) in rows {
+        let f = with_hint(class, after, reset_at);
+        let got = secs(cooldown_for(&f, KeyKind::Key, strikes, &p, now));
+        assert_eq!(
+            got, want,
+            "{class} after={after:?} reset_at={reset_at:?} strikes={strikes}"
+        );
+    }
+}
+
+#[test]
+fn none_usable() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let cool = |class, secs: Option<u64>| Cooldown {
+        until: secs.map(|s| now + Duration::from_secs(s)),
+        class,
+        reason: String::new(),
+    };
+    let max_wait = Duration::from_secs(2);
+    let refused = |cooling: &[Cooldown]| match when_none_usable(cooling, now, max_wait) {
+        NoneUsable::Refuse(e) => e,
+        NoneUsable::Wait(w) => panic!("waits {w:?}"),
+    };
+    // The earliest returns within max_wait: wait for it.
+    let w = when_none_usable(
+        &[cool(RateLimited, Some(1)), cool(QuotaExhausted, Some(H))],
+        now,
+        max_wait,
+    );
+    assert!(matches!(w, NoneUsable::Wait(d) if d == Duration::from_secs(1)));
+    // Every credential out of quota: 429 usage_limit_reached with the earliest reset.
+    let e = refused(&[
+        cool(QuotaExhausted, Some(2 * H)),
+        cool(QuotaExhausted, Some(H)),
+    ]);
+    assert_eq!(e.status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(e.code.as_deref(), Some("usage_limit_reached"));
+    assert_eq!(e.retry_after, Some(Duration::from_secs(H)));
+    assert_eq!(e.resets_at, Some(1_800_000_000 + H));
+    // Rate limits (with quota or auth beside them): 429 rate_limit_exceeded.
+    let e = refused(&[cool(RateLimited, Some(30)), cool(Auth, None)]);
+    assert_eq!(e.status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(e.code.as_deref(), Some("rate_limit_exceeded"));
+    assert_eq!(e.retry_after, Some(Duration::from_secs(30)));
+    // Only auth: not a 429 (the Codex CLI would give up on a quota it has), a 503.
+    let e = refused(&[cool(Auth, Some(600)), cool(Auth, None)]);
+    assert_eq!(e.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.code.as_deref(), Some("credentials_unavailable"));
+    assert_eq!(e.retry_after, Some(Duration::from_secs(600)));
+    // Soft cooldowns never make a credential unusable, so they never reach here; if they
+    // did, they would not count as a reason.
+    let e = refused(&[cool(Transient, Some(1)), cool(Auth, None)]);
+    assert_eq!(e.status, http::StatusCode::SERVICE_UNAVAILABLE);
+}
