@@ -168,3 +168,42 @@ async fn concurrent_client_connections_are_capped() {
         "one log line per time the cap is reached"
     );
 }
+
+#[tokio::test]
+async fn limits_that_would_panic_or_serve_nothing_are_refused_at_startup() {
+    use tower_responses::proxy::{Proxy, ProxyConfig};
+    let base = || config_for("http://127.0.0.1:9/v1".into());
+    let cases: Vec<(&str, Box<dyn Fn(&mut ProxyConfig)>)> = vec![
+        (
+            "header_read_timeout_secs",
+            Box::new(|c| c.header_read_timeout_secs = 0),
+        ),
+        (
+            "header_read_timeout_secs",
+            Box::new(|c| c.header_read_timeout_secs = u64::MAX),
+        ),
+        (
+            "body_read_timeout_secs",
+            Box::new(|c| c.body_read_timeout_secs = u64::MAX),
+        ),
+        ("max_headers", Box::new(|c| c.max_headers = 0)),
+        ("max_connections", Box::new(|c| c.max_connections = 0)),
+        ("max_header_bytes", Box::new(|c| c.max_header_bytes = 100)),
+        (
+            "allowed_origins",
+            Box::new(|c| c.allowed_origins = vec!["*".into()]),
+        ),
+        (
+            "allowed_origins",
+            Box::new(|c| c.allowed_origins = vec!["https://app.example/path".into()]),
+        ),
+    ];
+    for (name, change) in cases {
+        let mut cfg = base();
+        change(&mut cfg);
+        let err = Proxy::bind(cfg).await.unwrap_err().to_string();
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    // The defaults bind.
+    assert!(Proxy::bind(base()).await.is_ok());
+}

@@ -34,6 +34,8 @@ pub type ProxyBody = crate::body::ResponseBody;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The smallest head limit accepted: request lines and a few ordinary headers must fit.
 const MIN_HEADER_BYTES: usize = 8192;
+/// The longest client head or body timeout accepted (a day): longer is a mistake.
+const MAX_CLIENT_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 struct Shared {
     config: ProxyConfig,
@@ -561,20 +563,25 @@ fn check_edge_config(config: &ProxyConfig) -> Result<(), ConfigError> {
             )));
         }
     }
-    let positive = [
-        (
-            "header_read_timeout_secs",
-            config.header_read_timeout_secs as usize,
-        ),
-        (
-            "body_read_timeout_secs",
-            config.body_read_timeout_secs as usize,
-        ),
+    // Timeouts end up as `Instant + Duration` inside hyper, which panics on overflow.
+    let timeouts = [
+        ("header_read_timeout_secs", config.header_read_timeout_secs),
+        ("body_read_timeout_secs", config.body_read_timeout_secs),
+    ];
+    for (name, secs) in timeouts {
+        if !(1..=MAX_CLIENT_TIMEOUT_SECS).contains(&secs) {
+            return Err(ConfigError(format!(
+                "{name} must be between 1 and {MAX_CLIENT_TIMEOUT_SECS}"
+            )));
+        }
+    }
+    for (name, n) in [
         ("max_headers", config.max_headers),
         ("max_connections", config.max_connections),
-    ];
-    if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-        return Err(ConfigError(format!("{name} must be at least 1")));
+    ] {
+        if n == 0 {
+            return Err(ConfigError(format!("{name} must be at least 1")));
+        }
     }
     if config.max_header_bytes < MIN_HEADER_BYTES {
         return Err(ConfigError(format!(
