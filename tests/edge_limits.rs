@@ -173,7 +173,8 @@ async fn concurrent_client_connections_are_capped() {
 async fn limits_that_would_panic_or_serve_nothing_are_refused_at_startup() {
     use tower_responses::proxy::{Proxy, ProxyConfig};
     let base = || config_for("http://127.0.0.1:9/v1".into());
-    let cases: Vec<(&str, Box<dyn Fn(&mut ProxyConfig)>)> = vec![
+    type Change = Box<dyn Fn(&mut ProxyConfig)>;
+    let cases: Vec<(&str, Change)> = vec![
         (
             "header_read_timeout_secs",
             Box::new(|c| c.header_read_timeout_secs = 0),
