@@ -15,9 +15,9 @@ use crate::upstream::check_path;
 #[derive(Debug, Clone)]
 pub(super) struct EdgeRules {
     /// No client keys: only loopback `Host` values are served.
-    pub(super) keyless: bool,
+    keyless: bool,
     /// Serialized origins (`scheme://host[:port]`), lowercase, without a trailing `/`.
-    pub(super) allowed_origins: Vec<String>,
+    allowed_origins: Vec<String>,
 }
 
 impl EdgeRules {
@@ -37,10 +37,7 @@ impl EdgeRules {
         check_target(req.uri())?;
         self.check_host(req.version(), req.headers())?;
         self.check_origin(req.headers())?;
-        check_path(req.uri().path()).map_err(|why| {
-            ApiError::invalid_request(format!("the request path is not accepted: {why}"))
-                .with_code("invalid_path")
-        })
+        check_path(req.uri().path()).map_err(invalid_path)
     }
 
     /// Answers a CORS preflight from an allowed origin (`OPTIONS` with `Origin` and
@@ -64,10 +61,7 @@ impl EdgeRules {
             ApiError::invalid_request("Access-Control-Request-Method is not a method")
         })?;
         check_method(&method)?;
-        check_path(req.uri().path()).map_err(|why| {
-            ApiError::invalid_request(format!("the request path is not accepted: {why}"))
-                .with_code("invalid_path")
-        })?;
+        check_path(req.uri().path()).map_err(invalid_path)?;
         let mut res = Response::new(full_body(""));
         *res.status_mut() = StatusCode::NO_CONTENT;
         let h = res.headers_mut();
@@ -207,6 +201,11 @@ fn check_target(uri: &Uri) -> Result<(), ApiError> {
         .with_code("invalid_request_target"));
     }
     Ok(())
+}
+
+fn invalid_path(why: &str) -> ApiError {
+    ApiError::invalid_request(format!("the request path is not accepted: {why}"))
+        .with_code("invalid_path")
 }
 
 /// `localhost`, `127.0.0.1` or `[::1]`, each with or without a port.
