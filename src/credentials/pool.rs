@@ -57,6 +57,9 @@ impl PoolMember {
     }
 }
 
+/// How long the other requests keep away from a key while one request probes it.
+const PROBE_WINDOW: Duration = Duration::from_secs(30);
+
 /// How often a credential's auth file is looked at (one `stat`), at most.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -438,7 +441,32 @@ impl Pool {
                 pick
             }
         };
+        self.begin_probe(&chosen.label, now);
         Some(chosen.label.clone())
+    }
+
+    /// A key whose auth cooldown just ended is tried by one request, the probe: the others
+    /// keep away from it for [`PROBE_WINDOW`] until that request says how it went (a success
+    /// clears it, another refusal doubles the cooldown).
+    fn begin_probe(&self, label: &str, now: SystemTime) {
+        let Some(c) = self.state.cooldown(label) else {
+            return;
+        };
+        if c.class != FailureClass::Auth || c.active(now) {
+            return;
+        }
+        tracing::info!(
+            credential = label,
+            "auth cooldown over; one request probes the key"
+        );
+        self.state.set_cooldown(
+            label,
+            Cooldown {
+                until: Some(now + PROBE_WINDOW),
+                class: FailureClass::Auth,
+                reason: "probing after an auth cooldown".into(),
+            },
+        );
     }
 
     /// Records which credential served a session's turn: the first one becomes its primary;
@@ -474,15 +502,15 @@ impl Pool {
         self.state.record_use(label);
     }
 
-    /// Learns from a successful answer: repeat-failure strikes and a soft cooldown end, and
+    /// Learns from a successful answer: repeat-failure strikes, a soft cooldown and an auth
+    /// probe end, and
     /// Codex usage windows at 100% cool the credential before it fails.
     pub fn record_success(&self, label: &str, headers: &http::HeaderMap) {
-        if self
-            .state
-            .cooldown(label)
-            .is_some_and(|c| !c.excludes() && c.active(SystemTime::now()))
-        {
-            // A soft cooldown only said "recently troubled": an answer says it is fine now.
+        if self.state.cooldown(label).is_some_and(|c| {
+            (!c.excludes() || c.class == FailureClass::Auth) && c.active(SystemTime::now())
+        }) {
+            // A soft cooldown only said "recently troubled", and an auth probe asked whether the
+            // key works: an answer says it is fine now.
             self.clear(label);
         } else {
             self.state.reset_strikes(label);
@@ -756,6 +784,32 @@ mod tests {
             assert_eq!(p.pick(&[], None, Some("s")), Some(other.clone()));
         }
         assert_eq!(p.last_served("s").as_deref(), Some(&*other));
+    }
+
+    #[test]
+    fn one_request_probes_a_key_after_its_auth_cooldown() {
+        let p = pool(&KEYS[..2], Strategy::FillFirst);
+        let first = p.labels()[0].clone();
+        p.state().set_cooldown(
+            &first,
+            Cooldown {
+                until: Some(SystemTime::now() - Duration::from_secs(1)),
+                class: FailureClass::Auth,
+                reason: "expired".into(),
+            },
+        );
+        // The first pick after the cooldown is the probe; the next keep away from it.
+        assert_eq!(p.pick(&[], None, None), Some(first.clone()));
+        assert_ne!(p.pick(&[], None, None), Some(first.clone()));
+        // The probe succeeds: back in rotation.
+        p.record_success(&first, &http::HeaderMap::new());
+        assert_eq!(p.pick(&[], None, None), Some(first.clone()));
+        // A probe refused again doubles the cooldown (strikes survive the expiry).
+        p.record_failure(&first, &Failure::new(FailureClass::Auth));
+        let once = p.cooldown_of(&first).unwrap().until.unwrap();
+        p.record_failure(&first, &Failure::new(FailureClass::Auth));
+        let twice = p.cooldown_of(&first).unwrap().until.unwrap();
+        assert!(twice.duration_since(once).unwrap() > Duration::from_secs(50));
     }
 
     #[test]
