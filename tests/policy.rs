@@ -493,3 +493,26 @@ async fn failover_without_a_session_strips_reasoning_the_next_account_cannot_rea
         "the other account gets it without the encrypted item"
     );
 }
+
+#[tokio::test]
+async fn a_pin_to_a_credential_this_pool_lacks_is_not_a_429() {
+    use tower::ServiceExt;
+    use tower_responses::body::ReplayBody;
+    use tower_responses::credentials::{CredentialRotateLayer, Pool};
+    use tower_responses::marks::PinnedCredential;
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = std::sync::Arc::new(Pool::new(vec![KEY_A.parse().unwrap()]).unwrap());
+    let svc = tower::ServiceBuilder::new()
+        .layer(CredentialRotateLayer::new(pool))
+        .service(tower_responses::connect::UpstreamClientBuilder::new().service());
+    let mut req = http::Request::post(format!("{}/responses", mock.base_url()))
+        .header("content-type", "application/json")
+        .body(ReplayBody::new(serde_json::to_vec(&body()).unwrap()))
+        .unwrap();
+    // A replica sharing state with this one pinned the anchor to its own credential.
+    req.extensions_mut()
+        .insert(PinnedCredential("elsewhere-7".into()));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(mock.request_count(), 1);
+}
