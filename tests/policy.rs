@@ -516,3 +516,28 @@ async fn a_pin_to_a_credential_this_pool_lacks_is_not_a_429() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(mock.request_count(), 1);
 }
+
+#[tokio::test]
+async fn a_reused_connection_lost_after_the_upstream_worked_is_not_retried_fresh() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = proxy_with(&mock, &[KEY_A], Strategy::RoundRobin).await;
+    // The first request leaves a pooled connection behind...
+    let (s, _, _) = ask(&proxy, body()).await;
+    assert_eq!(s, StatusCode::OK);
+    // ...which the second reuses; the upstream works on it for 1 s, then the connection dies.
+    mock.push(Reply::fault(Fault::CloseAfterWorking(Duration::from_secs(
+        1,
+    ))));
+    let (s, _, text) = ask(&proxy, body()).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{text}");
+    assert_eq!(
+        mock.request_count(),
+        2,
+        "no silent second execution on a fresh connection"
+    );
+    assert_eq!(proxy.metrics.total("tr_fresh_retries_total"), 0.0);
+    assert!(
+        mock.requests()[1].idle_before.is_some(),
+        "the second request reused the connection"
+    );
+}
