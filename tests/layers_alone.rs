@@ -175,7 +175,7 @@ async fn compact_route_alone_falls_back_to_a_local_summary() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let compacted = res.extensions().get::<Compacted>().expect("marked").clone();
+    let compacted = *res.extensions().get::<Compacted>().expect("marked");
     assert_eq!(compacted.mode, CompactMode::Local);
     let answer: Value = serde_json::from_str(&text(res).await).unwrap();
     assert!(answer["output"].is_array(), "{answer}");
