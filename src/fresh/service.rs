@@ -19,8 +19,8 @@ use crate::error::BoxError;
 /// to clone when `S` is.
 ///
 /// `S` is the client service at the bottom of the stack (a
-/// [`ClientService`](crate::connect::ClientService), a
-/// [`ReqwestService`](crate::connect::ReqwestService), your own): it reports each request's
+/// [`ClientService`](crate::connect::ClientService), a `ReqwestService` with the `reqwest`
+/// feature, your own): it reports each request's
 /// connection into the [`ConnectionReport`] this layer puts on the request, and sends
 /// requests marked [`NewConnection`] on a connection of their own. A service that reports
 /// nothing still gets its unsent requests retried.
