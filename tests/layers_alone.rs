@@ -282,3 +282,77 @@ async fn a_layer_alone_mounts_in_an_axum_app() {
     assert!(seen[1].path.ends_with("/responses"));
     assert!(seen[1].json().unwrap().get("x_extra").is_none());
 }
+
+/// Sends every request at once through clones of `svc`; each must be answered, body and all,
+/// within a bound (a deadlock fails instead of hanging). Returns each retry reason and body.
+async fn all_complete<S>(
+    svc: S,
+    reqs: Vec<Request<ReplayBody>>,
+) -> Vec<(Option<RetryReason>, String)>
+where
+    S: tower::Service<
+            Request<ReplayBody>,
+            Response = Response<ResponseBody>,
+            Error = tower_responses::error::BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for req in reqs {
+        let svc = svc.clone();
+        set.spawn(async move {
+            let res = svc.oneshot(req).await?;
+            let retry = res.extensions().get::<FreshRetry>().map(|r| r.reason);
+            let body = text(res).await;
+            Ok::<_, tower_responses::error::BoxError>((retry, body))
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            out.push(joined.expect("no panic").expect("answered"));
+        }
+        out
+    })
+    .await
+    .expect("no deadlock")
+}
+
+/// A client service that refuses, unsent, every request not asking for a new connection.
+async fn refuse_unless_new(
+    client: ReqwestService,
+    req: Request<ReplayBody>,
+) -> Result<Response<ResponseBody>, tower_responses::error::BoxError> {
+    use tower_responses::classify::Failure;
+    use tower_responses::connect::NewConnection;
+    use tower_responses::marks::{AttemptError, Phase};
+
+    if req.extensions().get::<NewConnection>().is_none() {
+        let refused = Failure::transport(false, "connection refused (scripted)");
+        return Err(AttemptError::new(Phase::Unsent, refused).into());
+    }
+    client.oneshot(req).await
+}
+
+/// The tower contract: the first attempt goes through the very instance `poll_ready` readied
+/// (a concurrency limit of one beneath the layer would otherwise deadlock), and the retry
+/// readies it again. Every first attempt
+/// is refused unsent, so each of 8 concurrent requests takes the retry path.
+#[tokio::test]
+async fn fresh_connection_retries_through_the_readied_service() {
+    let mock = MockUpstream::start().await.unwrap();
+    let client = reqwest_client();
+    let refuse_first = tower::service_fn(move |req| refuse_unless_new(client.clone(), req));
+    let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(refuse_first);
+    let svc = FreshConnectionLayer::new().layer(BoxCloneSyncService::new(limited));
+    let reqs = (0..8).map(|_| post(&mock, "/responses", &turn())).collect();
+    let all = all_complete(svc, reqs).await;
+    assert_eq!(all.len(), 8);
+    for (retry, body) in &all {
+        assert_eq!(*retry, Some(RetryReason::NotSent));
+        assert!(body.contains("response.completed"));
+    }
+    assert_eq!(mock.request_count(), 8);
+}
