@@ -26,7 +26,9 @@ use crate::marks::{AttemptError, Phase};
 /// stack: `Request<ReplayBody>` in, `Response<ResponseBody>` out, the body streamed as it
 /// arrives, errors boxed [`AttemptError`]s (a connect error, or a request hyper handed back
 /// unwritten, is [`Phase::Unsent`]; any other [`Phase::Sent`]) with reqwest's error as their
-/// source.
+/// source. reqwest adds its client's default headers (`accept: */*` unless you change them)
+/// where the request has none, and decodes nothing (the crate enables none of reqwest's
+/// decompression features).
 ///
 /// ```
 /// use tower::ServiceExt;
