@@ -399,9 +399,7 @@ pub enum Readiness {
 /// | owned, refresh backing off | within `expiry_margin` | out until the next attempt |
 /// | owned, refreshes no longer extend it | within `expiry_margin` | out until `login NAME`, `reauth_required` |
 pub fn before_use(t: &TokenState<'_>, now: SystemTime, p: &CooldownPolicy) -> Readiness {
-    let left = t
-        .expires
-        .map(|e| e.duration_since(now).unwrap_or_default());
+    let left = t.expires.map(|e| e.duration_since(now).unwrap_or_default());
     let reauth = |why: &str| {
         Readiness::Out(Cooldown {
             until: None,
@@ -427,7 +425,9 @@ pub fn before_use(t: &TokenState<'_>, now: SystemTime, p: &CooldownPolicy) -> Re
         },
         KeyKind::Owned => {
             if t.renewal == Renewal::ReauthRequired {
-                return reauth("the authority refused its refresh token, or a refresh went unanswered");
+                return reauth(
+                    "the authority refused its refresh token, or a refresh went unanswered",
+                );
             }
             let Some(left) = left else {
                 return Readiness::Use;

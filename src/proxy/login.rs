@@ -110,14 +110,20 @@ async fn login(args: LoginArgs, out: &mut (dyn Write + Send)) -> Result<(), Stri
         Some(path) => import(path)?,
         None => device_flow(&base, &name, out).await?,
     };
-    store
-        .write(&name, &stored)
-        .map_err(|e| format!("cannot save the login in {}: {e}", store.path(&name).display()))?;
+    store.write(&name, &stored).map_err(|e| {
+        format!(
+            "cannot save the login in {}: {e}",
+            store.path(&name).display()
+        )
+    })?;
     let say = |out: &mut (dyn Write + Send), s: String| {
         let _ = writeln!(out, "{s}");
     };
     say(out, describe(&name, &stored));
-    say(out, format!("saved in {} (mode 0600)", store.path(&name).display()));
+    say(
+        out,
+        format!("saved in {} (mode 0600)", store.path(&name).display()),
+    );
     if let Some(path) = &args.import {
         say(
             out,
@@ -171,7 +177,8 @@ fn describe(name: &str, login: &StoredLogin) -> String {
 }
 
 fn import(path: &std::path::Path) -> Result<StoredLogin, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut text = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_IMPORT + 1), &mut text)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;

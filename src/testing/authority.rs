@@ -205,7 +205,12 @@ impl MockAuthority {
     pub fn issue(&self, account_id: &str, lifetime: Duration) -> IssuedLogin {
         let mut state = self.state();
         state.lifetime.insert(account_id.to_string(), lifetime);
-        issue(&self.shared, &mut state, account_id, SystemTime::now() + lifetime)
+        issue(
+            &self.shared,
+            &mut state,
+            account_id,
+            SystemTime::now() + lifetime,
+        )
     }
 
     /// Issues a login whose access token expires at `expires` (refreshes then last
@@ -276,7 +281,9 @@ impl MockAuthority {
 
 fn issue(shared: &Shared, state: &mut State, account: &str, expires: SystemTime) -> IssuedLogin {
     let n = shared.counter.fetch_add(1, Ordering::Relaxed);
-    let exp = expires.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let exp = expires
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let auth = serde_json::json!({
         "chatgpt_account_id": account,
         "chatgpt_plan_type": "pro",
@@ -289,7 +296,9 @@ fn issue(shared: &Shared, state: &mut State, account: &str, expires: SystemTime)
         "exp": exp, "email": format!("{account}@example.com"), "https://api.openai.com/auth": auth,
     }));
     let refresh_token = format!("rt-{account}-{n}");
-    state.live.insert(refresh_token.clone(), account.to_string());
+    state
+        .live
+        .insert(refresh_token.clone(), account.to_string());
     state.last_exp.insert(account.to_string(), expires);
     IssuedLogin {
         account_id: account.to_string(),
@@ -377,10 +386,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
+    let form = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(refusal(StatusCode::BAD_REQUEST, "invalid_request")),
@@ -425,7 +434,9 @@ async fn handle(
         Some(TokenFault::Refuse(status, code)) => return Ok(refusal(status, code)),
         None => {}
     }
-    if call.client_id.as_deref() != Some(CODEX_CLIENT_ID) && path != "/api/accounts/deviceauth/token" {
+    if call.client_id.as_deref() != Some(CODEX_CLIENT_ID)
+        && path != "/api/accounts/deviceauth/token"
+    {
         return Ok(refusal(StatusCode::BAD_REQUEST, "invalid_client"));
     }
     let mut state = lock(&shared.state);
@@ -434,7 +445,11 @@ async fn handle(
             let presented = call.refresh_token.unwrap_or_default();
             if let Some(account) = state.live.remove(&presented) {
                 state.spent.insert(presented, account.clone());
-                let lifetime = state.lifetime.get(&account).copied().unwrap_or(DEVICE_ACCOUNT_LIFETIME);
+                let lifetime = state
+                    .lifetime
+                    .get(&account)
+                    .copied()
+                    .unwrap_or(DEVICE_ACCOUNT_LIFETIME);
                 let mut expires = SystemTime::now() + lifetime;
                 if state.non_advancing {
                     if let Some(last) = state.last_exp.get(&account) {
@@ -456,8 +471,17 @@ async fn handle(
             let verifier = field("code_verifier").unwrap_or_default();
             match state.codes.remove(&code) {
                 Some((account, want)) if want == verifier => {
-                    let lifetime = state.lifetime.get(&account).copied().unwrap_or(DEVICE_ACCOUNT_LIFETIME);
-                    tokens(&issue(&shared, &mut state, &account, SystemTime::now() + lifetime))
+                    let lifetime = state
+                        .lifetime
+                        .get(&account)
+                        .copied()
+                        .unwrap_or(DEVICE_ACCOUNT_LIFETIME);
+                    tokens(&issue(
+                        &shared,
+                        &mut state,
+                        &account,
+                        SystemTime::now() + lifetime,
+                    ))
                 }
                 _ => refusal(StatusCode::BAD_REQUEST, "invalid_grant"),
             }
@@ -466,7 +490,9 @@ async fn handle(
             let n = shared.counter.fetch_add(1, Ordering::Relaxed);
             let user_code = format!("MOCK-{:04}", n % 10_000);
             let device = format!("deviceauth-{n}");
-            state.devices.insert(user_code.clone(), (device.clone(), None));
+            state
+                .devices
+                .insert(user_code.clone(), (device.clone(), None));
             json(
                 StatusCode::OK,
                 serde_json::json!({"device_auth_id": device, "user_code": user_code, "interval": "1"}),
@@ -481,7 +507,9 @@ async fn handle(
                     let n = shared.counter.fetch_add(1, Ordering::Relaxed);
                     let code = format!("authcode-{n}");
                     let verifier = format!("verifier-{n}");
-                    state.codes.insert(code.clone(), (account, verifier.clone()));
+                    state
+                        .codes
+                        .insert(code.clone(), (account, verifier.clone()));
                     json(
                         StatusCode::OK,
                         serde_json::json!({

@@ -122,7 +122,12 @@ impl AuthorityClient {
         &self.base
     }
 
-    async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<Answer, TokenError> {
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer, TokenError> {
         let url = format!("{}{path}", self.base);
         let req = Request::post(&url)
             .header(header::CONTENT_TYPE, content_type)
@@ -162,7 +167,11 @@ impl AuthorityClient {
             "refresh_token": refresh_token.expose(),
         });
         let answer = self
-            .post("/oauth/token", "application/json", body.to_string().into_bytes())
+            .post(
+                "/oauth/token",
+                "application/json",
+                body.to_string().into_bytes(),
+            )
             .await?;
         tokens_from(answer)
     }
@@ -198,7 +207,10 @@ impl AuthorityClient {
         // The interval comes as a number or a string of one.
         let interval = f
             .interval
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            })
             .unwrap_or(5)
             .clamp(1, 60);
         Ok(DeviceCode {
@@ -354,7 +366,10 @@ mod tests {
             TokenError::Permanent("unauthorized".into())
         );
         assert_eq!(
-            refusal(StatusCode::BAD_REQUEST, br#"{"error":"refresh_token_expired"}"#),
+            refusal(
+                StatusCode::BAD_REQUEST,
+                br#"{"error":"refresh_token_expired"}"#
+            ),
             TokenError::Permanent("refresh_token_expired".into())
         );
         assert!(matches!(

@@ -123,8 +123,18 @@ mod tests {
         assert_eq!(c.user_id.as_deref(), Some("u-1"));
         assert_eq!(c.email.as_deref(), Some("a@example.com"));
         // Not JWTs: no claims, no panic.
-        for bad in ["", "a.b", "a.b.c.d", "x.!!!.y", "x.e30.y.z", &"a.".repeat(40_000)] {
-            assert!(Claims::read(bad).is_none_or(|c| c.expires.is_none()), "{bad:.20}");
+        for bad in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "x.!!!.y",
+            "x.e30.y.z",
+            &"a.".repeat(40_000),
+        ] {
+            assert!(
+                Claims::read(bad).is_none_or(|c| c.expires.is_none()),
+                "{bad:.20}"
+            );
         }
         assert_eq!(Claims::read("x.e30.y"), Some(Claims::default()));
     }

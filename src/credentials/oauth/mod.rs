@@ -72,7 +72,11 @@ impl Default for OAuthSettings {
 /// The default state directory: `$XDG_DATA_HOME/tower-responses`, else
 /// `~/.local/share/tower-responses`, else `./tower-responses-state`.
 pub fn default_state_dir() -> PathBuf {
-    let from = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(data) = from("XDG_DATA_HOME") {
         return data.join("tower-responses");
     }

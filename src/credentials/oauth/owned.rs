@@ -295,7 +295,10 @@ impl OwnedLogin {
             if inner.reauth.is_some() {
                 return Outcome::Skipped;
             }
-            if inner.backoff.is_some_and(|(next, _)| next > SystemTime::now()) {
+            if inner
+                .backoff
+                .is_some_and(|(next, _)| next > SystemTime::now())
+            {
                 return Outcome::Skipped;
             }
             if trigger == RefreshTrigger::Expiring && inner.stored.state.not_extending {
@@ -338,7 +341,7 @@ impl OwnedLogin {
         };
         tracing::info!(login = %name, trigger = ?trigger, "refreshing the login");
         match self.logins.client.refresh(&sent_with).await {
-            Ok(answer) => self.store_answer(answer),
+            Ok(answer) => self.store_answer(answer, trigger),
             Err(TokenError::Unsent(e)) | Err(TokenError::Transient(e)) => {
                 // The refresh token is unspent (never sent, or refused without rotation): the
                 // record of the call goes, so a restart may use it.
@@ -412,8 +415,10 @@ impl OwnedLogin {
     }
 
     /// Takes the authority's answer: fields that came back replace the old ones, as in the
-    /// Codex CLI; stored before use whenever the disk allows.
-    fn store_answer(&self, answer: TokenAnswer) -> Outcome {
+    /// Codex CLI; stored before use whenever the disk allows. Only a refresh ahead of expiry
+    /// judges whether the expiry moved (after a 401 the point was a new token, and a refresh
+    /// within the second of the last one may well keep its `exp`).
+    fn store_answer(&self, answer: TokenAnswer, trigger: RefreshTrigger) -> Outcome {
         let name = &self.name;
         let now = SystemTime::now();
         let mut inner = self.lock();
@@ -431,10 +436,13 @@ impl OwnedLogin {
             }
             next.tokens.id_token = Some(Secret::new(t));
         }
-        let expires = expiry(&next.tokens)
-            .or_else(|| answer.expires_in.map(|s| now + Duration::from_secs(s.min(1 << 32))));
-        let extended = match (old_expires, expires) {
-            (Some(old), Some(new)) => new > old,
+        let expires = expiry(&next.tokens).or_else(|| {
+            answer
+                .expires_in
+                .map(|s| now + Duration::from_secs(s.min(1 << 32)))
+        });
+        let extended = match (old_expires, expires, trigger) {
+            (Some(old), Some(new), RefreshTrigger::Expiring) => new > old,
             _ => true,
         };
         next.last_refresh = Some(rfc3339(now));

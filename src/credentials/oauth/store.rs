@@ -141,7 +141,11 @@ impl LoginStore {
         let form = FileForm {
             api_key: None,
             tokens: Some(FileTokens {
-                id_token: login.tokens.id_token.as_ref().map(|t| t.expose().to_string()),
+                id_token: login
+                    .tokens
+                    .id_token
+                    .as_ref()
+                    .map(|t| t.expose().to_string()),
                 access_token: Some(login.tokens.access_token.expose().to_string()),
                 refresh_token: Some(login.tokens.refresh_token.expose().to_string()),
                 account_id: login.tokens.account_id.clone(),
@@ -301,7 +305,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(store.path("a")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(store.path("a"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // A write that cannot create its temporary file leaves the old login whole.

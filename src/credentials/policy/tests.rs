@@ -277,7 +277,12 @@ fn token_expiry_before_use() {
         (KeyKind::Owned,  min(60),   ReauthRequired,     OutOpen("reauth_required")),
     ];
     for (kind, expires, renewal, want) in rows {
-        let t = TokenState { kind, expires, renewal, login: "alice" };
+        let t = TokenState {
+            kind,
+            expires,
+            renewal,
+            login: "alice",
+        };
         let got = match before_use(&t, now, &p) {
             Readiness::Use => Use,
             Readiness::Renew => Renew,
