@@ -398,7 +398,87 @@ async fn reuse_takes_the_login_out_and_the_others_keep_serving() {
         "the log names the command"
     );
     assert!(proxy.metrics.render().contains("reauth_required"));
-    assert_no_tokens_logged(&[&bob]);
+
+    // `login bob` again (here: an import of a new login) brings it back in the running proxy.
+    let again = auth.issue("acct-bob", 10 * DAY);
+    let source = dir.join("fresh-auth.json");
+    std::fs::write(&source, again.auth_json()).unwrap();
+    let mut args = LoginArgs::new("bob", &dir, &auth.base_url());
+    args.import = Some(source);
+    let mut screen = Terminal::default();
+    assert_eq!(
+        login::run_with(args, &mut screen).await,
+        std::process::ExitCode::SUCCESS
+    );
+    let mut back = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !back && Instant::now() < deadline {
+        assert_eq!(ask(&proxy, &c).await, http::StatusCode::OK);
+        back = upstream_saw(&upstream, &again.access_token) > 0;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the new login serves");
+    assert!(!action_required(&proxy, "codex-oauth-1", "reauth_required"));
+    assert_no_tokens_logged(&[&bob, &again]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_makes_requests_wait_for_the_refresh() {
+    log();
+    let auth = MockAuthority::start().await.unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = state_dir("expired");
+    // Expired while the proxy was down.
+    let gus = auth.issue_expiring(
+        "acct-gus",
+        SystemTime::now() - Duration::from_secs(60),
+        10 * DAY,
+    );
+    store(&dir, "gus", &gus);
+    let proxy = start_proxy(config(&upstream, &auth, &dir, &["codex-oauth:gus".into()])).await;
+    let c = client();
+    // The only credential: the request waits (bounded) for the refresh instead of failing,
+    // and never goes out with the expired token.
+    assert_eq!(ask(&proxy, &c).await, http::StatusCode::OK);
+    assert_eq!(upstream_saw(&upstream, &gus.access_token), 0);
+    let new = LoginStore::new(&dir).read("gus").unwrap();
+    assert_eq!(
+        upstream.requests().last().unwrap().credential.as_deref(),
+        Some(new.tokens.access_token.expose())
+    );
+    assert_eq!(auth.token_calls(), 1);
+    assert_no_tokens_logged(&[&gus]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_two_refreshes_run_at_once_across_the_pool() {
+    log();
+    let auth = MockAuthority::start().await.unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = state_dir("two");
+    let mut creds = Vec::new();
+    for i in 0..4 {
+        let l = auth.issue_expiring(
+            &format!("acct-two-{i}"),
+            SystemTime::now() + Duration::from_secs(300),
+            10 * DAY,
+        );
+        store(&dir, &format!("two{i}"), &l);
+        creds.push(format!("codex-oauth:two{i}"));
+        auth.fail_next(TokenFault::Delay(Duration::from_millis(200)));
+    }
+    let proxy = start_proxy(config(&upstream, &auth, &dir, &creds)).await;
+    let c = client();
+    // One pick looks at every member: all four are due at once.
+    assert_eq!(ask(&proxy, &c).await, http::StatusCode::OK);
+    assert!(
+        eventually(|| (1..=4).all(|i| refreshes(&proxy, &format!("codex-oauth-{i}"), "ok") == 1.0))
+            .await,
+        "{}",
+        proxy.metrics.render()
+    );
+    assert_eq!(auth.token_calls(), 4);
+    assert_eq!(auth.most_concurrent_token_calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,8 @@ pub enum TokenFault {
     Refuse(StatusCode, &'static str),
     /// Read the request (and rotate nothing), then never answer.
     StallAfterReading,
+    /// Answer as usual, but this much later.
+    Delay(Duration),
 }
 
 type Hook = dyn Fn(&AuthorityCall) + Send + Sync;
@@ -127,6 +129,26 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     counter: AtomicU64,
+    /// Token calls being answered now, and the most at once so far.
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
+}
+
+/// Counts a token call in flight for as long as it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -161,6 +183,8 @@ impl MockAuthority {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             counter: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         });
         let (stop, mut stop_rx) = watch::channel(false);
         let serving = shared.clone();
@@ -271,6 +295,11 @@ impl MockAuthority {
             .iter()
             .filter(|c| c.path == "/oauth/token")
             .count()
+    }
+
+    /// The most token calls that were being answered at the same time.
+    pub fn most_concurrent_token_calls(&self) -> u64 {
+        self.shared.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// Whether `refresh_token` is live (issued, not yet redeemed).
@@ -422,6 +451,7 @@ async fn handle(
         };
         (fault, state.hook.clone())
     };
+    let _counted = (path == "/oauth/token").then(|| InFlight::new(&shared));
     if path == "/oauth/token" {
         if let Some(hook) = hook {
             hook(&call);
@@ -432,6 +462,7 @@ async fn handle(
             std::future::pending::<()>().await;
         }
         Some(TokenFault::Refuse(status, code)) => return Ok(refusal(status, code)),
+        Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }
     if call.client_id.as_deref() != Some(CODEX_CLIENT_ID)
