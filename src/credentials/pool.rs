@@ -438,7 +438,8 @@ impl Pool {
                 health: self.health(),
                 policy: self.policy.clone(),
             }
-            .settle("permanent"),
+            // No refresh ran; the policy takes the login out (`reauth_required`).
+            .settle("skipped"),
         }
     }
 
@@ -834,6 +835,8 @@ impl Refreshed {
             login: self.owned.name(),
         };
         match policy::before_use(&token, now, &self.policy) {
+            // A refresh that did not run changes nothing: a 401's cooldown runs its course.
+            Readiness::Use | Readiness::Renew if outcome == "skipped" => {}
             Readiness::Use | Readiness::Renew => {
                 let auth_cooling = self
                     .health

@@ -314,44 +314,42 @@ impl OwnedLogin {
             return Outcome::Transient;
         };
         // A guarded reload: if `login NAME` wrote a new login meanwhile, use it, send nothing.
-        let sent_with = {
+        let disk = self.read_off_runtime().await;
+        let mut marked = {
             let mut inner = self.lock();
-            if let Ok(disk) = store.read(name) {
+            if let Ok(disk) = disk {
                 if self.adopt_if_new(&mut inner, disk) {
                     return Outcome::Adopted;
                 }
             }
-            // Record the call before making it: a crash from here on leaves a file that says
-            // its refresh token may be spent.
-            let mut marked = inner.stored.clone();
-            marked.state.refresh_sent_at = Some(unix(SystemTime::now()));
-            if let Err(e) = store.write(name, &marked) {
-                drop(inner);
-                tracing::error!(
-                    login = %name,
-                    error = %e,
-                    dir = %store.dir().display(),
-                    "cannot write the state directory; not refreshing (nothing was sent)"
-                );
-                self.back_off("the state directory is not writable");
-                return Outcome::Transient;
-            }
-            inner.stored = marked;
-            inner.stored.tokens.refresh_token.clone()
+            inner.stored.clone()
         };
+        // Record the call before making it: a crash from here on leaves a file that says its
+        // refresh token may be spent. (Only this refresh writes the file: single flight.)
+        marked.state.refresh_sent_at = Some(unix(SystemTime::now()));
+        if let Err(e) = self.write_off_runtime(&marked).await {
+            tracing::error!(
+                login = %name,
+                error = %e,
+                dir = %store.dir().display(),
+                "cannot write the state directory; not refreshing (nothing was sent)"
+            );
+            self.back_off("the state directory is not writable");
+            return Outcome::Transient;
+        }
+        let sent_with = marked.tokens.refresh_token.clone();
+        self.lock().stored = marked;
         tracing::info!(login = %name, trigger = ?trigger, "refreshing the login");
         match self.logins.client.refresh(&sent_with).await {
-            Ok(answer) => self.store_answer(answer, trigger),
+            Ok(answer) => self.store_answer(answer, trigger).await,
             Err(TokenError::Unsent(e)) | Err(TokenError::Transient(e)) => {
                 // The refresh token is unspent (never sent, or refused without rotation): the
                 // record of the call goes, so a restart may use it.
-                let mut inner = self.lock();
-                let mut clean = inner.stored.clone();
+                let mut clean = self.lock().stored.clone();
                 clean.state.refresh_sent_at = None;
-                if store.write(name, &clean).is_ok() {
-                    inner.stored = clean;
+                if self.write_off_runtime(&clean).await.is_ok() {
+                    self.lock().stored = clean;
                 }
-                drop(inner);
                 tracing::warn!(login = %name, error = %e, "refresh failed for now; backing off");
                 self.back_off(&e);
                 Outcome::Transient
@@ -364,25 +362,23 @@ impl OwnedLogin {
                      token is not used either (the whole login may be revoked): out of \
                      rotation until `login {name}` signs it in again"
                 );
-                self.out_for_good(&code);
+                self.out_for_good(&code).await;
                 Outcome::Permanent
             }
             Err(TokenError::Unanswered(e)) => {
                 // It may have reached the authority and rotated the token: never send it again.
-                let mut inner = self.lock();
-                if let Ok(disk) = store.read(name) {
-                    if self.adopt_if_new(&mut inner, disk) {
+                if let Ok(disk) = self.read_off_runtime().await {
+                    if self.adopt_if_new(&mut self.lock(), disk) {
                         return Outcome::Adopted;
                     }
                 }
-                drop(inner);
                 tracing::error!(
                     login = %name,
                     error = %e,
                     "a refresh was sent and no answer came; its refresh token may be spent, so it \
                      is not sent again: out of rotation until `login {name}` signs it in again"
                 );
-                self.out_for_good("refresh_unanswered");
+                self.out_for_good("refresh_unanswered").await;
                 Outcome::Unanswered
             }
         }
@@ -403,27 +399,47 @@ impl OwnedLogin {
         );
     }
 
-    fn out_for_good(&self, code: &str) {
-        let mut inner = self.lock();
-        inner.reauth = Some(code.to_string());
-        let mut marked = inner.stored.clone();
+    async fn out_for_good(&self, code: &str) {
+        let mut marked = {
+            let mut inner = self.lock();
+            inner.reauth = Some(code.to_string());
+            inner.stored.clone()
+        };
         marked.state.reauth_required = Some(code.to_string());
         // Best effort: the sent-refresh record already keeps a restart from using it.
-        if self.logins.store.write(&self.name, &marked).is_ok() {
-            inner.stored = marked;
+        if self.write_off_runtime(&marked).await.is_ok() {
+            self.lock().stored = marked;
         }
+    }
+
+    /// Reads the stored login on the blocking pool.
+    async fn read_off_runtime(&self) -> Result<StoredLogin, LoadError> {
+        let (store, name) = (self.logins.store.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || store.read(&name))
+            .await
+            .unwrap_or_else(|e| Err(LoadError(format!("reading the login failed: {e}"))))
+    }
+
+    /// Writes the login on the blocking pool (the write flushes to disk).
+    async fn write_off_runtime(&self, login: &StoredLogin) -> std::io::Result<()> {
+        let (store, name, login) = (self.logins.store.clone(), self.name.clone(), login.clone());
+        tokio::task::spawn_blocking(move || store.write(&name, &login))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Takes the authority's answer: fields that came back replace the old ones, as in the
     /// Codex CLI; stored before use whenever the disk allows. Only a refresh ahead of expiry
     /// judges whether the expiry moved (after a 401 the point was a new token, and a refresh
     /// within the second of the last one may well keep its `exp`).
-    fn store_answer(&self, answer: TokenAnswer, trigger: RefreshTrigger) -> Outcome {
+    async fn store_answer(&self, answer: TokenAnswer, trigger: RefreshTrigger) -> Outcome {
         let name = &self.name;
         let now = SystemTime::now();
-        let mut inner = self.lock();
-        let old_expires = inner.expires;
-        let mut next = inner.stored.clone();
+        let (old_expires, mut next) = {
+            let inner = self.lock();
+            (inner.expires, inner.stored.clone())
+        };
+        let sent_at = next.state.refresh_sent_at;
         if let Some(t) = answer.access_token.filter(|t| !t.is_empty()) {
             next.tokens.access_token = Secret::new(t);
         }
@@ -448,7 +464,7 @@ impl OwnedLogin {
         next.last_refresh = Some(rfc3339(now));
         next.state.refresh_sent_at = None;
         next.state.not_extending = !extended;
-        let outcome = match self.logins.store.write(name, &next) {
+        let outcome = match self.write_off_runtime(&next).await {
             Ok(()) if extended => Outcome::Ok,
             Ok(()) => Outcome::NotExtended,
             Err(e) => {
@@ -461,7 +477,7 @@ impl OwnedLogin {
                      was spent: after a restart this login needs `login {name}`"
                 );
                 // The file still records the call (its refresh token is spent).
-                next.state.refresh_sent_at = inner.stored.state.refresh_sent_at;
+                next.state.refresh_sent_at = sent_at;
                 Outcome::StoreFailed
             }
         };
@@ -479,6 +495,7 @@ impl OwnedLogin {
                 "login refreshed and stored"
             );
         }
+        let mut inner = self.lock();
         inner.stored = next;
         inner.expires = expires;
         inner.backoff = None;
