@@ -252,3 +252,43 @@ fn stored_from(answer: TokenAnswer) -> Result<StoredLogin, String> {
         state: LoginState::default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        login: LoginArgs,
+    }
+
+    #[test]
+    fn both_forms_parse() {
+        let a = Cli::try_parse_from(["login", "alice", "--state-dir", "/s"])
+            .unwrap()
+            .login;
+        assert_eq!(a.login.as_deref(), Some("alice"));
+        assert_eq!(a.state_dir.as_deref(), Some(std::path::Path::new("/s")));
+        assert_eq!(a.auth_base_url, DEFAULT_AUTH_BASE_URL);
+        let b = Cli::try_parse_from([
+            "login",
+            "--import",
+            "/a/auth.json",
+            "--name",
+            "work",
+            "--auth-base-url",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap()
+        .login;
+        assert_eq!(b.name.as_deref(), Some("work"));
+        assert_eq!(
+            b.import.as_deref(),
+            Some(std::path::Path::new("/a/auth.json"))
+        );
+        assert_eq!(b.auth_base_url, "http://127.0.0.1:9");
+        assert!(Cli::try_parse_from(["login", "a", "--name", "b"]).is_err());
+    }
+}
