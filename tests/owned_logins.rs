@@ -739,3 +739,44 @@ async fn a_borrowed_file_near_expiry_leaves_rotation_and_is_back_when_it_changes
     let text = log().text();
     assert!(!text.contains(&old_token) && !text.contains(&new_token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_refusal_backs_off_and_keeps_the_refresh_token_usable() {
+    log();
+    let auth = MockAuthority::start().await.unwrap();
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = state_dir("transient");
+    let hal = auth.issue_expiring(
+        "acct-hal",
+        SystemTime::now() + Duration::from_secs(300),
+        10 * DAY,
+    );
+    store(&dir, "hal", &hal);
+    auth.fail_next(TokenFault::Refuse(
+        http::StatusCode::BAD_GATEWAY,
+        "server_error",
+    ));
+    let creds = ["codex-oauth:hal".to_string()];
+    let proxy = start_proxy(config(&upstream, &auth, &dir, &creds)).await;
+    let c = client();
+    assert_eq!(ask(&proxy, &c).await, http::StatusCode::OK);
+    assert!(eventually(|| refreshes(&proxy, "codex-oauth-1", "transient") == 1.0).await);
+    // Backing off: no second call now, and the still-valid token keeps serving.
+    for _ in 0..5 {
+        assert_eq!(ask(&proxy, &c).await, http::StatusCode::OK);
+    }
+    assert_eq!(auth.token_calls(), 1);
+    assert_eq!(upstream_saw(&upstream, &hal.access_token), 6);
+    // The refresh token was not spent, and the file no longer says it may be.
+    let stored = LoginStore::new(&dir).read("hal").unwrap();
+    assert_eq!(stored.tokens.refresh_token.expose(), hal.refresh_token);
+    assert_eq!(stored.state.refresh_sent_at, None);
+    assert!(auth.is_live(&hal.refresh_token));
+    drop(proxy);
+    // So a later attempt (here: after a restart) refreshes with it.
+    let proxy = start_proxy(config(&upstream, &auth, &dir, &creds)).await;
+    assert_eq!(ask(&proxy, &c).await, http::StatusCode::OK);
+    assert!(eventually(|| refreshes(&proxy, "codex-oauth-1", "ok") == 1.0).await);
+    assert_eq!(auth.token_calls(), 2);
+    assert_no_tokens_logged(&[&hal]);
+}
