@@ -26,6 +26,7 @@
 
 mod config;
 mod edge;
+pub mod login;
 mod server;
 
 pub use config::{ConfigError, ProxyConfig, command_line_secret_warning};

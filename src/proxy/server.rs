@@ -83,7 +83,7 @@ impl Proxy {
         let pool = if config.credentials.is_empty() {
             None
         } else {
-            let pool = Pool::new(config.credentials.clone())
+            let pool = Pool::with_logins(config.credentials.clone(), config.oauth_settings())
                 .map_err(|e| ConfigError(format!("credential: {e}")))?
                 .with_strategy(config.strategy)
                 .with_default_profile(config.profile())
