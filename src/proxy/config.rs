@@ -80,6 +80,20 @@ pub struct ProxyConfig {
     /// Body normalization (`[normalize]`: rules for a generic upstream, the
     /// `max_output_tokens` policy, learning); its profile is the proxy's.
     pub normalize: NormalizeConfig,
+    /// How the `tower-responses` binary writes its logs: `text` (default) or `json`. The
+    /// library never installs a subscriber; this is read by the command line only.
+    pub log_format: LogFormat,
+}
+
+/// The log line format of the `tower-responses` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s default format).
+    #[default]
+    Text,
+    /// One JSON object per line, with the request's span (its id) in every line.
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -103,6 +117,7 @@ impl Default for ProxyConfig {
             max_connections: 512,
             compact: CompactConfig::default(),
             normalize: NormalizeConfig::default(),
+            log_format: LogFormat::default(),
         }
     }
 }

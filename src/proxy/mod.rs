@@ -24,9 +24,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 mod config;
+mod demo;
 mod edge;
+mod request_id;
 mod server;
+mod status;
 
-pub use config::{ConfigError, ProxyConfig, command_line_secret_warning};
+pub use config::{ConfigError, LogFormat, ProxyConfig, command_line_secret_warning};
 pub use server::{Proxy, ProxyBody};

@@ -1,4 +1,4 @@
-//! `--demo`: the embedded mock upstream with the seed faults switched on, the proxy (the full
+//! `tower-responses demo` (and the example's old `--demo`): the embedded mock upstream with the seed faults switched on, the proxy (the full
 //! stack) in front of it, and a scripted workload. Every fault is sent twice: straight to the
 //! mock (what a client sees without the stack) and through the proxy. The table says what the
 //! client saw each way and which layer acted; the exit code is 0 only if every row is handled.
@@ -13,10 +13,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tower_responses::credentials::Secret;
-use tower_responses::profile::Profile;
-use tower_responses::proxy::{Proxy, ProxyConfig};
-use tower_responses::testing::{
+use crate::credentials::Secret;
+use crate::profile::Profile;
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::testing::{
     Fault, MockUpstream, Reply, ResponseStore, StaleMode, codex_strict, events,
 };
 
@@ -183,7 +183,8 @@ fn failed_stream(code: &str, message: &str) -> Reply {
     ])
 }
 
-pub async fn run() -> ExitCode {
+/// Runs the demo; 0 only if every row was handled.
+pub(crate) async fn run() -> ExitCode {
     let started = Instant::now();
     eprintln!("starting the embedded mock upstream and the proxy (credentials A and B) ...");
     let mock = match MockUpstream::start().await {
