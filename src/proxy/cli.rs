@@ -8,6 +8,7 @@
 //! take the same arguments; the example's old `--demo` flag still runs the demo.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,7 +93,12 @@ struct ServeArgs {
     #[arg(long = "client-key", env = "TR_CLIENT_KEY", value_name = "KEY", value_delimiter = ',', value_parser = parse_source)]
     client_keys: Vec<CredentialSource>,
     /// A web origin whose pages may call the proxy (repeatable; default none).
-    #[arg(long = "allowed-origin", env = "TR_ALLOWED_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "TR_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     allowed_origins: Vec<String>,
     /// Largest request body accepted, after decoding, in bytes.
     #[arg(long, env = "TR_BODY_LIMIT", value_name = "BYTES")]
@@ -137,7 +143,12 @@ struct DemoArgs {
 #[derive(Debug, Clone, Args)]
 pub(super) struct StatusArgs {
     /// The running proxy's address.
-    #[arg(long, env = "TR_STATUS_URL", value_name = "URL", default_value = "http://127.0.0.1:8787")]
+    #[arg(
+        long,
+        env = "TR_STATUS_URL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8787"
+    )]
     pub(super) url: http::Uri,
     /// The proxy's client key, if it has any: a key, env:NAME or file:PATH.
     #[arg(long, env = "TR_STATUS_CLIENT_KEY", value_name = "KEY", value_parser = parse_source)]
@@ -161,18 +172,20 @@ fn parse_source(s: &str) -> Result<CredentialSource, String> {
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    Ok(match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-        "round_robin" => Strategy::RoundRobin,
-        "fill_first" => Strategy::FillFirst,
-        "least_used" => Strategy::LeastUsed,
-        "random" => Strategy::Random,
-        "weighted" => Strategy::Weighted,
-        _ => {
-            return Err(
-                "expected round_robin, fill_first, least_used, random or weighted".to_string(),
-            );
-        }
-    })
+    Ok(
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "round_robin" => Strategy::RoundRobin,
+            "fill_first" => Strategy::FillFirst,
+            "least_used" => Strategy::LeastUsed,
+            "random" => Strategy::Random,
+            "weighted" => Strategy::Weighted,
+            _ => {
+                return Err(
+                    "expected round_robin, fill_first, least_used, random or weighted".to_string(),
+                );
+            }
+        },
+    )
 }
 
 impl ServeArgs {
@@ -296,7 +309,10 @@ async fn run_demo(format: Option<LogFormat>) -> ExitCode {
 
 async fn serve(args: ServeArgs, matches: &ArgMatches) -> ExitCode {
     // Only a flag puts a secret in the process list; the environment is the owner's alone.
-    let secrets = [("credentials", "--credential"), ("client_keys", "--client-key")];
+    let secrets = [
+        ("credentials", "--credential"),
+        ("client_keys", "--client-key"),
+    ];
     for (id, flag) in secrets {
         if matches.value_source(id) != Some(ValueSource::CommandLine) {
             continue;
@@ -340,7 +356,9 @@ fn init_logs(format: LogFormat, default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a file or a log shipper.
+        .with_ansi(std::io::stderr().is_terminal());
     // `try_init`: a second call (tests running `run_from` twice) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -400,8 +418,15 @@ mod tests {
         )
         .unwrap();
         let path = file.to_str().unwrap();
-        let cli = Cli::try_parse_from(["tr", "serve", "--config", path, "--listen", "127.0.0.1:7001"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "tr",
+            "serve",
+            "--config",
+            path,
+            "--listen",
+            "127.0.0.1:7001",
+        ])
+        .unwrap();
         let Some(Command::Serve(args)) = cli.command else {
             panic!("serve")
         };

@@ -6,6 +6,10 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::credentials::Secret;
+use crate::profile::Profile;
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::testing::{Fault, MockUpstream, Reply, ResponseStore, StaleMode, codex_strict, events};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -13,12 +17,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use crate::credentials::Secret;
-use crate::profile::Profile;
-use crate::proxy::{Proxy, ProxyConfig};
-use crate::testing::{
-    Fault, MockUpstream, Reply, ResponseStore, StaleMode, codex_strict, events,
-};
 
 const CLIENT_KEY: &str = "demo-client-key";
 const KEY_A: &str = "sk-demo-aaaaaaaaaaaaaaaaaaaa-AAAA";

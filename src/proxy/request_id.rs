@@ -128,7 +128,9 @@ mod tests {
         let b = RequestId::generate();
         assert_ne!(a, b);
         assert_eq!(
-            uuid::Uuid::parse_str(&a.to_string()).unwrap().get_version_num(),
+            uuid::Uuid::parse_str(&a.to_string())
+                .unwrap()
+                .get_version_num(),
             7
         );
     }

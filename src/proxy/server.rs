@@ -282,9 +282,7 @@ async fn handle(
     let id = RequestId::from_headers(req.headers());
     // Every log line of the request, its answer's body included, carries the id.
     let span = tracing::info_span!("request", id = %id);
-    let res = answer(shared, peer, req)
-        .instrument(span.clone())
-        .await;
+    let res = answer(shared, peer, req).instrument(span.clone()).await;
     let (mut parts, body) = res.into_parts();
     if let Some(upstream_id) = parts.headers.remove(&X_REQUEST_ID) {
         parts.headers.insert(&X_UPSTREAM_REQUEST_ID, upstream_id);
@@ -296,7 +294,11 @@ async fn handle(
     Ok(Response::from_parts(parts, body))
 }
 
-async fn answer(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn answer(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let route = route_label(req.uri().path());

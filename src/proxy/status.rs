@@ -62,7 +62,10 @@ async fn fetch(args: &StatusArgs) -> Result<Value, String> {
     let mut req = Request::get(uri.clone()).header(header::ACCEPT, "application/json");
     if let Some(source) = &args.client_key {
         let key = source.load().map_err(|e| format!("--client-key: {e}"))?;
-        req = req.header(header::AUTHORIZATION, format!("Bearer {}", key.token.expose()));
+        req = req.header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", key.token.expose()),
+        );
     }
     let req = req
         .body(Empty::<Bytes>::new())
@@ -116,7 +119,12 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The answer in a few lines a person reads.
 fn describe(url: &Uri, answer: &Value) -> String {
-    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("?").to_string();
+    let text = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
     let mut out = format!("proxy {url}: {}\n", text(answer, "status"));
     out.push_str(&format!(
         "upstream: {} ({})\n",
