@@ -466,14 +466,20 @@ async fn toml_configures_serve_and_status_reports_credentials() {
 
 #[test]
 fn status_says_when_nothing_answers() {
-    // Port 9 (discard) on loopback: nothing listens there on a test machine.
-    let out = run(&[
-        "status",
-        "--url",
-        "http://127.0.0.1:9",
-        "--timeout-secs",
-        "5",
-    ]);
+    // Port 9 (discard) on loopback: nothing listens there on a test machine. Serve settings
+    // in the environment (as a service unit would set them) do not get in status's way.
+    let out = command()
+        .args([
+            "status",
+            "--url",
+            "http://127.0.0.1:9",
+            "--timeout-secs",
+            "5",
+        ])
+        .env("TR_LISTEN", "127.0.0.1:0")
+        .env("TR_CREDENTIAL", "env:NOT_SET")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("cannot reach the proxy at http://127.0.0.1:9/status"),

@@ -137,7 +137,7 @@ fn describe(url: &Uri, answer: &Value) -> String {
         .cloned()
         .unwrap_or_default();
     if credentials.is_empty() {
-        out.push_str("credentials: none (client keys pass through)\n");
+        out.push_str("credentials: none (each client's own key goes upstream)\n");
     }
     for c in &credentials {
         let mut line = format!("credential {}: {}", text(c, "label"), text(c, "state"));
