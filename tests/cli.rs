@@ -460,6 +460,26 @@ async fn toml_configures_serve_and_status_reports_credentials() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["credentials"][0]["class"], "rate_limited");
     assert!(v["credentials"][0]["retry_in_secs"].as_u64().unwrap() <= 60);
+
+    // Given the proxy's TOML file, status finds the address and the client key in it.
+    let own = dir.join("status.toml");
+    std::fs::write(
+        &own,
+        format!(
+            "listen = \"{}\"\nclient_keys = [\"client-secret\"]\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let from_file = tokio::task::spawn_blocking({
+        let mut cmd = command();
+        cmd.args(["status", "--config", own.to_str().unwrap()]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    assert!(stdout(&from_file).contains(&format!("proxy http://{}", proxy.addr)));
     drop(proxy);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -142,14 +142,14 @@ struct DemoArgs {
 /// `tower-responses status`.
 #[derive(Debug, Clone, Args)]
 pub(super) struct StatusArgs {
-    /// The running proxy's address.
-    #[arg(
-        long,
-        env = "TR_STATUS_URL",
-        value_name = "URL",
-        default_value = "http://127.0.0.1:8787"
-    )]
-    pub(super) url: http::Uri,
+    /// The proxy's TOML file: its `listen` address and first client key stand in for --url
+    /// and --client-key.
+    #[arg(long, env = "TR_CONFIG", value_name = "FILE")]
+    pub(super) config: Option<PathBuf>,
+    /// The running proxy's address [default: the --config file's listen, else
+    /// http://127.0.0.1:8787].
+    #[arg(long, env = "TR_STATUS_URL", value_name = "URL")]
+    pub(super) url: Option<http::Uri>,
     /// The proxy's client key, if it has any: a key, env:NAME or file:PATH.
     #[arg(long, env = "TR_STATUS_CLIENT_KEY", value_name = "KEY", value_parser = parse_source)]
     pub(super) client_key: Option<CredentialSource>,

@@ -4,6 +4,7 @@
 //! Exit codes: 0 when the proxy answers and can serve (`"status": "ok"`), 1 when it cannot be
 //! reached, refuses, or every credential is cooling down (`"degraded"`).
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,18 +16,28 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use super::ProxyConfig;
 use super::cli::StatusArgs;
+
+/// Where a proxy listens by default.
+const DEFAULT_URL: &str = "http://127.0.0.1:8787";
 
 /// The most of an answer read: a status page is a few hundred bytes per credential.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 pub(super) async fn run(args: StatusArgs) -> ExitCode {
-    match fetch(&args).await {
-        Ok(answer) => {
+    let answer = match target(&args) {
+        Ok((url, key)) => fetch(&args, &url, key.as_deref())
+            .await
+            .map(|answer| (url, answer)),
+        Err(msg) => Err(msg),
+    };
+    match answer {
+        Ok((url, answer)) => {
             if args.json {
                 println!("{answer}");
             } else {
-                print!("{}", describe(&args.url, &answer));
+                print!("{}", describe(&url, &answer));
             }
             if answer.get("status").and_then(Value::as_str) == Some("ok") {
                 ExitCode::SUCCESS
@@ -57,15 +68,46 @@ fn status_uri(base: &Uri) -> Result<Uri, String> {
         .map_err(|e| format!("--url `{base}`: {e}"))
 }
 
-async fn fetch(args: &StatusArgs) -> Result<Value, String> {
-    let uri = status_uri(&args.url)?;
+/// Where to ask and with which key: the flags, else the proxy's own TOML file, else the
+/// default address without a key.
+fn target(args: &StatusArgs) -> Result<(Uri, Option<String>), String> {
+    let file = match &args.config {
+        Some(path) => Some(ProxyConfig::from_file(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let url = match (&args.url, &file) {
+        (Some(url), _) => url.clone(),
+        (None, Some(cfg)) => {
+            let mut addr = cfg.listen;
+            // A proxy listening on every address is reached on loopback.
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}")
+                .parse()
+                .map_err(|e| format!("listen `{addr}`: {e}"))?
+        }
+        (None, None) => Uri::from_static(DEFAULT_URL),
+    };
+    let key = match (&args.client_key, &file) {
+        (Some(source), _) => {
+            let key = source.load().map_err(|e| format!("--client-key: {e}"))?;
+            Some(key.token.expose().to_string())
+        }
+        (None, Some(cfg)) => cfg.client_keys.first().map(|k| k.expose().to_string()),
+        (None, None) => None,
+    };
+    Ok((url, key))
+}
+
+async fn fetch(args: &StatusArgs, url: &Uri, key: Option<&str>) -> Result<Value, String> {
+    let uri = status_uri(url)?;
     let mut req = Request::get(uri.clone()).header(header::ACCEPT, "application/json");
-    if let Some(source) = &args.client_key {
-        let key = source.load().map_err(|e| format!("--client-key: {e}"))?;
-        req = req.header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", key.token.expose()),
-        );
+    if let Some(key) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let req = req
         .body(Empty::<Bytes>::new())
