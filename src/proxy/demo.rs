@@ -1,6 +1,7 @@
-//! `tower-responses demo` (and the example's old `--demo`): the embedded mock upstream with the seed faults switched on, the proxy (the full
-//! stack) in front of it, and a scripted workload. Every fault is sent twice: straight to the
-//! mock (what a client sees without the stack) and through the proxy. The table says what the
+//! `tower-responses demo` (and the example's old `--demo`): the embedded mock upstream with
+//! the seed faults switched on, the proxy (the full stack) in front of it, and a scripted
+//! workload. Every fault is sent twice: straight to the mock (what a client sees without the
+//! stack) and through the proxy. The table says what the
 //! client saw each way and which layer acted; the exit code is 0 only if every row is handled.
 
 use std::process::ExitCode;
