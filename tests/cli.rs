@@ -380,7 +380,7 @@ async fn toml_configures_serve_and_status_reports_credentials() {
         // The environment beats the file's port 1.
         .env("TR_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info");
-    let proxy = Served::start(cmd).await;
+    let mut proxy = Served::start(cmd).await;
     assert!(
         proxy.seen.last().unwrap().starts_with('{'),
         "JSON logs from the file: {:?}",
@@ -396,7 +396,7 @@ async fn toml_configures_serve_and_status_reports_credentials() {
         )
         .with_header("retry-after", "60"),
     );
-    let (status, _, _) = send_collect(
+    let (status, headers, _) = send_collect(
         &client(),
         json_req(
             &proxy.url("/v1/responses"),
@@ -406,6 +406,11 @@ async fn toml_configures_serve_and_status_reports_credentials() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // What the rotation layer logs deep in the stack carries the request's id too.
+    let id = headers["x-request-id"].to_str().unwrap().to_string();
+    let cooled = proxy.wait_line(|l| l.contains("credential cooling")).await;
+    let log: Value = serde_json::from_str(&cooled).unwrap();
+    assert_eq!(log["span"]["id"], id.as_str(), "{cooled}");
 
     let url = proxy.url("");
     let status_cmd = |args: &[&str]| {
