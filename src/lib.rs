@@ -19,11 +19,11 @@
 //! | quota failures inside HTTP 200 streams, and nobody rotates | [`SoftFailureDetectLayer`](soft_failure::SoftFailureDetectLayer) + [`CredentialRotateLayer`](credentials::CredentialRotateLayer) |
 //!
 //! ```text
-//! client (Codex CLI, SDK)                                        upstream (OpenAI, ChatGPT, ...)
-//!    │   ┌─────────────────────────── ResponsesStack ───────────────────────────┐    ▲
-//!    └──▶│ CompactRoute ▶ Continuity ▶ CredentialRotate ▶ BodyNormalize ▶      │    │
-//!        │ SoftFailureDetect ▶ HeadTimeout ▶ FreshConnection ▶ hyper-util client│────┘
-//!        └───────────────────────────────────────────────────────────────────────┘
+//! client (Codex CLI, SDK)
+//!    │   ┌──────────────────────── ResponsesStack ────────────────────────┐
+//!    └──▶│ CompactRoute ▶ Continuity ▶ CredentialRotate ▶ BodyNormalize ▶ │
+//!        │ SoftFailureDetect ▶ HeadTimeout ▶ FreshConnection ▶ hyper-util │──▶ upstream
+//!        └────────────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! Layers talk through types in `http::Extensions`, never globals; [`marks`] lists each one
