@@ -90,6 +90,20 @@ pub struct ProxyConfig {
     /// How long one token call to the authority may take (seconds, default 30). A call that
     /// may have been sent and brought no answer is never repeated with the same token.
     pub auth_timeout_secs: u64,
+    /// How the `tower-responses` binary writes its logs: `text` (default) or `json`. The
+    /// library never installs a subscriber; this is read by the command line only.
+    pub log_format: LogFormat,
+}
+
+/// The log line format of the `tower-responses` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s default format).
+    #[default]
+    Text,
+    /// One JSON object per line, with the request's span (its id) in every line.
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -116,6 +130,7 @@ impl Default for ProxyConfig {
             state_dir: None,
             auth_base_url: None,
             auth_timeout_secs: 30,
+            log_format: LogFormat::default(),
         }
     }
 }
