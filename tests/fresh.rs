@@ -117,15 +117,16 @@ async fn a_middlebox_400_on_an_idle_connection_is_retried() {
 async fn plain_client_fails(mode: StaleMode) {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_stale(STALE_AFTER, mode);
-    let client = UpstreamClientBuilder::new().build::<ReplayBody>();
+    let client = UpstreamClientBuilder::new().service();
     let first = client
-        .request(stream_request(&mock.base_url()))
+        .clone()
+        .oneshot(stream_request(&mock.base_url()))
         .await
         .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     first.into_body().collect().await.unwrap();
     tokio::time::sleep(PAUSE).await;
-    let second = client.request(stream_request(&mock.base_url())).await;
+    let second = client.oneshot(stream_request(&mock.base_url())).await;
     match mode {
         StaleMode::Html400 => assert_eq!(second.unwrap().status(), StatusCode::BAD_REQUEST),
         _ => assert!(second.is_err(), "{mode:?}: {second:?}"),

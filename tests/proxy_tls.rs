@@ -84,11 +84,15 @@ async fn tls_upstream() -> TlsUpstream {
 #[tokio::test]
 async fn forwards_over_tls_to_an_upstream_signed_by_a_trusted_ca() {
     let up = tls_upstream().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(up.ca_der.clone()).unwrap();
     let mut cfg = config_for(format!("https://localhost:{}/backend/v1", up.port));
     cfg.credentials = vec!["tls-upstream-key".parse().unwrap()];
-    let proxy = start_proxy_with(cfg, UpstreamClientBuilder::new().root_certificates(roots)).await;
+    let proxy = start_proxy_with(
+        cfg,
+        UpstreamClientBuilder::new()
+            .root_certificate_der(&up.ca_der)
+            .unwrap(),
+    )
+    .await;
     let (s, _, body) = send_collect(
         &client(),
         json_req(

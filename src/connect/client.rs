@@ -83,10 +83,14 @@ impl UpstreamClientBuilder {
         self
     }
 
-    /// Trust these roots instead of the webpki set (a private CA, or a test CA).
-    pub fn root_certificates(mut self, roots: rustls::RootCertStore) -> Self {
-        self.roots = Some(roots);
-        self
+    /// Trusts this CA certificate (DER) instead of the webpki set: a private CA, or a test
+    /// CA. Call it once per certificate; the first call replaces the webpki roots.
+    pub fn root_certificate_der(mut self, der: &[u8]) -> Result<Self, crate::error::ConfigError> {
+        let roots = self.roots.get_or_insert_with(rustls::RootCertStore::empty);
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .map_err(|e| crate::error::ConfigError(format!("root certificate: {e}")))?;
+        Ok(self)
     }
 
     /// The tagged, TLS-capable connector alone, for callers that build their own client.
@@ -114,7 +118,7 @@ impl UpstreamClientBuilder {
     }
 
     /// Builds the client.
-    pub fn build<B>(&self) -> Client<UpstreamConnector, B>
+    pub(crate) fn build<B>(&self) -> Client<UpstreamConnector, B>
     where
         B: http_body::Body + Send + 'static,
         B::Data: Send,
@@ -124,7 +128,7 @@ impl UpstreamClientBuilder {
 
     /// Builds the client on a connector made by [`connector`](Self::connector), keeping a clone
     /// of it lets the caller read [`TaggingConnector::opened`].
-    pub fn build_with<B>(&self, connector: UpstreamConnector) -> Client<UpstreamConnector, B>
+    pub(crate) fn build_with<B>(&self, connector: UpstreamConnector) -> Client<UpstreamConnector, B>
     where
         B: http_body::Body + Send + 'static,
         B::Data: Send,
