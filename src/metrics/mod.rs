@@ -347,8 +347,14 @@ mod tests {
         let text = m.render();
         assert!(text.contains("# TYPE tr_gauge gauge"), "{text}");
         assert!(text.contains("# TYPE tr_count_total counter"), "{text}");
-        assert!(text.contains(r#"tr_gauge{why="quota \"x\"\nnext"} 3.5"#), "{text}");
-        assert_eq!(m.get("tr_gauge", &[("why", "quota \"x\"\nnext")]), Some(3.5));
+        assert!(
+            text.contains(r#"tr_gauge{why="quota \"x\"\nnext"} 3.5"#),
+            "{text}"
+        );
+        assert_eq!(
+            m.get("tr_gauge", &[("why", "quota \"x\"\nnext")]),
+            Some(3.5)
+        );
         assert_eq!(m.get("tr_count_total", &[("why", "a\\b")]), Some(1.0));
     }
 
@@ -360,7 +366,10 @@ mod tests {
         m.set("tr_session_turns", "Turns.", &[("session", "s2")], 5.0);
         let text = m.render();
         assert!(text.contains("# TYPE tr_session_turns gauge"), "{text}");
-        assert!(text.contains(r#"tr_session_turns{session="s \"1\"",x="y"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"tr_session_turns{session="s \"1\"",x="y"} 2"#),
+            "{text}"
+        );
         assert_eq!(m.total("tr_session_turns"), 7.0);
         m.remove_matching("tr_session_turns", "session", "s \"1\"");
         assert_eq!(m.get("tr_session_turns", &labels), None);
@@ -405,8 +414,14 @@ mod tests {
             m.observe("tr_t_seconds", "T.", &[], 0.02);
         }
         let text = m.render();
-        assert!(text.contains("tr_t_seconds_bucket{le=\"0.025\"} 3072"), "{text}");
-        assert!(text.contains("tr_t_seconds_bucket{le=\"0.01\"} 0"), "{text}");
+        assert!(
+            text.contains("tr_t_seconds_bucket{le=\"0.025\"} 3072"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tr_t_seconds_bucket{le=\"0.01\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("tr_t_seconds_count 3072"), "{text}");
     }
 }

@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn reads_escaped_labels_in_any_order() {
         let text = "# TYPE a counter\na{x=\"1\",y=\"q \\\"z\\\"\\n\\\\\"} 3\na 2\nab 7\n";
-        assert_eq!(value(text, "a", &[("y", "q \"z\"\n\\"), ("x", "1")]), Some(3.0));
+        assert_eq!(
+            value(text, "a", &[("y", "q \"z\"\n\\"), ("x", "1")]),
+            Some(3.0)
+        );
         assert_eq!(value(text, "a", &[]), Some(2.0));
         assert_eq!(value(text, "a", &[("x", "1")]), None);
         assert_eq!(total(text, "a"), 5.0);

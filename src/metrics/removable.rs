@@ -31,12 +31,16 @@ pub(super) fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
         }
         out.push_str(k);
         out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
+        if !v.contains(['\\', '"', '\n']) {
+            out.push_str(v);
+        } else {
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
             }
         }
         out.push('"');
@@ -108,7 +112,11 @@ impl Removable {
     }
 
     pub(super) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.lock().get(name)?.series.get(&rendered(labels)).copied()
+        self.lock()
+            .get(name)?
+            .series
+            .get(&rendered(labels))
+            .copied()
     }
 
     pub(super) fn total(&self, name: &str) -> f64 {
