@@ -1,6 +1,7 @@
 //! The cost of one metrics update on the request path (issue 16, item 2: no global lock per
 //! update): a labelled counter increment from one thread, and from two threads at once (the
-//! machine's cores), on series that already exist, as in steady state.
+//! machine's cores), and a histogram sample, on series that already exist, as in steady
+//! state.
 // `criterion_group!` generates a public function without docs.
 #![allow(missing_docs)]
 
@@ -26,6 +27,16 @@ fn updates(c: &mut Criterion) {
     bump(&m, "key-1");
     bump(&m, "key-2");
     group.bench_function("inc_labelled", |b| b.iter(|| bump(&m, "key-1")));
+    group.bench_function("observe_labelled", |b| {
+        b.iter(|| {
+            m.observe(
+                "tr_upstream_attempt_seconds",
+                HELP,
+                &[("credential", black_box("key-1")), ("outcome", "ok")],
+                black_box(0.042),
+            )
+        })
+    });
     // Two threads updating the same registry (other series): what a global lock costs shows
     // here as contention.
     group.bench_function("inc_labelled_2_threads", |b| {

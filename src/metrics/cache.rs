@@ -2,12 +2,15 @@
 //!
 //! Registering a series with a recorder builds its key (label strings allocated) and looks it
 //! up in the recorder's sharded map under a read lock. A thread that updates a series again
-//! finds its handle here instead: the labels are rendered into a reused buffer, looked up in
-//! a map only this thread touches, and the update is one atomic operation on the series.
+//! finds its handle here instead: name and labels are hashed where they lie, looked up in a
+//! map only this thread touches, and the update is one atomic operation on the series.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
+
+use foldhash::fast::FixedState;
 
 use super::{Kind, Local};
 
@@ -55,28 +58,39 @@ impl Handle {
     }
 }
 
-/// One recorder's handles as this thread registered them, keyed by name and labels.
+/// One registered series: what it was registered as, to tell apart keys whose hashes meet.
+struct Entry {
+    name: &'static str,
+    labels: Box<[(Box<str>, Box<str>)]>,
+    handle: Handle,
+}
+
+impl Entry {
+    fn is(&self, kind: Kind, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.handle.kind() == kind
+            && self.name == name
+            && self.labels.len() == labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(labels)
+                .all(|((k, v), (wk, wv))| **k == **wk && **v == **wv)
+    }
+}
+
+/// One recorder's handles as this thread registered them, by the hash of kind, name and
+/// labels (hashed as they are: nothing is rendered or allocated to look one up).
 struct Series {
     id: u64,
     // Whose handles these are: once it is dropped, the entry goes at the next miss.
     owner: Weak<Local>,
-    handles: HashMap<Box<str>, Handle>,
+    handles: HashMap<u64, Vec<Entry>, FixedState>,
 }
 
 thread_local! {
-    static SERIES: RefCell<Vec<Series>> = const { RefCell::new(Vec::new()) };
-    // Keys are rendered here, so a hit allocates nothing.
-    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+    static CACHE: RefCell<Vec<Series>> = const { RefCell::new(Vec::new()) };
     // Families this thread has described to the global recorder.
     static DESCRIBED: RefCell<HashSet<(Kind, &'static str)>> = RefCell::new(HashSet::new());
-}
-
-/// Writes `name` and `labels` as one key: labels in the Prometheus form (escaped), so two
-/// label sets never render alike.
-fn write_key(out: &mut String, name: &str, labels: &[(&str, &str)]) {
-    out.clear();
-    out.push_str(name);
-    super::removable::write_labels(out, labels);
 }
 
 /// Runs `f` on the handle of `name{labels}` in `local`, registering it with `register` on
@@ -89,31 +103,33 @@ pub(super) fn with(
     f: impl FnOnce(&Handle),
     register: impl FnOnce() -> Handle,
 ) {
-    KEY.with_borrow_mut(|key| {
-        write_key(key, name, labels);
-        SERIES.with_borrow_mut(|all| {
-            let pos = match all.iter().position(|s| s.id == local.id) {
-                Some(pos) => pos,
-                None => {
-                    all.retain(|s| s.owner.strong_count() > 0);
-                    all.push(Series {
-                        id: local.id,
-                        owner: Arc::downgrade(local),
-                        handles: HashMap::new(),
-                    });
-                    all.len() - 1
-                }
-            };
-            let handles = &mut all[pos].handles;
-            match handles.get(key.as_str()) {
-                Some(h) if h.kind() == kind => f(h),
-                _ => {
-                    let h = register();
-                    f(&h);
-                    handles.insert(key.as_str().into(), h);
-                }
+    let hash = FixedState::default().hash_one((kind, name, labels));
+    CACHE.with_borrow_mut(|all| {
+        let pos = match all.iter().position(|s| s.id == local.id) {
+            Some(pos) => pos,
+            None => {
+                all.retain(|s| s.owner.strong_count() > 0);
+                all.push(Series {
+                    id: local.id,
+                    owner: Arc::downgrade(local),
+                    handles: HashMap::with_hasher(FixedState::default()),
+                });
+                all.len() - 1
             }
-        });
+        };
+        let bucket = all[pos].handles.entry(hash).or_default();
+        match bucket.iter().find(|e| e.is(kind, name, labels)) {
+            Some(e) => f(&e.handle),
+            None => {
+                let handle = register();
+                f(&handle);
+                bucket.push(Entry {
+                    name,
+                    labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+                    handle,
+                });
+            }
+        }
     });
 }
 

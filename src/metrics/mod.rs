@@ -391,6 +391,27 @@ mod tests {
     }
 
     #[test]
+    fn updates_from_many_threads_add_up() {
+        // Each thread registers its own handle; they share the series.
+        let m = Metrics::new();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        m.inc("tr_z_total", "Z.", &[("k", "v")]);
+                        m.gauge_add("tr_z_level", "Z level.", &[], 1.0);
+                    }
+                });
+            }
+        });
+        assert_eq!(m.get("tr_z_total", &[("k", "v")]), Some(4000.0));
+        assert_eq!(m.get("tr_z_level", &[]), Some(4000.0));
+        // A kind the name was not registered as is another series, not a wrong update.
+        m.set("tr_z_total_gauge", "G.", &[("k", "v")], 2.0);
+        assert_eq!(m.get("tr_z_total", &[("k", "v")]), Some(4000.0));
+    }
+
+    #[test]
     fn global_reports_to_the_installed_recorder() {
         let theirs = PrometheusBuilder::new().build_recorder();
         let handle = theirs.handle();

@@ -20,7 +20,7 @@ struct Family {
 pub(super) struct Removable(Mutex<BTreeMap<&'static str, Family>>);
 
 /// Writes `{k="v",...}` (nothing for no labels), escaped as the text format wants.
-pub(super) fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     if labels.is_empty() {
         return;
     }
