@@ -17,6 +17,8 @@ use serde_json::json;
 use tower::ServiceExt;
 use tower_responses::body::ReplayBody;
 use tower_responses::connect::UpstreamClientBuilder;
+use tower_responses::continuity::ContinuityConfig;
+use tower_responses::credentials::Pool;
 use tower_responses::metrics::Metrics;
 use tower_responses::stack::ResponsesStack;
 use tower_responses::testing::{MockUpstream, Reply, events};
@@ -341,5 +343,50 @@ async fn layers_report_to_the_recorder_the_application_installed() {
     assert!(
         scrape.docs.contains_key("tr_first_content_seconds"),
         "{rendered}"
+    );
+}
+
+#[tokio::test]
+async fn an_evicted_session_leaves_the_rendered_metrics() {
+    let mock = MockUpstream::start().await.unwrap();
+    let metrics = Metrics::new();
+    // Continuity (and its session accounting) runs with a credential pool.
+    let pool = Pool::new(vec![KEY_A.parse().unwrap()]).unwrap();
+    let svc = ResponsesStack::new()
+        .pool(std::sync::Arc::new(pool))
+        .continuity(ContinuityConfig {
+            max_sessions: 2,
+            ..ContinuityConfig::default()
+        })
+        .metrics(metrics.clone())
+        .client(&UpstreamClientBuilder::new());
+    for session in ["sess-1", "sess-2", "sess-3"] {
+        let req = Request::post(format!("{}/responses", mock.base_url()))
+            .header("content-type", "application/json")
+            .header("session_id", session)
+            .body(ReplayBody::new(body().to_string()))
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap();
+    }
+    let rendered = metrics.render();
+    let scrape = Scrape::parse(rendered.as_bytes().lines()).unwrap();
+    let turns = |s: &str| value(&scrape, "tr_session_turns", &[("session", s)]);
+    assert_eq!(
+        turns("sess-1"),
+        None,
+        "the oldest session is gone: {rendered}"
+    );
+    assert_eq!(turns("sess-2"), Some(1.0), "{rendered}");
+    assert_eq!(turns("sess-3"), Some(1.0), "{rendered}");
+    assert_eq!(
+        value(&scrape, "tr_turns_total", &[]),
+        Some(3.0),
+        "{rendered}"
+    );
+    assert_eq!(
+        metrics.get("tr_session_turns", &[("session", "sess-1")]),
+        None
     );
 }

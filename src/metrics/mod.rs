@@ -289,10 +289,6 @@ impl Metrics {
     /// state that no longer holds). Only the families listed in this module's `REMOVABLE` can
     /// lose series (the `metrics` facade has no removal); for others this does nothing.
     pub fn remove_matching(&self, name: &'static str, label: &str, value: &str) {
-        debug_assert!(
-            REMOVABLE.contains(&name),
-            "{name} is not a removable family"
-        );
         if let Some(table) = self.removable(name) {
             table.remove_matching(name, label, value);
         }
