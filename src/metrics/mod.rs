@@ -13,11 +13,10 @@
 //!
 //! On the request path an update of an existing series takes no shared lock: each thread
 //! keeps the handles it registered with the handle's own recorder, and an update is one
-//! atomic operation on the series (`benches/metrics.rs` measures it against the former
-//! one-mutex registry). The facade has no way to delete a series, so the few gauge families
-//! whose series must go away (a cooldown that ended, a session evicted from the bounded
-//! table) are kept beside the recorder in a small table and rendered with it; see
-//! [`Metrics::remove_matching`].
+//! atomic operation on the series (`benches/metrics.rs` measures it). The facade has no way
+//! to delete a series, so the few gauge families whose series must go away (a cooldown that
+//! ended, a session evicted from the bounded table) are kept beside the recorder in a small
+//! table and rendered with it; see [`Metrics::remove_matching`].
 //!
 //! ```
 //! use tower_responses::metrics::Metrics;
