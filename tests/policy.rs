@@ -487,9 +487,5 @@ async fn failover_without_a_session_strips_reasoning_the_next_account_cannot_rea
     let seen = mock.requests();
     let items = |i: usize| seen[i].json().unwrap()["input"].as_array().unwrap().len();
     assert_eq!(items(0), 2, "the first pick gets the request as sent");
-    assert_eq!(
-        items(1),
-        1,
-        "the other account gets it without the encrypted item"
-    );
+    assert_eq!(items(1), 1, "the other account gets it without the encrypted item");
 }
