@@ -1,4 +1,5 @@
-//! Turning a client request into the upstream's: the base URL, hop-by-hop headers.
+//! Turning a client request into the upstream's: the base URL, hop-by-hop headers, and the
+//! path rules that keep a client inside the upstream's prefix.
 //!
 //! ```
 //! use tower_responses::upstream::UpstreamBase;
@@ -6,6 +7,8 @@
 //! let base = UpstreamBase::parse("https://chatgpt.com/backend-api/codex").unwrap();
 //! let uri = base.map(&"/v1/responses?x=1".parse().unwrap()).unwrap();
 //! assert_eq!(uri.to_string(), "https://chatgpt.com/backend-api/codex/responses?x=1");
+//! // A dot segment would climb out of `/backend-api/codex`: never mapped.
+//! assert!(base.map(&"/v1/%2E%2e/accounts".parse().unwrap()).is_none());
 //! ```
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -38,6 +41,82 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// Checks that a client path stays where it is put: `Err` names the first problem.
+///
+/// The upstream (or a CDN in front of it) may normalise what we forward, so a path is refused
+/// if any normaliser could read it differently from us: `.` and `..` segments, raw or
+/// percent-encoded in either case; empty segments (`//`, a trailing `/`); backslashes, raw or
+/// encoded; encoded slashes; an encoded `%` (double encoding); encoded control characters; and
+/// malformed percent-escapes. A lone `/` is fine.
+///
+/// ```
+/// use tower_responses::upstream::check_path;
+///
+/// assert!(check_path("/v1/responses/resp_123/input_items").is_ok());
+/// assert!(check_path("/v1/../../backend-api/me").is_err());
+/// assert!(check_path("/v1/%2e%2E/x").is_err());
+/// assert!(check_path("/v1//responses").is_err());
+/// assert!(check_path("/v1/a%2fb").is_err());
+/// ```
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("the path must start with `/`");
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    for segment in rest.split('/') {
+        check_segment(segment.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn check_segment(segment: &[u8]) -> Result<(), &'static str> {
+    if segment.is_empty() {
+        return Err("empty path segment");
+    }
+    // Only "." and ".." matter as decoded text, so the decoded form is tracked as "all dots so
+    // far, and how many" instead of being built.
+    let mut dots = 0usize;
+    let mut only_dots = true;
+    let mut i = 0;
+    while i < segment.len() {
+        let byte = match segment[i] {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let (Some(hi), Some(lo)) = (
+                    segment.get(i + 1).copied().and_then(hex),
+                    segment.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err("malformed percent-encoding");
+                };
+                i += 3;
+                let decoded = (hi * 16 + lo) as u8;
+                match decoded {
+                    b'/' | b'\\' => return Err("encoded slash or backslash"),
+                    b'%' => return Err("encoded `%` (double encoding)"),
+                    0..=0x1f | 0x7f => return Err("encoded control character"),
+                    b => b,
+                }
+            }
+            b'\\' => return Err("backslash"),
+            b => {
+                i += 1;
+                b
+            }
+        };
+        if byte == b'.' {
+            dots += 1;
+        } else {
+            only_dots = false;
+        }
+    }
+    if only_dots && dots <= 2 {
+        return Err("`.` or `..` segment");
+    }
+    Ok(())
 }
 
 /// The upstream base URL, split once at startup.
@@ -77,8 +156,10 @@ impl UpstreamBase {
         })
     }
 
-    /// Maps a client path `/v1/X?q` to `base/X?q`; `None` for paths outside `/v1/`.
+    /// Maps a client path `/v1/X?q` to `base/X?q`; `None` for paths outside `/v1/` and for
+    /// paths [`check_path`] refuses.
     pub fn map(&self, client: &Uri) -> Option<Uri> {
+        check_path(client.path()).ok()?;
         let rest = client.path().strip_prefix("/v1")?;
         if !rest.is_empty() && !rest.starts_with('/') {
             return None;
@@ -128,6 +209,44 @@ mod tests {
         assert!(base.map(&"/v1x".parse().unwrap()).is_none());
         assert!(UpstreamBase::parse("ftp://x").is_err());
         assert!(UpstreamBase::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn paths_that_a_normaliser_could_read_differently_are_refused() {
+        for bad in [
+            "/v1/..",
+            "/v1/../x",
+            "/v1/./responses",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2E/x",
+            "/v1/.%2e/x",
+            "/v1/%2e/x",
+            "/v1//responses",
+            "/v1/responses/",
+            "/v1/a%2fb",
+            "/v1/a%2Fb",
+            "/v1/a%5cb",
+            "/v1/a\\b",
+            "/v1/a%252e",
+            "/v1/a%00",
+            "/v1/a%zz",
+            "/v1/a%2",
+            "v1/responses",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/v1",
+            "/v1/responses",
+            "/v1/files/file-1.txt",
+            "/v1/a%20b",
+            "/v1/...",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+        let base = UpstreamBase::parse("https://chatgpt.com/backend-api/codex").unwrap();
+        assert!(base.map(&"/v1/../../probe".parse().unwrap()).is_none());
     }
 
     #[test]

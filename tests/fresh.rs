@@ -39,7 +39,11 @@ fn stream_request(base: &str) -> Request<ReplayBody> {
         .unwrap()
 }
 
-fn layered(metrics: &Metrics) -> FreshConnection<tower_responses::connect::UpstreamConnector> {
+fn layered(
+    metrics: &Metrics,
+) -> FreshConnection<
+    tower_responses::connect::ClientService<tower_responses::connect::UpstreamConnector>,
+> {
     FreshConnectionLayer::new()
         .metrics(metrics.clone())
         .build(&UpstreamClientBuilder::new())

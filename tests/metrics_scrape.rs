@@ -25,8 +25,8 @@ use tower_responses::testing::{MockUpstream, Reply, events};
 
 const KEY_A: &str = "sk-test-aaaaaaaaaaaaaaaaaaaa-AAAA";
 const KEY_B: &str = "sk-test-bbbbbbbbbbbbbbbbbbbb-BBBB";
-const LABEL_A: &str = "key-…AAAA";
-const LABEL_B: &str = "key-…BBBB";
+const LABEL_A: &str = "key-1";
+const LABEL_B: &str = "key-2";
 
 /// Between two events of every answer. The first content event is the third
 /// (`response.output_item.added`), so each answer's first content comes at least two gaps in.

@@ -95,6 +95,15 @@ async fn secrets_never_reach_the_logs_at_trace() {
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"));
     for secret in [CLIENT_KEY, UPSTREAM_KEY, OAUTH, ACCOUNT] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
+        // Not even the tail that once made a credential's label.
+        let tail = &secret[secret.len() - 6..];
+        assert!(!logs.contains(tail), "{tail} (of {secret}) in the logs");
     }
+    // Credentials are named by kind and position.
+    assert!(
+        logs.contains("key-1"),
+        "the first credential's label is logged"
+    );
+    assert!(!logs.contains("key-…"));
     std::fs::remove_dir_all(&dir).ok();
 }

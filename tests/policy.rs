@@ -14,8 +14,8 @@ use tower_responses::testing::{Fault, MockUpstream, Reply, events};
 const KEY_A: &str = "sk-test-aaaaaaaaaaaaaaaaaaaa-AAAA";
 const KEY_B: &str = "sk-test-bbbbbbbbbbbbbbbbbbbb-BBBB";
 const KEY_C: &str = "sk-test-cccccccccccccccccccc-CCCC";
-const LABEL_A: &str = "key-…AAAA";
-const LABEL_B: &str = "key-…BBBB";
+const LABEL_A: &str = "key-1";
+const LABEL_B: &str = "key-2";
 
 fn body() -> serde_json::Value {
     json!({"model": "gpt-5.5", "stream": true, "input": [{"role": "user", "content": "hi"}]})
@@ -487,5 +487,57 @@ async fn failover_without_a_session_strips_reasoning_the_next_account_cannot_rea
     let seen = mock.requests();
     let items = |i: usize| seen[i].json().unwrap()["input"].as_array().unwrap().len();
     assert_eq!(items(0), 2, "the first pick gets the request as sent");
-    assert_eq!(items(1), 1, "the other account gets it without the encrypted item");
+    assert_eq!(
+        items(1),
+        1,
+        "the other account gets it without the encrypted item"
+    );
+}
+
+#[tokio::test]
+async fn a_pin_to_a_credential_this_pool_lacks_is_not_a_429() {
+    use tower::ServiceExt;
+    use tower_responses::body::ReplayBody;
+    use tower_responses::credentials::{CredentialRotateLayer, Pool};
+    use tower_responses::marks::PinnedCredential;
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = std::sync::Arc::new(Pool::new(vec![KEY_A.parse().unwrap()]).unwrap());
+    let svc = tower::ServiceBuilder::new()
+        .layer(CredentialRotateLayer::new(pool))
+        .service(tower_responses::connect::UpstreamClientBuilder::new().service());
+    let mut req = http::Request::post(format!("{}/responses", mock.base_url()))
+        .header("content-type", "application/json")
+        .body(ReplayBody::new(serde_json::to_vec(&body()).unwrap()))
+        .unwrap();
+    // A replica sharing state with this one pinned the anchor to its own credential.
+    req.extensions_mut()
+        .insert(PinnedCredential("elsewhere-7".into()));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_reused_connection_lost_after_the_upstream_worked_is_not_retried_fresh() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = proxy_with(&mock, &[KEY_A], Strategy::RoundRobin).await;
+    // The first request leaves a pooled connection behind...
+    let (s, _, _) = ask(&proxy, body()).await;
+    assert_eq!(s, StatusCode::OK);
+    // ...which the second reuses; the upstream works on it for 1 s, then the connection dies.
+    mock.push(Reply::fault(Fault::CloseAfterWorking(Duration::from_secs(
+        1,
+    ))));
+    let (s, _, text) = ask(&proxy, body()).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{text}");
+    assert_eq!(
+        mock.request_count(),
+        2,
+        "no silent second execution on a fresh connection"
+    );
+    assert_eq!(proxy.metrics.total("tr_fresh_retries_total"), 0.0);
+    assert!(
+        mock.requests()[1].idle_before.is_some(),
+        "the second request reused the connection"
+    );
 }

@@ -129,6 +129,8 @@ async fn bad_input_gets_the_openai_envelope_and_the_proxy_stays_up() {
     let mock = MockUpstream::start().await.unwrap();
     let mut cfg = config_for(mock.base_url());
     cfg.client_keys = vec![Secret::new("ck-good")];
+    // Client keys need upstream credentials (the client key never goes upstream).
+    cfg.credentials = vec!["sk-upstream".parse().unwrap()];
     cfg.body_limit = 16 * 1024;
     let proxy = start_proxy(cfg).await;
     let c = client();
@@ -200,6 +202,7 @@ async fn bad_input_gets_the_openai_envelope_and_the_proxy_stays_up() {
             "unsupported encoding",
             Request::post(&url)
                 .header("authorization", "Bearer ck-good")
+                .header("content-type", "application/json")
                 .header("content-encoding", "compress")
                 .body(Full::new(Bytes::from_static(b"{}")))
                 .unwrap(),
@@ -221,6 +224,7 @@ async fn bad_input_gets_the_openai_envelope_and_the_proxy_stays_up() {
         .request(
             Request::post(&url)
                 .header("authorization", "Bearer ck-good")
+                .header("content-type", "application/json")
                 .body(Endless)
                 .unwrap(),
         )

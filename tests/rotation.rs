@@ -12,7 +12,7 @@ use tower_responses::testing::{MockUpstream, Reply, events};
 const KEY_A: &str = "sk-test-aaaaaaaaaaaaaaaaaaaa-AAAA";
 const KEY_B: &str = "sk-test-bbbbbbbbbbbbbbbbbbbb-BBBB";
 const KEY_C: &str = "sk-test-cccccccccccccccccccc-CCCC";
-const LABEL_A: &str = "key-…AAAA";
+const LABEL_A: &str = "key-1";
 
 fn body() -> serde_json::Value {
     json!({"model": "gpt-5.5", "stream": true, "input": [{"role": "user", "content": "hi"}]})

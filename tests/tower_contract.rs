@@ -37,7 +37,9 @@ const CONCURRENT: usize = 8;
 /// Far beyond what 8 serialised requests to a local mock take.
 const BOUND: Duration = Duration::from_secs(20);
 
-fn client() -> FreshConnection<tower_responses::connect::UpstreamConnector> {
+fn client() -> FreshConnection<
+    tower_responses::connect::ClientService<tower_responses::connect::UpstreamConnector>,
+> {
     FreshConnectionLayer::new().build(&UpstreamClientBuilder::new())
 }
 

@@ -238,7 +238,7 @@ pub async fn run() -> ExitCode {
     let with = send(&client, &via, CLIENT_KEY, &[], &plain).await;
     let a_tried = metrics.get(
         "tr_credential_attempts_total",
-        &[("credential", "key-…AAAA"), ("outcome", "quota_exhausted")],
+        &[("credential", "key-1"), ("outcome", "quota_exhausted")],
     ) == Some(1.0);
     rows.push(Row {
         fault: "quota exhausted in a 200 stream",

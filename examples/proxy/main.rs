@@ -5,8 +5,9 @@
 //! proxy [--config FILE] [--listen ADDR] [--upstream URL] [--profile openai|chatgpt-codex|generic]
 //!       [--credential VALUE]... [--client-key KEY]... [--demo]
 //! ```
-//! `--credential` takes a literal key, `env:NAME`, or `codex-auth:PATH`. Every flag can be set
-//! in the TOML file too; flags win. `--demo` runs an embedded fault-injecting upstream and a
+//! `--credential` takes `env:NAME`, `file:PATH`, `codex-auth:PATH` or a literal key (which
+//! other users can read in the process list: a warning says so); `--client-key` takes the same
+//! forms. Every flag can be set in the TOML file too; flags win. `--demo` runs an embedded fault-injecting upstream and a
 //! scripted workload through the proxy and prints what happened.
 
 mod demo;
@@ -14,19 +15,23 @@ mod demo;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tower_responses::credentials::{PoolMember, Secret};
-use tower_responses::proxy::{Proxy, ProxyConfig};
+use tower_responses::credentials::{CredentialSource, PoolMember, Secret};
+use tower_responses::proxy::{Proxy, ProxyConfig, command_line_secret_warning};
 
 const USAGE: &str = "usage: proxy [--config FILE] [--listen ADDR] [--upstream URL] \
-[--profile openai|chatgpt-codex|generic] [--credential VALUE]... [--client-key KEY]... [--demo]
+[--profile openai|chatgpt-codex|generic] [--credential VALUE]... [--client-key KEY]... \
+[--allowed-origin ORIGIN]... [--demo]
 
-  --config FILE       TOML file with the same settings (flags win)
-  --listen ADDR       address to listen on (default 127.0.0.1:8787)
-  --upstream URL      upstream base URL with its prefix (default https://api.openai.com/v1)
-  --profile NAME      upstream profile (default: from the URL)
-  --credential VALUE  upstream credential: a key, env:NAME, or codex-auth:PATH (repeatable)
-  --client-key KEY    inbound bearer key (repeatable); without any, loopback clients only
-  --demo              run the embedded mock upstream and a scripted workload, print the result";
+  --config FILE           TOML file with the same settings (flags win)
+  --listen ADDR           address to listen on (default 127.0.0.1:8787)
+  --upstream URL          upstream base URL with its prefix (default https://api.openai.com/v1)
+  --profile NAME          upstream profile (default: from the URL)
+  --credential VALUE      upstream credential: env:NAME, file:PATH, codex-auth:PATH, or a key
+                          (a key on the command line is visible in `ps`; repeatable)
+  --client-key KEY        inbound bearer key, or env:NAME / file:PATH (repeatable); needs
+                          --credential; without any, only loopback clients naming localhost
+  --allowed-origin ORIGIN a web origin whose pages may call the proxy (repeatable; default none)
+  --demo                  run the embedded mock upstream and a scripted workload, print the result";
 
 #[derive(Default)]
 struct Flags {
@@ -36,6 +41,7 @@ struct Flags {
     profile: Option<String>,
     credentials: Vec<String>,
     client_keys: Vec<String>,
+    allowed_origins: Vec<String>,
     demo: bool,
 }
 
@@ -60,6 +66,7 @@ fn parse_flags(args: impl Iterator<Item = String>) -> Result<Flags, String> {
             "--profile" => flags.profile = Some(value("--profile")?),
             "--credential" => flags.credentials.push(value("--credential")?),
             "--client-key" => flags.client_keys.push(value("--client-key")?),
+            "--allowed-origin" => flags.allowed_origins.push(value("--allowed-origin")?),
             "--demo" => flags.demo = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
@@ -98,8 +105,16 @@ fn build_config(flags: &Flags) -> Result<ProxyConfig, String> {
         cfg.client_keys = flags
             .client_keys
             .iter()
-            .map(|k| Secret::new(k.as_str()))
-            .collect();
+            .map(|k| {
+                let source: CredentialSource =
+                    k.parse().map_err(|e| format!("--client-key: {e}"))?;
+                let key = source.load().map_err(|e| format!("--client-key: {e}"))?;
+                Ok(Secret::new(key.token.expose()))
+            })
+            .collect::<Result<_, String>>()?;
+    }
+    if !flags.allowed_origins.is_empty() {
+        cfg.allowed_origins = flags.allowed_origins.clone();
     }
     Ok(cfg)
 }
@@ -148,6 +163,16 @@ async fn main() -> ExitCode {
 
     if flags.demo {
         return demo::run().await;
+    }
+    let secrets = flags
+        .credentials
+        .iter()
+        .map(|v| ("--credential", v))
+        .chain(flags.client_keys.iter().map(|v| ("--client-key", v)));
+    for (flag, value) in secrets {
+        if let Some(warning) = command_line_secret_warning(flag, value) {
+            eprintln!("{warning}");
+        }
     }
     let config = match build_config(&flags) {
         Ok(c) => c,

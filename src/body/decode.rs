@@ -12,6 +12,10 @@ use super::BodyError;
 /// The largest first output buffer and the smallest step it grows by; growth otherwise doubles.
 const READ_STEP: usize = 64 * 1024;
 
+/// The most output [`decode_off_runtime`] produces on an async worker (a millisecond or two
+/// of work); larger bodies are decoded on the blocking pool.
+pub const INLINE_DECODE_LIMIT: usize = 1024 * 1024;
+
 /// Decodes `body` according to a `Content-Encoding` value, producing at most `limit` bytes.
 ///
 /// Supported: `zstd`, `gzip` / `x-gzip` (several members are decoded one after another),
@@ -41,12 +45,64 @@ pub fn decode(encoding: &HeaderValue, body: Bytes, limit: usize) -> Result<Bytes
             Coding::parse(name).ok_or_else(|| BodyError::UnsupportedEncoding(name.to_owned()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    run(&steps, body, limit)
+}
 
+fn run(steps: &[Coding], body: Bytes, limit: usize) -> Result<Bytes, BodyError> {
     let mut body = body;
-    for coding in steps.into_iter().rev() {
+    for coding in steps.iter().rev() {
         body = coding.decode(body, limit)?;
     }
     Ok(body)
+}
+
+/// [`decode`], without holding an async worker for long.
+///
+/// Decoding 32 MiB of zstd or gzip takes tens of milliseconds, during which a runtime worker
+/// would serve no other request (and a tiny zstd or brotli bomb can ask for that much). So
+/// the body is first decoded in place with the output capped at [`INLINE_DECODE_LIMIT`];
+/// only if it is larger is it decoded again, with the real `limit`, on tokio's blocking pool.
+/// A large body thus costs at most 1 MiB of repeated work; the many small ones cost no thread
+/// hop. Outside a tokio runtime everything runs in place.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower_responses::body::decode_off_runtime;
+///
+/// let big = vec![b'x'; 3 << 20];
+/// let zstd = zstd::encode_all(&big[..], 1).unwrap();
+/// let out = decode_off_runtime(&"zstd".parse().unwrap(), zstd.into(), 32 << 20).await.unwrap();
+/// assert_eq!(out.len(), big.len());
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`decode`].
+pub async fn decode_off_runtime(
+    encoding: &HeaderValue,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let inline = limit.min(INLINE_DECODE_LIMIT);
+    match decode(encoding, body.clone(), inline) {
+        Err(BodyError::TooLarge { .. }) if limit > inline => {}
+        done => return done,
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return decode(encoding, body, limit);
+    };
+    let encoding = encoding.clone();
+    let name = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+    handle
+        .spawn_blocking(move || decode(&encoding, body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BodyError::Decode {
+                encoding: name,
+                source: io::Error::other("the decoder stopped unexpectedly"),
+            })
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +294,8 @@ impl Read for Inflate<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
 
@@ -500,5 +558,36 @@ pub(crate) mod tests {
         assert!(looks_like_zlib(&zlib(JSON)));
         assert!(!looks_like_zlib(&raw_deflate(JSON)));
         assert!(!looks_like_zlib(b"x"));
+    }
+
+    /// On a current-thread runtime a spawned task can only run while the decode is pending,
+    /// so whether it ran tells whether the decode left the worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_bodies_are_decoded_off_the_async_worker() {
+        let small = vec![b'a'; 512 * 1024];
+        let large = vec![b'a'; 3 * 1024 * 1024];
+        for (plain, leaves_worker) in [(&small, false), (&large, true)] {
+            let compressed = Bytes::from(zstd::encode_all(&plain[..], 1).unwrap());
+            let others_ran = Arc::new(AtomicBool::new(false));
+            let flag = others_ran.clone();
+            tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+            let out = decode_off_runtime(&hv("zstd"), compressed, 32 << 20)
+                .await
+                .unwrap();
+            assert_eq!(out.len(), plain.len());
+            assert_eq!(
+                others_ran.load(Ordering::SeqCst),
+                leaves_worker,
+                "{} bytes",
+                plain.len()
+            );
+            tokio::task::yield_now().await;
+        }
+        // The real limit still holds off the worker, and errors keep their limit.
+        let large = Bytes::from(gzip(&large));
+        match decode_off_runtime(&hv("gzip"), large, 2 << 20).await {
+            Err(BodyError::TooLarge { limit }) => assert_eq!(limit, 2 << 20),
+            other => panic!("{other:?}"),
+        }
     }
 }

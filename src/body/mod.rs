@@ -35,7 +35,7 @@ mod limited;
 mod prefix;
 mod replay;
 
-pub use decode::decode;
+pub use decode::{INLINE_DECODE_LIMIT, decode, decode_off_runtime};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutBody};
 pub use limited::collect_limited;
 pub use prefix::{DEFAULT_PEEK_TIMEOUT, Peek, Rest, prefixed, read_prefix, read_prefix_within};
@@ -140,7 +140,7 @@ impl From<BodyError> for ApiError {
 
 /// Reads a request's body into replayable [`Bytes`], decoding its `Content-Encoding`.
 ///
-/// The body is collected with [`collect_limited`] and decoded with [`decode`] (several
+/// The body is collected with [`collect_limited`] and decoded with [`decode_off_runtime`] (several
 /// `Content-Encoding` lines count as one comma-separated list), both bounded by `limit`. A
 /// declared `Content-Length` above `limit` fails before anything is read. On success
 /// `Content-Encoding` and `Transfer-Encoding` are removed and `Content-Length` states the
@@ -176,7 +176,7 @@ where
         .cloned()
         .collect();
     for encoding in encodings.iter().rev() {
-        bytes = decode(encoding, bytes, limit)?;
+        bytes = decode_off_runtime(encoding, bytes, limit).await?;
     }
 
     parts.headers.remove(header::CONTENT_ENCODING);

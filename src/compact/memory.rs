@@ -8,6 +8,8 @@ use crate::profile::Profile;
 /// Most refusals remembered: model names come from clients, so the map must not grow with
 /// whatever they send.
 const MAX_REMEMBERED: usize = 256;
+/// The longest a refused model is remembered, whatever the configuration says.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 type Key = (Profile, CompactForm, String);
 
@@ -56,7 +58,8 @@ impl Refusals {
                 map.remove(&oldest);
             }
         }
-        map.insert(key(profile, form, model), now + ttl);
+        // A configured TTL of centuries must not overflow the clock: cap it at a year.
+        map.insert(key(profile, form, model), now + ttl.min(MAX_TTL));
         map.len()
     }
 
@@ -98,6 +101,13 @@ mod tests {
         r.remember(Profile::Openai, CompactForm::V2, "x", Duration::ZERO);
         assert!(!r.is_refused(Profile::Openai, CompactForm::V2, "x"));
         assert_eq!(r.models(), ["gpt-5.5"]);
+    }
+
+    #[test]
+    fn a_huge_ttl_does_not_panic() {
+        let r = Refusals::default();
+        r.remember(Profile::Openai, CompactForm::V1, "m", Duration::MAX);
+        assert!(r.is_refused(Profile::Openai, CompactForm::V1, "m"));
     }
 
     #[test]

@@ -138,8 +138,11 @@ impl UpstreamClientBuilder {
 }
 
 impl UpstreamClientBuilder {
-    /// The client as the innermost service of a layer stack.
+    /// The client as the innermost service of a layer stack, with an unpooled client on the
+    /// same tagged connector for requests that ask for a
+    /// [`NewConnection`](super::NewConnection).
     pub fn service(&self) -> super::ClientService<UpstreamConnector> {
-        super::ClientService::new(self.build())
+        let connector = self.connector();
+        super::ClientService::with_connector(self.build_with(connector.clone()), connector)
     }
 }

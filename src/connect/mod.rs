@@ -6,7 +6,8 @@
 //! tag travels in the connection's `Connected` metadata, so hyper-util copies it into every
 //! response's extensions, and `capture_connection` shows it even when a request fails before
 //! any response. The fresh-connection layer decides from it whether a failure came from a
-//! stale pooled connection.
+//! stale pooled connection; client services hand it (or what they know instead) up in a
+//! [`ConnectionReport`].
 //!
 //! ```
 //! use tower_responses::connect::{ConnTag, TaggingConnector};
@@ -37,11 +38,17 @@
 
 mod client;
 mod io;
+mod report;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod service;
 mod tag;
 
+#[cfg(feature = "reqwest")]
+pub use self::reqwest::ReqwestService;
 pub use client::{UpstreamClientBuilder, UpstreamConnector};
 pub use io::Tagged;
+pub use report::{ConnectionInfo, ConnectionReport, NewConnection};
 pub use service::ClientService;
 pub use tag::ConnTag;
 

@@ -1,30 +1,65 @@
+use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::Connect;
+use hyper_util::client::legacy::connect::{CaptureConnection, Connect, capture_connection};
+use hyper_util::client::legacy::{Client, Error as ClientError};
+use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
+use super::{ConnTag, ConnectionInfo, ConnectionReport, NewConnection};
 use crate::body::{ReplayBody, ResponseBody};
+use crate::classify::Failure;
 use crate::error::BoxError;
+use crate::marks::{AttemptError, Phase};
 
 /// A hyper-util client as the innermost service of the stack: it takes the stack's
 /// request type and gives the stack's response type, with errors boxed.
 ///
-/// The hyper-util error survives boxing, so outer layers can downcast to
-/// `hyper_util::client::legacy::Error` to tell a connect failure from a broken connection.
+/// Errors are [`AttemptError`]s saying how far the request got ([`Phase::Unsent`] for a
+/// connect failure or a request hyper handed back unwritten, else [`Phase::Sent`]), with
+/// hyper-util's error as their source.
+///
+/// It speaks the [connection report protocol](super::ConnectionReport): a request carrying a
+/// [`ConnectionReport`] gets the [`ConnectionInfo`] of its connection (the [`ConnTag`] when
+/// the connector is a [`TaggingConnector`](super::TaggingConnector), and hyper-util's poison
+/// to retire it), and a request carrying [`NewConnection`] goes through a second client with
+/// pooling off when one was given ([`with_connector`](Self::with_connector)).
 #[derive(Debug, Clone)]
 pub struct ClientService<C> {
-    client: Client<C, ReplayBody>,
+    pooled: Client<C, ReplayBody>,
+    // Pooling off: each of its requests opens a connection of its own.
+    unpooled: Option<Client<C, ReplayBody>>,
 }
 
 impl<C> ClientService<C> {
-    /// Wraps a client.
+    /// Wraps a client. Requests asking for a [`NewConnection`] go through it too (and may
+    /// get a pooled connection): use [`with_connector`](Self::with_connector) to honour them.
     pub fn new(client: Client<C, ReplayBody>) -> Self {
-        ClientService { client }
+        ClientService {
+            pooled: client,
+            unpooled: None,
+        }
+    }
+}
+
+impl<C> ClientService<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    /// Wraps `client`; `connector` (the one `client` was built on, so connection ids stay
+    /// unique) opens the connections for requests asking for a [`NewConnection`].
+    pub fn with_connector(client: Client<C, ReplayBody>, connector: C) -> Self {
+        let unpooled = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        ClientService {
+            pooled: client,
+            unpooled: Some(unpooled),
+        }
     }
 }
 
@@ -37,14 +72,63 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // hyper-util's client queues internally and is always ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
-        let fut = self.client.request(req);
+    fn call(&mut self, mut req: Request<ReplayBody>) -> Self::Future {
+        let report = req.extensions().get::<ConnectionReport>().cloned();
+        let capture = report.as_ref().map(|_| capture_connection(&mut req));
+        let client = match (&self.unpooled, req.extensions().get::<NewConnection>()) {
+            (Some(unpooled), Some(_)) => unpooled,
+            _ => &self.pooled,
+        };
+        let fut = client.request(req);
         Box::pin(async move {
-            let res = fut.await.map_err(|e| Box::new(e) as BoxError)?;
-            Ok(res.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            let result = fut.await;
+            if let (Some(report), Some(capture)) = (report, capture) {
+                if let Some(info) = captured(capture) {
+                    report.set(info);
+                }
+            }
+            match result {
+                Ok(res) => Ok(res.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+                Err(e) => Err(Box::new(attempt_error(e)) as BoxError),
+            }
         })
     }
+}
+
+/// The connection a request went out on, once hyper-util has one; `None` when no
+/// connection was made.
+fn captured(capture: CaptureConnection) -> Option<ConnectionInfo> {
+    let tag = capture.connection_metadata().as_ref().map(|c| {
+        let mut ext = Extensions::new();
+        c.get_extras(&mut ext);
+        ext.remove::<ConnTag>()
+    })?;
+    let info = match tag {
+        Some(tag) => ConnectionInfo::tagged(tag),
+        None => ConnectionInfo::new(),
+    };
+    // `Connected` is not `Clone`: the retire hook keeps the capture and poisons through it.
+    Some(info.on_retire(move || {
+        if let Some(c) = capture.connection_metadata().as_ref() {
+            c.poison();
+        }
+    }))
+}
+
+/// The error an attempt ends with, saying how far it got: a request that was never written
+/// (a connect error, or one hyper handed back unsent) is [`Phase::Unsent`]; any other may
+/// have reached the upstream.
+pub(crate) fn attempt_error(err: ClientError) -> AttemptError {
+    let unsent = err.is_connect()
+        || err
+            .source()
+            .and_then(|s| s.downcast_ref::<hyper::Error>())
+            .is_some_and(hyper::Error::is_canceled);
+    let phase = if unsent { Phase::Unsent } else { Phase::Sent };
+    let failure = Failure::transport(false, err.to_string());
+    AttemptError::new(phase, failure).with_source(err)
 }

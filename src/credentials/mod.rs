@@ -24,8 +24,10 @@
 //!
 //! ## Where credentials come from
 //!
-//! A credential is written as a literal key, `env:NAME`, or `codex-auth:PATH` (the Codex CLI's
-//! `auth.json`: an OAuth access token plus the `ChatGPT-Account-ID`). Secrets never print:
+//! A credential is written as a literal key, `env:NAME`, `file:PATH` (a file holding the key
+//! alone), or `codex-auth:PATH` (the Codex CLI's `auth.json`: an OAuth access token plus the
+//! `ChatGPT-Account-ID`). In a pool each is labelled by its configured `name`, else by kind and
+//! position (`key-1`, `codex-auth-2`), never by any part of the secret. Secrets never print:
 //! [`Secret`]'s `Debug` and `Display` are redacted and the header values it makes are marked
 //! sensitive, so neither logs nor HTTP/2 header compression see them.
 //!
@@ -108,8 +110,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// One upstream credential.
 #[derive(Clone, Debug)]
 pub struct Credential {
-    /// A stable, non-secret name for logs and metrics (e.g. `key-1`, `env:OPENAI_API_KEY`,
-    /// `codex-auth:/home/me/.codex/auth.json`).
+    /// A stable, non-secret name for logs and metrics: in a pool its configured `name` or
+    /// kind and position (`key-1`, `file-2`); loaded alone, its source's description (`key`,
+    /// `env:OPENAI_API_KEY`).
     pub label: String,
     /// The bearer token: an API key or an OAuth access token.
     pub token: Secret,

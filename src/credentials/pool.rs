@@ -40,6 +40,8 @@ pub struct PoolMember {
     pub profile: Option<Profile>,
     /// Weight for [`Strategy::Weighted`] (default 1).
     pub weight: u32,
+    /// Its label in logs and metrics; default: its kind and position, e.g. `key-1`.
+    pub name: Option<String>,
 }
 
 impl PoolMember {
@@ -50,9 +52,13 @@ impl PoolMember {
             base_url: None,
             profile: None,
             weight: 1,
+            name: None,
         }
     }
 }
+
+/// How long the other requests keep away from a key while one request probes it.
+const PROBE_WINDOW: Duration = Duration::from_secs(30);
 
 /// How often a credential's auth file is looked at (one `stat`), at most.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -146,13 +152,18 @@ impl Pool {
     /// Loads every member now; fails on the first that cannot be loaded.
     pub fn new(members: Vec<PoolMember>) -> Result<Pool, LoadError> {
         let mut entries = Vec::with_capacity(members.len());
-        for mut member in members {
-            let cred = member.source.load()?;
-            let mut label: Arc<str> = Arc::from(cred.label.as_str());
+        for (i, mut member) in members.into_iter().enumerate() {
+            let mut cred = member.source.load()?;
+            // A configured name, else kind and position: never anything of the secret.
+            let mut label: Arc<str> = match &member.name {
+                Some(name) => Arc::from(name.as_str()),
+                None => Arc::from(member.source.label_at(i + 1)),
+            };
             // Two literal keys may share a label; keep labels unique.
             if entries.iter().any(|e: &Entry| e.label == label) {
                 label = Arc::from(format!("{label}#{}", entries.len() + 1));
             }
+            cred.label = label.to_string();
             if member.profile.is_none() {
                 member.profile = member.base_url.as_deref().map(Profile::from_base_url);
             }
@@ -430,7 +441,32 @@ impl Pool {
                 pick
             }
         };
+        self.begin_probe(&chosen.label, now);
         Some(chosen.label.clone())
+    }
+
+    /// A key whose auth cooldown just ended is tried by one request, the probe: the others
+    /// keep away from it for [`PROBE_WINDOW`] until that request says how it went (a success
+    /// clears it, another refusal doubles the cooldown).
+    fn begin_probe(&self, label: &str, now: SystemTime) {
+        let Some(c) = self.state.cooldown(label) else {
+            return;
+        };
+        if c.class != FailureClass::Auth || c.active(now) {
+            return;
+        }
+        tracing::info!(
+            credential = label,
+            "auth cooldown over; one request probes the key"
+        );
+        self.state.set_cooldown(
+            label,
+            Cooldown {
+                until: Some(now + PROBE_WINDOW),
+                class: FailureClass::Auth,
+                reason: "probing after an auth cooldown".into(),
+            },
+        );
     }
 
     /// Records which credential served a session's turn: the first one becomes its primary;
@@ -466,15 +502,15 @@ impl Pool {
         self.state.record_use(label);
     }
 
-    /// Learns from a successful answer: repeat-failure strikes and a soft cooldown end, and
+    /// Learns from a successful answer: repeat-failure strikes, a soft cooldown and an auth
+    /// probe end, and
     /// Codex usage windows at 100% cool the credential before it fails.
     pub fn record_success(&self, label: &str, headers: &http::HeaderMap) {
-        if self
-            .state
-            .cooldown(label)
-            .is_some_and(|c| !c.excludes() && c.active(SystemTime::now()))
-        {
-            // A soft cooldown only said "recently troubled": an answer says it is fine now.
+        if self.state.cooldown(label).is_some_and(|c| {
+            (!c.excludes() || c.class == FailureClass::Auth) && c.active(SystemTime::now())
+        }) {
+            // A soft cooldown only said "recently troubled", and an auth probe asked whether the
+            // key works: an answer says it is fine now.
             self.clear(label);
         } else {
             self.state.reset_strikes(label);
@@ -617,7 +653,7 @@ impl std::str::FromStr for PoolMember {
 }
 
 /// In TOML a member is either its source as a string, or a table:
-/// `{ source = "codex-auth:~/.codex/auth.json", base_url = "...", profile = "chatgpt-codex", weight = 2 }`.
+/// `{ source = "codex-auth:~/.codex/auth.json", base_url = "...", profile = "chatgpt-codex", weight = 2, name = "alice" }`.
 impl<'de> serde::Deserialize<'de> for PoolMember {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(serde::Deserialize)]
@@ -628,6 +664,7 @@ impl<'de> serde::Deserialize<'de> for PoolMember {
             profile: Option<Profile>,
             #[serde(default = "one")]
             weight: u32,
+            name: Option<String>,
         }
         fn one() -> u32 {
             1
@@ -645,6 +682,7 @@ impl<'de> serde::Deserialize<'de> for PoolMember {
                 base_url: t.base_url,
                 profile: t.profile,
                 weight: t.weight,
+                name: t.name.filter(|n| !n.trim().is_empty()),
             },
         })
     }
@@ -688,12 +726,12 @@ mod tests {
         );
 
         let ff = pool(&KEYS, Strategy::FillFirst);
-        assert!(picks(&ff, 5).iter().all(|l| l == "key-…AAAA"));
+        assert!(picks(&ff, 5).iter().all(|l| l == "key-1"));
 
         let lu = pool(&KEYS, Strategy::LeastUsed);
-        lu.record_use("key-…AAAA");
-        lu.record_use("key-…BBBB");
-        assert_eq!(&*lu.pick(&[], None, None).unwrap(), "key-…CCCC");
+        lu.record_use("key-1");
+        lu.record_use("key-2");
+        assert_eq!(&*lu.pick(&[], None, None).unwrap(), "key-3");
 
         let mut members: Vec<PoolMember> = KEYS
             .iter()
@@ -704,7 +742,7 @@ mod tests {
             .unwrap()
             .with_strategy(Strategy::Weighted);
         let got = picks(&w, 1000);
-        let heavy = got.iter().filter(|l| *l == "key-…AAAA").count();
+        let heavy = got.iter().filter(|l| *l == "key-1").count();
         assert!(
             heavy > 650,
             "weight 8 of 10 should take most picks, took {heavy}"
@@ -723,29 +761,55 @@ mod tests {
     #[test]
     fn a_pin_overrides_and_exclusions_and_cooldowns_are_skipped() {
         let p = pool(&KEYS, Strategy::FillFirst);
-        assert_eq!(&*p.pick(&[], Some("key-…CCCC"), None).unwrap(), "key-…CCCC");
-        let a: Arc<str> = Arc::from("key-…AAAA");
-        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-…BBBB");
-        p.record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded));
-        let a: Arc<str> = Arc::from("key-…AAAA");
-        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-…CCCC");
+        assert_eq!(&*p.pick(&[], Some("key-3"), None).unwrap(), "key-3");
+        let a: Arc<str> = Arc::from("key-1");
+        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-2");
+        p.record_failure("key-2", &Failure::new(FailureClass::Overloaded));
+        let a: Arc<str> = Arc::from("key-1");
+        assert_eq!(&*p.pick(&[a], None, None).unwrap(), "key-3");
     }
 
     #[test]
     fn a_session_keeps_its_primary_and_one_fallback() {
         let p = pool(&KEYS, Strategy::RoundRobin);
-        p.record_served("s", "key-…BBBB");
-        assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-…BBBB");
-        p.record_failure("key-…BBBB", &Failure::new(FailureClass::RateLimited));
+        p.record_served("s", "key-2");
+        assert_eq!(&*p.pick(&[], None, Some("s")).unwrap(), "key-2");
+        p.record_failure("key-2", &Failure::new(FailureClass::RateLimited));
         let other = p.pick(&[], None, Some("s")).unwrap();
-        assert_ne!(&*other, "key-…BBBB");
+        assert_ne!(&*other, "key-2");
         p.record_served("s", &other);
         // The binding does not move; the fallback is kept while the primary is out.
-        assert_eq!(p.state().affinity("s").as_deref(), Some("key-…BBBB"));
+        assert_eq!(p.state().affinity("s").as_deref(), Some("key-2"));
         for _ in 0..5 {
             assert_eq!(p.pick(&[], None, Some("s")), Some(other.clone()));
         }
         assert_eq!(p.last_served("s").as_deref(), Some(&*other));
+    }
+
+    #[test]
+    fn one_request_probes_a_key_after_its_auth_cooldown() {
+        let p = pool(&KEYS[..2], Strategy::FillFirst);
+        let first = p.labels()[0].clone();
+        p.state().set_cooldown(
+            &first,
+            Cooldown {
+                until: Some(SystemTime::now() - Duration::from_secs(1)),
+                class: FailureClass::Auth,
+                reason: "expired".into(),
+            },
+        );
+        // The first pick after the cooldown is the probe; the next keep away from it.
+        assert_eq!(p.pick(&[], None, None), Some(first.clone()));
+        assert_ne!(p.pick(&[], None, None), Some(first.clone()));
+        // The probe succeeds: back in rotation.
+        p.record_success(&first, &http::HeaderMap::new());
+        assert_eq!(p.pick(&[], None, None), Some(first.clone()));
+        // A probe refused again doubles the cooldown (strikes survive the expiry).
+        p.record_failure(&first, &Failure::new(FailureClass::Auth));
+        let once = p.cooldown_of(&first).unwrap().until.unwrap();
+        p.record_failure(&first, &Failure::new(FailureClass::Auth));
+        let twice = p.cooldown_of(&first).unwrap().until.unwrap();
+        assert!(twice.duration_since(once).unwrap() > Duration::from_secs(50));
     }
 
     #[test]
@@ -760,17 +824,16 @@ mod tests {
             FailureClass::ContextLength,
         ] {
             assert!(
-                p.record_failure("key-…AAAA", &Failure::new(class))
-                    .is_none(),
+                p.record_failure("key-1", &Failure::new(class)).is_none(),
                 "{class:?}"
             );
         }
         // Overload: short, and longer only on repeats.
         let first = p
-            .record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded))
+            .record_failure("key-2", &Failure::new(FailureClass::Overloaded))
             .unwrap();
         let second = p
-            .record_failure("key-…BBBB", &Failure::new(FailureClass::Overloaded))
+            .record_failure("key-2", &Failure::new(FailureClass::Overloaded))
             .unwrap();
         let now = SystemTime::now();
         let d1 = first.until.unwrap().duration_since(now).unwrap_or_default();
@@ -785,7 +848,7 @@ mod tests {
         );
         // A transport failure is never the credential's fault.
         assert!(
-            p.record_failure("key-…CCCC", &Failure::transport(false, "reset"))
+            p.record_failure("key-3", &Failure::transport(false, "reset"))
                 .is_none()
         );
     }
@@ -811,8 +874,8 @@ mod tests {
             "x-codex-secondary-reset-at",
             reset.to_string().parse().unwrap(),
         );
-        p.record_success("key-…AAAA", &h);
-        let c = p.cooldown_of("key-…AAAA").expect("cooling");
+        p.record_success("key-1", &h);
+        let c = p.cooldown_of("key-1").expect("cooling");
         let until = c
             .until
             .unwrap()

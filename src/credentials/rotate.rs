@@ -165,7 +165,19 @@ where
         let pinned = req
             .extensions()
             .get::<PinnedCredential>()
-            .map(|p| p.0.clone());
+            .map(|p| p.0.clone())
+            .filter(|p| {
+                // A pin to a credential this pool does not have (state shared with a replica
+                // configured differently) cannot be honoured: search as for an unknown owner.
+                let known = layer.pool.entry(p).is_some();
+                if !known {
+                    tracing::info!(
+                        credential = &**p,
+                        "pinned credential not in this pool; ignoring the pin"
+                    );
+                }
+                known
+            });
         let anchored = pinned.is_none() && facts.previous_response_id.is_some();
         Box::pin(rotate(inner, layer, req, session, pinned, anchored))
     }

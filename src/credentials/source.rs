@@ -7,6 +7,10 @@ use serde::Deserialize;
 use super::{Credential, Secret};
 
 /// Where a credential comes from.
+///
+/// Written `sk-...` (the key itself), `env:NAME`, `file:PATH` or `codex-auth:PATH`. Prefer
+/// the last three on a command line: a literal key there is visible to every user of the
+/// machine in the process list.
 #[derive(Clone, PartialEq, Eq)]
 pub enum CredentialSource {
     /// The key itself.
@@ -15,7 +19,13 @@ pub enum CredentialSource {
     Env(String),
     /// A Codex CLI `auth.json` (ChatGPT login or stored API key).
     CodexAuth(PathBuf),
+    /// A file holding the key and nothing else (surrounding whitespace is ignored), as
+    /// container secrets are mounted. Re-read when it changes.
+    File(PathBuf),
 }
+
+/// The largest key file read: a key is a few hundred bytes, so anything bigger is not one.
+const MAX_KEY_FILE: u64 = 64 * 1024;
 
 impl fmt::Debug for CredentialSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,6 +57,11 @@ impl FromStr for CredentialSource {
             Ok(CredentialSource::Env(name.to_string()))
         } else if let Some(path) = s.strip_prefix("codex-auth:") {
             Ok(CredentialSource::CodexAuth(expand_home(path)))
+        } else if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(LoadError("`file:` needs a path".into()));
+            }
+            Ok(CredentialSource::File(expand_home(path)))
         } else if s.is_empty() {
             Err(LoadError("empty credential".into()))
         } else {
@@ -84,27 +99,31 @@ struct AuthTokens {
 }
 
 impl CredentialSource {
-    /// A name safe to log.
+    /// What kind of source this is: `key`, `env`, `file` or `codex-auth`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialSource::Literal(_) => "key",
+            CredentialSource::Env(_) => "env",
+            CredentialSource::File(_) => "file",
+            CredentialSource::CodexAuth(_) => "codex-auth",
+        }
+    }
+
+    /// The label of the `position`th credential (from 1) when it has no configured name:
+    /// its kind and position, e.g. `key-1`, `codex-auth-2`. Never derived from the secret,
+    /// not even a few characters of it: labels go into every log line and metric.
+    pub fn label_at(&self, position: usize) -> String {
+        format!("{}-{position}", self.kind())
+    }
+
+    /// A description safe to log: the kind, and the variable or file it reads (never any of
+    /// the secret). The pool labels its members with [`label_at`](Self::label_at) or a
+    /// configured name instead.
     pub fn label(&self) -> String {
         match self {
-            CredentialSource::Literal(s) => {
-                // The last four characters identify a key to its owner without revealing it.
-                let tail: String = s
-                    .expose()
-                    .chars()
-                    .rev()
-                    .take(4)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                if s.expose().chars().count() >= 20 {
-                    format!("key-…{tail}")
-                } else {
-                    "key".to_string()
-                }
-            }
+            CredentialSource::Literal(_) => "key".to_string(),
             CredentialSource::Env(name) => format!("env:{name}"),
+            CredentialSource::File(p) => format!("file:{}", p.display()),
             CredentialSource::CodexAuth(p) => format!("codex-auth:{}", p.display()),
         }
     }
@@ -112,7 +131,7 @@ impl CredentialSource {
     /// The file behind this credential, if it is one (watched for changes).
     pub fn path(&self) -> Option<&Path> {
         match self {
-            CredentialSource::CodexAuth(p) => Some(p),
+            CredentialSource::CodexAuth(p) | CredentialSource::File(p) => Some(p),
             _ => None,
         }
     }
@@ -121,6 +140,10 @@ impl CredentialSource {
     pub fn load(&self) -> Result<Credential, LoadError> {
         let label = self.label();
         match self {
+            CredentialSource::File(path) => {
+                let key = read_key_file(path)?;
+                Ok(Credential::api_key(label, key))
+            }
             CredentialSource::Literal(s) => Ok(Credential {
                 label,
                 token: s.clone(),
@@ -163,6 +186,34 @@ impl CredentialSource {
     }
 }
 
+/// Reads a key file, bounded, and trims it. Errors name the file, never its content.
+fn read_key_file(path: &Path) -> Result<String, LoadError> {
+    let cannot = |e: std::io::Error| LoadError(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_KEY_FILE + 1), &mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(LoadError(format!(
+            "{} is larger than {MAX_KEY_FILE} bytes: not a key file",
+            path.display()
+        )));
+    }
+    let key = std::str::from_utf8(&text)
+        .map_err(|_| LoadError(format!("{} is not UTF-8 text", path.display())))?
+        .trim();
+    if key.is_empty() {
+        return Err(LoadError(format!("{} is empty", path.display())));
+    }
+    if key.contains(['\r', '\n']) {
+        return Err(LoadError(format!(
+            "{} holds more than one line: a key file holds the key alone",
+            path.display()
+        )));
+    }
+    Ok(key.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,8 +221,13 @@ mod tests {
     #[test]
     fn parses_each_form_and_never_prints_secrets() {
         let lit: CredentialSource = "sk-proj-abcdefghijklmnopqrstuvwxyz".parse().unwrap();
-        assert_eq!(lit.label(), "key-…wxyz");
-        assert!(!format!("{lit:?}").contains("abcdef"));
+        assert_eq!(lit.label(), "key");
+        assert_eq!(lit.label_at(3), "key-3");
+        assert!(!format!("{lit:?}").contains("wxyz"));
+        let file: CredentialSource = "file:/run/secrets/openai".parse().unwrap();
+        assert_eq!(file, CredentialSource::File("/run/secrets/openai".into()));
+        assert_eq!(file.label_at(2), "file-2");
+        assert!("file:".parse::<CredentialSource>().is_err());
         assert_eq!(
             "env:FOO".parse::<CredentialSource>().unwrap(),
             CredentialSource::Env("FOO".into())
@@ -213,6 +269,29 @@ mod tests {
             .load()
             .unwrap_err();
         assert!(!err.0.contains("sk-secret"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn loads_a_key_file_trimmed_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("tr-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, "  sk-from-a-file\n").unwrap();
+        let source = CredentialSource::File(path.clone());
+        let cred = source.load().unwrap();
+        assert_eq!(cred.token.expose(), "sk-from-a-file");
+        assert_eq!(cred.account_id, None);
+
+        for bad in ["", "sk-one\nsk-two\n"] {
+            std::fs::write(&path, bad).unwrap();
+            let err = source.load().unwrap_err();
+            assert!(!err.0.contains("sk-"), "{}", err.0);
+        }
+        std::fs::write(&path, vec![b'k'; 70 * 1024]).unwrap();
+        assert!(source.load().unwrap_err().0.contains("larger than"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(source.load().unwrap_err().0.contains("cannot read"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,6 +1,6 @@
 //! Which failures came from a stale connection.
 
-use std::error::Error as _;
+use std::error::Error;
 use std::io;
 use std::time::Duration;
 
@@ -8,59 +8,76 @@ use hyper_util::client::legacy::Error as ClientError;
 
 use super::RetryReason;
 use crate::classify::Failure;
-use crate::connect::ConnTag;
+use crate::connect::ConnectionInfo;
+use crate::error::BoxError;
 use crate::marks::{AttemptError, Phase};
 
-/// Why a failed attempt may be retried, if it may. `tag` is the connection it went out on,
-/// when known; a reused one that broke counts only when it broke within `window` of the
-/// request's last write, before the upstream could have started on it (Pingora's
-/// `fail_to_connect` versus `error_while_proxy`). Later, the upstream may be working on it.
+/// Why a failed attempt may be retried, if it may. `conn` is what the client service reported
+/// about the connection it went out on; a reused one that broke counts only when it broke
+/// within `window` of the request's last write, before the upstream could have started on it
+/// (Pingora's `fail_to_connect` versus `error_while_proxy`). Later, the upstream may be
+/// working on it.
+///
+/// The error is judged from its chain of sources, so it holds for any client service: an
+/// [`AttemptError`] states its phase; hyper-util's and hyper's errors (also under reqwest's)
+/// say whether the request was sent and how the connection broke.
 pub(crate) fn error_reason(
-    err: &ClientError,
-    tag: Option<&ConnTag>,
+    err: &(dyn Error + 'static),
+    conn: Option<&ConnectionInfo>,
     window: Duration,
 ) -> Option<RetryReason> {
-    if err.is_connect() {
+    if never_sent(err) {
         return Some(RetryReason::NotSent);
     }
-    let hyper_err = err.source().and_then(|s| s.downcast_ref::<hyper::Error>());
-    // hyper marks a request canceled only when it hands the unsent request back.
-    if hyper_err.is_some_and(hyper::Error::is_canceled) {
-        return Some(RetryReason::NotSent);
-    }
-    let Some(tag) = tag.filter(|t| t.is_reused()) else {
-        // A fresh connection that fails is the upstream's doing, not the pool's.
-        return None;
-    };
-    if tag.since_last_write() > window {
+    // A fresh connection that fails (or one nothing is known about) is the upstream's doing,
+    // not the pool's.
+    let conn = conn.filter(|c| c.is_reused())?;
+    if conn.since_last_write().is_none_or(|since| since > window) {
         return None;
     }
-    if hyper_err.is_some_and(|e| e.is_incomplete_message() || e.is_closed()) {
-        return Some(RetryReason::BrokenConnection);
-    }
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if broken_kind(io.kind()) {
-                return Some(RetryReason::BrokenConnection);
-            }
-        }
-        source = e.source();
-    }
-    None
+    chain(err)
+        .any(|e| {
+            e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message() || h.is_closed())
+                || e.downcast_ref::<io::Error>()
+                    .is_some_and(|io| broken_kind(io.kind()))
+        })
+        .then_some(RetryReason::BrokenConnection)
 }
 
-/// The error an attempt ends with, saying how far it got: a request that was never written
-/// (or handed back unsent) is [`Phase::Unsent`]; any other may have reached the upstream.
-pub(crate) fn attempt_error(err: ClientError) -> AttemptError {
-    let unsent = err.is_connect()
-        || err
-            .source()
-            .and_then(|s| s.downcast_ref::<hyper::Error>())
-            .is_some_and(hyper::Error::is_canceled);
-    let phase = if unsent { Phase::Unsent } else { Phase::Sent };
+/// Whether the request never left: a phase that says so, a connect error, or a request hyper
+/// handed back unwritten (hyper marks a request canceled only then).
+fn never_sent(err: &(dyn Error + 'static)) -> bool {
+    chain(err).any(|e| {
+        e.downcast_ref::<AttemptError>()
+            .is_some_and(|a| a.phase == Phase::Unsent)
+            || e.downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_connect)
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+    })
+}
+
+fn chain<'a>(
+    err: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> + 'a {
+    std::iter::successors(Some(err), |e: &&'a (dyn Error + 'static)| (*e).source())
+}
+
+/// The error an attempt ends with: the client service's own [`AttemptError`] when it gave
+/// one, else one saying the request may have reached the upstream (or never left, when its
+/// chain says so), with the error as its source.
+pub(crate) fn attempt_error(err: BoxError) -> BoxError {
+    if AttemptError::find(&*err).is_some() {
+        return err;
+    }
+    let phase = if never_sent(&*err) {
+        Phase::Unsent
+    } else {
+        Phase::Sent
+    };
     let failure = Failure::transport(false, err.to_string());
-    AttemptError::new(phase, failure).with_source(err)
+    Box::new(AttemptError::new(phase, failure).with_source(err))
 }
 
 fn broken_kind(kind: io::ErrorKind) -> bool {

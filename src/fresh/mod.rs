@@ -5,14 +5,23 @@
 //! or resets (RST), or a middlebox answers a bare `400`/`404`/`408` that is not the API's. The
 //! Codex CLI then shows "Reconnecting... 1/5" and retries into rate limits.
 //!
-//! [`FreshConnection`] is the **bottom of the stack**: it owns the hyper-util client itself
-//! (generic over the connector) because it needs what only the client knows, per attempt:
-//! which connection served it ([`capture_connection`]), whether that connection came from the
-//! pool and how long it idled ([`ConnTag`], set by
-//! [`TaggingConnector`](crate::connect::TaggingConnector)), hyper-util's error kinds, and the
-//! power to poison a connection ([`Connected::poison`]). It takes
-//! `Request<ReplayBody>` and gives `Response<ResponseBody>` / [`BoxError`], like
-//! [`ClientService`](crate::connect::ClientService), which it replaces.
+//! [`FreshConnectionLayer`] is a [`tower::Layer`] for the **bottom of the stack**: it wraps
+//! the client service itself, because it needs what only the client knows, per attempt. It
+//! puts a [`ConnectionReport`] on each request, and the client service reports which
+//! connection carried it ([`ConnectionInfo`]): whether that connection came from the pool and
+//! how long it idled (from the [`ConnTag`] a [`TaggingConnector`] gives each connection), how
+//! to retire it (hyper-util's [`Connected::poison`]). A retry carries [`NewConnection`], and
+//! the client service sends it on a connection of its own. It takes `Request<ReplayBody>` and
+//! gives `Response<ResponseBody>` / [`BoxError`]: the stack's types, which every layer above
+//! shares (axum or hyper bodies convert once, at the edge, with
+//! [`Forward`](crate::stack::Forward) or [`read_request`](crate::body::read_request)).
+//!
+//! Two client services speak the protocol: [`ClientService`] over a hyper-util client
+//! ([`build`](FreshConnectionLayer::build) makes one from an [`UpstreamClientBuilder`], with
+//! tagged connections and a second, unpooled client for retries), and, with the `reqwest`
+//! feature, `ReqwestService` over a user's `reqwest::Client` (what it can and cannot tell is
+//! in its docs: it cannot tag or retire connections, so stale connections are judged from
+//! what it can observe, and connection ages are not enforced).
 //!
 //! **Prevention.** [`UpstreamClientBuilder`] lets idle connections go after 20 s; on top of
 //! that a connection older than [`max_age`](FreshConnectionLayer::max_age) (default 5 min) is
@@ -34,10 +43,11 @@
 //!
 //! Nothing else is retried: a real API error, a fresh connection's failure, anything after
 //! response bytes reached the client (this layer never retries once it returned a response).
-//! The failed connection is poisoned first. The retry goes through a second client on the
-//! same connector with pooling disabled (`pool_max_idle_per_host(0)`), so it always opens a
-//! new connection: retrying on the pooled client could hand out another connection that idled
-//! just as long. That connection closes after its response; later requests use the pool again.
+//! The failed connection is retired first. The retry asks for a [`NewConnection`]:
+//! [`ClientService`] sends it through a second client on the same connector with pooling
+//! disabled (`pool_max_idle_per_host(0)`), so it always opens a new connection: retrying on
+//! the pooled client could hand out another connection that idled just as long. That
+//! connection closes after its response; later requests use the pool again.
 //!
 //! The retry is invisible to the client and visible to operators: the response carries a
 //! [`FreshRetry`] extension, an `info` tracing event is emitted, and
@@ -93,7 +103,12 @@
 //! # }
 //! ```
 //!
-//! [`capture_connection`]: hyper_util::client::legacy::connect::capture_connection
+//! [`ConnectionReport`]: crate::connect::ConnectionReport
+//! [`ConnectionInfo`]: crate::connect::ConnectionInfo
+//! [`NewConnection`]: crate::connect::NewConnection
+//! [`TaggingConnector`]: crate::connect::TaggingConnector
+//! [`ClientService`]: crate::connect::ClientService
+//! [`UpstreamClientBuilder`]: crate::connect::UpstreamClientBuilder
 //! [`Connected::poison`]: hyper_util::client::legacy::connect::Connected::poison
 //! [`ConnTag`]: crate::connect::ConnTag
 //! [`BoxError`]: crate::error::BoxError
@@ -110,10 +125,10 @@ use std::time::Duration;
 use http::StatusCode;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
-use hyper_util::rt::TokioExecutor;
+use tower_layer::Layer;
 
 use crate::body::ReplayBody;
-use crate::connect::{UpstreamClientBuilder, UpstreamConnector};
+use crate::connect::{ClientService, UpstreamClientBuilder, UpstreamConnector};
 use crate::metrics::Metrics;
 
 /// Why a request was sent again on a fresh connection.
@@ -155,13 +170,12 @@ pub struct FreshRetry {
     pub status: Option<StatusCode>,
 }
 
-/// Configures and builds a [`FreshConnection`], the stale-connection-proof bottom of the
-/// stack.
+/// Layer for [`FreshConnection`], the stale-connection-proof bottom of the stack.
 ///
-/// Unlike other layers it does not wrap a service: it needs the hyper-util client and its
-/// connector (see the [module docs](self)). [`build`](Self::build) makes both clients from an
-/// [`UpstreamClientBuilder`]; [`service`](Self::service) takes your own pooled client and the
-/// connector it was built on.
+/// It wraps a client service that reports its connections (see the [module docs](self));
+/// [`build`](Self::build) makes the whole bottom from an [`UpstreamClientBuilder`], and
+/// [`service`](Self::service) from your own hyper-util client and the connector it was
+/// built on.
 #[derive(Debug, Clone)]
 pub struct FreshConnectionLayer {
     config: Config,
@@ -265,23 +279,33 @@ impl FreshConnectionLayer {
     }
 
     /// Builds the pooled client and the retry client from `builder`, on one tagged connector
-    /// (connection ids stay unique across both).
-    pub fn build(&self, builder: &UpstreamClientBuilder) -> FreshConnection<UpstreamConnector> {
-        let connector = builder.connector();
-        self.service(builder.build_with(connector.clone()), connector)
+    /// (connection ids stay unique across both), and wraps them.
+    pub fn build(
+        &self,
+        builder: &UpstreamClientBuilder,
+    ) -> FreshConnection<ClientService<UpstreamConnector>> {
+        self.layer(builder.service())
     }
 
     /// Wraps your own pooled client; `connector` (the one `pooled` was built on) opens the
     /// retry connections. Without [`TaggingConnector`](crate::connect::TaggingConnector) in
     /// the connector nothing is known to be reused, so only unsent requests are retried.
-    pub fn service<C>(&self, pooled: Client<C, ReplayBody>, connector: C) -> FreshConnection<C>
+    pub fn service<C>(
+        &self,
+        pooled: Client<C, ReplayBody>,
+        connector: C,
+    ) -> FreshConnection<ClientService<C>>
     where
         C: Connect + Clone + Send + Sync + 'static,
     {
-        // Pooling off: every retry opens its own connection, whatever idles in the pool.
-        let fresh = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
-        FreshConnection::new(pooled, fresh, Arc::new(self.config.clone()))
+        self.layer(ClientService::with_connector(pooled, connector))
+    }
+}
+
+impl<S> Layer<S> for FreshConnectionLayer {
+    type Service = FreshConnection<S>;
+
+    fn layer(&self, inner: S) -> FreshConnection<S> {
+        FreshConnection::new(inner, Arc::new(self.config.clone()))
     }
 }

@@ -2,131 +2,92 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http::{Extensions, Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{CaptureConnection, Connect, capture_connection};
+use http::{Request, Response};
+use tower::ServiceExt;
 use tower_service::Service;
 
 use super::judge::{attempt_error, error_reason, is_api_envelope};
 use super::peek::{PeekEnd, peek};
 use super::{Config, FreshRetry, RetryReason};
 use crate::body::{ReplayBody, ResponseBody, clone_request};
-use crate::connect::ConnTag;
+use crate::connect::{ConnectionInfo, ConnectionReport, NewConnection};
 use crate::error::BoxError;
 
-/// The hyper-util client as the bottom of the stack, retrying once on a fresh connection
-/// when a stale pooled connection failed the request. Built by
-/// [`FreshConnectionLayer`](super::FreshConnectionLayer); cheap to clone.
+/// A client service that retries once on a fresh connection when a stale pooled connection
+/// failed the request. Made by [`FreshConnectionLayer`](super::FreshConnectionLayer); cheap
+/// to clone when `S` is.
 ///
-/// Errors are [`AttemptError`](crate::marks::AttemptError)s with hyper-util's error as their
-/// source: each says whether the request may have reached the upstream.
-#[derive(Debug)]
-pub struct FreshConnection<C> {
-    pooled: Client<C, ReplayBody>,
-    fresh: Client<C, ReplayBody>,
+/// `S` is the client service at the bottom of the stack (a
+/// [`ClientService`](crate::connect::ClientService), a `ReqwestService` with the `reqwest`
+/// feature, your own): it reports each request's
+/// connection into the [`ConnectionReport`] this layer puts on the request, and sends
+/// requests marked [`NewConnection`] on a connection of their own. A service that reports
+/// nothing still gets its unsent requests retried.
+///
+/// Errors are [`AttemptError`](crate::marks::AttemptError)s: each says whether the request
+/// may have reached the upstream.
+#[derive(Debug, Clone)]
+pub struct FreshConnection<S> {
+    inner: S,
     config: Arc<Config>,
 }
 
-impl<C: Clone> Clone for FreshConnection<C> {
-    fn clone(&self) -> Self {
-        FreshConnection {
-            pooled: self.pooled.clone(),
-            fresh: self.fresh.clone(),
-            config: self.config.clone(),
-        }
+impl<S> FreshConnection<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        FreshConnection { inner, config }
+    }
+
+    /// The wrapped client service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 
-impl<C> FreshConnection<C> {
-    pub(crate) fn new(
-        pooled: Client<C, ReplayBody>,
-        fresh: Client<C, ReplayBody>,
-        config: Arc<Config>,
-    ) -> Self {
-        FreshConnection {
-            pooled,
-            fresh,
-            config,
-        }
-    }
-}
-
-/// The connection an attempt went out on, as far as it is known.
-struct Attempt {
-    // `Connected` is not `Clone`: keep the capture and borrow it to poison.
-    capture: CaptureConnection,
-    tag: Option<ConnTag>,
-}
-
-impl Attempt {
-    fn new(capture: CaptureConnection) -> Self {
-        let tag = capture.connection_metadata().as_ref().and_then(|c| {
-            let mut ext = Extensions::new();
-            c.get_extras(&mut ext);
-            ext.remove::<ConnTag>()
-        });
-        Attempt { capture, tag }
-    }
-
-    fn reused(&self) -> bool {
-        self.tag.as_ref().is_some_and(ConnTag::is_reused)
-    }
-
-    fn idle(&self) -> Option<Duration> {
-        self.tag.as_ref().map(ConnTag::idle_before_use)
-    }
-
-    fn poison(&self) {
-        if let Some(c) = self.capture.connection_metadata().as_ref() {
-            c.poison();
-        }
-    }
-}
-
-fn boxed(res: Response<Incoming>) -> Response<ResponseBody> {
-    res.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
-}
-
-impl<C> FreshConnection<C>
+impl<S> FreshConnection<S>
 where
-    C: Connect + Clone + Send + Sync + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
-    async fn run(self, req: Request<ReplayBody>) -> Result<Response<ResponseBody>, BoxError> {
-        // Cloned before the capture goes in, so the retry reports its own connection.
+    async fn run(
+        mut inner: S,
+        config: Arc<Config>,
+        req: Request<ReplayBody>,
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        // Cloned before the report goes in, so the retry reports its own connection.
         let again = clone_request(&req);
+        let report = ConnectionReport::new();
         let mut first = req;
-        let capture = capture_connection(&mut first);
-        let result = self.pooled.request(first).await;
-        let attempt = Attempt::new(capture);
+        first.extensions_mut().insert(report.clone());
+        // `inner` was readied by `poll_ready`: the first attempt calls it directly.
+        let result = inner.call(first).await;
+        let conn = report.get();
 
         let res = match result {
-            Ok(res) => boxed(res),
+            Ok(res) => res,
             Err(err) => {
-                let window = self.config.unsent_window;
-                return match error_reason(&err, attempt.tag.as_ref(), window) {
-                    Some(reason) => self.retry(again, reason, &attempt, None).await,
-                    None => Err(Box::new(attempt_error(err))),
+                return match error_reason(&*err, conn.as_ref(), config.unsent_window) {
+                    Some(reason) => retry(inner, &config, again, reason, conn, None).await,
+                    None => Err(attempt_error(err)),
                 };
             }
         };
 
-        let res = match self.stale_answer(res, &attempt).await {
+        let res = match stale_answer(&config, res, conn.as_ref()).await {
             Ok(res) => res,
             Err(status) => {
                 let reason = RetryReason::StaleAnswer;
-                return self.retry(again, reason, &attempt, Some(status)).await;
+                return retry(inner, &config, again, reason, conn, Some(status)).await;
             }
         };
 
-        if let Some(tag) = &attempt.tag {
-            if tag.age() > self.config.max_age {
-                attempt.poison();
-                tracing::debug!(conn = tag.id(), "upstream connection retired by age");
-                if let Some(m) = &self.config.metrics {
+        if let Some(conn) = &conn {
+            if conn.can_retire() && conn.age().is_some_and(|age| age > config.max_age) {
+                conn.retire();
+                tracing::debug!(conn = conn.id(), "upstream connection retired by age");
+                if let Some(m) = &config.metrics {
                     m.inc(
                         "tr_fresh_connections_aged_out_total",
                         "Upstream connections retired after reaching the maximum age.",
@@ -137,89 +98,100 @@ where
         }
         Ok(res)
     }
+}
 
-    /// The response unchanged, or `Err(status)` when it is a stale connection's answer.
-    async fn stale_answer(
-        &self,
-        res: Response<ResponseBody>,
-        attempt: &Attempt,
-    ) -> Result<Response<ResponseBody>, http::StatusCode> {
-        let status = res.status();
-        let suspect = attempt.reused()
-            && attempt
-                .idle()
-                .is_some_and(|idle| idle >= self.config.stale_after_idle)
-            && self.config.stale_statuses.contains(&status);
-        if !suspect {
-            return Ok(res);
-        }
-        let (parts, mut body) = res.into_parts();
-        let peeked = peek(&mut body, self.config.peek_limit, self.config.peek_timeout).await;
-        let api = match &peeked.end {
-            PeekEnd::Complete => is_api_envelope(&peeked.prefix, true),
-            PeekEnd::More => is_api_envelope(&peeked.prefix, false),
-            // A body that breaks before it shows an API error came from a dying connection.
-            PeekEnd::Failed(_) => false,
-        };
-        if api {
-            Ok(Response::from_parts(parts, peeked.replay(body)))
-        } else {
-            Err(status)
-        }
+/// The response unchanged, or `Err(status)` when it is a stale connection's answer.
+async fn stale_answer(
+    config: &Config,
+    res: Response<ResponseBody>,
+    conn: Option<&ConnectionInfo>,
+) -> Result<Response<ResponseBody>, http::StatusCode> {
+    let status = res.status();
+    let suspect = conn.is_some_and(|c| {
+        c.is_reused() && c.idle().is_some_and(|idle| idle >= config.stale_after_idle)
+    }) && config.stale_statuses.contains(&status);
+    if !suspect {
+        return Ok(res);
     }
-
-    async fn retry(
-        &self,
-        req: Request<ReplayBody>,
-        reason: RetryReason,
-        failed: &Attempt,
-        status: Option<http::StatusCode>,
-    ) -> Result<Response<ResponseBody>, BoxError> {
-        // First, so the pool cannot hand the failed connection to anyone else.
-        failed.poison();
-        let retry = FreshRetry {
-            reason,
-            conn_id: failed.tag.as_ref().map(ConnTag::id),
-            idle: failed.idle(),
-            status,
-        };
-        tracing::info!(
-            reason = reason.as_str(),
-            conn = retry.conn_id,
-            idle_ms = retry
-                .idle
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            status = status.map(|s| s.as_u16()),
-            "stale upstream connection; retrying on a fresh connection"
-        );
-        if let Some(m) = &self.config.metrics {
-            m.inc(
-                "tr_fresh_retries_total",
-                "Requests retried once on a fresh upstream connection after a stale pooled connection failed them.",
-                &[("reason", reason.as_str())],
-            );
-        }
-        let res = self.fresh.request(req).await;
-        let mut res = boxed(res.map_err(|e| BoxError::from(attempt_error(e)))?);
-        res.extensions_mut().insert(retry);
-        Ok(res)
+    let (parts, mut body) = res.into_parts();
+    let peeked = peek(&mut body, config.peek_limit, config.peek_timeout).await;
+    let api = match &peeked.end {
+        PeekEnd::Complete => is_api_envelope(&peeked.prefix, true),
+        PeekEnd::More => is_api_envelope(&peeked.prefix, false),
+        // A body that breaks before it shows an API error came from a dying connection.
+        PeekEnd::Failed(_) => false,
+    };
+    if api {
+        Ok(Response::from_parts(parts, peeked.replay(body)))
+    } else {
+        Err(status)
     }
 }
 
-impl<C> Service<Request<ReplayBody>> for FreshConnection<C>
+async fn retry<S>(
+    inner: S,
+    config: &Config,
+    mut req: Request<ReplayBody>,
+    reason: RetryReason,
+    failed: Option<ConnectionInfo>,
+    status: Option<http::StatusCode>,
+) -> Result<Response<ResponseBody>, BoxError>
 where
-    C: Connect + Clone + Send + Sync + 'static,
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
+{
+    // First, so the pool cannot hand the failed connection to anyone else.
+    if let Some(conn) = &failed {
+        conn.retire();
+    }
+    let retry = FreshRetry {
+        reason,
+        conn_id: failed.as_ref().and_then(ConnectionInfo::id),
+        idle: failed.as_ref().and_then(ConnectionInfo::idle),
+        status,
+    };
+    tracing::info!(
+        reason = reason.as_str(),
+        conn = retry.conn_id,
+        idle_ms = retry
+            .idle
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        status = status.map(|s| s.as_u16()),
+        "stale upstream connection; retrying on a fresh connection"
+    );
+    if let Some(m) = &config.metrics {
+        m.inc(
+            "tr_fresh_retries_total",
+            "Requests retried once on a fresh upstream connection after a stale pooled connection failed them.",
+            &[("reason", reason.as_str())],
+        );
+    }
+    // Retrying on a pooled connection could meet another that idled just as long.
+    req.extensions_mut().insert(NewConnection);
+    // The same service that served the first attempt, readied again (the tower contract).
+    let mut res = inner.oneshot(req).await.map_err(attempt_error)?;
+    res.extensions_mut().insert(retry);
+    Ok(res)
+}
+
+impl<S> Service<Request<ReplayBody>> for FreshConnection<S>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response<ResponseBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // hyper-util's client queues internally and is always ready.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
-        Box::pin(self.clone().run(req))
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(Self::run(inner, self.config.clone(), req))
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 const MAX_UPSTREAMS: usize = 256;
 const MAX_PARAMS: usize = 64;
 const MAX_PARAM_LEN: usize = 64;
+/// The longest a learned refusal is kept, whatever the configuration says.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parameters upstreams refused, remembered per upstream for a while.
 ///
@@ -29,7 +31,8 @@ impl LearnedParams {
     /// Remembers that `upstream` refuses `param` until `ttl` from now.
     pub fn learn(&self, upstream: &str, param: &str, ttl: Duration) {
         let now = Instant::now();
-        let until = now + ttl;
+        // A configured TTL of centuries must not overflow the clock: cap it at a year.
+        let until = now + ttl.min(MAX_TTL);
         let mut map = self.lock();
         if !map.contains_key(upstream) && map.len() >= MAX_UPSTREAMS {
             map.retain(|_, params| {
@@ -104,6 +107,12 @@ pub(crate) fn error_message(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_ttl_does_not_panic() {
+        let m = LearnedParams::new();
+        m.learn("https://up", "temperature", Duration::MAX);
+    }
 
     #[test]
     fn parses_both_envelopes_and_quotings() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compact::CompactConfig;
-use crate::credentials::{PoolMember, Secret, Strategy};
+use crate::credentials::{CredentialSource, PoolMember, Secret, Strategy};
 pub use crate::error::ConfigError;
 use crate::normalize::NormalizeConfig;
 use crate::profile::Profile;
@@ -45,8 +45,13 @@ pub struct ProxyConfig {
     /// How a credential is chosen: `round_robin`, `fill_first`, `least_used`, `random`,
     /// `weighted`.
     pub strategy: Strategy,
-    /// Inbound bearer keys. Without any, only loopback clients are served.
+    /// Inbound bearer keys. Without any, only loopback clients addressing the proxy as
+    /// `localhost`, `127.0.0.1` or `[::1]` are served. With any, upstream credentials are
+    /// required: the client key is checked, then removed, and never goes upstream.
     pub client_keys: Vec<Secret>,
+    /// Web origins (`https://app.example`, `http://localhost:3000`) whose pages may call the
+    /// proxy. A request with any other `Origin` header gets 403. Default empty: no web page.
+    pub allowed_origins: Vec<String>,
     /// Largest request body accepted, after decoding (bytes).
     pub body_limit: usize,
     /// How long each upstream attempt may wait for its response head (seconds); a folded
@@ -58,6 +63,18 @@ pub struct ProxyConfig {
     pub stream_idle_timeout_secs: u64,
     /// Upstream pool idle timeout (seconds), below the provider's own.
     pub pool_idle_timeout_secs: u64,
+    /// How long a client has to send a request head (seconds). The same clock runs while a
+    /// keep-alive connection waits for its next request, so it is also the client idle
+    /// timeout. Cuts slowloris clients that trickle headers.
+    pub header_read_timeout_secs: u64,
+    /// How long a client has to send its request body (seconds).
+    pub body_read_timeout_secs: u64,
+    /// Most header lines a request may have.
+    pub max_headers: usize,
+    /// Most bytes a request head (request line and headers) may take; at least 8192.
+    pub max_header_bytes: usize,
+    /// Most client connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
     /// Compaction routing (`[compact]`: `remote`, `compact_model`, per-model overrides).
     pub compact: CompactConfig,
     /// Body normalization (`[normalize]`: rules for a generic upstream, the
@@ -74,13 +91,41 @@ impl Default for ProxyConfig {
             credentials: Vec::new(),
             strategy: Strategy::default(),
             client_keys: Vec::new(),
+            allowed_origins: Vec::new(),
             body_limit: crate::body::DEFAULT_BODY_LIMIT,
             upstream_timeout_secs: 600,
             stream_idle_timeout_secs: 300,
             pool_idle_timeout_secs: 20,
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 120,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_connections: 512,
             compact: CompactConfig::default(),
             normalize: NormalizeConfig::default(),
         }
+    }
+}
+
+/// The warning to print when a command-line flag carries a secret literally (not `env:NAME`,
+/// `file:PATH` or `codex-auth:PATH`): every user of the machine can read a process's
+/// arguments (`ps`, `/proc/PID/cmdline`).
+///
+/// ```
+/// use tower_responses::proxy::command_line_secret_warning;
+///
+/// assert!(command_line_secret_warning("--credential", "sk-live-123").unwrap().contains("process list"));
+/// assert!(command_line_secret_warning("--credential", "env:OPENAI_API_KEY").is_none());
+/// assert!(command_line_secret_warning("--client-key", "file:/run/secrets/client").is_none());
+/// ```
+pub fn command_line_secret_warning(flag: &str, value: &str) -> Option<String> {
+    match value.parse::<CredentialSource>() {
+        Ok(CredentialSource::Literal(_)) => Some(format!(
+            "warning: {flag} was given a secret on the command line, where other users of this \
+             machine can read it in the process list; use {flag} env:NAME or {flag} file:PATH, \
+             or the configuration file"
+        )),
+        _ => None,
     }
 }
 
@@ -106,6 +151,16 @@ impl ProxyConfig {
     /// The response-head timeout.
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)
+    }
+
+    /// The request-head (and client idle) timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The request-body timeout.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 
     /// The silent-body timeout.

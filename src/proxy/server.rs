@@ -12,9 +12,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::config::{ConfigError, ProxyConfig};
+use super::edge::{self, EdgeRules, MediaType};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
@@ -31,15 +32,17 @@ pub type ProxyBody = crate::body::ResponseBody;
 
 /// How long an in-flight connection may finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Time a client gets to send its request head, and its body.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// The smallest head limit accepted: request lines and a few ordinary headers must fit.
+const MIN_HEADER_BYTES: usize = 8192;
+/// The longest client head or body timeout accepted (a day): longer is a mistake.
+const MAX_CLIENT_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
 struct Shared {
     config: ProxyConfig,
     base: UpstreamBase,
     pool: Option<Arc<Pool>>,
     client_keys: Vec<Secret>,
+    edge: EdgeRules,
     stack: StackService,
     connector: UpstreamConnector,
     metrics: Metrics,
@@ -75,13 +78,7 @@ impl Proxy {
         client: UpstreamClientBuilder,
     ) -> Result<Proxy, ConfigError> {
         let base = UpstreamBase::parse(&config.upstream)?;
-        if config.client_keys.is_empty() && !config.listen.ip().is_loopback() {
-            return Err(ConfigError(format!(
-                "refusing to listen on {} without a client key: anyone who can reach it could \
-                 spend your credentials; pass --client-key or listen on a loopback address",
-                config.listen
-            )));
-        }
+        check_edge_config(&config)?;
         let metrics = Metrics::new();
         let pool = if config.credentials.is_empty() {
             None
@@ -115,6 +112,7 @@ impl Proxy {
             base,
             pool,
             client_keys: config.client_keys.clone(),
+            edge: EdgeRules::new(config.client_keys.is_empty(), &config.allowed_origins),
             stack,
             connector,
             metrics,
@@ -145,8 +143,48 @@ impl Proxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a sender; when all are gone, recv() yields None.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let config = &self.shared.config;
+        let mut http = http1::Builder::new();
+        // The header read timeout also runs while a keep-alive connection waits for its next
+        // request (hyper restarts it when the connection goes idle), so it is the idle
+        // timeout too. Limits are checked while the head is parsed, before any service runs.
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout())
+            .max_headers(config.max_headers)
+            .max_header_size(config.max_header_bytes);
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let mut at_limit = false;
         tokio::pin!(shutdown);
         loop {
+            // A permit per connection, taken before accept: at the limit, new clients wait in
+            // the kernel's listen backlog instead of costing a task and a file descriptor.
+            let permit = match connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    at_limit = false;
+                    permit
+                }
+                Err(_) => {
+                    if !at_limit {
+                        at_limit = true;
+                        tracing::warn!(
+                            max_connections = config.max_connections,
+                            "client connection limit reached; new connections wait until one closes"
+                        );
+                        self.shared.metrics.inc(
+                            "tr_client_connection_limit_hits_total",
+                            "Times the client connection limit was reached.",
+                            &[],
+                        );
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        permit = connections.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
@@ -163,12 +201,11 @@ impl Proxy {
             let shared = self.shared.clone();
             let mut stop = stop_rx.clone();
             let alive = alive_tx.clone();
+            let http = http.clone();
             tokio::spawn(async move {
+                let _open = OpenConnection::new(permit, shared.metrics.clone());
                 let svc = service_fn(move |req| handle(shared.clone(), peer, req));
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = http.serve_connection(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
                 tokio::select! {
                     res = conn.as_mut() => log_conn_end(res),
@@ -185,6 +222,32 @@ impl Proxy {
         drop(alive_tx);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv()).await;
         Ok(())
+    }
+}
+
+/// A served client connection: holds its permit and counts itself in
+/// `tr_client_connections_open` for as long as it lives.
+struct OpenConnection {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Metrics,
+}
+
+impl OpenConnection {
+    const GAUGE: &'static str = "tr_client_connections_open";
+    const HELP: &'static str = "Client connections being served.";
+
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: Metrics) -> Self {
+        metrics.gauge_add(Self::GAUGE, Self::HELP, &[], 1.0);
+        OpenConnection {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.gauge_add(Self::GAUGE, Self::HELP, &[], -1.0);
     }
 }
 
@@ -221,13 +284,26 @@ async fn handle(
     let id = shared.next_request.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let route = route_label(req.uri().path());
+    let cors = shared.edge.allowed_origin(req.headers());
     let mut res = match dispatch(&shared, peer, req, route).await {
         Ok(res) => res,
-        Err(err) => {
-            tracing::info!(id, status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, "answered with an error");
-            api_error(err)
+        Err(Refused { err, close }) => {
+            tracing::info!(id, status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, close, "answered with an error");
+            let mut res = api_error(err);
+            if close {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
         }
     };
+    if let Some(origin) = cors {
+        // A page of an allowed origin may read the answer.
+        let h = res.headers_mut();
+        h.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .or_insert(origin);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
     if let Ok(v) = HeaderValue::from_str(&format!("req_{id}")) {
         res.headers_mut().insert("x-request-id", v);
     }
@@ -254,12 +330,34 @@ async fn handle(
     Ok(res)
 }
 
-async fn dispatch(
+/// What the edge decided about a request.
+enum Admitted {
+    /// Answered here (`/healthz`, `/metrics`).
+    Local(Response<ProxyBody>),
+    /// Checked, read and ready for the stack.
+    Forward(Request<ReplayBody>),
+}
+
+/// An error answer, and whether the connection ends after it.
+struct Refused {
+    err: ApiError,
+    close: bool,
+}
+
+/// Errors from the stack keep the connection: the client did nothing wrong.
+impl From<ApiError> for Refused {
+    fn from(err: ApiError) -> Self {
+        Refused { err, close: false }
+    }
+}
+
+/// The edge: who may ask, what they may ask for, and the body, read within its limits.
+async fn admit(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<Incoming>,
     route: &'static str,
-) -> Result<Response<ProxyBody>, ApiError> {
+) -> Result<Admitted, ApiError> {
     if shared.client_keys.is_empty() && !peer.ip().is_loopback() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -268,12 +366,18 @@ async fn dispatch(
         )
         .with_code("loopback_only"));
     }
+    if let Some(res) = shared.edge.preflight(&req)? {
+        return Ok(Admitted::Local(res));
+    }
+    shared.edge.check(&req)?;
     match (req.method(), route) {
         (&Method::GET, "healthz") => {
-            return Ok(Response::builder()
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(full(r#"{"status":"ok"}"#))
-                .unwrap_or_else(|_| Response::new(full(""))));
+            return Ok(Admitted::Local(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(full(r#"{"status":"ok"}"#))
+                    .unwrap_or_else(|_| Response::new(full(""))),
+            ));
         }
         (_, "healthz") | (_, "metrics") if req.method() != Method::GET => {
             return Err(ApiError::new(
@@ -292,7 +396,12 @@ async fn dispatch(
         )
         .with_code("unknown_url"));
     }
-    check_client_key(shared, req.headers())?;
+    let mut req = req;
+    if !shared.client_keys.is_empty() {
+        check_client_key(shared, req.headers())?;
+        // The client key is this proxy's secret; it has no business upstream.
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
     if route == "metrics" {
         shared.metrics.set(
             "tr_upstream_connections_opened",
@@ -300,10 +409,12 @@ async fn dispatch(
             &[],
             shared.connector.opened() as f64,
         );
-        return Ok(Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(full(shared.metrics.render()))
-            .unwrap_or_else(|_| Response::new(full(""))));
+        return Ok(Admitted::Local(
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(full(shared.metrics.render()))
+                .unwrap_or_else(|_| Response::new(full(""))),
+        ));
     }
     if is_websocket_upgrade(req.headers()) {
         // The Codex CLI tries a WebSocket first on the built-in provider; 426 makes it use
@@ -315,12 +426,19 @@ async fn dispatch(
         )
         .with_code("websocket_not_supported"));
     }
-    let upstream_uri = shared
-        .base
-        .map(req.uri())
-        .ok_or_else(|| ApiError::invalid_request("path cannot be mapped to the upstream"))?;
+    let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
+        ApiError::invalid_request("path cannot be mapped to the upstream").with_code("invalid_path")
+    })?;
+    // Only the Responses API is JSON; `/v1/files` uploads and audio are multipart or binary
+    // and pass as they are, under the same body limit.
+    let responses = edge::is_responses_path(req.uri().path());
+    let media = if responses {
+        Some(edge::check_media_type(req.headers())?)
+    } else {
+        None
+    };
     let req = tokio::time::timeout(
-        BODY_READ_TIMEOUT,
+        shared.config.body_read_timeout(),
         read_request(req, shared.config.body_limit),
     )
     .await
@@ -333,8 +451,11 @@ async fn dispatch(
         .with_code("request_timeout")
     })?
     .map_err(ApiError::from)?;
+    if media == Some(MediaType::Missing) && !req.body().is_empty() {
+        return Err(edge::unsupported_media_type());
+    }
     // One pass validates the body and reads what the layers decide from.
-    let facts = if req.method() == Method::POST && !req.body().is_empty() {
+    let facts = if responses && req.method() == Method::POST && !req.body().is_empty() {
         Some(check_json_object(req.body())?)
     } else {
         None
@@ -352,6 +473,23 @@ async fn dispatch(
     if let Some(facts) = facts {
         RequestFacts::attach(&mut upstream, facts);
     }
+    Ok(Admitted::Forward(upstream))
+}
+
+/// Answers a request: the edge first, then the stack.
+async fn dispatch(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    route: &'static str,
+) -> Result<Response<ProxyBody>, Refused> {
+    let mut upstream = match admit(shared, peer, req, route).await {
+        Ok(Admitted::Local(res)) => return Ok(res),
+        Ok(Admitted::Forward(upstream)) => upstream,
+        // The edge may have left the body unread, or the client may be hostile: either way
+        // this connection carries nothing more (nothing pipelined behind it is read).
+        Err(err) => return Err(Refused { err, close: true }),
+    };
     if shared.pool.is_some() {
         // Rotation sets the credential's headers; the client's never go upstream.
         upstream.headers_mut().remove(header::AUTHORIZATION);
@@ -396,10 +534,73 @@ async fn dispatch(
     let idle = shared.config.stream_idle_timeout();
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Layers may end an event stream early (at its terminal event, at a token cap), so the
+    // upstream's length no longer holds, and hyper aborts a body shorter than its
+    // Content-Length. Event streams go out chunked.
+    if crate::sse::is_event_stream(&parts.headers) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     Ok(Response::from_parts(
         parts,
         IdleTimeoutBody::new(body, idle).boxed_unsync(),
     ))
+}
+
+/// Refuses configurations the edge cannot serve safely, and values hyper would panic on.
+fn check_edge_config(config: &ProxyConfig) -> Result<(), ConfigError> {
+    if config.client_keys.is_empty() && !config.listen.ip().is_loopback() {
+        return Err(ConfigError(format!(
+            "refusing to listen on {} without a client key: anyone who can reach it could \
+             spend your credentials; pass --client-key or listen on a loopback address",
+            config.listen
+        )));
+    }
+    if !config.client_keys.is_empty() && config.credentials.is_empty() {
+        return Err(ConfigError(
+            "client keys need upstream credentials (--credential): clients send their client \
+             key in `Authorization`, the same header that would have to carry their own \
+             upstream key, so a proxy with client keys cannot pass keys through"
+                .into(),
+        ));
+    }
+    for origin in &config.allowed_origins {
+        let o = origin.trim().trim_end_matches('/');
+        let valid = o.split_once("://").is_some_and(|(scheme, host)| {
+            !scheme.is_empty() && !host.is_empty() && !host.contains(['/', '*', ' '])
+        });
+        if !valid {
+            return Err(ConfigError(format!(
+                "allowed_origins: `{origin}` is not an origin like `https://app.example` or \
+                 `http://localhost:3000` (no paths, no wildcards)"
+            )));
+        }
+    }
+    // Timeouts end up as `Instant + Duration` inside hyper, which panics on overflow.
+    let timeouts = [
+        ("header_read_timeout_secs", config.header_read_timeout_secs),
+        ("body_read_timeout_secs", config.body_read_timeout_secs),
+    ];
+    for (name, secs) in timeouts {
+        if !(1..=MAX_CLIENT_TIMEOUT_SECS).contains(&secs) {
+            return Err(ConfigError(format!(
+                "{name} must be between 1 and {MAX_CLIENT_TIMEOUT_SECS}"
+            )));
+        }
+    }
+    for (name, n) in [
+        ("max_headers", config.max_headers),
+        ("max_connections", config.max_connections),
+    ] {
+        if n == 0 {
+            return Err(ConfigError(format!("{name} must be at least 1")));
+        }
+    }
+    if config.max_header_bytes < MIN_HEADER_BYTES {
+        return Err(ConfigError(format!(
+            "max_header_bytes must be at least {MIN_HEADER_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_client_key(shared: &Shared, headers: &http::HeaderMap) -> Result<(), ApiError> {

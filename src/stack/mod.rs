@@ -8,7 +8,7 @@
 //! SoftFailureDetectLayer   holds back lifecycle events, classifies, marks the response
 //! HeadTimeoutLayer         bounds one attempt's wait for its response head
 //! FreshConnectionLayer     stale-connection retry
-//! hyper-util Client        rustls, via a connector that tags connections
+//! hyper-util Client        rustls, via a connector that tags connections (or reqwest)
 //! ```
 //!
 //! Why this order: compaction is decided once per client request, before any credential is
@@ -199,11 +199,25 @@ impl ResponsesStack {
     /// The whole stack on a new hyper-util client from `builder`, with
     /// [`crate::fresh::FreshConnectionLayer`] at the bottom.
     pub fn client(self, builder: &UpstreamClientBuilder) -> StackService {
+        let fresh = self.fresh_layer();
+        self.service(fresh.build(builder))
+    }
+
+    /// The whole stack on your `reqwest::Client`, with
+    /// [`crate::fresh::FreshConnectionLayer`] at the bottom; what it can tell about reqwest's
+    /// connections is in [`ReqwestService`](crate::connect::ReqwestService)'s docs.
+    #[cfg(feature = "reqwest")]
+    pub fn reqwest(self, client: crate::connect::ReqwestService) -> StackService {
+        let fresh = self.fresh_layer();
+        self.service(fresh.layer(client))
+    }
+
+    fn fresh_layer(&self) -> FreshConnectionLayer {
         let mut fresh = FreshConnectionLayer::new();
         if let Some(m) = &self.metrics {
             fresh = fresh.metrics(m.clone());
         }
-        self.service(fresh.build(builder))
+        fresh
     }
 
     /// Wraps `inner` (the upstream client service) in the stack.
