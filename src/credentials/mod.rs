@@ -25,8 +25,9 @@
 //! ## Where credentials come from
 //!
 //! A credential is written as a literal key, `env:NAME`, `file:PATH` (a file holding the key
-//! alone), or `codex-auth:PATH` (the Codex CLI's `auth.json`: an OAuth access token plus the
-//! `ChatGPT-Account-ID`). In a pool each is labelled by its configured `name`, else by kind and
+//! alone), `codex-auth:PATH` (the Codex CLI's `auth.json`: an OAuth access token plus the
+//! `ChatGPT-Account-ID`, borrowed: never refreshed by the proxy), or `codex-oauth:NAME` (a
+//! ChatGPT login the proxy owns and refreshes, see [`oauth`]). In a pool each is labelled by its configured `name`, else by kind and
 //! position (`key-1`, `codex-auth-2`), never by any part of the secret. Secrets never print:
 //! [`Secret`]'s `Debug` and `Display` are redacted and the header values it makes are marked
 //! sensitive, so neither logs nor HTTP/2 header compression see them.
@@ -44,6 +45,7 @@
 //! ```
 
 mod lease;
+pub mod oauth;
 pub mod policy;
 mod pool;
 mod rotate;

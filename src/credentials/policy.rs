@@ -13,7 +13,8 @@
 //! | `RateLimited` | before content | the hinted reset, clamped to 1 s..24 h; else 2 s doubling to 120 s | another credential | the upstream's answer |
 //! | `QuotaExhausted` | before content | the hinted reset, clamped to 60 s..8 d; else 1 h | another credential | the upstream's answer |
 //! | `Auth`, a key (literal, `env:`, `file:`) | before content | 60 s doubling to 1 h; after it a probe request tries the key again | another credential, unless it is the request's second auth failure in a row: then stop and cool nothing more (the request is the likely cause) | the upstream's answer |
-//! | `Auth`, a `codex-auth:` login | before content | until its file changes | as above | the upstream's answer |
+//! | `Auth`, a `codex-auth:` login (borrowed) | before content | until its file changes (`owner_refresh_needed`) | as above | the upstream's answer |
+//! | `Auth`, a `codex-oauth:` login (owned) | before content | `refresh_wait` (2 s) while it is refreshed once; ended by the refresh | as above | the upstream's answer |
 //! | `Overloaded`, `Transient` | before content | *soft* (the key is only tried last): the hint clamped to 1..30 s, else 1 s doubling to 30 s | another credential | the upstream's answer (never the proxy's 429) |
 //! | `StaleConnection` | before content | none: the connection's fault | another credential | the upstream's answer |
 //! | `Blocked`, `ModelUnsupported`, `RouteNotFound`, `ContextLength`, `InvalidRequest`, `ContentPolicy`, `PreviousResponseNotFound`, `Cancelled`, `Unknown` | before content | none: the request or the route is at fault | stop | the upstream's answer |
@@ -24,6 +25,10 @@
 //! Two situations override the next step: a request pinned to its anchor's owner never goes
 //! elsewhere, and a remote compaction attempt that failed for any reason but rate, quota or
 //! auth stops at once without cooling (the compaction layer falls back to a local summary).
+//!
+//! Before a pick, [`before_use`] decides what a login's token expiry calls for (its own
+//! table): a borrowed login leaves 5 minutes ahead, an owned one is refreshed 10 minutes
+//! ahead.
 //!
 //! When no credential can be picked ([`when_none_usable`]): only hard cooldowns (rate limit,
 //! quota, auth) take a credential out; soft ones never do. If the earliest returns within
@@ -63,9 +68,13 @@ pub enum KeyKind {
     /// An API key (literal, `env:`, `file:`): nothing can renew it, so an auth cooldown is
     /// finite and a later request probes it again.
     Key,
-    /// A login read from a Codex `auth.json` (`codex-auth:`): it comes back when its file
-    /// changes (the Codex CLI refreshed it).
+    /// A login read from a Codex `auth.json` (`codex-auth:`), *borrowed*: the proxy never
+    /// refreshes it, so it comes back when its file changes (its owner, the Codex CLI,
+    /// refreshed it).
     Login,
+    /// A login the proxy owns (`codex-oauth:`): the proxy alone refreshes it, once after a
+    /// 401 and ahead of its expiry; a refusal for good takes it out until `login NAME`.
+    Owned,
 }
 
 /// Cooldown lengths and bounds, per class.
@@ -91,6 +100,17 @@ pub struct CooldownPolicy {
     pub overload_floor: Duration,
     /// Cap of that, and of any hint for those classes.
     pub overload_max: Duration,
+    /// An owned login is refreshed when its access token expires within this long.
+    pub refresh_lead: Duration,
+    /// A borrowed login leaves rotation when its access token expires within this long (the
+    /// Codex CLI refreshes its own file 5 minutes ahead).
+    pub borrowed_lead: Duration,
+    /// An access token this close to its expiry is not sent: requests wait for the refresh
+    /// or go elsewhere.
+    pub expiry_margin: Duration,
+    /// How long an owned login stays out while a refresh it needs runs (after a 401, or with
+    /// its token expired); the refresh's end brings it back sooner.
+    pub refresh_wait: Duration,
 }
 
 impl Default for CooldownPolicy {
@@ -106,6 +126,10 @@ impl Default for CooldownPolicy {
             auth_max: Duration::from_secs(3600),
             overload_floor: Duration::from_secs(1),
             overload_max: Duration::from_secs(30),
+            refresh_lead: Duration::from_secs(10 * 60),
+            borrowed_lead: Duration::from_secs(5 * 60),
+            expiry_margin: Duration::from_secs(60),
+            refresh_wait: Duration::from_secs(2),
         }
     }
 }
@@ -290,7 +314,11 @@ pub fn cooldown_for(
                 Some(now + backoff(p.auth_floor, p.auth_max, strikes)),
                 " (a later request probes the key again)",
             ),
-            KeyKind::Login => (None, ": out until its auth file changes"),
+            KeyKind::Login => (None, OWNER_REFRESH_NEEDED),
+            KeyKind::Owned => (
+                Some(now + p.refresh_wait),
+                " (an owned login: refreshing it once, then it returns)",
+            ),
         },
         FailureClass::Overloaded | FailureClass::Transient => {
             match within(p.overload_floor, p.overload_max) {
@@ -311,10 +339,120 @@ pub fn cooldown_for(
 }
 
 const HINTED: &str = " (time from the upstream's reset signal)";
+const OWNER_REFRESH_NEEDED: &str = ": owner_refresh_needed: out until its auth file changes; \
+    run the Codex CLI on it once, or take it over with `login --import`";
 const BACKOFF: &str = " (no reset signal; backoff)";
 
 fn backoff(floor: Duration, max: Duration, strikes: u32) -> Duration {
     floor.saturating_mul(1u32 << strikes.min(16)).min(max)
+}
+
+/// Where an owned login's refreshing stands, for [`before_use`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// It may be refreshed now.
+    Possible,
+    /// A refresh failed for now; the next may start at this time.
+    BackingOff(SystemTime),
+    /// Refreshes no longer extend its expiry: it lasts until its token expires.
+    Stopped,
+    /// The authority refused it for good, or a refresh may have spent its refresh token
+    /// without an answer: out until `login NAME`.
+    ReauthRequired,
+}
+
+/// What [`before_use`] knows about a credential's token.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenState<'a> {
+    /// The credential's kind.
+    pub kind: KeyKind,
+    /// Its access token's expiry, when it is a JWT with `exp`.
+    pub expires: Option<SystemTime>,
+    /// For an owned login, where refreshing stands.
+    pub renewal: Renewal,
+    /// For an owned login, its name (for the command in the reason).
+    pub login: &'a str,
+}
+
+/// What to do with a credential before a request uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    /// Use it.
+    Use,
+    /// Use it, and start a refresh beside (its token is still good for a while).
+    Renew,
+    /// Start a refresh and keep requests away until it ends (or this cooldown does).
+    RenewAndWait(Cooldown),
+    /// Out of rotation.
+    Out(Cooldown),
+}
+
+/// Decides, before a pick, what a credential's token expiry calls for. Pure.
+///
+/// | kind | token | readiness |
+/// |---|---|---|
+/// | a key | any | use |
+/// | `codex-auth:` (borrowed) | expires within `borrowed_lead` (5 min) | out until its file changes, `owner_refresh_needed` |
+/// | `codex-oauth:` (owned) | refused for good or unanswered refresh | out until `login NAME`, `reauth_required` |
+/// | owned | within `refresh_lead` (10 min) of expiry | use, and refresh beside |
+/// | owned | within `expiry_margin` (1 min) of expiry | refresh; out up to `refresh_wait` (requests wait or go elsewhere) |
+/// | owned, refresh backing off | within `expiry_margin` | out until the next attempt |
+/// | owned, refreshes no longer extend it | within `expiry_margin` | out until `login NAME`, `reauth_required` |
+pub fn before_use(t: &TokenState<'_>, now: SystemTime, p: &CooldownPolicy) -> Readiness {
+    let left = t.expires.map(|e| e.duration_since(now).unwrap_or_default());
+    let reauth = |why: &str| {
+        Readiness::Out(Cooldown {
+            until: None,
+            class: FailureClass::Auth,
+            reason: format!(
+                "reauth_required: {why}; out until `login {}` signs it in again",
+                t.login
+            ),
+        })
+    };
+    match t.kind {
+        KeyKind::Key => Readiness::Use,
+        KeyKind::Login => match left {
+            Some(l) if l < p.borrowed_lead => Readiness::Out(Cooldown {
+                until: None,
+                class: FailureClass::Auth,
+                reason: format!(
+                    "its access token expires within {} minutes{OWNER_REFRESH_NEEDED}",
+                    p.borrowed_lead.as_secs() / 60
+                ),
+            }),
+            _ => Readiness::Use,
+        },
+        KeyKind::Owned => {
+            if t.renewal == Renewal::ReauthRequired {
+                return reauth(
+                    "the authority refused its refresh token, or a refresh went unanswered",
+                );
+            }
+            let Some(left) = left else {
+                return Readiness::Use;
+            };
+            let expiring = left <= p.expiry_margin;
+            match t.renewal {
+                Renewal::Stopped if expiring => {
+                    reauth("its refreshes no longer extend its expiry and it expires now")
+                }
+                Renewal::BackingOff(next) if expiring => Readiness::Out(Cooldown {
+                    until: Some(next.max(now + Duration::from_secs(1))),
+                    class: FailureClass::Auth,
+                    reason: "its access token expires and its refresh failed for now; retrying"
+                        .into(),
+                }),
+                Renewal::Possible if expiring => Readiness::RenewAndWait(Cooldown {
+                    until: Some(now + p.refresh_wait),
+                    class: FailureClass::Auth,
+                    reason: "its access token expires: refreshing it".into(),
+                }),
+                Renewal::Possible if left < p.refresh_lead => Readiness::Renew,
+                _ => Readiness::Use,
+            }
+        }
+    }
 }
 
 /// What a request gets when no credential can be picked.

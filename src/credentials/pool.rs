@@ -2,7 +2,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::policy::{self, KeyKind};
+use super::oauth::{Logins, OAuthSettings, OwnedLogin, RefreshTrigger};
+use super::policy::{self, KeyKind, Readiness, Renewal, TokenState};
 use super::state::{Cooldown, MemoryState, PoolState, SessionBinding};
 use super::{Credential, CredentialSource, LoadError};
 use crate::classify::{CodexUsage, Failure, FailureClass};
@@ -69,11 +70,16 @@ pub(crate) struct Entry {
     pub(crate) kind: KeyKind,
     current: Arc<RwLock<Credential>>,
     file: Option<Arc<FileWatch>>,
+    /// For a `codex-oauth:` login: its tokens and refreshing.
+    owned: Option<Arc<OwnedLogin>>,
 }
 
 /// A credential file's last seen stamp, and whether a reload changed it since the pool last
 /// looked.
 struct FileWatch {
+    path: std::path::PathBuf,
+    /// The access token's expiry, read from its JWT at each load.
+    expires: Mutex<Option<SystemTime>>,
     stamp: Mutex<Option<SystemTime>>,
     checked: Mutex<Option<Instant>>,
     reloading: AtomicBool,
@@ -135,6 +141,13 @@ pub struct Pool {
     metrics: Option<Metrics>,
 }
 
+/// Where cooldowns go and are reported: what a refresh running beside the requests needs.
+#[derive(Clone)]
+struct Health {
+    state: Arc<dyn PoolState>,
+    metrics: Option<Metrics>,
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
@@ -149,11 +162,38 @@ fn file_stamp(path: &std::path::Path) -> Option<SystemTime> {
 }
 
 impl Pool {
-    /// Loads every member now; fails on the first that cannot be loaded.
+    /// Loads every member now; fails on the first that cannot be loaded. `codex-oauth:`
+    /// logins come from the default state directory and the real authority; see
+    /// [`Pool::with_logins`].
     pub fn new(members: Vec<PoolMember>) -> Result<Pool, LoadError> {
+        Self::with_logins(members, OAuthSettings::default())
+    }
+
+    /// Loads every member now, `codex-oauth:` logins from `logins`' state directory, to be
+    /// refreshed at its authority; fails on the first that cannot be loaded.
+    pub fn with_logins(members: Vec<PoolMember>, logins: OAuthSettings) -> Result<Pool, LoadError> {
+        let mut shared_logins: Option<Arc<Logins>> = None;
+        let mut logins = Some(logins);
         let mut entries = Vec::with_capacity(members.len());
         for (i, mut member) in members.into_iter().enumerate() {
-            let mut cred = member.source.load()?;
+            let owned = match &member.source {
+                CredentialSource::CodexOAuth(name) => {
+                    let shared = match (&shared_logins, logins.take()) {
+                        (Some(l), _) => l.clone(),
+                        (None, settings) => {
+                            let l = Arc::new(Logins::new(settings.unwrap_or_default()));
+                            shared_logins = Some(l.clone());
+                            l
+                        }
+                    };
+                    Some(Arc::new(OwnedLogin::load(name, shared)?))
+                }
+                _ => None,
+            };
+            let mut cred = match &owned {
+                Some(o) => o.credential(""),
+                None => member.source.load()?,
+            };
             // A configured name, else kind and position: never anything of the secret.
             let mut label: Arc<str> = match &member.name {
                 Some(name) => Arc::from(name.as_str()),
@@ -169,11 +209,18 @@ impl Pool {
             }
             let kind = match member.source {
                 CredentialSource::CodexAuth(_) => KeyKind::Login,
+                CredentialSource::CodexOAuth(_) => KeyKind::Owned,
                 _ => KeyKind::Key,
             };
-            let file = member.source.path().map(|p| {
+            let path = match &owned {
+                Some(o) => Some(o.path()),
+                None => member.source.path().map(std::path::Path::to_path_buf),
+            };
+            let file = path.map(|p| {
                 Arc::new(FileWatch {
-                    stamp: Mutex::new(file_stamp(p)),
+                    expires: Mutex::new(super::oauth::Claims::expiry_of(cred.token.expose())),
+                    stamp: Mutex::new(file_stamp(&p)),
+                    path: p,
                     checked: Mutex::new(Some(Instant::now())),
                     reloading: AtomicBool::new(false),
                     changed: AtomicBool::new(false),
@@ -183,6 +230,7 @@ impl Pool {
                 label,
                 kind,
                 file,
+                owned,
                 member,
                 current: Arc::new(RwLock::new(cred)),
             });
@@ -232,6 +280,7 @@ impl Pool {
                 &[("credential", &e.label)],
                 1.0,
             );
+            report_expiry(Some(&metrics), &e.label, self.expiry_of(e));
         }
         self.metrics = Some(metrics);
         self
@@ -291,8 +340,107 @@ impl Pool {
 
     /// An operator puts a credential back in rotation.
     pub fn clear(&self, label: &str) {
-        self.state.clear(label);
-        self.set_health(label, true, None);
+        self.health().clear(label);
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// The access token's expiry of a login, if its token is a JWT with `exp`.
+    fn expiry_of(&self, e: &Entry) -> Option<SystemTime> {
+        match (&e.owned, &e.file) {
+            (Some(o), _) => o.expires(),
+            (None, Some(w)) if e.kind == KeyKind::Login => {
+                *w.expires.lock().unwrap_or_else(|p| p.into_inner())
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the policy what a login's token expiry calls for, and does it: leave rotation,
+    /// or start a refresh (beside the requests, or with them kept away meanwhile).
+    fn check_token(&self, e: &Entry, now: SystemTime) {
+        let (expires, renewal, login) = match (e.kind, &e.owned) {
+            (KeyKind::Key, _) => return,
+            (KeyKind::Login, _) => (self.expiry_of(e), Renewal::Possible, ""),
+            (KeyKind::Owned, Some(o)) => {
+                let (expires, renewal) = o.token_state(now);
+                (expires, renewal, o.name())
+            }
+            (KeyKind::Owned, None) => return,
+        };
+        let token = TokenState {
+            kind: e.kind,
+            expires,
+            renewal,
+            login,
+        };
+        let out_already = || {
+            self.state
+                .cooldown(&e.label)
+                .is_some_and(|c| c.excludes() && c.active(now))
+        };
+        match policy::before_use(&token, now, &self.policy) {
+            Readiness::Use => {}
+            Readiness::Renew => self.start_refresh(e, RefreshTrigger::Expiring),
+            Readiness::RenewAndWait(c) => {
+                if !out_already() {
+                    self.health().cool(&e.label, c);
+                }
+                self.start_refresh(e, RefreshTrigger::Expiring);
+            }
+            Readiness::Out(c) => {
+                if !out_already() {
+                    self.health().cool(&e.label, c);
+                }
+            }
+        }
+    }
+
+    /// Starts a refresh of an owned login beside the requests, unless one runs (single
+    /// flight) or there is no runtime to run it on.
+    fn start_refresh(&self, e: &Entry, trigger: RefreshTrigger) {
+        let Some(owned) = &e.owned else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !owned.begin() {
+            return;
+        }
+        let refresh = Refreshed {
+            owned: owned.clone(),
+            current: e.current.clone(),
+            label: e.label.clone(),
+            health: self.health(),
+            policy: self.policy.clone(),
+        };
+        rt.spawn(async move {
+            let outcome = refresh.owned.refresh(trigger).await;
+            refresh.settle(outcome.as_str());
+        });
+    }
+
+    /// A 401 on an owned login: refresh it once (see `OwnedLogin::wants_refresh_after_401`).
+    fn after_unauthorized(&self, label: &str) {
+        let Some(e) = self.entry(label) else { return };
+        let Some(owned) = &e.owned else { return };
+        match owned.wants_refresh_after_401() {
+            Ok(true) => self.start_refresh(e, RefreshTrigger::Unauthorized),
+            Ok(false) => {}
+            Err(_) => Refreshed {
+                owned: owned.clone(),
+                current: e.current.clone(),
+                label: e.label.clone(),
+                health: self.health(),
+                policy: self.policy.clone(),
+            }
+            // No refresh ran; the policy takes the login out (`reauth_required`).
+            .settle("skipped"),
+        }
     }
 
     /// Notices a changed `codex-auth:` file: at most one `stat` per file per second, and the
@@ -320,7 +468,16 @@ impl Pool {
             let current = entry.current.clone();
             let source = entry.member.source.clone();
             let label = entry.label.clone();
-            move || reload_file(&watch, &current, &source, &label)
+            let owned = entry.owned.clone();
+            let metrics = self.metrics.clone();
+            move || {
+                reload_file(&watch, &current, &source, owned.as_deref(), &label);
+                let expires = match &owned {
+                    Some(o) => o.expires(),
+                    None => *watch.expires.lock().unwrap_or_else(|p| p.into_inner()),
+                };
+                report_expiry(metrics.as_ref(), &label, expires);
+            }
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -380,6 +537,7 @@ impl Pool {
             if req.exclude.contains(&e.label) {
                 return None;
             }
+            self.check_token(e, now);
             let soft = match self.cooldown_of(&e.label) {
                 Some(c) if c.excludes() => return None,
                 Some(c) => c.active(now),
@@ -449,6 +607,10 @@ impl Pool {
     /// keep away from it for [`PROBE_WINDOW`] until that request says how it went (a success
     /// clears it, another refusal doubles the cooldown).
     fn begin_probe(&self, label: &str, now: SystemTime) {
+        // Logins come back through their file or their refresh, never through a probe.
+        if self.entry(label).is_some_and(|e| e.kind != KeyKind::Key) {
+            return;
+        }
         let Some(c) = self.state.cooldown(label) else {
             return;
         };
@@ -506,6 +668,9 @@ impl Pool {
     /// probe end, and
     /// Codex usage windows at 100% cool the credential before it fails.
     pub fn record_success(&self, label: &str, headers: &http::HeaderMap) {
+        if let Some(owned) = self.entry(label).and_then(|e| e.owned.as_ref()) {
+            owned.served();
+        }
         if self.state.cooldown(label).is_some_and(|c| {
             (!c.excludes() || c.class == FailureClass::Auth) && c.active(SystemTime::now())
         }) {
@@ -548,8 +713,24 @@ impl Pool {
         Some(cooldown)
     }
 
-    /// Applies a cooldown (cooldowns only grow) and says so in the log and the metrics.
+    /// Applies a cooldown (cooldowns only grow) and says so in the log and the metrics. An
+    /// auth failure of an owned login also starts its one refresh.
     pub(crate) fn cool(&self, label: &str, cooldown: Cooldown) {
+        let unauthorized = cooldown.class == FailureClass::Auth;
+        self.health().cool(label, cooldown);
+        if unauthorized && self.entry(label).is_some_and(|e| e.kind == KeyKind::Owned) {
+            self.after_unauthorized(label);
+        }
+    }
+}
+
+impl Health {
+    fn clear(&self, label: &str) {
+        self.state.clear(label);
+        self.set_health(label, true, None);
+    }
+
+    fn cool(&self, label: &str, cooldown: Cooldown) {
         let secs = cooldown
             .until
             .and_then(|u| u.duration_since(SystemTime::now()).ok())
@@ -576,6 +757,21 @@ impl Pool {
 
     fn set_health(&self, label: &str, healthy: bool, cooldown: Option<&Cooldown>) {
         let Some(m) = &self.metrics else { return };
+        m.remove_matching("tr_credential_action_required", "credential", label);
+        if let Some(reason) = cooldown.and_then(|c| {
+            ["owner_refresh_needed", "reauth_required"]
+                .into_iter()
+                .find(|r| c.reason.contains(r))
+        }) {
+            m.set(
+                "tr_credential_action_required",
+                "1 while a credential waits for a person. owner_refresh_needed: run the Codex CLI \
+                 on its auth.json once, or take it over with `login --import PATH --name NAME`; \
+                 reauth_required: run `login NAME` for it.",
+                &[("credential", label), ("reason", reason)],
+                1.0,
+            );
+        }
         m.set(
             "tr_credential_healthy",
             "1 if the credential is in rotation, 0 while cooling.",
@@ -603,19 +799,97 @@ impl Pool {
     }
 }
 
-/// Re-reads a credential file whose stamp moved (runs off the async workers).
+/// A refresh running beside the requests, and what it reports when it ends.
+struct Refreshed {
+    owned: Arc<OwnedLogin>,
+    current: Arc<RwLock<Credential>>,
+    label: Arc<str>,
+    health: Health,
+    policy: CooldownPolicy,
+}
+
+impl Refreshed {
+    /// Takes the refresh's result: the new credential, the metrics, and the policy's word
+    /// on the login now (back in rotation, or out until `login NAME`).
+    fn settle(&self, outcome: &str) {
+        let label = &*self.label;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = self.owned.credential(label);
+        let m = self.health.metrics.as_ref();
+        if outcome != "skipped" {
+            if let Some(m) = m {
+                m.inc(
+                    "tr_credential_refresh_total",
+                    "Refreshes of owned logins, by outcome: ok, not_extended, store_failed, \
+                     adopted, transient, permanent, unanswered.",
+                    &[("credential", label), ("outcome", outcome)],
+                );
+            }
+        }
+        report_expiry(m, label, self.owned.expires());
+        let now = SystemTime::now();
+        let (expires, renewal) = self.owned.token_state(now);
+        let token = TokenState {
+            kind: KeyKind::Owned,
+            expires,
+            renewal,
+            login: self.owned.name(),
+        };
+        match policy::before_use(&token, now, &self.policy) {
+            // A refresh that did not run changes nothing: a 401's cooldown runs its course.
+            Readiness::Use | Readiness::Renew if outcome == "skipped" => {}
+            Readiness::Use | Readiness::Renew => {
+                let auth_cooling = self
+                    .health
+                    .state
+                    .cooldown(label)
+                    .is_some_and(|c| c.class == FailureClass::Auth);
+                if auth_cooling {
+                    tracing::info!(credential = label, "login refreshed; back in rotation");
+                    self.health.clear(label);
+                }
+            }
+            Readiness::RenewAndWait(c) | Readiness::Out(c) => self.health.cool(label, c),
+        }
+    }
+}
+
+fn report_expiry(metrics: Option<&Metrics>, label: &str, expires: Option<SystemTime>) {
+    let (Some(m), Some(t)) = (metrics, expires) else {
+        return;
+    };
+    m.set(
+        "tr_credential_token_expires_seconds",
+        "Unix time a login's access token expires (from its JWT exp).",
+        &[("credential", label)],
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+}
+
+/// Re-reads a credential file whose stamp moved (runs off the async workers). An owned
+/// login's file changes with every refresh; only another login written there (`login NAME`
+/// ran again) replaces the credential.
 fn reload_file(
     watch: &FileWatch,
     current: &RwLock<Credential>,
     source: &CredentialSource,
+    owned: Option<&OwnedLogin>,
     label: &str,
 ) {
-    let stamp = source.path().and_then(file_stamp);
+    let stamp = file_stamp(&watch.path);
     let old = *watch.stamp.lock().unwrap_or_else(|p| p.into_inner());
-    if stamp != old {
+    if let (true, Some(owned)) = (stamp != old, owned) {
+        *watch.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+        if owned.reload_from_disk() {
+            *current.write().unwrap_or_else(|p| p.into_inner()) = owned.credential(label);
+            watch.changed.store(true, Ordering::Release);
+        }
+    } else if stamp != old {
         match source.load() {
             Ok(mut cred) => {
                 cred.label = label.to_string();
+                *watch.expires.lock().unwrap_or_else(|p| p.into_inner()) =
+                    super::oauth::Claims::expiry_of(cred.token.expose());
                 *current.write().unwrap_or_else(|p| p.into_inner()) = cred;
                 *watch.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
                 watch.changed.store(true, Ordering::Release);

@@ -8,20 +8,24 @@ use super::{Credential, Secret};
 
 /// Where a credential comes from.
 ///
-/// Written `sk-...` (the key itself), `env:NAME`, `file:PATH` or `codex-auth:PATH`. Prefer
-/// the last three on a command line: a literal key there is visible to every user of the
-/// machine in the process list.
+/// Written `sk-...` (the key itself), `env:NAME`, `file:PATH`, `codex-auth:PATH` or
+/// `codex-oauth:NAME`. Prefer anything but a literal key on a command line: a literal key
+/// there is visible to every user of the machine in the process list.
 #[derive(Clone, PartialEq, Eq)]
 pub enum CredentialSource {
     /// The key itself.
     Literal(Secret),
     /// An environment variable holding the key.
     Env(String),
-    /// A Codex CLI `auth.json` (ChatGPT login or stored API key).
+    /// A Codex CLI `auth.json` (ChatGPT login or stored API key), *borrowed*: re-read when
+    /// it changes, never refreshed or written by the proxy.
     CodexAuth(PathBuf),
     /// A file holding the key and nothing else (surrounding whitespace is ignored), as
     /// container secrets are mounted. Re-read when it changes.
     File(PathBuf),
+    /// A ChatGPT login the proxy owns, by name: stored in its state directory (made by
+    /// `login NAME` or `login --import PATH --name NAME`) and refreshed by the proxy alone.
+    CodexOAuth(String),
 }
 
 /// The largest key file read: a key is a few hundred bytes, so anything bigger is not one.
@@ -57,6 +61,13 @@ impl FromStr for CredentialSource {
             Ok(CredentialSource::Env(name.to_string()))
         } else if let Some(path) = s.strip_prefix("codex-auth:") {
             Ok(CredentialSource::CodexAuth(expand_home(path)))
+        } else if let Some(name) = s.strip_prefix("codex-oauth:") {
+            if !super::oauth::valid_name(name) {
+                return Err(LoadError(format!(
+                    "`codex-oauth:{name}`: a login name is 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+                )));
+            }
+            Ok(CredentialSource::CodexOAuth(name.to_string()))
         } else if let Some(path) = s.strip_prefix("file:") {
             if path.is_empty() {
                 return Err(LoadError("`file:` needs a path".into()));
@@ -99,13 +110,14 @@ struct AuthTokens {
 }
 
 impl CredentialSource {
-    /// What kind of source this is: `key`, `env`, `file` or `codex-auth`.
+    /// What kind of source this is: `key`, `env`, `file`, `codex-auth` or `codex-oauth`.
     pub fn kind(&self) -> &'static str {
         match self {
             CredentialSource::Literal(_) => "key",
             CredentialSource::Env(_) => "env",
             CredentialSource::File(_) => "file",
             CredentialSource::CodexAuth(_) => "codex-auth",
+            CredentialSource::CodexOAuth(_) => "codex-oauth",
         }
     }
 
@@ -125,6 +137,7 @@ impl CredentialSource {
             CredentialSource::Env(name) => format!("env:{name}"),
             CredentialSource::File(p) => format!("file:{}", p.display()),
             CredentialSource::CodexAuth(p) => format!("codex-auth:{}", p.display()),
+            CredentialSource::CodexOAuth(name) => format!("codex-oauth:{name}"),
         }
     }
 
@@ -136,10 +149,20 @@ impl CredentialSource {
         }
     }
 
-    /// Reads the credential now.
+    /// Reads the credential now. A `codex-oauth:` login is read from the default state
+    /// directory; a [`Pool`](super::Pool) reads it from its own and refreshes it.
     pub fn load(&self) -> Result<Credential, LoadError> {
         let label = self.label();
         match self {
+            CredentialSource::CodexOAuth(name) => {
+                let store = super::oauth::LoginStore::new(super::oauth::default_state_dir());
+                let login = store.read(name)?;
+                Ok(Credential {
+                    label,
+                    token: login.tokens.access_token,
+                    account_id: login.tokens.account_id.map(Secret::new),
+                })
+            }
             CredentialSource::File(path) => {
                 let key = read_key_file(path)?;
                 Ok(Credential::api_key(label, key))
@@ -234,6 +257,13 @@ mod tests {
         );
         assert!("env:".parse::<CredentialSource>().is_err());
         assert!("".parse::<CredentialSource>().is_err());
+        let owned: CredentialSource = "codex-oauth:alice".parse().unwrap();
+        assert_eq!(owned, CredentialSource::CodexOAuth("alice".into()));
+        assert_eq!(owned.label_at(1), "codex-oauth-1");
+        assert_eq!(owned.path(), None, "not a borrowed file");
+        for bad in ["codex-oauth:", "codex-oauth:../x", "codex-oauth:a/b"] {
+            assert!(bad.parse::<CredentialSource>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! request extension (set by credential rotation when a credential names its upstream's
 //! profile).
 //!
-//! Only the top level of the body is parsed, once ([`crate::json::RawObject`]); fields no
+//! Only the top level of the body is parsed, once (an internal raw-object scanner); fields no
 //! rule touched (`input`, `tools`) are copied byte for byte, `Content-Length` is set to the
 //! new length, and [`RequestFacts`](crate::facts::RequestFacts) is invalidated. A body that is
 //! not a JSON object, or still carries a `Content-Encoding`, is forwarded untouched.

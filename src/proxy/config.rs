@@ -1,10 +1,11 @@
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::compact::CompactConfig;
+use crate::credentials::oauth::{DEFAULT_AUTH_BASE_URL, OAuthSettings, default_state_dir};
 use crate::credentials::{CredentialSource, PoolMember, Secret, Strategy};
 pub use crate::error::ConfigError;
 use crate::normalize::NormalizeConfig;
@@ -80,6 +81,29 @@ pub struct ProxyConfig {
     /// Body normalization (`[normalize]`: rules for a generic upstream, the
     /// `max_output_tokens` policy, learning); its profile is the proxy's.
     pub normalize: NormalizeConfig,
+    /// Where `codex-oauth:NAME` logins live (`--state-dir`; default
+    /// `$XDG_DATA_HOME/tower-responses`, else `~/.local/share/tower-responses`).
+    pub state_dir: Option<PathBuf>,
+    /// The authority owned logins are refreshed at (`--auth-base-url`; default
+    /// `https://auth.openai.com`): an enterprise gateway, or a mock in tests.
+    pub auth_base_url: Option<String>,
+    /// How long one token call to the authority may take (seconds, default 30). A call that
+    /// may have been sent and brought no answer is never repeated with the same token.
+    pub auth_timeout_secs: u64,
+    /// How the `tower-responses` binary writes its logs: `text` (default) or `json`. The
+    /// library never installs a subscriber; this is read by the command line only.
+    pub log_format: LogFormat,
+}
+
+/// The log line format of the `tower-responses` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s default format).
+    #[default]
+    Text,
+    /// One JSON object per line, with the request's span (its id) in every line.
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -103,6 +127,10 @@ impl Default for ProxyConfig {
             max_connections: 512,
             compact: CompactConfig::default(),
             normalize: NormalizeConfig::default(),
+            state_dir: None,
+            auth_base_url: None,
+            auth_timeout_secs: 30,
+            log_format: LogFormat::default(),
         }
     }
 }
@@ -161,6 +189,32 @@ impl ProxyConfig {
     /// The request-body timeout.
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs)
+    }
+
+    /// Where owned logins live and whom they are refreshed with.
+    ///
+    /// ```
+    /// use tower_responses::proxy::ProxyConfig;
+    /// let cfg = ProxyConfig::from_toml_str(r#"
+    ///     state_dir = "/var/lib/tower-responses"
+    ///     auth_base_url = "https://auth.example.internal/"
+    /// "#).unwrap();
+    /// let s = cfg.oauth_settings();
+    /// assert_eq!(s.state_dir.to_str(), Some("/var/lib/tower-responses"));
+    /// assert_eq!(s.auth_base_url, "https://auth.example.internal");
+    /// ```
+    pub fn oauth_settings(&self) -> OAuthSettings {
+        OAuthSettings {
+            state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            auth_base_url: self
+                .auth_base_url
+                .as_deref()
+                .unwrap_or(DEFAULT_AUTH_BASE_URL)
+                .trim_end_matches('/')
+                .to_string(),
+            refresh_timeout: Duration::from_secs(self.auth_timeout_secs.clamp(1, 600)),
+            ..OAuthSettings::default()
+        }
     }
 
     /// The silent-body timeout.

@@ -1,9 +1,13 @@
-//! The proxy server behind `examples/proxy.rs` (feature `proxy`).
+//! The proxy server behind the `tower-responses` binary and `examples/proxy` (feature
+//! `proxy`); [`cli`] is their command line.
 //!
 //! It accepts Responses API clients (the Codex CLI, the SDKs), checks who they are, reads
 //! their bodies with a limit, and forwards `/v1/*` to the upstream through the layer stack,
 //! streaming answers back event by event. It also answers `GET /healthz`, `GET /metrics`
-//! (Prometheus text), and `426` to a WebSocket upgrade so the Codex CLI falls back to HTTP.
+//! (Prometheus text), `GET /status` (JSON: each credential ready or cooling), and `426` to a
+//! WebSocket upgrade so the Codex CLI falls back to HTTP. Every answer carries an
+//! `x-request-id` (the client's, when sane, else a UUID v7), which is also in every log line
+//! of the request (its `request` span).
 //!
 //! Before anything about a request is trusted, its head passes the edge: origin-form targets
 //! only (this is not a forward proxy), `GET`/`POST`/`DELETE`, a loopback `Host` when no client
@@ -24,9 +28,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 mod config;
+mod demo;
 mod edge;
+pub mod login;
+mod request_id;
 mod server;
+mod status;
 
-pub use config::{ConfigError, ProxyConfig, command_line_secret_warning};
+pub use config::{ConfigError, LogFormat, ProxyConfig, command_line_secret_warning};
 pub use server::{Proxy, ProxyBody};

@@ -2,8 +2,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -16,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::config::{ConfigError, ProxyConfig};
 use super::edge::{self, EdgeRules, MediaType};
+use super::request_id::{InSpan, RequestId, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
@@ -26,6 +26,7 @@ use crate::metrics::{Metrics, RequestStarted};
 use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
 use crate::upstream::{UpstreamBase, strip_hop_by_hop};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 /// The body of every answer the proxy gives.
 pub type ProxyBody = crate::body::ResponseBody;
@@ -46,7 +47,6 @@ struct Shared {
     stack: StackService,
     connector: UpstreamConnector,
     metrics: Metrics,
-    next_request: AtomicU64,
 }
 
 /// A bound proxy, ready to serve.
@@ -83,7 +83,7 @@ impl Proxy {
         let pool = if config.credentials.is_empty() {
             None
         } else {
-            let pool = Pool::new(config.credentials.clone())
+            let pool = Pool::with_logins(config.credentials.clone(), config.oauth_settings())
                 .map_err(|e| ConfigError(format!("credential: {e}")))?
                 .with_strategy(config.strategy)
                 .with_default_profile(config.profile())
@@ -116,7 +116,6 @@ impl Proxy {
             stack,
             connector,
             metrics,
-            next_request: AtomicU64::new(1),
             config,
         };
         Ok(Proxy {
@@ -266,6 +265,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
+        "/status" => "status",
         "/v1/responses" => "responses",
         "/v1/responses/compact" => "compact",
         "/v1/models" => "models",
@@ -277,18 +277,37 @@ fn route_label(path: &str) -> &'static str {
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let id = RequestId::from_headers(req.headers());
+    // Every log line of the request, its answer's body included, carries the id.
+    let span = tracing::info_span!("request", id = %id);
+    let res = answer(shared, peer, req).instrument(span.clone()).await;
+    let (mut parts, body) = res.into_parts();
+    if let Some(upstream_id) = parts.headers.remove(&X_REQUEST_ID) {
+        parts.headers.insert(&X_UPSTREAM_REQUEST_ID, upstream_id);
+    }
+    if let Some(v) = id.header_value() {
+        parts.headers.insert(&X_REQUEST_ID, v);
+    }
+    let body = InSpan::new(body, span).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}
+
+async fn answer(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     req.extensions_mut().insert(RequestStarted(started));
-    let id = shared.next_request.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let route = route_label(req.uri().path());
     let cors = shared.edge.allowed_origin(req.headers());
     let mut res = match dispatch(&shared, peer, req, route).await {
         Ok(res) => res,
         Err(Refused { err, close }) => {
-            tracing::info!(id, status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, close, "answered with an error");
+            tracing::info!(status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, close, "answered with an error");
             let mut res = api_error(err);
             if close {
                 res.headers_mut()
@@ -304,9 +323,6 @@ async fn handle(
             .or_insert(origin);
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("req_{id}")) {
-        res.headers_mut().insert("x-request-id", v);
-    }
     let status = res.status();
     shared.metrics.inc(
         "tr_requests_total",
@@ -320,14 +336,13 @@ async fn handle(
         started.elapsed().as_secs_f64(),
     );
     tracing::info!(
-        id,
         %method,
         route,
         status = status.as_u16(),
         head_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    Ok(res)
+    res
 }
 
 /// What the edge decided about a request.
@@ -379,7 +394,7 @@ async fn admit(
                     .unwrap_or_else(|_| Response::new(full(""))),
             ));
         }
-        (_, "healthz") | (_, "metrics") if req.method() != Method::GET => {
+        (_, "healthz" | "metrics" | "status") if req.method() != Method::GET => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
@@ -392,7 +407,7 @@ async fn admit(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
-            "unknown path: this proxy serves /v1/*, /healthz and /metrics",
+            "unknown path: this proxy serves /v1/*, /healthz, /metrics and /status",
         )
         .with_code("unknown_url"));
     }
@@ -415,6 +430,9 @@ async fn admit(
                 .body(full(shared.metrics.render()))
                 .unwrap_or_else(|_| Response::new(full(""))),
         ));
+    }
+    if route == "status" {
+        return Ok(Admitted::Local(json_answer(&status_report(shared))));
     }
     if is_websocket_upgrade(req.headers()) {
         // The Codex CLI tries a WebSocket first on the built-in provider; 426 makes it use
@@ -544,6 +562,42 @@ async fn dispatch(
         parts,
         IdleTimeoutBody::new(body, idle).boxed_unsync(),
     ))
+}
+
+/// `GET /status`: what `tower-responses status` prints. "degraded" when every upstream
+/// credential is cooling down (nothing can be served until one comes back).
+fn status_report(shared: &Shared) -> serde_json::Value {
+    let now = SystemTime::now();
+    let credentials: Vec<serde_json::Value> = shared
+        .pool
+        .iter()
+        .flat_map(|pool| pool.labels().into_iter().map(move |label| (pool, label)))
+        .map(|(pool, label)| match pool.cooldown_of(&label) {
+            None => serde_json::json!({ "label": &*label, "state": "ready" }),
+            Some(c) => serde_json::json!({
+                "label": &*label,
+                "state": "cooling",
+                "class": c.class.as_str(),
+                "reason": c.reason,
+                "retry_in_secs": c.until.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+            }),
+        })
+        .collect();
+    let ready = credentials.is_empty() || credentials.iter().any(|c| c["state"] == "ready");
+    serde_json::json!({
+        "status": if ready { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "upstream": shared.config.upstream,
+        "profile": shared.config.profile().as_str(),
+        "credentials": credentials,
+    })
+}
+
+fn json_answer(value: &serde_json::Value) -> Response<ProxyBody> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(value.to_string()))
+        .unwrap_or_else(|_| Response::new(full("")))
 }
 
 /// Refuses configurations the edge cannot serve safely, and values hyper would panic on.

@@ -70,7 +70,7 @@ impl std::fmt::Display for HeadTimeoutElapsed {
 
 impl std::error::Error for HeadTimeoutElapsed {}
 
-/// Applies [`HeadTimeout`] to a service. See the [module docs](self).
+/// Applies [`HeadTimeout`] to a service. See the [module docs](crate::stack).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadTimeoutLayer {
     timeout: Duration,
@@ -95,7 +95,7 @@ impl<S> Layer<S> for HeadTimeoutLayer {
 }
 
 /// Fails an attempt whose response head takes longer than its bound. See the
-/// [module docs](self).
+/// [module docs](crate::stack).
 #[derive(Debug, Clone)]
 pub struct HeadTimeout<S> {
     inner: S,

@@ -40,6 +40,7 @@
 //! # }
 //! ```
 
+mod authority;
 mod auto;
 mod codex_strict;
 pub mod events;
@@ -50,6 +51,7 @@ mod server;
 mod store;
 mod stream;
 
+pub use authority::{AuthorityCall, IssuedLogin, MockAuthority, TokenFault};
 pub use codex_strict::{CODEX_UNSUPPORTED, codex_strict};
 pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};

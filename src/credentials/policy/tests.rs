@@ -43,6 +43,7 @@ fn every_class_and_phase() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let key = KeyKind::Key;
     let login = KeyKind::Login;
+    let owned = KeyKind::Owned;
     #[rustfmt::skip]
     let rows: Vec<(FailureClass, Phase, KeyKind, Cool, Next, ClientSees)> = vec![
         // class            phase          kind   cooldown     next       client sees
@@ -50,6 +51,8 @@ fn every_class_and_phase() {
         (QuotaExhausted,    BeforeContent, key,   Hard(H),     Elsewhere, Answer),
         (Auth,              BeforeContent, key,   Hard(60),    Elsewhere, Answer),
         (Auth,              BeforeContent, login, Open,        Elsewhere, Answer),
+        // An owned login is refreshed once; the refresh's end brings it back.
+        (Auth,              BeforeContent, owned, Hard(2),     Elsewhere, Answer),
         (Overloaded,        BeforeContent, key,   Soft(1),     Elsewhere, Answer),
         (Transient,         BeforeContent, key,   Soft(1),     Elsewhere, Answer),
         (StaleConnection,   BeforeContent, key,   No,          Elsewhere, Answer),
@@ -66,6 +69,8 @@ fn every_class_and_phase() {
         (RateLimited,       AfterContent,  key,   Hard(2),     Stop,      Answer),
         (QuotaExhausted,    AfterContent,  key,   Hard(H),     Stop,      Answer),
         (Auth,              AfterContent,  login, Open,        Stop,      Answer),
+        (Auth,              AfterContent,  owned, Hard(2),     Stop,      Answer),
+        (QuotaExhausted,    BeforeContent, owned, Hard(H),     Elsewhere, Answer),
         (Overloaded,        AfterContent,  key,   Soft(1),     Stop,      Answer),
         (Transient,         AfterContent,  key,   Soft(1),     Stop,      Answer),
         (StaleConnection,   AfterContent,  key,   No,          Stop,      Answer),
@@ -231,4 +236,76 @@ fn none_usable() {
     // did, they would not count as a reason.
     let e = refused(&[cool(Transient, Some(1)), cool(Auth, None)]);
     assert_eq!(e.status, http::StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn token_expiry_before_use() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let p = CooldownPolicy::default();
+    let min = |m: u64| Some(now + Duration::from_secs(m * 60));
+    let later = now + Duration::from_secs(90);
+    /// What a row expects.
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Use,
+        Renew,
+        /// Refresh, out for this many seconds meanwhile.
+        Wait(u64),
+        /// Out for this many seconds.
+        OutFor(u64),
+        /// Out until a person acts, with this reason code.
+        OutOpen(&'static str),
+    }
+    use Renewal::*;
+    use Want::*;
+    #[rustfmt::skip]
+    let rows: Vec<(KeyKind, Option<SystemTime>, Renewal, Want)> = vec![
+        // kind           expires    renewal             readiness
+        (KeyKind::Key,    min(0),    Possible,           Use),
+        (KeyKind::Login,  None,      Possible,           Use),
+        (KeyKind::Login,  min(60),   Possible,           Use),
+        (KeyKind::Login,  min(4),    Possible,           OutOpen("owner_refresh_needed")),
+        (KeyKind::Login,  Some(now - Duration::from_secs(5)), Possible, OutOpen("owner_refresh_needed")),
+        (KeyKind::Owned,  None,      Possible,           Use),
+        (KeyKind::Owned,  min(60),   Possible,           Use),
+        (KeyKind::Owned,  min(9),    Possible,           Renew),
+        (KeyKind::Owned,  min(0),    Possible,           Wait(2)),
+        (KeyKind::Owned,  min(9),    BackingOff(later),  Use),
+        (KeyKind::Owned,  min(0),    BackingOff(later),  OutFor(90)),
+        (KeyKind::Owned,  min(9),    Stopped,            Use),
+        (KeyKind::Owned,  min(0),    Stopped,            OutOpen("reauth_required")),
+        (KeyKind::Owned,  min(60),   ReauthRequired,     OutOpen("reauth_required")),
+    ];
+    for (kind, expires, renewal, want) in rows {
+        let t = TokenState {
+            kind,
+            expires,
+            renewal,
+            login: "alice",
+        };
+        let got = match before_use(&t, now, &p) {
+            Readiness::Use => Use,
+            Readiness::Renew => Renew,
+            Readiness::RenewAndWait(c) => {
+                assert!(c.excludes());
+                Wait(c.until.unwrap().duration_since(now).unwrap().as_secs())
+            }
+            Readiness::Out(c) => match c.until {
+                Some(t) => OutFor(t.duration_since(now).unwrap().as_secs()),
+                None => {
+                    let code = ["owner_refresh_needed", "reauth_required"]
+                        .into_iter()
+                        .find(|code| c.reason.contains(code))
+                        .unwrap_or("?");
+                    if code == "reauth_required" {
+                        assert!(c.reason.contains("`login alice`"), "{}", c.reason);
+                    } else {
+                        assert!(c.reason.contains("login --import"), "{}", c.reason);
+                    }
+                    OutOpen(code)
+                }
+            },
+        };
+        assert_eq!(got, want, "{kind:?} {expires:?} {renewal:?}");
+    }
 }

@@ -1,11 +1,16 @@
-//! `--demo`: the embedded mock upstream with the seed faults switched on, the proxy (the full
-//! stack) in front of it, and a scripted workload. Every fault is sent twice: straight to the
-//! mock (what a client sees without the stack) and through the proxy. The table says what the
+//! `tower-responses demo` (and the example's old `--demo`): the embedded mock upstream with
+//! the seed faults switched on, the proxy (the full stack) in front of it, and a scripted
+//! workload. Every fault is sent twice: straight to the mock (what a client sees without the
+//! stack) and through the proxy. The table says what the
 //! client saw each way and which layer acted; the exit code is 0 only if every row is handled.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::credentials::Secret;
+use crate::profile::Profile;
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::testing::{Fault, MockUpstream, Reply, ResponseStore, StaleMode, codex_strict, events};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -13,12 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tower_responses::credentials::Secret;
-use tower_responses::profile::Profile;
-use tower_responses::proxy::{Proxy, ProxyConfig};
-use tower_responses::testing::{
-    Fault, MockUpstream, Reply, ResponseStore, StaleMode, codex_strict, events,
-};
 
 const CLIENT_KEY: &str = "demo-client-key";
 const KEY_A: &str = "sk-demo-aaaaaaaaaaaaaaaaaaaa-AAAA";
@@ -183,7 +182,8 @@ fn failed_stream(code: &str, message: &str) -> Reply {
     ])
 }
 
-pub async fn run() -> ExitCode {
+/// Runs the demo; 0 only if every row was handled.
+pub(crate) async fn run() -> ExitCode {
     let started = Instant::now();
     eprintln!("starting the embedded mock upstream and the proxy (credentials A and B) ...");
     let mock = match MockUpstream::start().await {
