@@ -183,12 +183,18 @@ where
     }
 }
 
-fn count(layer: &CredentialRotateLayer, label: &str, outcome: &str) {
+fn count(layer: &CredentialRotateLayer, label: &str, outcome: &str, took: Duration) {
     if let Some(m) = &layer.metrics {
         m.inc(
             "tr_credential_attempts_total",
             "Upstream attempts, by credential and outcome (ok, a failure class, or transport).",
             &[("credential", label), ("outcome", outcome)],
+        );
+        m.observe(
+            "tr_upstream_attempt_seconds",
+            "Time from sending an attempt to its outcome (first content, a complete answer or a failure), by credential and outcome.",
+            &[("credential", label), ("outcome", outcome)],
+            took.as_secs_f64(),
         );
     }
 }
@@ -366,6 +372,7 @@ where
         ));
         pool.record_use(&label);
         tried.push(label.clone());
+        let attempt_started = Instant::now();
         let result = match inner.ready().await {
             Ok(svc) => svc.call(attempt).await,
             Err(e) => Err(e),
@@ -375,7 +382,7 @@ where
             res.extensions_mut().insert(ServedBy(label.clone()));
         }
         let Some((failure, phase)) = failed else {
-            count(&layer, &label, "ok");
+            count(&layer, &label, "ok", attempt_started.elapsed());
             if let Ok(res) = &result {
                 pool.record_success(&label, res.headers());
             }
@@ -389,7 +396,7 @@ where
         } else {
             failure.class.as_str()
         };
-        count(&layer, &label, outcome_label);
+        count(&layer, &label, outcome_label, attempt_started.elapsed());
         let strikes = if failure.cools_credential() {
             pool.state().strike(&label, failure.class).saturating_sub(1)
         } else {

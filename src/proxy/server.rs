@@ -22,7 +22,7 @@ use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestStarted};
 use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
 use crate::upstream::{UpstreamBase, strip_hop_by_hop};
 use tower::ServiceExt;
@@ -297,9 +297,10 @@ async fn handle(
 async fn answer(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    req.extensions_mut().insert(RequestStarted(started));
     let method = req.method().clone();
     let route = route_label(req.uri().path());
     let cors = shared.edge.allowed_origin(req.headers());
@@ -327,6 +328,12 @@ async fn answer(
         "tr_requests_total",
         "Requests answered, by route and status.",
         &[("route", route), ("status", status.as_str())],
+    );
+    shared.metrics.observe(
+        "tr_request_duration_seconds",
+        "Time from a request's arrival to its response head, by route and status.",
+        &[("route", route), ("status", status.as_str())],
+        started.elapsed().as_secs_f64(),
     );
     tracing::info!(
         %method,
@@ -472,9 +479,14 @@ async fn admit(
         None
     };
     let (mut parts, body) = req.into_parts();
-    // The client's extensions mean nothing upstream; the stack starts from a clean slate.
+    // The client's extensions mean nothing upstream; the stack starts from a clean slate,
+    // but for when the request arrived (time to first content counts from it).
+    let arrived = parts.extensions.remove::<RequestStarted>();
     parts.extensions = Default::default();
     let mut upstream = Request::from_parts(parts, ReplayBody::new(body));
+    if let Some(arrived) = arrived {
+        upstream.extensions_mut().insert(arrived);
+    }
     shared.base.prepare(&mut upstream, upstream_uri);
     if let Some(facts) = facts {
         RequestFacts::attach(&mut upstream, facts);

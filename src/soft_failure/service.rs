@@ -16,7 +16,7 @@ use crate::classify::{Failure, FailureClass, Origin};
 use crate::credentials::CredentialLease;
 use crate::error::ApiError;
 use crate::error::BoxError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestStarted};
 use crate::sse::{EventKind, SseDecoder, event_kind, is_event_stream};
 
 /// Applies [`SoftFailureDetect`] to a service. See the [module docs](super).
@@ -40,7 +40,7 @@ impl SoftFailureDetectLayer {
         }
     }
 
-    /// Reports findings into `metrics` (`tr_soft_failures_total`, `tr_streams_ended_after_terminal_total`).
+    /// Reports findings into `metrics` (`tr_soft_failures_total`, `tr_streams_unterminated_total`) and times the first content event (`tr_first_content_seconds`).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -85,6 +85,10 @@ where
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
         let lease = req.extensions().get::<CredentialLease>().cloned();
         let observers = req.extensions().get::<StreamObservers>().cloned();
+        let started = req
+            .extensions()
+            .get::<RequestStarted>()
+            .map_or_else(std::time::Instant::now, |s| s.0);
         let fut = self.inner.call(req);
         let config = self.config.clone();
         let metrics = self.metrics.clone();
@@ -95,6 +99,7 @@ where
                 metrics,
                 lease,
                 observers,
+                started: Some(started),
             };
             Ok(inspect(res, ctx).await)
         })
@@ -106,6 +111,8 @@ pub(super) struct Ctx {
     pub(super) metrics: Option<Metrics>,
     pub(super) lease: Option<CredentialLease>,
     pub(super) observers: Option<StreamObservers>,
+    /// When the request arrived, until its first content event is timed.
+    pub(super) started: Option<std::time::Instant>,
 }
 
 impl Ctx {
@@ -122,6 +129,19 @@ impl Ctx {
             );
         }
         ty.map_or(EventKind::Other, event_kind)
+    }
+
+    /// Times the stream's first content event (once per attempt; only one attempt of a
+    /// request reaches the client with content).
+    pub(super) fn first_content(&mut self) {
+        if let (Some(started), Some(m)) = (self.started.take(), &self.metrics) {
+            m.observe(
+                "tr_first_content_seconds",
+                "Time from a request's arrival to the first content event of its stream.",
+                &[],
+                started.elapsed().as_secs_f64(),
+            );
+        }
     }
 
     pub(super) fn count(&self, failure: &Failure, phase: &'static str) {
@@ -187,7 +207,7 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
 
 /// The hold-back phase: read events until the first content event, a failure, a terminal
 /// event, the end, or a bound.
-async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody> {
+async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<ResponseBody> {
     let (mut parts, mut body) = res.into_parts();
     if ctx.observers.is_some() {
         parts.extensions.insert(EventsObserved);
@@ -284,6 +304,7 @@ async fn hold_back(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBo
             let kind = ctx.observe(&ev);
             match kind {
                 EventKind::Content => {
+                    ctx.first_content();
                     return Response::from_parts(
                         parts,
                         WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),

@@ -76,6 +76,10 @@ impl WatchBody {
             match decoder.next_event() {
                 Ok(Some(ev)) => {
                     let kind = ctx.observe(&ev);
+                    if kind == EventKind::Content {
+                        // Released by a bound before content: the first one comes here.
+                        ctx.first_content();
+                    }
                     if let Some(failure) = failure_of(kind, &ev) {
                         tracing::info!(
                             class = failure.class.as_str(),

@@ -1,0 +1,146 @@
+//! Gauge families whose series can be removed, kept beside the recorder.
+//!
+//! The `metrics` facade registers series and never deletes one; a session evicted from the
+//! bounded session table, or a cooldown that ended, must leave `/metrics` all the same. These
+//! few families change once per turn or per cooldown, so one mutex over them is cheap.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use metrics_exporter_prometheus::formatting::{write_help_line, write_type_line};
+
+#[derive(Debug)]
+struct Family {
+    help: &'static str,
+    // Labels rendered (`{k="v",...}`) to value.
+    series: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Removable(Mutex<BTreeMap<&'static str, Family>>);
+
+/// Writes `{k="v",...}` (nothing for no labels), escaped as the text format wants.
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        if !v.contains(['\\', '"', '\n']) {
+            out.push_str(v);
+        } else {
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+}
+
+fn rendered(labels: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    write_labels(&mut out, labels);
+    out
+}
+
+/// A sample value as the text format spells it.
+fn write_value(out: &mut String, v: f64) {
+    use std::fmt::Write;
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+impl Removable {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<&'static str, Family>> {
+        // A panic while holding the lock cannot leave the map inconsistent: keep serving.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        f: impl FnOnce(&mut f64),
+    ) {
+        let key = rendered(labels);
+        let mut map = self.lock();
+        let fam = map.entry(name).or_insert_with(|| Family {
+            help,
+            series: BTreeMap::new(),
+        });
+        f(fam.series.entry(key).or_insert(0.0));
+    }
+
+    pub(super) fn set(&self, name: &'static str, help: &'static str, l: &[(&str, &str)], v: f64) {
+        self.update(name, help, l, |x| *x = v);
+    }
+
+    pub(super) fn add(&self, name: &'static str, help: &'static str, l: &[(&str, &str)], v: f64) {
+        self.update(name, help, l, |x| *x += v);
+    }
+
+    pub(super) fn remove_matching(&self, name: &str, label: &str, value: &str) {
+        let needle = rendered(&[(label, value)]);
+        // `label="value"` without the braces, preceded by `{` or `,`: never a match inside
+        // another label's value, whose quotes are escaped.
+        let needle = &needle[1..needle.len() - 1];
+        if let Some(fam) = self.lock().get_mut(name) {
+            fam.series.retain(|k, _| {
+                !k.match_indices(needle)
+                    .any(|(i, _)| matches!(k.as_bytes()[i - 1], b'{' | b','))
+            });
+        }
+    }
+
+    pub(super) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.lock()
+            .get(name)?
+            .series
+            .get(&rendered(labels))
+            .copied()
+    }
+
+    pub(super) fn total(&self, name: &str) -> f64 {
+        self.lock()
+            .get(name)
+            .map_or(0.0, |f| f.series.values().sum())
+    }
+
+    /// Appends the families in the text format, as the exporter writes its own.
+    pub(super) fn render_into(&self, out: &mut String) {
+        for (name, fam) in self.lock().iter() {
+            if fam.series.is_empty() {
+                continue;
+            }
+            write_help_line(out, name, None, None, fam.help);
+            write_type_line(out, name, None, None, "gauge");
+            for (labels, v) in &fam.series {
+                out.push_str(name);
+                out.push_str(labels);
+                out.push(' ');
+                write_value(out, *v);
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+    }
+}
