@@ -30,7 +30,8 @@ pub type UpstreamConnector = TaggingConnector<HttpsConnector<HttpConnector>>;
 /// # async fn main() {
 /// let builder = UpstreamClientBuilder::new().pool_idle_timeout(Duration::from_secs(10));
 /// assert_eq!(builder.idle_timeout(), Duration::from_secs(10));
-/// let client = builder.build::<http_body_util::Full<bytes::Bytes>>();
+/// // The client as the bottom of a stack (or under `FreshConnectionLayer`).
+/// let client = builder.service();
 /// # let _ = client;
 /// # }
 /// ```

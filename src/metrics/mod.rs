@@ -70,8 +70,9 @@ const UPKEEP_EVERY: u32 = 1024;
 /// Gauge families whose series are removed ([`Metrics::remove_matching`]). The facade cannot
 /// delete a series, so these live beside the recorder; they change once per turn or per
 /// cooldown, never per event.
-const REMOVABLE: [&str; 5] = [
+const REMOVABLE: [&str; 6] = [
     "tr_credential_cooldown_until_seconds",
+    "tr_credential_action_required",
     "tr_session_turns",
     "tr_session_input_tokens_last",
     "tr_session_input_tokens_max",
