@@ -61,6 +61,9 @@ impl PoolMember {
 /// How long the other requests keep away from a key while one request probes it.
 const PROBE_WINDOW: Duration = Duration::from_secs(30);
 
+/// The reason of the short cooldown that keeps other requests away from a probed key.
+const PROBE_REASON: &str = "probing after an auth cooldown";
+
 /// How often a credential's auth file is looked at (one `stat`), at most.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -626,7 +629,7 @@ impl Pool {
             Cooldown {
                 until: Some(now + PROBE_WINDOW),
                 class: FailureClass::Auth,
-                reason: "probing after an auth cooldown".into(),
+                reason: PROBE_REASON.into(),
             },
         );
     }
@@ -672,10 +675,12 @@ impl Pool {
             owned.served();
         }
         if self.state.cooldown(label).is_some_and(|c| {
-            (!c.excludes() || c.class == FailureClass::Auth) && c.active(SystemTime::now())
+            (!c.excludes() || c.reason == PROBE_REASON) && c.active(SystemTime::now())
         }) {
             // A soft cooldown only said "recently troubled", and an auth probe asked whether the
-            // key works: an answer says it is fine now.
+            // key works: an answer says it is fine now. Any other auth cooldown stands: an
+            // owned login whose refresh was refused for good still answers on its old access
+            // token for a while, and that says nothing about the login.
             self.clear(label);
         } else {
             self.state.reset_strikes(label);
