@@ -334,6 +334,213 @@ pub fn pooled(accounts: &[&CredentialUsage], now: SystemTime) -> Vec<PooledWindo
     out
 }
 
+/// The plans the Codex CLI knows (`PlanType` of its backend models): any other string would
+/// fail its parse of the whole payload.
+const CODEX_PLANS: &[&str] = &[
+    "guest",
+    "free",
+    "go",
+    "plus",
+    "pro",
+    "free_workspace",
+    "team",
+    "business",
+    "education",
+    "quorum",
+    "k12",
+    "enterprise",
+    "edu",
+];
+
+fn secs_i32(d: u64) -> i64 {
+    d.min(i32::MAX as u64) as i64
+}
+
+/// The body of `GET /backend-api/wham/usage` (and `/api/codex/usage`) for the pool: the
+/// Codex CLI's `RateLimitStatusPayload`, with the pooled 5-hour window as `primary_window`
+/// and the weekly one as `secondary_window`. `limit_reached` only when a pooled window is
+/// exhausted, that is, on every account. `accounts` gives the plan and credits.
+pub fn codex_usage_payload(
+    pooled: &[PooledWindow],
+    accounts: &[&CredentialUsage],
+    now: SystemTime,
+) -> Value {
+    let window = |kind: WindowKind| {
+        let w = pooled.iter().find(|w| w.kind == kind)?;
+        // Whole percents, as the CLI reads them; 100 only when the pool is used up.
+        let mut used = w.used_percent.ceil();
+        if !w.exhausted {
+            used = used.min(99.0);
+        }
+        let reset_at = w.reset_at.unwrap_or(now);
+        let after = reset_at.duration_since(now).unwrap_or_default().as_secs();
+        let at = reset_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(serde_json::json!({
+            "used_percent": used as i64,
+            "limit_window_seconds": secs_i32(w.window_minutes.unwrap_or(0).saturating_mul(60)),
+            "reset_after_seconds": secs_i32(after),
+            "reset_at": secs_i32(at),
+        }))
+    };
+    let reached = pooled
+        .iter()
+        .filter(|w| matches!(w.kind, WindowKind::FiveHour | WindowKind::Weekly))
+        .any(|w| w.exhausted);
+    let plan = accounts
+        .iter()
+        .filter_map(|a| a.plan_type.as_deref())
+        .find(|p| CODEX_PLANS.contains(p))
+        .unwrap_or("plus");
+    let mut body = serde_json::json!({
+        "plan_type": plan,
+        "rate_limit": {
+            "allowed": !reached,
+            "limit_reached": reached,
+            "primary_window": window(WindowKind::FiveHour),
+            "secondary_window": window(WindowKind::Weekly),
+        },
+    });
+    if accounts.iter().any(|a| a.has_credits.is_some()) {
+        body["credits"] = serde_json::json!({
+            "has_credits": accounts.iter().any(|a| a.has_credits == Some(true)),
+            "unlimited": accounts.iter().any(|a| a.unlimited == Some(true)),
+        });
+    }
+    body
+}
+
+/// Rewrites a reply's `x-codex-{primary,secondary}-*` usage headers to the pool's figures
+/// (the 5-hour window as primary, the weekly as secondary), so a Codex client never sees one
+/// account's wall as its own. Headers of a window the pool has no figure for are left.
+pub fn rewrite_codex_headers(headers: &mut HeaderMap, pooled: &[PooledWindow], now: SystemTime) {
+    if CodexUsage::from_headers(headers).is_none() {
+        return;
+    }
+    for (which, kind) in [
+        ("primary", WindowKind::FiveHour),
+        ("secondary", WindowKind::Weekly),
+    ] {
+        let Some(w) = pooled.iter().find(|w| w.kind == kind) else {
+            continue;
+        };
+        let mut used = w.used_percent;
+        if !w.exhausted {
+            used = used.min(99.9);
+        }
+        let mut set = |field: &str, value: String| {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(format!("x-codex-{which}-{field}").as_bytes()),
+                http::HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        };
+        set("used-percent", format!("{:.1}", used));
+        if let Some(m) = w.window_minutes {
+            set("window-minutes", m.to_string());
+        }
+        if let Some(r) = w.reset_at {
+            let at = r.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            set("reset-at", at.to_string());
+            let after = r.duration_since(now).unwrap_or_default().as_secs();
+            set("reset-after-seconds", after.to_string());
+        }
+    }
+}
+
+/// How much of a stream is watched for its `codex.rate_limits` event: the backend sends it
+/// first, so a stream that has not sent it in this many bytes will not.
+const WATCH_BYTES: usize = 256 * 1024;
+
+/// Passes an event stream through unchanged, handing its `codex.rate_limits` event (read as
+/// [`CredentialUsage`]) to `found`. Only the stream's start is read (its first
+/// [`WATCH_BYTES`], up to its first `response.*` event).
+pub struct RateLimitsWatch<B> {
+    inner: B,
+    decoder: Option<crate::sse::SseDecoder>,
+    seen: usize,
+    found: Option<Box<dyn FnOnce(CredentialUsage) + Send>>,
+}
+
+impl<B> RateLimitsWatch<B> {
+    /// Watches `inner`; `found` runs at most once.
+    pub fn new(inner: B, found: impl FnOnce(CredentialUsage) + Send + 'static) -> Self {
+        RateLimitsWatch {
+            inner,
+            decoder: Some(crate::sse::SseDecoder::new().with_max_event(WATCH_BYTES)),
+            seen: 0,
+            found: Some(Box::new(found)),
+        }
+    }
+
+    fn scan(&mut self, data: &bytes::Bytes) {
+        let Some(decoder) = &mut self.decoder else {
+            return;
+        };
+        self.seen += data.len();
+        decoder.push(data.clone());
+        let mut done = self.seen > WATCH_BYTES;
+        while let Ok(Some(ev)) = decoder.next_event() {
+            match ev.event_type() {
+                Some("codex.rate_limits") => {
+                    let usage = serde_json::from_slice::<Value>(&ev.data)
+                        .ok()
+                        .and_then(|v| {
+                            CredentialUsage::from_rate_limits_event(&v, SystemTime::now())
+                        });
+                    if let (Some(usage), Some(found)) = (usage, self.found.take()) {
+                        found(usage);
+                    }
+                    done = true;
+                    break;
+                }
+                Some(t) if t.starts_with("response.") => {
+                    done = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if done {
+            self.decoder = None;
+        }
+    }
+}
+
+impl<B> http_body::Body for RateLimitsWatch<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                let data = data.clone();
+                this.scan(&data);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

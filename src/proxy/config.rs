@@ -93,6 +93,25 @@ pub struct ProxyConfig {
     /// How the `tower-responses` binary writes its logs: `text` (default) or `json`. The
     /// library never installs a subscriber; this is read by the command line only.
     pub log_format: LogFormat,
+    /// New sessions leave a credential once one of its usage windows passes this percent
+    /// (default 95); sessions bound to it keep it, for their prompt cache, until the hard
+    /// limit.
+    pub soft_limit: f64,
+    /// What the `x-codex-*` usage headers of a reply say: `pooled` (default: the pool's
+    /// figures, the same as `GET /backend-api/wham/usage`) or `served` (the answering
+    /// account's own, as the upstream sent them).
+    pub usage_headers: UsageHeaders,
+}
+
+/// What a reply's `x-codex-*` usage headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageHeaders {
+    /// The pool's figures: a client hears "exhausted" only when every account is.
+    #[default]
+    Pooled,
+    /// The answering account's own figures, as the upstream sent them.
+    Served,
 }
 
 /// The log line format of the `tower-responses` binary.
@@ -131,6 +150,8 @@ impl Default for ProxyConfig {
             auth_base_url: None,
             auth_timeout_secs: 30,
             log_format: LogFormat::default(),
+            soft_limit: crate::credentials::policy::DEFAULT_SOFT_LIMIT,
+            usage_headers: UsageHeaders::default(),
         }
     }
 }

@@ -13,12 +13,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::config::{ConfigError, ProxyConfig};
+use super::config::{ConfigError, ProxyConfig, UsageHeaders};
 use super::edge::{self, EdgeRules, MediaType};
 use super::request_id::{InSpan, RequestId, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
-use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
+use crate::credentials::usage::{self, CredentialUsage, RateLimitsWatch};
+use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, ServedBy, bearer_token};
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
@@ -86,6 +87,7 @@ impl Proxy {
             let pool = Pool::with_logins(config.credentials.clone(), config.oauth_settings())
                 .map_err(|e| ConfigError(format!("credential: {e}")))?
                 .with_strategy(config.strategy)
+                .with_soft_limit(config.soft_limit)
                 .with_default_profile(config.profile())
                 .with_metrics(metrics.clone());
             Some(Arc::new(pool))
@@ -266,6 +268,8 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
         "/status" => "status",
+        // Where the Codex CLI reads its account's limits (`chatgpt_base_url` pointed here).
+        "/backend-api/wham/usage" | "/api/codex/usage" => "usage",
         "/v1/responses" => "responses",
         "/v1/responses/compact" => "compact",
         "/v1/models" => "models",
@@ -394,7 +398,7 @@ async fn admit(
                     .unwrap_or_else(|_| Response::new(full(""))),
             ));
         }
-        (_, "healthz" | "metrics" | "status") if req.method() != Method::GET => {
+        (_, "healthz" | "metrics" | "status" | "usage") if req.method() != Method::GET => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
@@ -433,6 +437,9 @@ async fn admit(
     }
     if route == "status" {
         return Ok(Admitted::Local(json_answer(&status_report(shared))));
+    }
+    if route == "usage" {
+        return Ok(Admitted::Local(json_answer(&codex_usage(shared)?)));
     }
     if is_websocket_upgrade(req.headers()) {
         // The Codex CLI tries a WebSocket first on the built-in provider; 426 makes it use
@@ -552,6 +559,19 @@ async fn dispatch(
     let idle = shared.config.stream_idle_timeout();
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let served = parts.extensions.get::<ServedBy>().map(|s| s.0.clone());
+    let body = match (&shared.pool, served) {
+        (Some(pool), Some(label)) if crate::sse::is_event_stream(&parts.headers) => {
+            // The stream's `codex.rate_limits` event updates the serving account's windows.
+            let pool = pool.clone();
+            RateLimitsWatch::new(body, move |u: CredentialUsage| pool.record_usage(&label, u))
+                .boxed_unsync()
+        }
+        _ => body,
+    };
+    if let (Some(pool), UsageHeaders::Pooled) = (&shared.pool, shared.config.usage_headers) {
+        usage::rewrite_codex_headers(&mut parts.headers, &pool.pooled_usage(), SystemTime::now());
+    }
     // Layers may end an event stream early (at its terminal event, at a token cap), so the
     // upstream's length no longer holds, and hyper aborts a body shorter than its
     // Content-Length. Event streams go out chunked.
@@ -591,6 +611,30 @@ fn status_report(shared: &Shared) -> serde_json::Value {
         "profile": shared.config.profile().as_str(),
         "credentials": credentials,
     })
+}
+
+/// `GET /backend-api/wham/usage` and `GET /api/codex/usage`: the pool's usage in the payload
+/// the Codex CLI parses, so it refuses to send only when every account is used up.
+fn codex_usage(shared: &Shared) -> Result<serde_json::Value, ApiError> {
+    let Some(pool) = &shared.pool else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "this proxy has no credential pool: each client's own account answers for its usage",
+        )
+        .with_code("unknown_url"));
+    };
+    let accounts: Vec<CredentialUsage> = pool
+        .labels()
+        .iter()
+        .filter_map(|l| pool.usage_of(l))
+        .collect();
+    let refs: Vec<&CredentialUsage> = accounts.iter().collect();
+    Ok(usage::codex_usage_payload(
+        &pool.pooled_usage(),
+        &refs,
+        SystemTime::now(),
+    ))
 }
 
 fn json_answer(value: &serde_json::Value) -> Response<ProxyBody> {
