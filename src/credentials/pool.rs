@@ -34,6 +34,20 @@ pub enum Strategy {
     Headroom,
 }
 
+impl Strategy {
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::FillFirst => "fill_first",
+            Strategy::LeastUsed => "least_used",
+            Strategy::Random => "random",
+            Strategy::Weighted => "weighted",
+            Strategy::Headroom => "headroom",
+        }
+    }
+}
+
 /// One credential in the pool, with where it goes.
 #[derive(Debug, Clone)]
 pub struct PoolMember {
@@ -365,6 +379,11 @@ impl Pool {
         }
         self.metrics = Some(metrics);
         self
+    }
+
+    /// What kind of credential a label is.
+    pub fn kind_of(&self, label: &str) -> Option<KeyKind> {
+        self.entry(label).map(|e| e.kind)
     }
 
     /// The state store.

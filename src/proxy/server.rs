@@ -268,6 +268,7 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
         "/status" => "status",
+        "/status.json" => "status_json",
         // Where the Codex CLI reads its account's limits (`chatgpt_base_url` pointed here).
         "/backend-api/wham/usage" | "/api/codex/usage" => "usage",
         "/v1/responses" => "responses",
@@ -398,7 +399,9 @@ async fn admit(
                     .unwrap_or_else(|_| Response::new(full(""))),
             ));
         }
-        (_, "healthz" | "metrics" | "status" | "usage") if req.method() != Method::GET => {
+        (_, "healthz" | "metrics" | "status" | "status_json" | "usage")
+            if req.method() != Method::GET =>
+        {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
@@ -435,8 +438,20 @@ async fn admit(
                 .unwrap_or_else(|_| Response::new(full(""))),
         ));
     }
-    if route == "status" {
+    if route == "status_json" || (route == "status" && !wants_html(req.headers())) {
+        // `/status` answers JSON to a client that asks only for JSON (the `status` command
+        // of earlier versions).
         return Ok(Admitted::Local(json_answer(&status_report(shared))));
+    }
+    if route == "status" {
+        let page = super::status::render_html(&status_report(shared), SystemTime::now());
+        return Ok(Admitted::Local(
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(full(page))
+                .unwrap_or_else(|_| Response::new(full(""))),
+        ));
     }
     if route == "usage" {
         return Ok(Admitted::Local(json_answer(&codex_usage(shared)?)));
@@ -584,32 +599,100 @@ async fn dispatch(
     ))
 }
 
-/// `GET /status`: what `tower-responses status` prints. "degraded" when every upstream
-/// credential is cooling down (nothing can be served until one comes back).
+/// Whether a `/status` client wants the page: a browser asks for `text/html`, and a client
+/// that says nothing gets it too; one asking only for JSON gets JSON.
+fn wants_html(headers: &http::HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.is_empty() || accept.contains("text/html") || !accept.contains("json")
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// What a person must do for a credential to come back, if anything.
+fn action_required(reason: &str) -> Option<&'static str> {
+    ["owner_refresh_needed", "reauth_required"]
+        .into_iter()
+        .find(|r| reason.contains(r))
+}
+
+fn windows_json(windows: impl Iterator<Item = serde_json::Value>) -> serde_json::Value {
+    serde_json::Value::Array(windows.collect())
+}
+
+/// `GET /status.json` (and `/status` for JSON clients): what `tower-responses status` prints
+/// and the page shows. "degraded" when every upstream credential is cooling down (nothing
+/// can be served until one comes back). Labels, kinds, states and figures only: never a
+/// secret.
 fn status_report(shared: &Shared) -> serde_json::Value {
+    use crate::credentials::policy::KeyKind;
     let now = SystemTime::now();
     let credentials: Vec<serde_json::Value> = shared
         .pool
         .iter()
         .flat_map(|pool| pool.labels().into_iter().map(move |label| (pool, label)))
-        .map(|(pool, label)| match pool.cooldown_of(&label) {
-            None => serde_json::json!({ "label": &*label, "state": "ready" }),
-            Some(c) => serde_json::json!({
-                "label": &*label,
-                "state": "cooling",
-                "class": c.class.as_str(),
-                "reason": c.reason,
-                "retry_in_secs": c.until.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
-            }),
+        .map(|(pool, label)| {
+            let kind = match pool.kind_of(&label) {
+                Some(KeyKind::Login) => "codex-auth",
+                Some(KeyKind::Owned) => "codex-oauth",
+                _ => "key",
+            };
+            let usage = pool.usage_of(&label);
+            let windows = windows_json(usage.iter().flat_map(|u| u.windows.iter()).map(|w| {
+                serde_json::json!({
+                    "window": w.kind.as_str(),
+                    "used_percent": w.used_at(now),
+                    "window_minutes": w.window_minutes,
+                    "resets_at": w.reset_at.map(unix_secs),
+                })
+            }));
+            let mut c = match pool.cooldown_of(&label) {
+                Some(c) => serde_json::json!({
+                    "label": &*label,
+                    "state": "cooling",
+                    "class": c.class.as_str(),
+                    "reason": c.reason,
+                    "retry_in_secs": c.until.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+                    "until": c.until.map(unix_secs),
+                    "action_required": action_required(&c.reason),
+                }),
+                _ => serde_json::json!({ "label": &*label, "state": "ready" }),
+            };
+            c["kind"] = kind.into();
+            c["standing"] = pool.standing_of(&label).as_str().into();
+            c["requests"] = pool.state().uses(&label).into();
+            c["plan_type"] = usage.as_ref().and_then(|u| u.plan_type.clone()).into();
+            c["windows"] = windows;
+            c
         })
         .collect();
+    let pooled = windows_json(shared.pool.iter().flat_map(|p| p.pooled_usage()).map(|w| {
+        serde_json::json!({
+            "window": w.kind.as_str(),
+            "used_percent": w.used_percent,
+            "window_minutes": w.window_minutes,
+            "resets_at": w.reset_at.map(unix_secs),
+            "exhausted": w.exhausted,
+            "accounts": w.accounts,
+        })
+    }));
     let ready = credentials.is_empty() || credentials.iter().any(|c| c["state"] == "ready");
     serde_json::json!({
         "status": if ready { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": shared.config.upstream,
         "profile": shared.config.profile().as_str(),
+        "strategy": shared.config.strategy.as_str(),
+        "soft_limit": shared.pool.as_ref().map(|p| p.soft_limit()),
+        "now": unix_secs(now),
         "credentials": credentials,
+        "pool": pooled,
     })
 }
 
