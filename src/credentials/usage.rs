@@ -457,7 +457,7 @@ const WATCH_BYTES: usize = 256 * 1024;
 
 /// Passes an event stream through unchanged, handing its `codex.rate_limits` event (read as
 /// [`CredentialUsage`]) to `found`. Only the stream's start is read (its first
-/// [`WATCH_BYTES`], up to its first `response.*` event).
+/// 256 KiB, up to its first `response.*` event).
 pub struct RateLimitsWatch<B> {
     inner: B,
     decoder: Option<crate::sse::SseDecoder>,
@@ -564,7 +564,12 @@ mod tests {
     #[test]
     fn windows_are_placed_by_their_length_not_their_name() {
         let now = at(1_000_000);
-        let cases: &[(&[(&str, &str)], &[(WindowKind, f64, Option<u64>)])] = &[
+        // (headers, then per window: kind, used, reset as Unix seconds)
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            &'a [(WindowKind, f64, Option<u64>)],
+        );
+        let cases: &[Case] = &[
             // The usual order.
             (
                 &[

@@ -41,10 +41,11 @@ pub struct ProxyConfig {
     #[serde(rename = "profile")]
     pub profile_override: Option<Profile>,
     /// Upstream credentials. With any, the client's `Authorization` is replaced. Each is a
-    /// source string or a table with its own `base_url`, `profile` and `weight`.
+    /// source string or a table with its own `base_url`, `profile`, `weight`, `name` and
+    /// `reserve` (`{ weekly = 30 }`: the percent of a window it keeps back).
     pub credentials: Vec<PoolMember>,
     /// How a credential is chosen: `round_robin`, `fill_first`, `least_used`, `random`,
-    /// `weighted`.
+    /// `weighted`, `headroom` (the most left in its tightest usage window).
     pub strategy: Strategy,
     /// Inbound bearer keys. Without any, only loopback clients addressing the proxy as
     /// `localhost`, `127.0.0.1` or `[::1]` are served. With any, upstream credentials are
