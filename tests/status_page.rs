@@ -15,7 +15,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tower_responses::credentials::{PoolMember, Secret};
-use tower_responses::testing::{MockUpstream, Reply};
+use tower_responses::testing::{MockUpstream, Reply, events};
 
 const KEYS: [&str; 3] = [
     "sk-test-aaaaaaaaaaaaaaaaaaaa-AAAA",
@@ -25,11 +25,18 @@ const KEYS: [&str; 3] = [
 const CLIENT_KEY: &str = "client-key-for-the-status-test-XYZ";
 
 fn with_windows(five: u32, weekly: u32) -> Reply {
+    turn(five, weekly, 1000)
+}
+
+/// A streamed answer whose head carries both windows and whose usage says `input` tokens
+/// in, 10 out.
+fn turn(five: u32, weekly: u32, input: u64) -> Reply {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    Reply::text("ok")
+    let (resp, msg) = events::next_ids();
+    Reply::sse(events::answer(&resp, &msg, "ok", events::usage(input, 10)))
         .with_header("x-codex-primary-used-percent", &five.to_string())
         .with_header("x-codex-primary-window-minutes", "300")
         .with_header("x-codex-primary-reset-at", &(now + 3600).to_string())
@@ -116,6 +123,8 @@ async fn the_page_and_its_json_show_every_credential_and_window() {
     assert_eq!(creds[1]["state"], "cooling", "bob is at 100 %: {v}");
     assert_eq!(creds[1]["class"], "quota_exhausted");
     assert_eq!(creds[2]["standing"], "open");
+    assert_eq!(creds[0]["requests_today"], 1);
+    assert_eq!(creds[0]["tokens_today"], 1010, "1000 in, 10 out: {v}");
     // The pool: (35 + 100 + 80) / 3 of the 5-hour window.
     let pool_five = v["pool"]
         .as_array()
@@ -246,6 +255,18 @@ async fn a_real_browser_renders_the_page() {
         let body = json!({"model": "gpt-5.5", "stream": true, "input": "hi"});
         send_collect(&c, json_req(&proxy.url("/v1/responses"), None, body)).await;
     }
+    // A session whose context blows up: its input climbs turn after turn (on alice).
+    for (i, input) in [2_000, 9_000, 30_000, 80_000, 150_000]
+        .into_iter()
+        .enumerate()
+    {
+        mock.push_for(KEYS[0], turn(36 + i as u32, 12, input));
+        let body = json!({"model": "gpt-5.5", "stream": true, "input": "hi",
+                          "prompt_cache_key": "session-blowup"});
+        let (status, _, _) =
+            send_collect(&c, json_req(&proxy.url("/v1/responses"), None, body)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
     let url = proxy.url("/status");
     let dom = {
         let (bin, url) = (bin.clone(), url.clone());
@@ -271,6 +292,11 @@ async fn a_real_browser_renders_the_page() {
         "two bars per credential and two for the pool: {html}"
     );
     assert!(html.contains("cooling: quota_exhausted"), "{html}");
+    assert!(
+        html.contains("<td>session-blowup</td><td>5</td><td>150000</td>"),
+        "{html}"
+    );
+    assert!(html.contains("<polyline"), "the per-turn chart: {html}");
     assert_no_secret(&html);
 
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");

@@ -541,6 +541,209 @@ where
     }
 }
 
+/// How many sessions the ledger keeps; past it, the one with the smallest input leaves.
+const LEDGER_SESSIONS: usize = 512;
+/// How many turns of a session the ledger keeps (the latest).
+const LEDGER_TURNS: usize = 100;
+
+/// Requests and tokens per credential today (UTC), and each session's input tokens per turn:
+/// what the status page shows beside the windows. Bounded: at most 512 sessions of 100
+/// turns each.
+#[derive(Debug, Default)]
+pub struct UsageLedger {
+    inner: std::sync::Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    day: u64,
+    credentials: std::collections::HashMap<String, Today>,
+    sessions: std::collections::HashMap<String, Vec<u64>>,
+}
+
+/// One credential's figures for today (UTC).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Today {
+    /// Answers it gave.
+    pub requests: u64,
+    /// Input plus output tokens of those answers that reported usage.
+    pub tokens: u64,
+}
+
+fn utc_day(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400
+}
+
+impl UsageLedger {
+    fn ledger(&self, now: SystemTime) -> std::sync::MutexGuard<'_, Ledger> {
+        let mut l = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let day = utc_day(now);
+        if l.day != day {
+            l.day = day;
+            l.credentials.clear();
+        }
+        l
+    }
+
+    /// Counts an answer of `credential`.
+    pub fn record_request(&self, credential: &str, now: SystemTime) {
+        let mut l = self.ledger(now);
+        l.credentials
+            .entry(credential.to_string())
+            .or_default()
+            .requests += 1;
+    }
+
+    /// Records a finished turn's usage: tokens for the credential, input tokens as the
+    /// session's next turn.
+    pub fn record_turn(
+        &self,
+        credential: Option<&str>,
+        session: Option<&str>,
+        input: u64,
+        output: u64,
+        now: SystemTime,
+    ) {
+        let mut l = self.ledger(now);
+        if let Some(c) = credential {
+            let t = l.credentials.entry(c.to_string()).or_default();
+            t.tokens = t.tokens.saturating_add(input.saturating_add(output));
+        }
+        let Some(session) = session else { return };
+        if !l.sessions.contains_key(session) && l.sessions.len() >= LEDGER_SESSIONS {
+            let smallest = l
+                .sessions
+                .iter()
+                .min_by_key(|(_, turns)| turns.iter().max().copied().unwrap_or(0))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = smallest {
+                l.sessions.remove(&k);
+            }
+        }
+        let turns = l
+            .sessions
+            .entry(session.chars().take(128).collect())
+            .or_default();
+        if turns.len() >= LEDGER_TURNS {
+            turns.remove(0);
+        }
+        turns.push(input);
+    }
+
+    /// A credential's figures today.
+    pub fn today(&self, credential: &str, now: SystemTime) -> Today {
+        self.ledger(now)
+            .credentials
+            .get(credential)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The `n` sessions with the largest input, largest first, each with its turns' input
+    /// tokens in order.
+    pub fn top_sessions(&self, n: usize) -> Vec<(String, Vec<u64>)> {
+        let l = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<(String, Vec<u64>)> = l
+            .sessions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by_key(|(k, turns)| {
+            (
+                std::cmp::Reverse(turns.iter().max().copied().unwrap_or(0)),
+                k.clone(),
+            )
+        });
+        all.truncate(n);
+        all
+    }
+}
+
+/// Passes an event stream through unchanged, handing the usage of its terminal event
+/// (`response.completed`, `.incomplete`, `.failed`: input and output tokens) to `found`.
+pub struct TurnWatch<B> {
+    inner: B,
+    decoder: Option<crate::sse::SseDecoder>,
+    found: Option<Box<dyn FnOnce(u64, u64) + Send>>,
+}
+
+impl<B> TurnWatch<B> {
+    /// Watches `inner`; `found` runs at most once.
+    pub fn new(inner: B, found: impl FnOnce(u64, u64) + Send + 'static) -> Self {
+        TurnWatch {
+            inner,
+            decoder: Some(crate::sse::SseDecoder::new()),
+            found: Some(Box::new(found)),
+        }
+    }
+
+    fn scan(&mut self, data: &bytes::Bytes) {
+        let Some(decoder) = &mut self.decoder else {
+            return;
+        };
+        decoder.push(data.clone());
+        loop {
+            match decoder.next_event() {
+                Ok(Some(ev)) => {
+                    if !matches!(
+                        ev.event_type(),
+                        Some("response.completed" | "response.incomplete" | "response.failed")
+                    ) {
+                        continue;
+                    }
+                    let usage = serde_json::from_slice::<Value>(&ev.data)
+                        .ok()
+                        .and_then(|v| v.pointer("/response/usage").cloned());
+                    let tokens = |k: &str| usage.as_ref().and_then(|u| u.get(k)?.as_u64());
+                    if let (Some(input), Some(found)) = (tokens("input_tokens"), self.found.take())
+                    {
+                        found(input, tokens("output_tokens").unwrap_or(0));
+                    }
+                    self.decoder = None;
+                    return;
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    // An event beyond the bound: stop watching, keep forwarding.
+                    self.decoder = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for TurnWatch<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                let data = data.clone();
+                this.scan(&data);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

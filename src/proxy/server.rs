@@ -18,7 +18,7 @@ use super::edge::{self, EdgeRules, MediaType};
 use super::request_id::{InSpan, RequestId, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
-use crate::credentials::usage::{self, CredentialUsage, RateLimitsWatch};
+use crate::credentials::usage::{self, CredentialUsage, RateLimitsWatch, TurnWatch, UsageLedger};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, ServedBy, bearer_token};
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
@@ -48,6 +48,8 @@ struct Shared {
     stack: StackService,
     connector: UpstreamConnector,
     metrics: Metrics,
+    /// Requests and tokens today per credential, input tokens per turn per session.
+    ledger: Arc<UsageLedger>,
 }
 
 /// A bound proxy, ready to serve.
@@ -119,6 +121,7 @@ impl Proxy {
             connector,
             metrics,
             config,
+            ledger: Arc::default(),
         };
         Ok(Proxy {
             listener,
@@ -530,6 +533,8 @@ async fn dispatch(
         // this connection carries nothing more (nothing pipelined behind it is read).
         Err(err) => return Err(Refused { err, close: true }),
     };
+    let session = RequestFacts::cached(&upstream)
+        .and_then(|facts| crate::facts::session_key(upstream.headers(), &facts));
     if shared.pool.is_some() {
         // Rotation sets the credential's headers; the client's never go upstream.
         upstream.headers_mut().remove(header::AUTHORIZATION);
@@ -575,6 +580,25 @@ async fn dispatch(
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let served = parts.extensions.get::<ServedBy>().map(|s| s.0.clone());
+    if let Some(label) = &served {
+        shared.ledger.record_request(label, SystemTime::now());
+    }
+    let body = if crate::sse::is_event_stream(&parts.headers) {
+        // The turn's usage: tokens today for the account, the session's input per turn.
+        let (ledger, label) = (shared.ledger.clone(), served.clone());
+        TurnWatch::new(body, move |input, output| {
+            ledger.record_turn(
+                label.as_deref(),
+                session.as_deref(),
+                input,
+                output,
+                SystemTime::now(),
+            )
+        })
+        .boxed_unsync()
+    } else {
+        body
+    };
     let body = match (&shared.pool, served) {
         (Some(pool), Some(label)) if crate::sse::is_event_stream(&parts.headers) => {
             // The stream's `codex.rate_limits` event updates the serving account's windows.
@@ -666,7 +690,9 @@ fn status_report(shared: &Shared) -> serde_json::Value {
             };
             c["kind"] = kind.into();
             c["standing"] = pool.standing_of(&label).as_str().into();
-            c["requests"] = pool.state().uses(&label).into();
+            let today = shared.ledger.today(&label, now);
+            c["requests_today"] = today.requests.into();
+            c["tokens_today"] = today.tokens.into();
             c["plan_type"] = usage.as_ref().and_then(|u| u.plan_type.clone()).into();
             c["windows"] = windows;
             c
@@ -682,8 +708,15 @@ fn status_report(shared: &Shared) -> serde_json::Value {
             "accounts": w.accounts,
         })
     }));
+    let sessions: Vec<serde_json::Value> = shared
+        .ledger
+        .top_sessions(10)
+        .into_iter()
+        .map(|(key, turns)| serde_json::json!({ "session": key, "input_tokens": turns }))
+        .collect();
     let ready = credentials.is_empty() || credentials.iter().any(|c| c["state"] == "ready");
     serde_json::json!({
+        "sessions": sessions,
         "status": if ready { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": shared.config.upstream,

@@ -196,6 +196,12 @@ fn describe(url: &Uri, answer: &Value) -> String {
         }
         out.push_str(&line);
         out.push('\n');
+        if let Some(requests) = c.get("requests_today").and_then(Value::as_u64) {
+            let tokens = c.get("tokens_today").and_then(Value::as_u64).unwrap_or(0);
+            out.push_str(&format!(
+                "  today      {requests} requests, {tokens} tokens\n"
+            ));
+        }
         for w in c
             .get("windows")
             .and_then(Value::as_array)
@@ -268,7 +274,7 @@ th{background:#eaeef2;font-weight:600}.state-ready{color:#1a7f37}.state-cooling{
 .state-reauth{color:#cf222e;font-weight:600}.win{margin:2px 0}.bar{display:inline-block;width:160px;\
 height:10px;background:#eaeef2;border-radius:5px;overflow:hidden;vertical-align:middle;margin:0 6px}\
 .fill{height:100%;background:#2da44e}.fill.warn{background:#bf8700}.fill.full{background:#cf222e}\
-.muted{color:#57606a}.win>.muted:first-child{display:inline-block;width:76px}";
+.muted{color:#57606a}.win>.muted:first-child{display:inline-block;width:76px}.win{white-space:nowrap}";
 
 fn bar(w: &Value) -> String {
     let used = w
@@ -295,6 +301,73 @@ fn bar(w: &Value) -> String {
          aria-valuemax=\"100\"><span class=\"{class}\" style=\"width:{used:.1}%;display:block\"></span></span>\
          {used:.1} %{reset}</div>",
         w = esc(window),
+    )
+}
+
+/// A session's input tokens per turn as an inline SVG line: a context blow-up climbs.
+fn sparkline(turns: &[u64]) -> String {
+    let (w, h) = (240.0, 40.0);
+    let max = turns.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let step = if turns.len() > 1 {
+        w / (turns.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let points: Vec<String> = turns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                h - 2.0 - (*t as f64 / max) * (h - 4.0)
+            )
+        })
+        .collect();
+    format!(
+        "<svg class=\"turns\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" \
+         aria-label=\"input tokens per turn\"><polyline fill=\"none\" stroke=\"#0969da\" \
+         stroke-width=\"2\" points=\"{}\"/></svg>",
+        points.join(" ")
+    )
+}
+
+fn sessions_html(report: &Value) -> String {
+    let rows: String = report
+        .get("sessions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let turns: Vec<u64> = s
+                .get("input_tokens")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .collect();
+            let key: String = s
+                .get("session")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .chars()
+                .take(24)
+                .collect();
+            format!(
+                "<tr class=\"session\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&key),
+                turns.len(),
+                turns.last().copied().unwrap_or(0),
+                sparkline(&turns)
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return "<p class=\"muted\">no session has finished a turn yet</p>".to_string();
+    }
+    format!(
+        "<table><thead><tr><th>session</th><th>turns</th><th>last input tokens</th>\
+         <th>input tokens per turn</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 }
 
@@ -348,14 +421,15 @@ pub(super) fn render_html(report: &Value, now: std::time::SystemTime) -> String 
         };
         rows.push_str(&format!(
             "<tr class=\"credential\" data-label=\"{label}\"><td>{label}</td><td>{kind}</td>\
-             <td class=\"{state_class}\">{state}</td><td>{windows}</td><td>{requests}</td></tr>",
+             <td class=\"{state_class}\">{state}</td><td>{windows}</td><td>{requests}</td><td>{tokens}</td></tr>",
             label = text(c, "label"),
             kind = text(c, "kind"),
-            requests = c.get("requests").and_then(Value::as_u64).unwrap_or(0),
+            requests = c.get("requests_today").and_then(Value::as_u64).unwrap_or(0),
+            tokens = c.get("tokens_today").and_then(Value::as_u64).unwrap_or(0),
         ));
     }
     if credentials.is_empty() {
-        rows.push_str("<tr><td colspan=\"5\" class=\"muted\">no credentials: each client's own key goes upstream</td></tr>");
+        rows.push_str("<tr><td colspan=\"6\" class=\"muted\">no credentials: each client's own key goes upstream</td></tr>");
     }
     let pool: String = report
         .get("pool")
@@ -371,13 +445,15 @@ pub(super) fn render_html(report: &Value, now: std::time::SystemTime) -> String 
          <div class=\"sub\">upstream {upstream} ({profile}) · strategy {strategy} · version {version} · \
          as of {asof}</div><h2>Pool</h2><div id=\"pool\">{pool}</div><h2>Credentials</h2>\
          <table><thead><tr><th>credential</th><th>kind</th><th>state</th><th>windows</th>\
-         <th>requests</th></tr></thead><tbody>{rows}</tbody></table></body></html>",
+         <th>requests today</th><th>tokens today</th></tr></thead><tbody>{rows}</tbody></table>\
+         <h2>Sessions with the most input</h2>{sessions}</body></html>",
         status = text(report, "status"),
         upstream = text(report, "upstream"),
         profile = text(report, "profile"),
         strategy = text(report, "strategy"),
         version = text(report, "version"),
         asof = clock(now_unix),
+        sessions = sessions_html(report),
         pool = if pool.is_empty() {
             "<span class=\"muted\">no usage reported yet</span>".to_string()
         } else {
