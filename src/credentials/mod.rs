@@ -52,6 +52,7 @@ mod rotate;
 mod source;
 mod state;
 mod ttl_map;
+pub mod usage;
 
 pub use crate::marks::{EncryptedOwner, PinnedCredential, ServedBy};
 pub use lease::{CredentialLease, LeaseReporter};

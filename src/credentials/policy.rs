@@ -58,6 +58,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 
 use super::state::Cooldown;
+use super::usage::{CredentialUsage, WindowKind};
 use crate::classify::{Failure, FailureClass, Origin};
 use crate::error::ApiError;
 use crate::marks::Phase;
@@ -518,3 +519,90 @@ pub fn when_none_usable(cooling: &[Cooldown], now: SystemTime, max_wait: Duratio
 
 #[cfg(test)]
 mod tests;
+
+/// What a credential keeps back: this percent of each window stays unused while other
+/// credentials have quota (`reserve = { weekly = 30 }` keeps 30 % of the weekly window).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    /// Percent of the 5-hour window kept back.
+    #[serde(default)]
+    pub five_hour: Option<f64>,
+    /// Percent of the weekly window kept back.
+    #[serde(default)]
+    pub weekly: Option<f64>,
+}
+
+impl Reserve {
+    fn keep(&self, kind: WindowKind) -> Option<f64> {
+        match kind {
+            WindowKind::FiveHour => self.five_hour,
+            WindowKind::Weekly => self.weekly,
+            _ => None,
+        }
+    }
+}
+
+/// Where a credential stands for rotation, best first: the pick takes the best standing
+/// any credential has, so a worse one is used only when no better one is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Below every limit.
+    Open,
+    /// A window passed `soft_limit`: new sessions go elsewhere; sessions bound to it keep it
+    /// (their prompt cache lives there) until the hard limit.
+    SoftLimited,
+    /// It reached its reserve: out while others have quota, the last resort.
+    Reserved,
+}
+
+impl Standing {
+    /// Its name in `/status.json` and the page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Open => "open",
+            Standing::SoftLimited => "soft_limited",
+            Standing::Reserved => "reserved",
+        }
+    }
+}
+
+/// The default `soft_limit`, in percent of a window.
+pub const DEFAULT_SOFT_LIMIT: f64 = 95.0;
+
+/// Decides a credential's [`Standing`] from its last reported usage. Pure.
+///
+/// | usage | for | standing |
+/// |---|---|---|
+/// | unknown, or credits / unlimited | any | open |
+/// | a window's use at or past `100 - reserve` of that window | any | reserved |
+/// | a window's use at or past `soft_limit` | a new session | soft limited |
+/// | a window's use at or past `soft_limit` | the session bound to it | open |
+/// | otherwise | any | open |
+///
+/// A window whose reset has passed counts as empty. A window at 100 % is the hard limit:
+/// the pool cools the credential until its reset (see [`CodexUsage::exhausted_until`](crate::classify::CodexUsage::exhausted_until)).
+pub fn standing(
+    usage: Option<&CredentialUsage>,
+    reserve: Option<&Reserve>,
+    soft_limit: f64,
+    bound: bool,
+    now: SystemTime,
+) -> Standing {
+    let Some(usage) = usage.filter(|u| !u.unbounded()) else {
+        return Standing::Open;
+    };
+    let reserved = reserve.is_some_and(|r| {
+        usage.windows.iter().any(|w| {
+            r.keep(w.kind)
+                .is_some_and(|keep| w.used_at(now) >= 100.0 - keep.clamp(0.0, 100.0))
+        })
+    });
+    if reserved {
+        Standing::Reserved
+    } else if !bound && usage.windows.iter().any(|w| w.used_at(now) >= soft_limit) {
+        Standing::SoftLimited
+    } else {
+        Standing::Open
+    }
+}

@@ -1,10 +1,12 @@
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::oauth::{Logins, OAuthSettings, OwnedLogin, RefreshTrigger};
-use super::policy::{self, KeyKind, Readiness, Renewal, TokenState};
+use super::policy::{self, KeyKind, Readiness, Renewal, Reserve, Standing, TokenState};
 use super::state::{Cooldown, MemoryState, PoolState, SessionBinding};
+use super::usage::{CredentialUsage, PooledWindow};
 use super::{Credential, CredentialSource, LoadError};
 use crate::classify::{CodexUsage, Failure, FailureClass};
 use crate::metrics::Metrics;
@@ -27,6 +29,23 @@ pub enum Strategy {
     Random,
     /// At random, in proportion to each credential's weight.
     Weighted,
+    /// The one with the most quota left in its tightest usage window (ties: in turn), so
+    /// accounts wear down evenly and none hits its wall while another sits idle.
+    Headroom,
+}
+
+impl Strategy {
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::FillFirst => "fill_first",
+            Strategy::LeastUsed => "least_used",
+            Strategy::Random => "random",
+            Strategy::Weighted => "weighted",
+            Strategy::Headroom => "headroom",
+        }
+    }
 }
 
 /// One credential in the pool, with where it goes.
@@ -43,6 +62,9 @@ pub struct PoolMember {
     pub weight: u32,
     /// Its label in logs and metrics; default: its kind and position, e.g. `key-1`.
     pub name: Option<String>,
+    /// What of its usage windows it keeps back: once reached, it is out of rotation while
+    /// others have quota, and the last resort when none has (`reserve = { weekly = 30 }`).
+    pub reserve: Option<Reserve>,
 }
 
 impl PoolMember {
@@ -54,6 +76,7 @@ impl PoolMember {
             profile: None,
             weight: 1,
             name: None,
+            reserve: None,
         }
     }
 }
@@ -142,6 +165,10 @@ pub struct Pool {
     default_profile: Option<Profile>,
     cursor: AtomicUsize,
     metrics: Option<Metrics>,
+    /// Each credential's last reported usage windows, by label.
+    usage: Mutex<HashMap<Arc<str>, CredentialUsage>>,
+    /// New sessions leave a credential once a window passes this percent.
+    soft_limit: f64,
 }
 
 /// Where cooldowns go and are reported: what a refresh running beside the requests needs.
@@ -246,6 +273,8 @@ impl Pool {
             default_profile: None,
             cursor: AtomicUsize::new(0),
             metrics: None,
+            usage: Mutex::new(HashMap::new()),
+            soft_limit: policy::DEFAULT_SOFT_LIMIT,
         })
     }
 
@@ -259,6 +288,72 @@ impl Pool {
     pub fn with_strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
         self
+    }
+
+    /// New sessions leave a credential once one of its usage windows passes `percent`
+    /// (default 95); sessions bound to it keep it until the hard limit.
+    pub fn with_soft_limit(mut self, percent: f64) -> Self {
+        if percent.is_finite() {
+            self.soft_limit = percent.clamp(0.0, 100.0);
+        }
+        self
+    }
+
+    /// The soft limit, in percent.
+    pub fn soft_limit(&self) -> f64 {
+        self.soft_limit
+    }
+
+    /// Takes in a usage report for a credential (from a reply's headers or a
+    /// `codex.rate_limits` event): its windows replace those of the same kind.
+    pub fn record_usage(&self, label: &str, report: CredentialUsage) {
+        let Some(e) = self.entry(label) else { return };
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        usage.entry(e.label.clone()).or_default().merge(report);
+    }
+
+    /// A credential's last reported usage.
+    pub fn usage_of(&self, label: &str) -> Option<CredentialUsage> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .cloned()
+    }
+
+    /// Where a credential stands for a new session (see [`policy::standing`]).
+    pub fn standing_of(&self, label: &str) -> Standing {
+        self.standing_for(label, false, SystemTime::now())
+    }
+
+    fn standing_for(&self, label: &str, bound: bool, now: SystemTime) -> Standing {
+        let reserve = self.entry(label).and_then(|e| e.member.reserve);
+        let usage = self.usage_of(label);
+        policy::standing(
+            usage.as_ref(),
+            reserve.as_ref(),
+            self.soft_limit,
+            bound,
+            now,
+        )
+    }
+
+    /// The pool's usage windows over the credentials that can serve (all but those out for
+    /// auth): what a Codex client is told, so it hears "exhausted" only when the pool is.
+    pub fn pooled_usage(&self) -> Vec<PooledWindow> {
+        let now = SystemTime::now();
+        let serving: Vec<CredentialUsage> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                !self
+                    .cooldown_of(&e.label)
+                    .is_some_and(|c| c.excludes() && c.class == FailureClass::Auth)
+            })
+            .filter_map(|e| self.usage_of(&e.label))
+            .collect();
+        let refs: Vec<&CredentialUsage> = serving.iter().collect();
+        super::usage::pooled(&refs, now)
     }
 
     /// Sets the cooldown policy.
@@ -287,6 +382,11 @@ impl Pool {
         }
         self.metrics = Some(metrics);
         self
+    }
+
+    /// What kind of credential a label is.
+    pub fn kind_of(&self, label: &str) -> Option<KeyKind> {
+        self.entry(label).map(|e| e.kind)
     }
 
     /// The state store.
@@ -535,7 +635,14 @@ impl Pool {
             return self.entry(pin).map(|e| e.label.clone());
         }
         let now = SystemTime::now();
-        // Rank 0 is best: fresh, then softly cooled, then (anchored) Codex members.
+        let binding = req.session.and_then(|s| self.state.session(s));
+        let bound_to = |label: &str| {
+            binding
+                .as_ref()
+                .is_some_and(|b| b.primary == label || b.fallback.as_deref() == Some(label))
+        };
+        // Rank 0 is best. The usage standing comes first (open, past the soft limit, at its
+        // reserve), then fresh before softly cooled, then (anchored) Codex members last.
         let rank = |e: &Entry| -> Option<u8> {
             if req.exclude.contains(&e.label) {
                 return None;
@@ -547,7 +654,8 @@ impl Pool {
                 None => false,
             };
             let codex = req.anchored && self.profile_of(&e.label) == Some(Profile::ChatgptCodex);
-            Some(u8::from(soft) + 2 * u8::from(codex))
+            let standing = self.standing_for(&e.label, bound_to(&e.label), now) as u8;
+            Some(4 * standing + u8::from(soft) + 2 * u8::from(codex))
         };
         let ranked: Vec<(&Entry, u8)> = self
             .entries
@@ -560,7 +668,7 @@ impl Pool {
             .filter(|(_, r)| *r == best)
             .map(|(e, _)| *e)
             .collect();
-        if let Some(binding) = req.session.and_then(|s| self.state.session(s)) {
+        if let Some(binding) = &binding {
             for bound in std::iter::once(&binding.primary).chain(binding.fallback.as_ref()) {
                 if let Some(e) = healthy.iter().find(|e| *e.label == **bound) {
                     return Some(e.label.clone());
@@ -600,6 +708,19 @@ impl Pool {
                     roll -= w;
                 }
                 pick
+            }
+            Strategy::Headroom => {
+                // The most left in the tightest window; ties go in turn from the cursor.
+                let start = n % healthy.len();
+                let used = |e: &Entry| {
+                    self.usage_of(&e.label)
+                        .filter(|u| !u.unbounded())
+                        .map_or(0.0, |u| u.tightest_used(now))
+                };
+                (0..healthy.len())
+                    .map(|i| healthy[(start + i) % healthy.len()])
+                    .min_by(|a, b| used(a).total_cmp(&used(b)))
+                    .unwrap_or(healthy[0])
             }
         };
         self.begin_probe(&chosen.label, now);
@@ -684,6 +805,9 @@ impl Pool {
             self.clear(label);
         } else {
             self.state.reset_strikes(label);
+        }
+        if let Some(usage) = CredentialUsage::from_headers(headers, SystemTime::now()) {
+            self.record_usage(label, usage);
         }
         if let Some(until) = CodexUsage::from_headers(headers).and_then(|u| u.exhausted_until()) {
             if until > SystemTime::now() {
@@ -944,6 +1068,7 @@ impl<'de> serde::Deserialize<'de> for PoolMember {
             #[serde(default = "one")]
             weight: u32,
             name: Option<String>,
+            reserve: Option<Reserve>,
         }
         fn one() -> u32 {
             1
@@ -962,6 +1087,7 @@ impl<'de> serde::Deserialize<'de> for PoolMember {
                 profile: t.profile,
                 weight: t.weight,
                 name: t.name.filter(|n| !n.trim().is_empty()),
+                reserve: t.reserve,
             },
         })
     }
@@ -1165,6 +1291,159 @@ mod tests {
             until, reset,
             "the weekly window's reset, not the 5-hour one"
         );
+    }
+
+    fn windows(five: f64, weekly: f64) -> CredentialUsage {
+        use crate::credentials::usage::{UsageWindow, WindowKind};
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        CredentialUsage {
+            windows: vec![
+                UsageWindow {
+                    kind: WindowKind::FiveHour,
+                    used_percent: five,
+                    window_minutes: Some(300),
+                    reset_at: Some(later),
+                },
+                UsageWindow {
+                    kind: WindowKind::Weekly,
+                    used_percent: weekly,
+                    window_minutes: Some(10080),
+                    reset_at: Some(later),
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// `headroom`, `soft_limit` and `reserve`, one row per situation: the usage of the three
+    /// keys, key-1's reserve, the session's binding, and the pick expected.
+    #[test]
+    fn usage_decides_the_pick_as_specified() {
+        type Row = (
+            [(f64, f64); 3],
+            Option<Reserve>,
+            Option<&'static str>,
+            Strategy,
+            &'static str,
+        );
+        let weekly_30 = Some(Reserve {
+            weekly: Some(30.0),
+            five_hour: None,
+        });
+        let rows: &[Row] = &[
+            // headroom: the most left in the tightest window.
+            (
+                [(10.0, 80.0), (50.0, 20.0), (30.0, 30.0)],
+                None,
+                None,
+                Strategy::Headroom,
+                "key-3",
+            ),
+            (
+                [(0.0, 0.0), (50.0, 20.0), (30.0, 30.0)],
+                None,
+                None,
+                Strategy::Headroom,
+                "key-1",
+            ),
+            // Past the soft limit, a new session goes elsewhere, whatever the strategy...
+            (
+                [(96.0, 10.0), (50.0, 20.0), (60.0, 30.0)],
+                None,
+                None,
+                Strategy::FillFirst,
+                "key-2",
+            ),
+            // ...but the session bound to it stays.
+            (
+                [(96.0, 10.0), (50.0, 20.0), (60.0, 30.0)],
+                None,
+                Some("key-1"),
+                Strategy::FillFirst,
+                "key-1",
+            ),
+            // All past it: the one with the most headroom still serves.
+            (
+                [(96.0, 10.0), (99.0, 20.0), (97.0, 30.0)],
+                None,
+                None,
+                Strategy::Headroom,
+                "key-1",
+            ),
+            // A reserve takes key-1 out while the others have quota...
+            (
+                [(0.0, 75.0), (50.0, 20.0), (60.0, 30.0)],
+                weekly_30,
+                None,
+                Strategy::FillFirst,
+                "key-2",
+            ),
+            // ...even for its bound session...
+            (
+                [(0.0, 75.0), (50.0, 20.0), (60.0, 30.0)],
+                weekly_30,
+                Some("key-1"),
+                Strategy::FillFirst,
+                "key-2",
+            ),
+            // ...and comes back as the last resort, after accounts past the soft limit.
+            (
+                [(0.0, 75.0), (96.0, 20.0), (60.0, 30.0)],
+                weekly_30,
+                None,
+                Strategy::Headroom,
+                "key-3",
+            ),
+            (
+                [(0.0, 75.0), (96.0, 20.0), (97.0, 30.0)],
+                weekly_30,
+                None,
+                Strategy::Headroom,
+                "key-2",
+            ),
+        ];
+        for (i, (usage, reserve, bound, strategy, want)) in rows.iter().enumerate() {
+            let mut members: Vec<PoolMember> = KEYS
+                .iter()
+                .map(|k| PoolMember::new(k.parse().unwrap()))
+                .collect();
+            members[0].reserve = *reserve;
+            let p = Pool::new(members).unwrap().with_strategy(*strategy);
+            for (label, (five, weekly)) in ["key-1", "key-2", "key-3"].iter().zip(usage) {
+                p.record_usage(label, windows(*five, *weekly));
+            }
+            if let Some(b) = bound {
+                p.record_served("s", b);
+            }
+            let got = p.pick(&[], None, bound.map(|_| "s")).unwrap();
+            assert_eq!(&*got, *want, "row {i}");
+        }
+        // Every key at its reserve or at 100 % cooled: the reserve still serves.
+        let mut members: Vec<PoolMember> = KEYS[..2]
+            .iter()
+            .map(|k| PoolMember::new(k.parse().unwrap()))
+            .collect();
+        members[0].reserve = weekly_30;
+        let p = Pool::new(members).unwrap();
+        p.record_usage("key-1", windows(0.0, 90.0));
+        p.record_failure("key-2", &Failure::new(FailureClass::QuotaExhausted));
+        assert_eq!(p.pick(&[], None, None).as_deref(), Some("key-1"));
+    }
+
+    #[test]
+    fn reply_headers_are_kept_as_the_credentials_windows() {
+        let p = pool(&KEYS, Strategy::Headroom);
+        let mut h = http::HeaderMap::new();
+        h.insert("x-codex-primary-used-percent", "12".parse().unwrap());
+        h.insert("x-codex-primary-window-minutes", "10080".parse().unwrap());
+        h.insert("x-codex-secondary-used-percent", "64".parse().unwrap());
+        h.insert("x-codex-secondary-window-minutes", "300".parse().unwrap());
+        p.record_success("key-2", &h);
+        let u = p.usage_of("key-2").unwrap();
+        use crate::credentials::usage::WindowKind;
+        assert_eq!(u.window(WindowKind::Weekly).unwrap().used_percent, 12.0);
+        assert_eq!(u.window(WindowKind::FiveHour).unwrap().used_percent, 64.0);
+        assert!(p.usage_of("key-1").is_none());
     }
 
     #[test]

@@ -186,9 +186,11 @@ fn parse_strategy(s: &str) -> Result<Strategy, String> {
             "least_used" => Strategy::LeastUsed,
             "random" => Strategy::Random,
             "weighted" => Strategy::Weighted,
+            "headroom" => Strategy::Headroom,
             _ => {
                 return Err(
-                    "expected round_robin, fill_first, least_used, random or weighted".to_string(),
+                    "expected round_robin, fill_first, least_used, random, weighted or headroom"
+                        .to_string(),
                 );
             }
         },

@@ -41,10 +41,11 @@ pub struct ProxyConfig {
     #[serde(rename = "profile")]
     pub profile_override: Option<Profile>,
     /// Upstream credentials. With any, the client's `Authorization` is replaced. Each is a
-    /// source string or a table with its own `base_url`, `profile` and `weight`.
+    /// source string or a table with its own `base_url`, `profile`, `weight`, `name` and
+    /// `reserve` (`{ weekly = 30 }`: the percent of a window it keeps back).
     pub credentials: Vec<PoolMember>,
     /// How a credential is chosen: `round_robin`, `fill_first`, `least_used`, `random`,
-    /// `weighted`.
+    /// `weighted`, `headroom` (the most left in its tightest usage window).
     pub strategy: Strategy,
     /// Inbound bearer keys. Without any, only loopback clients addressing the proxy as
     /// `localhost`, `127.0.0.1` or `[::1]` are served. With any, upstream credentials are
@@ -93,6 +94,25 @@ pub struct ProxyConfig {
     /// How the `tower-responses` binary writes its logs: `text` (default) or `json`. The
     /// library never installs a subscriber; this is read by the command line only.
     pub log_format: LogFormat,
+    /// New sessions leave a credential once one of its usage windows passes this percent
+    /// (default 95); sessions bound to it keep it, for their prompt cache, until the hard
+    /// limit.
+    pub soft_limit: f64,
+    /// What the `x-codex-*` usage headers of a reply say: `pooled` (default: the pool's
+    /// figures, the same as `GET /backend-api/wham/usage`) or `served` (the answering
+    /// account's own, as the upstream sent them).
+    pub usage_headers: UsageHeaders,
+}
+
+/// What a reply's `x-codex-*` usage headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageHeaders {
+    /// The pool's figures: a client hears "exhausted" only when every account is.
+    #[default]
+    Pooled,
+    /// The answering account's own figures, as the upstream sent them.
+    Served,
 }
 
 /// The log line format of the `tower-responses` binary.
@@ -131,6 +151,8 @@ impl Default for ProxyConfig {
             auth_base_url: None,
             auth_timeout_secs: 30,
             log_format: LogFormat::default(),
+            soft_limit: crate::credentials::policy::DEFAULT_SOFT_LIMIT,
+            usage_headers: UsageHeaders::default(),
         }
     }
 }

@@ -37,5 +37,5 @@ mod request_id;
 mod server;
 mod status;
 
-pub use config::{ConfigError, LogFormat, ProxyConfig, command_line_secret_warning};
+pub use config::{ConfigError, LogFormat, ProxyConfig, UsageHeaders, command_line_secret_warning};
 pub use server::{Proxy, ProxyBody};

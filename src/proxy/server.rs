@@ -13,12 +13,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::config::{ConfigError, ProxyConfig};
+use super::config::{ConfigError, ProxyConfig, UsageHeaders};
 use super::edge::{self, EdgeRules, MediaType};
 use super::request_id::{InSpan, RequestId, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
-use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, bearer_token};
+use crate::credentials::usage::{self, CredentialUsage, RateLimitsWatch, TurnWatch, UsageLedger};
+use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, ServedBy, bearer_token};
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
@@ -47,6 +48,8 @@ struct Shared {
     stack: StackService,
     connector: UpstreamConnector,
     metrics: Metrics,
+    /// Requests and tokens today per credential, input tokens per turn per session.
+    ledger: Arc<UsageLedger>,
 }
 
 /// A bound proxy, ready to serve.
@@ -86,6 +89,7 @@ impl Proxy {
             let pool = Pool::with_logins(config.credentials.clone(), config.oauth_settings())
                 .map_err(|e| ConfigError(format!("credential: {e}")))?
                 .with_strategy(config.strategy)
+                .with_soft_limit(config.soft_limit)
                 .with_default_profile(config.profile())
                 .with_metrics(metrics.clone());
             Some(Arc::new(pool))
@@ -117,6 +121,7 @@ impl Proxy {
             connector,
             metrics,
             config,
+            ledger: Arc::default(),
         };
         Ok(Proxy {
             listener,
@@ -266,6 +271,9 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "healthz",
         "/metrics" => "metrics",
         "/status" => "status",
+        "/status.json" => "status_json",
+        // Where the Codex CLI reads its account's limits (`chatgpt_base_url` pointed here).
+        "/backend-api/wham/usage" | "/api/codex/usage" => "usage",
         "/v1/responses" => "responses",
         "/v1/responses/compact" => "compact",
         "/v1/models" => "models",
@@ -394,7 +402,9 @@ async fn admit(
                     .unwrap_or_else(|_| Response::new(full(""))),
             ));
         }
-        (_, "healthz" | "metrics" | "status") if req.method() != Method::GET => {
+        (_, "healthz" | "metrics" | "status" | "status_json" | "usage")
+            if req.method() != Method::GET =>
+        {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
@@ -431,8 +441,23 @@ async fn admit(
                 .unwrap_or_else(|_| Response::new(full(""))),
         ));
     }
-    if route == "status" {
+    if route == "status_json" || (route == "status" && !wants_html(req.headers())) {
+        // `/status` answers JSON to a client that asks only for JSON (the `status` command
+        // of earlier versions).
         return Ok(Admitted::Local(json_answer(&status_report(shared))));
+    }
+    if route == "status" {
+        let page = super::status::render_html(&status_report(shared), SystemTime::now());
+        return Ok(Admitted::Local(
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(full(page))
+                .unwrap_or_else(|_| Response::new(full(""))),
+        ));
+    }
+    if route == "usage" {
+        return Ok(Admitted::Local(json_answer(&codex_usage(shared)?)));
     }
     if is_websocket_upgrade(req.headers()) {
         // The Codex CLI tries a WebSocket first on the built-in provider; 426 makes it use
@@ -508,6 +533,8 @@ async fn dispatch(
         // this connection carries nothing more (nothing pipelined behind it is read).
         Err(err) => return Err(Refused { err, close: true }),
     };
+    let session = RequestFacts::cached(&upstream)
+        .and_then(|facts| crate::facts::session_key(upstream.headers(), &facts));
     if shared.pool.is_some() {
         // Rotation sets the credential's headers; the client's never go upstream.
         upstream.headers_mut().remove(header::AUTHORIZATION);
@@ -552,6 +579,38 @@ async fn dispatch(
     let idle = shared.config.stream_idle_timeout();
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let served = parts.extensions.get::<ServedBy>().map(|s| s.0.clone());
+    if let Some(label) = &served {
+        shared.ledger.record_request(label, SystemTime::now());
+    }
+    let body = if crate::sse::is_event_stream(&parts.headers) {
+        // The turn's usage: tokens today for the account, the session's input per turn.
+        let (ledger, label) = (shared.ledger.clone(), served.clone());
+        TurnWatch::new(body, move |input, output| {
+            ledger.record_turn(
+                label.as_deref(),
+                session.as_deref(),
+                input,
+                output,
+                SystemTime::now(),
+            )
+        })
+        .boxed_unsync()
+    } else {
+        body
+    };
+    let body = match (&shared.pool, served) {
+        (Some(pool), Some(label)) if crate::sse::is_event_stream(&parts.headers) => {
+            // The stream's `codex.rate_limits` event updates the serving account's windows.
+            let pool = pool.clone();
+            RateLimitsWatch::new(body, move |u: CredentialUsage| pool.record_usage(&label, u))
+                .boxed_unsync()
+        }
+        _ => body,
+    };
+    if let (Some(pool), UsageHeaders::Pooled) = (&shared.pool, shared.config.usage_headers) {
+        usage::rewrite_codex_headers(&mut parts.headers, &pool.pooled_usage(), SystemTime::now());
+    }
     // Layers may end an event stream early (at its terminal event, at a token cap), so the
     // upstream's length no longer holds, and hyper aborts a body shorter than its
     // Content-Length. Event streams go out chunked.
@@ -564,33 +623,134 @@ async fn dispatch(
     ))
 }
 
-/// `GET /status`: what `tower-responses status` prints. "degraded" when every upstream
-/// credential is cooling down (nothing can be served until one comes back).
+/// Whether a `/status` client wants the page: a browser asks for `text/html`, and a client
+/// that says nothing gets it too; one asking only for JSON gets JSON.
+fn wants_html(headers: &http::HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.is_empty() || accept.contains("text/html") || !accept.contains("json")
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// What a person must do for a credential to come back, if anything.
+fn action_required(reason: &str) -> Option<&'static str> {
+    ["owner_refresh_needed", "reauth_required"]
+        .into_iter()
+        .find(|r| reason.contains(r))
+}
+
+fn windows_json(windows: impl Iterator<Item = serde_json::Value>) -> serde_json::Value {
+    serde_json::Value::Array(windows.collect())
+}
+
+/// `GET /status.json` (and `/status` for JSON clients): what `tower-responses status` prints
+/// and the page shows. "degraded" when every upstream credential is cooling down (nothing
+/// can be served until one comes back). Labels, kinds, states and figures only: never a
+/// secret.
 fn status_report(shared: &Shared) -> serde_json::Value {
+    use crate::credentials::policy::KeyKind;
     let now = SystemTime::now();
     let credentials: Vec<serde_json::Value> = shared
         .pool
         .iter()
         .flat_map(|pool| pool.labels().into_iter().map(move |label| (pool, label)))
-        .map(|(pool, label)| match pool.cooldown_of(&label) {
-            None => serde_json::json!({ "label": &*label, "state": "ready" }),
-            Some(c) => serde_json::json!({
-                "label": &*label,
-                "state": "cooling",
-                "class": c.class.as_str(),
-                "reason": c.reason,
-                "retry_in_secs": c.until.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
-            }),
+        .map(|(pool, label)| {
+            let kind = match pool.kind_of(&label) {
+                Some(KeyKind::Login) => "codex-auth",
+                Some(KeyKind::Owned) => "codex-oauth",
+                _ => "key",
+            };
+            let usage = pool.usage_of(&label);
+            let windows = windows_json(usage.iter().flat_map(|u| u.windows.iter()).map(|w| {
+                serde_json::json!({
+                    "window": w.kind.as_str(),
+                    "used_percent": w.used_at(now),
+                    "window_minutes": w.window_minutes,
+                    "resets_at": w.reset_at.map(unix_secs),
+                })
+            }));
+            let mut c = match pool.cooldown_of(&label) {
+                Some(c) => serde_json::json!({
+                    "label": &*label,
+                    "state": "cooling",
+                    "class": c.class.as_str(),
+                    "reason": c.reason,
+                    "retry_in_secs": c.until.map(|t| t.duration_since(now).unwrap_or_default().as_secs()),
+                    "until": c.until.map(unix_secs),
+                    "action_required": action_required(&c.reason),
+                }),
+                _ => serde_json::json!({ "label": &*label, "state": "ready" }),
+            };
+            c["kind"] = kind.into();
+            c["standing"] = pool.standing_of(&label).as_str().into();
+            let today = shared.ledger.today(&label, now);
+            c["requests_today"] = today.requests.into();
+            c["tokens_today"] = today.tokens.into();
+            c["plan_type"] = usage.as_ref().and_then(|u| u.plan_type.clone()).into();
+            c["windows"] = windows;
+            c
         })
+        .collect();
+    let pooled = windows_json(shared.pool.iter().flat_map(|p| p.pooled_usage()).map(|w| {
+        serde_json::json!({
+            "window": w.kind.as_str(),
+            "used_percent": w.used_percent,
+            "window_minutes": w.window_minutes,
+            "resets_at": w.reset_at.map(unix_secs),
+            "exhausted": w.exhausted,
+            "accounts": w.accounts,
+        })
+    }));
+    let sessions: Vec<serde_json::Value> = shared
+        .ledger
+        .top_sessions(10)
+        .into_iter()
+        .map(|(key, turns)| serde_json::json!({ "session": key, "input_tokens": turns }))
         .collect();
     let ready = credentials.is_empty() || credentials.iter().any(|c| c["state"] == "ready");
     serde_json::json!({
+        "sessions": sessions,
         "status": if ready { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": shared.config.upstream,
         "profile": shared.config.profile().as_str(),
+        "strategy": shared.config.strategy.as_str(),
+        "soft_limit": shared.pool.as_ref().map(|p| p.soft_limit()),
+        "now": unix_secs(now),
         "credentials": credentials,
+        "pool": pooled,
     })
+}
+
+/// `GET /backend-api/wham/usage` and `GET /api/codex/usage`: the pool's usage in the payload
+/// the Codex CLI parses, so it refuses to send only when every account is used up.
+fn codex_usage(shared: &Shared) -> Result<serde_json::Value, ApiError> {
+    let Some(pool) = &shared.pool else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "this proxy has no credential pool: each client's own account answers for its usage",
+        )
+        .with_code("unknown_url"));
+    };
+    let accounts: Vec<CredentialUsage> = pool
+        .labels()
+        .iter()
+        .filter_map(|l| pool.usage_of(l))
+        .collect();
+    let refs: Vec<&CredentialUsage> = accounts.iter().collect();
+    Ok(usage::codex_usage_payload(
+        &pool.pooled_usage(),
+        &refs,
+        SystemTime::now(),
+    ))
 }
 
 fn json_answer(value: &serde_json::Value) -> Response<ProxyBody> {

@@ -309,3 +309,83 @@ fn token_expiry_before_use() {
         assert_eq!(got, want, "{kind:?} {expires:?} {renewal:?}");
     }
 }
+
+/// The specification of [`standing`](super::standing): one row per situation.
+#[test]
+fn standing_follows_soft_limit_and_reserve() {
+    use crate::credentials::usage::{CredentialUsage, UsageWindow, WindowKind};
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let usage = |five: f64, weekly: f64| CredentialUsage {
+        windows: vec![
+            UsageWindow {
+                kind: WindowKind::FiveHour,
+                used_percent: five,
+                window_minutes: Some(300),
+                reset_at: Some(now + Duration::from_secs(H)),
+            },
+            UsageWindow {
+                kind: WindowKind::Weekly,
+                used_percent: weekly,
+                window_minutes: Some(10080),
+                reset_at: Some(now + Duration::from_secs(100 * H)),
+            },
+        ],
+        ..Default::default()
+    };
+    let keep_weekly_30 = Reserve {
+        weekly: Some(30.0),
+        five_hour: None,
+    };
+    let credits = CredentialUsage {
+        has_credits: Some(true),
+        ..usage(99.0, 99.0)
+    };
+    let mut past_reset = usage(99.0, 10.0);
+    past_reset.windows[0].reset_at = Some(now - Duration::from_secs(1));
+    // (usage, reserve, bound, expected)
+    let rows: Vec<(Option<CredentialUsage>, Option<Reserve>, bool, Standing)> = vec![
+        (None, None, false, Standing::Open),
+        (None, Some(keep_weekly_30), false, Standing::Open),
+        (Some(usage(10.0, 10.0)), None, false, Standing::Open),
+        (Some(usage(94.9, 10.0)), None, false, Standing::Open),
+        (Some(usage(95.0, 10.0)), None, false, Standing::SoftLimited),
+        (Some(usage(10.0, 97.0)), None, false, Standing::SoftLimited),
+        // A bound session keeps its account past the soft limit.
+        (Some(usage(99.0, 10.0)), None, true, Standing::Open),
+        // The reserve: 70 % of the weekly window used leaves the 30 % kept back.
+        (
+            Some(usage(10.0, 69.9)),
+            Some(keep_weekly_30),
+            false,
+            Standing::Open,
+        ),
+        (
+            Some(usage(10.0, 70.0)),
+            Some(keep_weekly_30),
+            false,
+            Standing::Reserved,
+        ),
+        (
+            Some(usage(10.0, 70.0)),
+            Some(keep_weekly_30),
+            true,
+            Standing::Reserved,
+        ),
+        // A reserve on the weekly window ignores the 5-hour one (up to the soft limit).
+        (
+            Some(usage(80.0, 10.0)),
+            Some(keep_weekly_30),
+            false,
+            Standing::Open,
+        ),
+        // Credits let it go on: no limit applies.
+        (Some(credits), Some(keep_weekly_30), false, Standing::Open),
+        // A window past its reset is empty again.
+        (Some(past_reset), None, false, Standing::Open),
+    ];
+    for (i, (u, r, bound, want)) in rows.iter().enumerate() {
+        let got = standing(u.as_ref(), r.as_ref(), DEFAULT_SOFT_LIMIT, *bound, now);
+        assert_eq!(got, *want, "row {i}");
+    }
+    assert!(Standing::Open < Standing::SoftLimited && Standing::SoftLimited < Standing::Reserved);
+}
