@@ -75,3 +75,4 @@ mod watch;
 
 pub use service::{Continuity, ContinuityConfig, ContinuityLayer};
 pub use sessions::SessionStats;
+pub use watch::response_tokens;

@@ -16,6 +16,8 @@ use crate::sse::scan::skip_value;
 #[derive(Deserialize)]
 pub(super) struct Usage {
     pub(super) input_tokens: Option<u64>,
+    #[serde(default)]
+    pub(super) output_tokens: Option<u64>,
 }
 
 /// What the watcher found, reported as it is found.
@@ -105,6 +107,17 @@ impl<L: Learn + Unpin> Body for OwnerWatch<L> {
     }
 }
 
+/// The input and output tokens of one terminal event's response (`response.completed`,
+/// `.incomplete`, `.failed`), scanned without parsing its output.
+pub fn response_tokens(data: &[u8]) -> Option<(u64, u64)> {
+    let at = find_in_object(data, |key, _, at| (key == b"response").then_some(at))?;
+    let resp = &data[at..];
+    let usage_at = find_in_object(resp, |key, _, at| (key == b"usage").then_some(at))?;
+    let end = skip_value(resp, usage_at)?;
+    let usage = serde_json::from_slice::<Usage>(&resp[usage_at..end]).ok()?;
+    Some((usage.input_tokens?, usage.output_tokens.unwrap_or(0)))
+}
+
 /// Reads id and usage from a complete JSON response object.
 pub(super) fn learn_from_json(bytes: &[u8], learn: &mut impl Learn) {
     learn_from_response(bytes, true, true, learn);
@@ -184,6 +197,17 @@ mod tests {
         fn usage(&mut self, input_tokens: u64) {
             self.usage.push(input_tokens);
         }
+    }
+
+    #[test]
+    fn terminal_tokens_are_the_responses_own() {
+        let completed = br#"{"type":"response.completed","response":{"id":"r","output":[{"type":"message","content":[{"type":"output_text","text":"\"usage\":{\"input_tokens\":1}"}]}],"usage":{"input_tokens":2300,"output_tokens":12}}}"#;
+        assert_eq!(response_tokens(completed), Some((2300, 12)));
+        assert_eq!(
+            response_tokens(br#"{"type":"response.failed","response":{"usage":null}}"#),
+            None
+        );
+        assert_eq!(response_tokens(b"not json"), None);
     }
 
     #[test]

@@ -451,96 +451,6 @@ pub fn rewrite_codex_headers(headers: &mut HeaderMap, pooled: &[PooledWindow], n
     }
 }
 
-/// How much of a stream is watched for its `codex.rate_limits` event: the backend sends it
-/// first, so a stream that has not sent it in this many bytes will not.
-const WATCH_BYTES: usize = 256 * 1024;
-
-/// Passes an event stream through unchanged, handing its `codex.rate_limits` event (read as
-/// [`CredentialUsage`]) to `found`. Only the stream's start is read (its first
-/// 256 KiB, up to its first `response.*` event).
-pub struct RateLimitsWatch<B> {
-    inner: B,
-    decoder: Option<crate::sse::SseDecoder>,
-    seen: usize,
-    found: Option<Box<dyn FnOnce(CredentialUsage) + Send>>,
-}
-
-impl<B> RateLimitsWatch<B> {
-    /// Watches `inner`; `found` runs at most once.
-    pub fn new(inner: B, found: impl FnOnce(CredentialUsage) + Send + 'static) -> Self {
-        RateLimitsWatch {
-            inner,
-            decoder: Some(crate::sse::SseDecoder::new().with_max_event(WATCH_BYTES)),
-            seen: 0,
-            found: Some(Box::new(found)),
-        }
-    }
-
-    fn scan(&mut self, data: &bytes::Bytes) {
-        let Some(decoder) = &mut self.decoder else {
-            return;
-        };
-        self.seen += data.len();
-        decoder.push(data.clone());
-        let mut done = self.seen > WATCH_BYTES;
-        while let Ok(Some(ev)) = decoder.next_event() {
-            match ev.event_type() {
-                Some("codex.rate_limits") => {
-                    let usage = serde_json::from_slice::<Value>(&ev.data)
-                        .ok()
-                        .and_then(|v| {
-                            CredentialUsage::from_rate_limits_event(&v, SystemTime::now())
-                        });
-                    if let (Some(usage), Some(found)) = (usage, self.found.take()) {
-                        found(usage);
-                    }
-                    done = true;
-                    break;
-                }
-                Some(t) if t.starts_with("response.") => {
-                    done = true;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if done {
-            self.decoder = None;
-        }
-    }
-}
-
-impl<B> http_body::Body for RateLimitsWatch<B>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
-{
-    type Data = bytes::Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let res = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &res {
-            if let Some(data) = frame.data_ref() {
-                let data = data.clone();
-                this.scan(&data);
-            }
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// How many sessions the ledger keeps; past it, the one with the smallest input leaves.
 const LEDGER_SESSIONS: usize = 512;
 /// How many turns of a session the ledger keeps (the latest).
@@ -659,88 +569,61 @@ impl UsageLedger {
     }
 }
 
-/// Passes an event stream through unchanged, handing the usage of its terminal event
-/// (`response.completed`, `.incomplete`, `.failed`: input and output tokens) to `found`.
-pub struct TurnWatch<B> {
-    inner: B,
-    decoder: Option<crate::sse::SseDecoder>,
-    found: Option<Box<dyn FnOnce(u64, u64) + Send>>,
+/// Learns usage from the events `SoftFailureDetectLayer` already parses (no second reader
+/// of the stream): a `codex.rate_limits` event updates the serving account's windows, and the
+/// terminal event's usage (input and output tokens) goes to the ledger for the account and the
+/// session. Add it to a request with
+/// [`StreamObservers::add`](crate::soft_failure::StreamObservers::add).
+pub struct UsageObserver {
+    pool: Option<std::sync::Arc<super::Pool>>,
+    ledger: std::sync::Arc<UsageLedger>,
+    session: Option<String>,
 }
 
-impl<B> TurnWatch<B> {
-    /// Watches `inner`; `found` runs at most once.
-    pub fn new(inner: B, found: impl FnOnce(u64, u64) + Send + 'static) -> Self {
-        TurnWatch {
-            inner,
-            decoder: Some(crate::sse::SseDecoder::new()),
-            found: Some(Box::new(found)),
-        }
-    }
-
-    fn scan(&mut self, data: &bytes::Bytes) {
-        let Some(decoder) = &mut self.decoder else {
-            return;
-        };
-        decoder.push(data.clone());
-        loop {
-            match decoder.next_event() {
-                Ok(Some(ev)) => {
-                    if !matches!(
-                        ev.event_type(),
-                        Some("response.completed" | "response.incomplete" | "response.failed")
-                    ) {
-                        continue;
-                    }
-                    let usage = serde_json::from_slice::<Value>(&ev.data)
-                        .ok()
-                        .and_then(|v| v.pointer("/response/usage").cloned());
-                    let tokens = |k: &str| usage.as_ref().and_then(|u| u.get(k)?.as_u64());
-                    if let (Some(input), Some(found)) = (tokens("input_tokens"), self.found.take())
-                    {
-                        found(input, tokens("output_tokens").unwrap_or(0));
-                    }
-                    self.decoder = None;
-                    return;
-                }
-                Ok(None) => return,
-                Err(_) => {
-                    // An event beyond the bound: stop watching, keep forwarding.
-                    self.decoder = None;
-                    return;
-                }
-            }
+impl UsageObserver {
+    /// An observer that reports windows to `pool` and turns to `ledger`.
+    pub fn new(
+        pool: Option<std::sync::Arc<super::Pool>>,
+        ledger: std::sync::Arc<UsageLedger>,
+        session: Option<String>,
+    ) -> Self {
+        UsageObserver {
+            pool,
+            ledger,
+            session,
         }
     }
 }
 
-impl<B> http_body::Body for TurnWatch<B>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
-{
-    type Data = bytes::Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let res = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &res {
-            if let Some(data) = frame.data_ref() {
-                let data = data.clone();
-                this.scan(&data);
+impl crate::soft_failure::StreamObserver for UsageObserver {
+    fn event(&self, credential: Option<&str>, event_type: &str, data: &[u8]) {
+        match event_type {
+            "codex.rate_limits" => {
+                let (Some(pool), Some(label)) = (&self.pool, credential) else {
+                    return;
+                };
+                // A small event, sent once at the stream's start: parsing it whole is cheap.
+                let usage = serde_json::from_slice::<Value>(data)
+                    .ok()
+                    .and_then(|v| CredentialUsage::from_rate_limits_event(&v, SystemTime::now()));
+                if let Some(u) = usage {
+                    pool.record_usage(label, u);
+                }
             }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                // Scanned, not parsed: `response.completed` carries the whole output.
+                if let Some((input, output)) = crate::continuity::response_tokens(data) {
+                    self.ledger.record_turn(
+                        credential,
+                        self.session.as_deref(),
+                        input,
+                        output,
+                        SystemTime::now(),
+                    );
+                }
+            }
+            _ => {}
         }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -18,12 +18,13 @@ use super::edge::{self, EdgeRules, MediaType};
 use super::request_id::{InSpan, RequestId, X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use crate::body::{IdleTimeoutBody, ReplayBody, full_body as full, read_request};
 use crate::connect::{ConnTag, UpstreamClientBuilder, UpstreamConnector};
-use crate::credentials::usage::{self, CredentialUsage, RateLimitsWatch, TurnWatch, UsageLedger};
+use crate::credentials::usage::{self, CredentialUsage, UsageLedger, UsageObserver};
 use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, ServedBy, bearer_token};
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::{Metrics, RequestStarted};
+use crate::soft_failure::StreamObservers;
 use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
 use crate::upstream::{UpstreamBase, strip_hop_by_hop};
 use tower::ServiceExt;
@@ -535,6 +536,16 @@ async fn dispatch(
     };
     let session = RequestFacts::cached(&upstream)
         .and_then(|facts| crate::facts::session_key(upstream.headers(), &facts));
+    // Windows from `codex.rate_limits`, tokens per account and session from the terminal
+    // event: read from the events the stack already parses, not by a second reader.
+    StreamObservers::add(
+        &mut upstream,
+        Arc::new(UsageObserver::new(
+            shared.pool.clone(),
+            shared.ledger.clone(),
+            session.clone(),
+        )),
+    );
     if shared.pool.is_some() {
         // Rotation sets the credential's headers; the client's never go upstream.
         upstream.headers_mut().remove(header::AUTHORIZATION);
@@ -583,31 +594,6 @@ async fn dispatch(
     if let Some(label) = &served {
         shared.ledger.record_request(label, SystemTime::now());
     }
-    let body = if crate::sse::is_event_stream(&parts.headers) {
-        // The turn's usage: tokens today for the account, the session's input per turn.
-        let (ledger, label) = (shared.ledger.clone(), served.clone());
-        TurnWatch::new(body, move |input, output| {
-            ledger.record_turn(
-                label.as_deref(),
-                session.as_deref(),
-                input,
-                output,
-                SystemTime::now(),
-            )
-        })
-        .boxed_unsync()
-    } else {
-        body
-    };
-    let body = match (&shared.pool, served) {
-        (Some(pool), Some(label)) if crate::sse::is_event_stream(&parts.headers) => {
-            // The stream's `codex.rate_limits` event updates the serving account's windows.
-            let pool = pool.clone();
-            RateLimitsWatch::new(body, move |u: CredentialUsage| pool.record_usage(&label, u))
-                .boxed_unsync()
-        }
-        _ => body,
-    };
     if let (Some(pool), UsageHeaders::Pooled) = (&shared.pool, shared.config.usage_headers) {
         usage::rewrite_codex_headers(&mut parts.headers, &pool.pooled_usage(), SystemTime::now());
     }
