@@ -30,6 +30,9 @@
 //! table): a borrowed login leaves 5 minutes ahead, an owned one is refreshed 10 minutes
 //! ahead.
 //!
+//! A pinned request whose owner is out ([`when_owner_out`]) waits for it within `max_wait`,
+//! else gets `503 previous_response_owner_unavailable` with the owner's return.
+//!
 //! When no credential can be picked ([`when_none_usable`]): only hard cooldowns (rate limit,
 //! quota, auth) take a credential out; soft ones never do. If the earliest returns within
 //! `max_wait` (2 s by default), the request waits for it. Otherwise every credential cooling
@@ -463,6 +466,33 @@ pub enum NoneUsable {
     Wait(Duration),
     /// Answer the client with this error.
     Refuse(ApiError),
+}
+
+/// Decides for a request pinned to its anchor's owner while that owner is out of rotation
+/// (`cooldown`): the request never goes elsewhere (no other account can see the anchor), so it
+/// waits when the owner returns within `max_wait`, else gets `503
+/// previous_response_owner_unavailable` with the owner's return as `Retry-After` (never a 429:
+/// the Codex CLI gives up on those).
+pub fn when_owner_out(cooldown: &Cooldown, now: SystemTime, max_wait: Duration) -> NoneUsable {
+    let wait = cooldown
+        .until
+        .map(|t| t.duration_since(now).unwrap_or_default())
+        .unwrap_or(Duration::from_secs(60));
+    if wait <= max_wait {
+        return NoneUsable::Wait(wait);
+    }
+    NoneUsable::Refuse(
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!(
+                "the credential that owns previous_response_id is cooling ({}); retry later",
+                cooldown.reason
+            ),
+        )
+        .with_code("previous_response_owner_unavailable")
+        .with_retry_after(wait.max(Duration::from_secs(1))),
+    )
 }
 
 /// Decides for a request that found every credential out of rotation. `cooling` holds the

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use tower::ServiceExt;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower_layer::Layer;
@@ -303,23 +303,15 @@ where
         if pinned.is_some() {
             if let Some(c) = pool.cooldown_of(&label).filter(Cooldown::excludes) {
                 // A pinned request never goes elsewhere: the other account cannot see the anchor.
-                let wait = c
-                    .until
-                    .and_then(|u| u.duration_since(SystemTime::now()).ok())
-                    .unwrap_or(Duration::from_secs(60));
-                if wait <= layer.config.max_wait.saturating_sub(waited) {
-                    tokio::time::sleep(wait).await;
-                    waited += wait.max(Duration::from_millis(1));
-                    continue;
+                let left = layer.config.max_wait.saturating_sub(waited);
+                match policy::when_owner_out(&c, SystemTime::now(), left) {
+                    NoneUsable::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        waited += d.max(Duration::from_millis(1));
+                        continue;
+                    }
+                    NoneUsable::Refuse(err) => return Ok(err.into_stack_response()),
                 }
-                return Ok(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    format!("the credential that owns previous_response_id is cooling ({}); retry later", c.reason),
-                )
-                .with_code("previous_response_owner_unavailable")
-                .with_retry_after(wait.max(Duration::from_secs(1)))
-                .into_stack_response());
             }
         }
         if !tried.is_empty() {

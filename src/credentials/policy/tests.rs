@@ -389,3 +389,36 @@ fn standing_follows_soft_limit_and_reserve() {
     }
     assert!(Standing::Open < Standing::SoftLimited && Standing::SoftLimited < Standing::Reserved);
 }
+
+#[test]
+fn a_pinned_request_whose_owner_is_out() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let max_wait = Duration::from_secs(2);
+    let out = |class, secs: Option<u64>| Cooldown {
+        until: secs.map(|s| now + Duration::from_secs(s)),
+        class,
+        reason: "r".into(),
+    };
+    #[rustfmt::skip]
+    let rows = [
+        // owner's cooldown,                 waits,   or: status, Retry-After
+        (out(RateLimited, Some(1)),          Some(1), None),
+        (out(QuotaExhausted, Some(3600)),    None,    Some((503, 3600))),
+        (out(Auth, None),                    None,    Some((503, 60))),
+    ];
+    for (c, waits, refused) in rows {
+        match when_owner_out(&c, now, max_wait) {
+            NoneUsable::Wait(d) => assert_eq!(Some(d.as_secs()), waits, "{c:?}"),
+            NoneUsable::Refuse(e) => {
+                assert_eq!(waits, None, "{c:?}");
+                let (status, after) = refused.unwrap();
+                assert_eq!(e.status.as_u16(), status);
+                assert_eq!(
+                    e.code.as_deref(),
+                    Some("previous_response_owner_unavailable")
+                );
+                assert_eq!(e.retry_after, Some(Duration::from_secs(after)));
+            }
+        }
+    }
+}
