@@ -92,3 +92,5 @@ pub mod upstream;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
+#[cfg(feature = "websocket")]
+pub mod websocket;
