@@ -10,6 +10,7 @@ use crate::credentials::{CredentialSource, PoolMember, Secret, Strategy};
 pub use crate::error::ConfigError;
 use crate::normalize::NormalizeConfig;
 use crate::profile::Profile;
+use crate::websocket::WebSocketLimits;
 
 /// Everything the proxy can be told, from flags or from a TOML file (flags win).
 ///
@@ -102,6 +103,9 @@ pub struct ProxyConfig {
     /// figures, the same as `GET /backend-api/wham/usage`) or `served` (the answering
     /// account's own, as the upstream sent them).
     pub usage_headers: UsageHeaders,
+    /// Client WebSockets (`[websocket]`: `enabled`, `idle_timeout_secs`, `max_message_bytes`,
+    /// `max_transcript_bytes`, `max_sockets`); see [`WebSocketLimits`].
+    pub websocket: WebSocketLimits,
 }
 
 /// What a reply's `x-codex-*` usage headers say.
@@ -153,6 +157,7 @@ impl Default for ProxyConfig {
             log_format: LogFormat::default(),
             soft_limit: crate::credentials::policy::DEFAULT_SOFT_LIMIT,
             usage_headers: UsageHeaders::default(),
+            websocket: WebSocketLimits::default(),
         }
     }
 }

@@ -51,6 +51,9 @@ struct Shared {
     metrics: Metrics,
     /// Requests and tokens today per credential, input tokens per turn per session.
     ledger: Arc<UsageLedger>,
+    /// One permit per client WebSocket: an upgraded socket leaves hyper's connection (and
+    /// its connection permit), so sockets have their own limit.
+    ws_sockets: Arc<Semaphore>,
 }
 
 /// A bound proxy, ready to serve.
@@ -83,6 +86,7 @@ impl Proxy {
     ) -> Result<Proxy, ConfigError> {
         let base = UpstreamBase::parse(&config.upstream)?;
         check_edge_config(&config)?;
+        config.websocket.check()?;
         let metrics = Metrics::new();
         let pool = if config.credentials.is_empty() {
             None
@@ -121,6 +125,7 @@ impl Proxy {
             stack,
             connector,
             metrics,
+            ws_sockets: Arc::new(Semaphore::new(config.websocket.max_sockets)),
             config,
             ledger: Arc::default(),
         };
@@ -210,7 +215,8 @@ impl Proxy {
             tokio::spawn(async move {
                 let _open = OpenConnection::new(permit, shared.metrics.clone());
                 let svc = service_fn(move |req| handle(shared.clone(), peer, req));
-                let conn = http.serve_connection(TokioIo::new(stream), svc);
+                // Upgrades: a WebSocket client's connection leaves hyper after the 101.
+                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
                     res = conn.as_mut() => log_conn_end(res),
@@ -276,6 +282,9 @@ fn route_label(path: &str) -> &'static str {
         // Where the Codex CLI reads its account's limits (`chatgpt_base_url` pointed here).
         "/backend-api/wham/usage" | "/api/codex/usage" => "usage",
         "/v1/responses" => "responses",
+        // The ChatGPT backend's own path, for a client whose base URL is the proxy's
+        // `/backend-api/codex`: served for WebSocket upgrades only.
+        "/backend-api/codex/responses" => "codex_responses",
         "/v1/responses/compact" => "compact",
         "/v1/models" => "models",
         p if p.starts_with("/v1/") => "other",
@@ -377,7 +386,7 @@ impl From<ApiError> for Refused {
 
 /// The edge: who may ask, what they may ask for, and the body, read within its limits.
 async fn admit(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
     route: &'static str,
@@ -414,7 +423,8 @@ async fn admit(
         }
         _ => {}
     }
-    if route == "not_found" {
+    let upgrade = is_websocket_upgrade(req.headers());
+    if route == "not_found" || (route == "codex_responses" && !upgrade) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -460,15 +470,8 @@ async fn admit(
     if route == "usage" {
         return Ok(Admitted::Local(json_answer(&codex_usage(shared)?)));
     }
-    if is_websocket_upgrade(req.headers()) {
-        // The Codex CLI tries a WebSocket first on the built-in provider; 426 makes it use
-        // HTTP at once instead of retrying.
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "invalid_request_error",
-            "WebSocket is not supported by this proxy; use HTTP",
-        )
-        .with_code("websocket_not_supported"));
+    if upgrade {
+        return accept_websocket(shared, req, route).map(Admitted::Local);
     }
     let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
         ApiError::invalid_request("path cannot be mapped to the upstream").with_code("invalid_path")
@@ -522,18 +525,26 @@ async fn admit(
 
 /// Answers a request: the edge first, then the stack.
 async fn dispatch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
     route: &'static str,
 ) -> Result<Response<ProxyBody>, Refused> {
-    let mut upstream = match admit(shared, peer, req, route).await {
+    let upstream = match admit(shared, peer, req, route).await {
         Ok(Admitted::Local(res)) => return Ok(res),
         Ok(Admitted::Forward(upstream)) => upstream,
         // The edge may have left the body unread, or the client may be hostile: either way
         // this connection carries nothing more (nothing pipelined behind it is read).
         Err(err) => return Err(Refused { err, close: true }),
     };
+    Ok(forward(shared, upstream).await?)
+}
+
+/// Sends an admitted request through the stack and prepares its answer for the client.
+async fn forward(
+    shared: &Shared,
+    mut upstream: Request<ReplayBody>,
+) -> Result<Response<ProxyBody>, ApiError> {
     let session = RequestFacts::cached(&upstream)
         .and_then(|facts| crate::facts::session_key(upstream.headers(), &facts));
     // Windows from `codex.rate_limits`, tokens per account and session from the terminal
@@ -826,13 +837,100 @@ fn check_client_key(shared: &Shared, headers: &http::HeaderMap) -> Result<(), Ap
 }
 
 fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        })
+    crate::websocket::accept::is_upgrade(headers)
+}
+
+/// A WebSocket upgrade that passed the edge and the client key: the `101`, and the socket's
+/// session spawned to run once hyper hands the connection over. Each turn goes through
+/// [`ws_turn`], the same stack as an HTTP request.
+fn accept_websocket(
+    shared: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    route: &'static str,
+) -> Result<Response<ProxyBody>, ApiError> {
+    use crate::websocket::http_carrier::{HttpCarrier, TurnService};
+    use crate::websocket::{accept, session::Session};
+    let limits = shared.config.websocket.clone();
+    // 426 is the one answer on which the Codex CLI goes to HTTP at once, for the session.
+    let use_http = |why: &str, code: &str| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "invalid_request_error",
+            format!("{why}; use HTTP"),
+        )
+        .with_code(code)
+    };
+    if !limits.enabled {
+        return Err(use_http(
+            "WebSocket is switched off on this proxy (websocket.enabled)",
+            "websocket_not_supported",
+        ));
+    }
+    if !matches!(route, "responses" | "codex_responses") {
+        return Err(use_http(
+            "WebSocket is served on /v1/responses only",
+            "websocket_not_supported",
+        ));
+    }
+    let res = accept::handshake(&req)?;
+    let Ok(permit) = shared.ws_sockets.clone().try_acquire_owned() else {
+        tracing::warn!(
+            max_sockets = limits.max_sockets,
+            "client WebSocket limit reached; the client is sent to HTTP"
+        );
+        return Err(use_http(
+            "this proxy serves as many WebSockets as it may (websocket.max_sockets)",
+            "websocket_limit_reached",
+        ));
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let turns = shared.clone();
+    let service = TurnService::new(tower::service_fn(move |req| {
+        ws_turn(turns.clone(), req)
+    }));
+    let carrier = HttpCarrier::new(service, "/v1/responses");
+    let session = Session::new(carrier, parts.headers, limits.clone(), shared.metrics.clone());
+    let metrics = shared.metrics.clone();
+    tokio::spawn(
+        accept::serve(upgrade, session, limits, metrics, permit)
+            .instrument(tracing::info_span!("websocket")),
+    );
+    tracing::info!("websocket accepted");
+    Ok(res)
+}
+
+/// One turn of a client WebSocket, as the HTTP request it stands for: mapped to the
+/// upstream, its body's facts read, then [`forward`] like any `POST /v1/responses`.
+async fn ws_turn(
+    shared: Arc<Shared>,
+    mut req: Request<ReplayBody>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let started = Instant::now();
+    let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
+        ApiError::invalid_request("path cannot be mapped to the upstream").with_code("invalid_path")
+    })?;
+    let facts = check_json_object(req.body().bytes())?;
+    req.extensions_mut().insert(RequestStarted(started));
+    shared.base.prepare(&mut req, upstream_uri);
+    RequestFacts::attach(&mut req, facts);
+    let res = forward(&shared, req).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    };
+    shared.metrics.inc(
+        "tr_requests_total",
+        "Requests answered, by route and status.",
+        &[("route", "responses_ws"), ("status", status.as_str())],
+    );
+    tracing::info!(
+        route = "responses_ws",
+        status = status.as_u16(),
+        head_ms = started.elapsed().as_millis() as u64,
+        "websocket turn"
+    );
+    res
 }
 
 /// Requests to the Responses API are JSON objects; catching anything else here gives the
