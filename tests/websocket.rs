@@ -34,8 +34,10 @@ async fn connect_with(
         .into_client_request()
         .unwrap();
     for (k, v) in headers {
-        req.headers_mut()
-            .insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     // Small buffers: the thousand-socket test holds its clients in this process too.
     let config = WebSocketConfig::default()
@@ -158,18 +160,27 @@ async fn the_upgrade_passes_the_same_edge_as_http() {
         &[("origin", "https://evil.example")],
     )
     .await;
-    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("origin_not_allowed")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("origin_not_allowed"))
+    );
     // DNS rebinding: a Host that is not loopback.
     let (status, _) = refused(&proxy, "/v1/responses", &[("host", "evil.example")]).await;
     assert_eq!(status, 403);
     // Only the Responses paths become sockets; elsewhere the client is told to use HTTP.
     let (status, v) = refused(&proxy, "/v1/models", &[]).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (426, Some("websocket_not_supported")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (426, Some("websocket_not_supported"))
+    );
     // The ChatGPT backend's own path is served too.
     let mut ws = connect_with(&proxy, "/backend-api/codex/responses", &[])
         .await
         .expect("codex path upgrade");
-    mock.push(Reply::sse(answer_with("resp_path", &[message("assistant", "hi")])));
+    mock.push(Reply::sse(answer_with(
+        "resp_path",
+        &[message("assistant", "hi")],
+    )));
     send(&mut ws, create(json!([message("user", "hello")]))).await;
     let frames = until_done(&mut ws).await;
     assert_eq!(frames.last().unwrap()["type"], "response.completed");
@@ -178,11 +189,16 @@ async fn the_upgrade_passes_the_same_edge_as_http() {
     // With client keys: a missing or wrong key is a 401 before the upgrade, and the right
     // key never reaches the upstream (the pool's credential does).
     let mut cfg = config_for(mock.base_url());
-    cfg.client_keys = vec![tower_responses::credentials::Secret::new("client-secret-ws")];
+    cfg.client_keys = vec![tower_responses::credentials::Secret::new(
+        "client-secret-ws",
+    )];
     cfg.credentials = vec![KEY_A.parse().unwrap()];
     let keyed = start_proxy(cfg).await;
     let (status, v) = refused(&keyed, "/v1/responses", &[]).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
     let (status, _) = refused(
         &keyed,
         "/v1/responses",
@@ -201,7 +217,10 @@ async fn the_upgrade_passes_the_same_edge_as_http() {
     let frames = until_done(&mut ws).await;
     assert_eq!(frames.last().unwrap()["type"], "response.completed");
     let last = mock.requests().pop().unwrap();
-    assert_eq!(last.header("authorization"), Some(&*format!("Bearer {KEY_A}")));
+    assert_eq!(
+        last.header("authorization"),
+        Some(&*format!("Bearer {KEY_A}"))
+    );
 }
 
 /// A Codex-like session over the socket: a prewarm, a turn chained on it that calls a tool, a
@@ -224,7 +243,11 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
     let warm_id = warm[1]["response"]["id"].as_str().unwrap().to_string();
     assert!(warm_id.starts_with("resp_prewarm_"));
     assert_eq!(warm[1]["response"]["output"], json!([]));
-    assert_eq!(mock.request_count(), 0, "a prewarm costs no upstream request");
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "a prewarm costs no upstream request"
+    );
 
     // The history as the client keeps it (what an HTTP client resends every turn).
     let mut history = vec![developer];
@@ -241,7 +264,8 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
 
     let done = message("assistant", "two files");
     mock.push(Reply::sse(answer_with("resp_2", &[done.clone()])));
-    let tool_output = json!({"type": "function_call_output", "call_id": "call_1", "output": "a.rs\nb.rs"});
+    let tool_output =
+        json!({"type": "function_call_output", "call_id": "call_1", "output": "a.rs\nb.rs"});
     history.push(tool_output.clone());
     let mut turn2 = create(json!([tool_output]));
     turn2["previous_response_id"] = json!("resp_1");
@@ -253,10 +277,17 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
     assert_eq!(over_ws.len(), 2);
     for body in &over_ws {
         for field in ["type", "generate", "previous_response_id"] {
-            assert!(body.get(field).is_none(), "{field} reached the upstream: {body}");
+            assert!(
+                body.get(field).is_none(),
+                "{field} reached the upstream: {body}"
+            );
         }
     }
-    assert_eq!(over_ws[1]["input"], json!(history), "the full input of turn 2");
+    assert_eq!(
+        over_ws[1]["input"],
+        json!(history),
+        "the full input of turn 2"
+    );
 
     // The same two turns as an HTTP client sends them: full history, no anchor.
     let http = client();
@@ -275,7 +306,10 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
         .iter()
         .map(|r| r.json().unwrap())
         .collect();
-    assert_eq!(over_ws, over_http, "the upstream cannot tell the socket from HTTP");
+    assert_eq!(
+        over_ws, over_http,
+        "the upstream cannot tell the socket from HTTP"
+    );
     assert_eq!(proxy.metrics.total("tr_ws_expanded_total"), 2.0);
 
     // A chain this socket does not know: the canonical error, on which Codex resends in full.
@@ -301,7 +335,10 @@ async fn bad_frames_get_error_frames_and_the_socket_goes_on() {
     let big = create(json!([message("user", &"x".repeat(100 * 1024))]));
     send(&mut ws, big).await;
     let err = next_json(&mut ws).await;
-    assert_eq!((err["type"].as_str(), err["status"].as_u64()), (Some("error"), Some(400)));
+    assert_eq!(
+        (err["type"].as_str(), err["status"].as_u64()),
+        (Some("error"), Some(400))
+    );
     assert_eq!(err["error"]["code"], "payload_too_large");
 
     // Binary frames are not the protocol.
@@ -313,17 +350,30 @@ async fn bad_frames_get_error_frames_and_the_socket_goes_on() {
     ws.send(Message::text("{not json")).await.unwrap();
     assert_eq!(next_json(&mut ws).await["error"]["code"], "invalid_json");
     send(&mut ws, json!({"type": "session.update"})).await;
-    assert_eq!(next_json(&mut ws).await["error"]["code"], "unknown_frame_type");
+    assert_eq!(
+        next_json(&mut ws).await["error"]["code"],
+        "unknown_frame_type"
+    );
 
     // response.processed is accepted and answered with nothing; a ping gets its pong.
-    send(&mut ws, json!({"type": "response.processed", "response_id": "resp_x"})).await;
-    ws.send(Message::Ping(Bytes::from_static(b"alive"))).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "response.processed", "response_id": "resp_x"}),
+    )
+    .await;
+    ws.send(Message::Ping(Bytes::from_static(b"alive")))
+        .await
+        .unwrap();
     let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(pong, Message::Pong(Bytes::from_static(b"alive")), "no frame for response.processed");
+    assert_eq!(
+        pong,
+        Message::Pong(Bytes::from_static(b"alive")),
+        "no frame for response.processed"
+    );
 
     // A second response.create while one streams: refused, and the first finishes intact.
     mock.push(Reply::sse(events::text_answer("slow answer")).paced(Duration::from_millis(40)));
@@ -343,12 +393,22 @@ async fn bad_frames_get_error_frames_and_the_socket_goes_on() {
         frames.clone()
     };
     assert_eq!(rest.last().unwrap()["type"], "response.completed");
-    assert_eq!(mock.request_count(), 1, "the second create never went upstream");
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "the second create never went upstream"
+    );
 
     // After all that, the socket still serves.
     send(&mut ws, create(json!([message("user", "three")]))).await;
-    assert_eq!(until_done(&mut ws).await.last().unwrap()["type"], "response.completed");
-    let frames_in = proxy.metrics.get("tr_ws_frames_total", &[("direction", "in"), ("kind", "binary")]);
+    assert_eq!(
+        until_done(&mut ws).await.last().unwrap()["type"],
+        "response.completed"
+    );
+    let frames_in = proxy.metrics.get(
+        "tr_ws_frames_total",
+        &[("direction", "in"), ("kind", "binary")],
+    );
     assert_eq!(frames_in, Some(1.0));
 }
 
@@ -359,7 +419,11 @@ async fn a_quota_failure_on_the_first_credential_is_invisible_on_the_socket() {
         KEY_A,
         Reply::sse(vec![
             events::created("resp_quota"),
-            events::failed("resp_quota", "usage_limit_reached", "The usage limit has been reached"),
+            events::failed(
+                "resp_quota",
+                "usage_limit_reached",
+                "The usage limit has been reached",
+            ),
         ]),
     );
     let mut cfg = config_for(mock.base_url());
@@ -370,7 +434,9 @@ async fn a_quota_failure_on_the_first_credential_is_invisible_on_the_socket() {
     send(&mut ws, create(json!([message("user", "hello")]))).await;
     let frames = until_done(&mut ws).await;
     assert!(
-        frames.iter().all(|f| f["type"] != "response.failed" && f["type"] != "error"),
+        frames
+            .iter()
+            .all(|f| f["type"] != "response.failed" && f["type"] != "error"),
         "the client saw the failure: {frames:?}"
     );
     assert_eq!(frames.last().unwrap()["type"], "response.completed");
@@ -395,13 +461,16 @@ async fn endless_upstream() -> (String, Arc<Mutex<Option<Instant>>>) {
     let gone2 = gone.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let gone = gone2.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
                     let gone = gone.clone();
                     async move {
-                        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                        let (tx, rx) =
+                            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
                         tokio::spawn(async move {
                             let mut n = 0u64;
                             loop {
@@ -418,9 +487,10 @@ async fn endless_upstream() -> (String, Arc<Mutex<Option<Instant>>>) {
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                         });
-                        let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
-                            rx.recv().await.map(|f| (f, rx))
-                        }));
+                        let body = StreamBody::new(futures_util::stream::unfold(
+                            rx,
+                            |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+                        ));
                         Ok::<_, Infallible>(
                             http::Response::builder()
                                 .header("content-type", "text/event-stream")
@@ -459,12 +529,24 @@ async fn a_client_that_vanishes_mid_response_cancels_the_upstream_within_a_secon
         if let Some(at) = *gone.lock().unwrap() {
             break at;
         }
-        assert!(Instant::now() < deadline, "the upstream stream was never cancelled");
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was never cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let took = ended.saturating_duration_since(left);
-    assert!(took < Duration::from_secs(1), "upstream cancelled after {took:?}");
-    wait_for(|| proxy.metrics.get("tr_ws_turns_total", &[("outcome", "cancelled")]) == Some(1.0)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "upstream cancelled after {took:?}"
+    );
+    wait_for(|| {
+        proxy
+            .metrics
+            .get("tr_ws_turns_total", &[("outcome", "cancelled")])
+            == Some(1.0)
+    })
+    .await;
 }
 
 async fn wait_for(mut cond: impl FnMut() -> bool) {
@@ -499,19 +581,32 @@ async fn a_thousand_idle_sockets_cost_little_and_close_on_the_idle_timeout() {
     for _ in 0..SOCKETS {
         sockets.push(connect(&proxy).await);
     }
-    let open = || proxy.metrics.get("tr_ws_client_sockets_open", &[]).unwrap_or(0.0);
+    let open = || {
+        proxy
+            .metrics
+            .get("tr_ws_client_sockets_open", &[])
+            .unwrap_or(0.0)
+    };
     wait_for(|| open() == SOCKETS as f64).await;
     let grown_kib = rss_kib().saturating_sub(before);
     eprintln!("{SOCKETS} idle sockets (both ends in this process): +{grown_kib} KiB RSS");
-    assert!(grown_kib < 96 * 1024, "{SOCKETS} idle sockets took {grown_kib} KiB");
+    assert!(
+        grown_kib < 96 * 1024,
+        "{SOCKETS} idle sockets took {grown_kib} KiB"
+    );
     // One more is over the limit: sent to HTTP with a 426, not left hanging.
     let (status, v) = refused(&proxy, "/v1/responses", &[]).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (426, Some("websocket_limit_reached")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (426, Some("websocket_limit_reached"))
+    );
     // Nobody speaks: the proxy closes every one (a normal close, not an error).
     wait_for(|| open() == 0.0).await;
     let mut closes = 0;
     for ws in sockets.iter_mut().take(10) {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap();
         if let Some(Ok(Message::Close(Some(frame)))) = msg {
             assert_eq!(u16::from(frame.code), 1000);
             closes += 1;
@@ -534,6 +629,8 @@ async fn the_idle_timeout_does_not_run_while_a_response_streams() {
     let frames = until_done(&mut ws).await;
     assert_eq!(frames.last().unwrap()["type"], "response.completed");
     // And once it is done, the socket is closed after the timeout.
-    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
     assert!(matches!(msg, Some(Ok(Message::Close(_)))), "{msg:?}");
 }

@@ -216,7 +216,9 @@ impl Proxy {
                 let _open = OpenConnection::new(permit, shared.metrics.clone());
                 let svc = service_fn(move |req| handle(shared.clone(), peer, req));
                 // Upgrades: a WebSocket client's connection leaves hyper after the 101.
-                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                let conn = http
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
                     res = conn.as_mut() => log_conn_end(res),
@@ -886,11 +888,14 @@ fn accept_websocket(
     let upgrade = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
     let turns = shared.clone();
-    let service = TurnService::new(tower::service_fn(move |req| {
-        ws_turn(turns.clone(), req)
-    }));
+    let service = TurnService::new(tower::service_fn(move |req| ws_turn(turns.clone(), req)));
     let carrier = HttpCarrier::new(service, "/v1/responses");
-    let session = Session::new(carrier, parts.headers, limits.clone(), shared.metrics.clone());
+    let session = Session::new(
+        carrier,
+        parts.headers,
+        limits.clone(),
+        shared.metrics.clone(),
+    );
     let metrics = shared.metrics.clone();
     tokio::spawn(
         accept::serve(upgrade, session, limits, metrics, permit)

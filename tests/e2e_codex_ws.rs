@@ -1,0 +1,201 @@
+//! The real Codex CLI (npm `@openai/codex` 0.169.0, offline) over the Responses WebSocket
+//! through the proxy, the mock upstream speaking HTTP/SSE only behind it: every turn Codex
+//! sends over the socket (a prewarm, then frames chained on `previous_response_id` with only
+//! the new items) reaches the upstream as the full request an HTTP client would send, and a
+//! quota failure on the first account is replayed on the second without Codex noticing.
+//!
+//! The provider is a custom one with `supports_websockets = true` (the `ModelProviderInfo` key
+//! of this Codex version): Codex opens `ws://.../v1/responses` with
+//! `OpenAI-Beta: responses_websockets=2026-02-06` before its first turn.
+//!
+//! Needs the CLI from `.ci/install-clients`; every run is killed after 120 s. The sandbox is
+//! off (`-s danger-full-access`), as in `tests/e2e_codex.rs`.
+
+mod common;
+mod e2e;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::*;
+use serde_json::{Value, json};
+use tower_responses::testing::{MockUpstream, RecordedRequest, Reply, events};
+
+const KEY_A: &str = "sk-e2e-ws-aaaaaaaaaaaaaaaaaaaaaaa-AAAA";
+const KEY_B: &str = "sk-e2e-ws-bbbbbbbbbbbbbbbbbbbbbbb-BBBB";
+const CLIENT_KEY: &str = "sk-e2e-ws-client-key";
+const MODEL: &str = "gpt-5.5";
+const PROMPT: &str = "Run the e2e tool, then report.";
+const TOOL_CMD: &str = "echo e2e-ws-tool-ran-$((6*7))";
+const TOOL_OUTPUT: &str = "e2e-ws-tool-ran-42";
+
+fn input(body: &Value) -> &[Value] {
+    body["input"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The scripted model: every request on an exhausted account (the first pool key, and the
+/// client's own key when Codex talks to the mock directly) fails with a quota failure inside
+/// the stream (an HTTP 200, as the Codex backend sends it); otherwise a turn asks for the
+/// shell tool, and the turn that carries the tool's output gets the final answer.
+fn script(mock: &MockUpstream) -> Arc<AtomicUsize> {
+    let called = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    mock.set_handler(move |r: &RecordedRequest| {
+        let body = r.json()?;
+        if !body.is_object() {
+            return None;
+        }
+        if matches!(r.credential.as_deref(), Some(KEY_A | CLIENT_KEY)) {
+            return Some(Reply::sse(vec![
+                events::created("resp_ws_quota"),
+                events::failed(
+                    "resp_ws_quota",
+                    "usage_limit_reached",
+                    "The usage limit has been reached",
+                ),
+            ]));
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        let small = events::usage(100, 10);
+        let has_output = input(&body)
+            .iter()
+            .any(|i| i["type"] == "function_call_output");
+        if !has_output && !called.swap(true, Ordering::SeqCst) {
+            let call = json!({
+                "type": "function_call",
+                "id": "fc_ws_1",
+                "call_id": "call_ws_1",
+                "name": "exec_command",
+                "arguments": json!({"cmd": TOOL_CMD}).to_string(),
+                "status": "completed",
+            });
+            let mut added = call.clone();
+            added["status"] = json!("in_progress");
+            return Some(Reply::sse(vec![
+                events::created("resp_ws_call"),
+                events::in_progress("resp_ws_call"),
+                events::output_item_added(added),
+                events::output_item_done(call.clone()),
+                events::completed("resp_ws_call", vec![call], small),
+            ]));
+        }
+        let ran = body["input"].to_string().contains(TOOL_OUTPUT);
+        Some(Reply::sse(events::answer(
+            "resp_ws_final",
+            "msg_ws_final",
+            &format!("FINAL tool_output_seen={ran}"),
+            small,
+        )))
+    });
+    served
+}
+
+async fn codex(base_url: &str) -> e2e::Ran {
+    let home = e2e::TempDir::new("codex-ws-home");
+    let work = e2e::TempDir::new("codex-ws-work");
+    let provider = format!(
+        "model_providers.e2e={{ name = \"E2E WS\", base_url = \"{base_url}\", \
+         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = true }}"
+    );
+    let mut cmd = e2e::command(e2e::codex_bin());
+    cmd.current_dir(work.path())
+        .env("CODEX_HOME", home.path())
+        .env("TR_E2E_CLIENT_KEY", CLIENT_KEY)
+        .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
+        .args(["-c", "features.plugins=false"])
+        .args(["-c", "analytics.enabled=false"])
+        .args(["-c", "check_for_update_on_startup=false"])
+        .args(["-c", "model_provider=e2e"])
+        .args(["-c", &provider])
+        .args(["-m", MODEL, PROMPT]);
+    e2e::run(cmd).await
+}
+
+fn bodies(mock: &MockUpstream) -> Vec<Value> {
+    mock.requests().iter().filter_map(|r| r.json()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_over_the_websocket_runs_a_tool_chains_turns_and_never_sees_the_quota_failure() {
+    // Straight against the mock: the quota failure reaches Codex and the run fails.
+    let bare = MockUpstream::start().await.unwrap();
+    script(&bare);
+    let direct = codex(&bare.base_url()).await;
+    assert!(
+        !direct.status.success(),
+        "Codex succeeded without the proxy\n{}",
+        direct.transcript()
+    );
+
+    let mock = MockUpstream::start().await.unwrap();
+    script(&mock);
+    let mut cfg = config_for(mock.base_url());
+    cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
+    cfg.strategy = tower_responses::credentials::Strategy::FillFirst;
+    let proxy = start_proxy(cfg).await;
+    let run = codex(&proxy.url("/v1")).await;
+    let m = &proxy.metrics;
+    let why = || format!("{}\n--- metrics ---\n{}", run.transcript(), m.render());
+    assert!(run.status.success(), "{}", why());
+    assert_eq!(
+        run.stdout.trim(),
+        "FINAL tool_output_seen=true",
+        "{}",
+        why()
+    );
+
+    for line in m.render().lines().filter(|l| l.starts_with("tr_ws_")) {
+        eprintln!("{line}");
+    }
+    // Codex talked to the proxy over the socket, chaining turns on previous_response_id.
+    assert!(m.total("tr_ws_client_sockets_total") >= 1.0, "{}", why());
+    assert!(
+        m.total("tr_ws_expanded_total") >= 1.0,
+        "no chained frame was expanded\n{}",
+        why()
+    );
+    assert_eq!(
+        m.get(
+            "tr_requests_total",
+            &[("route", "responses"), ("status", "200")]
+        ),
+        None,
+        "a turn went over HTTP\n{}",
+        why()
+    );
+
+    // The upstream saw full requests only: no anchor, no WebSocket-only field, and the
+    // tool's turn carried the whole history (the prompt, the call, its output).
+    let sent = bodies(&mock);
+    for b in &sent {
+        for field in ["previous_response_id", "generate", "type"] {
+            assert!(b.get(field).is_none(), "{field} reached the upstream: {b}");
+        }
+    }
+    let last = sent.last().unwrap();
+    let items = input(last);
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "function_call" && i["call_id"] == "call_ws_1")
+    );
+    assert!(items.iter().any(|i| i["type"] == "function_call_output"));
+    assert!(
+        last["input"].to_string().contains(PROMPT),
+        "the prompt is in the full input"
+    );
+
+    // The quota failure went to the first account, the replay to the second; the session
+    // stayed there.
+    let creds: Vec<Option<String>> = mock.requests().into_iter().map(|r| r.credential).collect();
+    assert_eq!(creds[0].as_deref(), Some(KEY_A), "{creds:?}");
+    assert!(
+        creds[1..].iter().all(|c| c.as_deref() == Some(KEY_B)),
+        "{creds:?}"
+    );
+    assert_eq!(
+        sent[0]["input"], sent[1]["input"],
+        "the replay is the same full request"
+    );
+}
