@@ -196,7 +196,7 @@ async fn bad_input_gets_the_openai_envelope_and_the_proxy_stays_up() {
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
             StatusCode::UPGRADE_REQUIRED,
-            "websocket_not_supported",
+            "unsupported_websocket_version",
         ),
         (
             "unsupported encoding",

@@ -252,7 +252,10 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
     // The history as the client keeps it (what an HTTP client resends every turn).
     let mut history = vec![developer];
     let call = json!({"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "exec_command", "arguments": "{\"cmd\":\"ls\"}", "status": "completed"});
-    mock.push(Reply::sse(answer_with("resp_1", std::slice::from_ref(&call))));
+    mock.push(Reply::sse(answer_with(
+        "resp_1",
+        std::slice::from_ref(&call),
+    )));
     let user = message("user", "list the files");
     history.push(user.clone());
     let mut turn1 = create(json!([user]));
@@ -263,7 +266,10 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
     history.extend(output_items(&frames));
 
     let done = message("assistant", "two files");
-    mock.push(Reply::sse(answer_with("resp_2", std::slice::from_ref(&done))));
+    mock.push(Reply::sse(answer_with(
+        "resp_2",
+        std::slice::from_ref(&done),
+    )));
     let tool_output =
         json!({"type": "function_call_output", "call_id": "call_1", "output": "a.rs\nb.rs"});
     history.push(tool_output.clone());
@@ -296,7 +302,10 @@ async fn chained_frames_reach_an_http_upstream_as_the_full_requests_http_would_s
         body.as_object_mut().unwrap().remove("type");
         json_req(&proxy.url("/v1/responses"), None, body)
     };
-    mock.push(Reply::sse(answer_with("resp_1", std::slice::from_ref(&call))));
+    mock.push(Reply::sse(answer_with(
+        "resp_1",
+        std::slice::from_ref(&call),
+    )));
     let (status, _, _) = send_collect(&http, turn_http(&history[..2])).await;
     assert_eq!(status, StatusCode::OK);
     mock.push(Reply::sse(answer_with("resp_2", &[done])));

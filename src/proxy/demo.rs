@@ -225,7 +225,7 @@ pub(crate) async fn run() -> ExitCode {
     let mut rows = Vec::new();
     let plain = turn(None, "hello");
 
-    eprintln!("[1/10] quota exhausted inside a 200 stream (seed 004)");
+    eprintln!("[1/11] quota exhausted inside a 200 stream (seed 004)");
     mock.push_for(
         KEY_A,
         failed_stream("insufficient_quota", "You exceeded your current quota"),
@@ -256,7 +256,7 @@ pub(crate) async fn run() -> ExitCode {
         ok: with.clean() && a_tried,
     });
 
-    eprintln!("[2/10] a follow-up with previous_response_id, two accounts (seed 003)");
+    eprintln!("[2/11] a follow-up with previous_response_id, two accounts (seed 003)");
     let store = ResponseStore::new(2300);
     store.install(&mock);
     let first = send(&client, &via, CLIENT_KEY, &[], &turn(None, "first")).await;
@@ -273,7 +273,7 @@ pub(crate) async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[3/10] the upstream drops the connection under previous_response_id (seed 003)");
+    eprintln!("[3/11] the upstream drops the connection under previous_response_id (seed 003)");
     let prev = with.response_id.clone().unwrap_or_default();
     mock.set_handler(|_| None);
     mock.push(Reply::fault(Fault::CloseAfterRead));
@@ -295,7 +295,7 @@ pub(crate) async fn run() -> ExitCode {
     });
     mock.set_handler(|_| None);
 
-    eprintln!("[4/10] the upstream keeps the stream open after response.completed");
+    eprintln!("[4/11] the upstream keeps the stream open after response.completed");
     mock.push(Reply::text("done, but the connection stays open").hold_open());
     let without = send(&client, &direct, KEY_A, &[], &plain).await;
     mock.push(Reply::text("done, but the connection stays open").hold_open());
@@ -308,7 +308,7 @@ pub(crate) async fn run() -> ExitCode {
         ok: with.clean(),
     });
 
-    eprintln!("[5/10] providers drop idle keep-alive connections (seed 001)");
+    eprintln!("[5/11] providers drop idle keep-alive connections (seed 001)");
     mock.set_stale(Duration::from_millis(200), StaleMode::Html400);
     let pooled: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut without = Vec::new();
@@ -341,7 +341,7 @@ pub(crate) async fn run() -> ExitCode {
         ok: with.iter().all(Seen::clean) && retries >= 1.0,
     });
 
-    eprintln!("[6/10] remote compaction for a model the compact route refuses (seed 000)");
+    eprintln!("[6/11] remote compaction for a model the compact route refuses (seed 000)");
     mock.set_handler(|r| {
         let refused = r.path.ends_with("/responses/compact")
             && r.json().is_some_and(|b| b["model"] == "gpt-5.5");
@@ -378,7 +378,7 @@ pub(crate) async fn run() -> ExitCode {
             && remote_calls == 2,
     });
 
-    eprintln!("[7/10] the ChatGPT Codex backend rejects ordinary bodies (seed 002)");
+    eprintln!("[7/11] the ChatGPT Codex backend rejects ordinary bodies (seed 002)");
     let strict = match codex_strict_proxy().await {
         Ok(s) => s,
         Err(e) => {
@@ -421,7 +421,32 @@ pub(crate) async fn run() -> ExitCode {
     });
     let _ = strict.stop.send(());
 
-    eprintln!("[8/10] every account exhausted");
+    eprintln!(
+        "[8/11] the Codex CLI's WebSocket: prewarm, then turns chained on previous_response_id"
+    );
+    let without = ws_session(&mock.addr().to_string(), "/v1/responses", None).await;
+    let with = ws_session(&proxy_addr.to_string(), "/v1/responses", Some(CLIENT_KEY)).await;
+    let upstream_full = mock
+        .requests()
+        .last()
+        .and_then(|r| r.json())
+        .and_then(|b| b["input"].as_array().map(Vec::len));
+    rows.push(Row {
+        fault: "Codex WebSocket: prewarm + chained turns",
+        without: without.summary(),
+        with: match upstream_full {
+            Some(n) if with.ok() => format!(
+                "{}; the HTTP upstream got full requests ({n} input items on the last turn)",
+                with.summary()
+            ),
+            _ => with.summary(),
+        },
+        layer: "websocket::Session + HttpCarrier (the whole stack per turn)",
+        // developer + user + the first answer + user: the last turn expanded in full.
+        ok: with.ok() && upstream_full == Some(4),
+    });
+
+    eprintln!("[9/11] every account exhausted");
     let resets_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -448,7 +473,7 @@ pub(crate) async fn run() -> ExitCode {
         ok: with.status == Some(StatusCode::TOO_MANY_REQUESTS) && mock.request_count() == before,
     });
 
-    eprintln!("[9/10] one upstream 500 with one credential, and the client's retry");
+    eprintln!("[10/11] one upstream 500 with one credential, and the client's retry");
     match single_key_proxy().await {
         Ok(single) => {
             let boom = || {
@@ -487,30 +512,16 @@ pub(crate) async fn run() -> ExitCode {
         }
     }
 
-    eprintln!("[10/10] proxy edges: wrong client key, WebSocket upgrade, oversized body");
+    eprintln!("[11/11] proxy edges: wrong client key, oversized body");
     let bad_key = send(&client, &via, "wrong", &[], &plain).await;
-    let ws = send(
-        &client,
-        &via,
-        CLIENT_KEY,
-        &[("upgrade", "websocket"), ("connection", "upgrade")],
-        &plain,
-    )
-    .await;
     let big = json!({"model": "m", "input": "x".repeat(100 * 1024)});
     let too_big = send(&client, &via, CLIENT_KEY, &[], &big).await;
     rows.push(Row {
-        fault: "bad key / websocket / oversized",
+        fault: "bad key / oversized",
         without: "-".into(),
-        with: format!(
-            "{} / {} / {}",
-            bad_key.summary(),
-            ws.summary(),
-            too_big.summary()
-        ),
+        with: format!("{} / {}", bad_key.summary(), too_big.summary()),
         layer: "proxy edge",
         ok: bad_key.status == Some(StatusCode::UNAUTHORIZED)
-            && ws.status == Some(StatusCode::UPGRADE_REQUIRED)
             && too_big.status == Some(StatusCode::PAYLOAD_TOO_LARGE),
     });
 
@@ -575,6 +586,142 @@ async fn single_key_proxy() -> Result<SideProxy, String> {
         ..ProxyConfig::default()
     };
     side_proxy(mock, config).await
+}
+
+/// What a WebSocket client saw in [`ws_session`].
+#[derive(Debug, Default)]
+struct WsSeen {
+    refused: Option<String>,
+    prewarm_local: bool,
+    completed: usize,
+    errors: Vec<String>,
+    sent_bytes: usize,
+}
+
+impl WsSeen {
+    fn ok(&self) -> bool {
+        self.refused.is_none()
+            && self.prewarm_local
+            && self.completed == 3
+            && self.errors.is_empty()
+    }
+
+    fn summary(&self) -> String {
+        if let Some(r) = &self.refused {
+            return format!(
+                "no socket ({r}): Codex falls back to HTTP and resends its history every turn"
+            );
+        }
+        let mut s = format!(
+            "{} of 3 completed{}, client sent {} B in all",
+            self.completed,
+            if self.prewarm_local {
+                " (prewarm answered locally)"
+            } else {
+                ""
+            },
+            self.sent_bytes
+        );
+        if !self.errors.is_empty() {
+            s.push_str(&format!(", errors: {}", self.errors.join(", ")));
+        }
+        s
+    }
+}
+
+/// A Codex-like socket session: a `generate:false` prewarm, then two turns each chained on
+/// the previous response with only its new item, as the Codex CLI sends them.
+async fn ws_session(addr: &str, path: &str, key: Option<&str>) -> WsSeen {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let mut seen = WsSeen::default();
+    let Ok(mut req) = format!("ws://{addr}{path}").into_client_request() else {
+        seen.refused = Some("bad address".into());
+        return seen;
+    };
+    if let Some(key) = key {
+        if let Ok(v) = format!("Bearer {key}").parse() {
+            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+        }
+    }
+    let connected = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(res) => {
+                    format!("HTTP {}", res.status().as_u16())
+                }
+                e => e.to_string(),
+            })
+    };
+    let mut ws = match tokio::time::timeout(Duration::from_secs(10), connected).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => {
+            seen.refused = Some(e);
+            return seen;
+        }
+        Err(_) => {
+            seen.refused = Some("no answer in 10 s".into());
+            return seen;
+        }
+    };
+    let mut previous: Option<String> = None;
+    let frames = [
+        json!({"type": "response.create", "model": "gpt-5.5", "generate": false,
+               "input": [{"type": "message", "role": "developer", "content": "You are a demo agent."}]}),
+        json!({"type": "response.create", "model": "gpt-5.5",
+               "input": [{"type": "message", "role": "user", "content": "hello"}]}),
+        json!({"type": "response.create", "model": "gpt-5.5",
+               "input": [{"type": "message", "role": "user", "content": "and again"}]}),
+    ];
+    for (i, mut frame) in frames.into_iter().enumerate() {
+        if let Some(p) = &previous {
+            frame["previous_response_id"] = json!(p);
+        }
+        let text = frame.to_string();
+        seen.sent_bytes += text.len();
+        if ws.send(Message::text(text)).await.is_err() {
+            seen.errors.push("socket closed".into());
+            return seen;
+        }
+        loop {
+            let msg = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(_))) => continue,
+                _ => {
+                    seen.errors.push("socket ended".into());
+                    return seen;
+                }
+            };
+            let Ok(v) = serde_json::from_str::<Value>(msg.as_str()) else {
+                continue;
+            };
+            match v["type"].as_str() {
+                Some("response.completed") => {
+                    let id = v["response"]["id"].as_str().unwrap_or("").to_string();
+                    if i == 0 {
+                        seen.prewarm_local = id.starts_with("resp_prewarm_");
+                    }
+                    previous = Some(id);
+                    seen.completed += 1;
+                    break;
+                }
+                Some("error" | "response.failed") => {
+                    let code = v["error"]["code"].as_str().unwrap_or("error").to_string();
+                    seen.errors.push(code);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    seen
 }
 
 fn print_table(rows: &[Row]) {
