@@ -6,5 +6,8 @@
 //! always become a full request, and a [`carrier`] that takes each turn upstream.
 
 pub mod carrier;
+pub mod socket_carrier;
+pub mod upstream;
 
 pub use carrier::{Carrier, Delivery, Events, Turn};
+pub use socket_carrier::SocketCarrier;
