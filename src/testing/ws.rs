@@ -448,12 +448,11 @@ pub(crate) fn answer(
 ) -> Response<MockBody> {
     let headers = req.headers().clone();
     let credential = bearer(&headers);
-    let (refusal, enabled, max_age, extra) = {
+    let (refusal, enabled, extra) = {
         let mut script = lock(&ws.script);
         (
             script.refusals.pop_front(),
             script.enabled,
-            script.max_age,
             script.handshake_headers.clone(),
         )
     };
@@ -515,7 +514,6 @@ pub(crate) fn answer(
         ws: ws.clone(),
         log: log.clone(),
         opened: Instant::now(),
-        max_age,
         last_response: None,
     };
     let mut stop = ws.stop.subscribe();
@@ -568,7 +566,6 @@ struct Socket {
     ws: Arc<WsShared>,
     log: Arc<SocketLog>,
     opened: Instant,
-    max_age: Option<Duration>,
     /// The connection-local store: the last response this socket completed.
     last_response: Option<String>,
 }
@@ -635,7 +632,8 @@ impl Socket {
     }
 
     async fn on_create(&mut self, stream: &mut Stream, frame: Value, text: Utf8Bytes) -> Flow {
-        if self.max_age.is_some_and(|age| self.opened.elapsed() >= age) {
+        let max_age = lock(&self.ws.script).max_age;
+        if max_age.is_some_and(|age| self.opened.elapsed() >= age) {
             return connection_limit(stream).await;
         }
         if let Some(prev) = frame.get("previous_response_id").and_then(Value::as_str) {

@@ -383,7 +383,7 @@ impl UpstreamSocket {
     }
 
     /// Closes the socket with `1000` (bounded: a peer that never answers the close is dropped).
-    pub async fn close(mut self) {
+    pub async fn close(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.close(None)).await;
     }
 }
