@@ -7,10 +7,10 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tower_responses::testing::{CONNECTION_LIMIT_MESSAGE, MockUpstream, WsReply, events};
 
 type Ws = WebSocketStream<TcpStream>;
@@ -30,7 +30,9 @@ async fn connect_at(mock: &MockUpstream, path: &str, key: Option<&str>) -> Resul
 }
 
 async fn connect(mock: &MockUpstream) -> Ws {
-    connect_at(mock, "/v1/responses", Some("sk-a")).await.unwrap()
+    connect_at(mock, "/v1/responses", Some("sk-a"))
+        .await
+        .unwrap()
 }
 
 async fn create(ws: &mut Ws, body: Value) {
@@ -93,7 +95,11 @@ async fn answers_on_both_paths_and_records_every_frame() {
     let mock = MockUpstream::start().await.unwrap();
     for path in ["/v1/responses", "/responses"] {
         let mut ws = connect_at(&mock, path, Some("sk-a")).await.unwrap();
-        create(&mut ws, json!({"model": "gpt-5", "input": [user("ping over ws")]})).await;
+        create(
+            &mut ws,
+            json!({"model": "gpt-5", "input": [user("ping over ws")]}),
+        )
+        .await;
         let (evs, end) = read_turn(&mut ws).await;
         assert_eq!(end, End::Terminal);
         assert_eq!(kinds(&evs)[0], "response.created");
@@ -199,7 +205,12 @@ async fn prewarm_then_chained_turns_and_a_socket_local_store() {
     assert_eq!(end, End::Terminal);
     assert_eq!(evs[0]["status"], 400);
     assert_eq!(evs[0]["error"]["code"], "previous_response_not_found");
-    assert!(evs[0]["error"]["message"].as_str().unwrap().contains(&first));
+    assert!(
+        evs[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&first)
+    );
 }
 
 #[tokio::test]
@@ -224,7 +235,11 @@ async fn soft_failures_are_error_frames_before_any_output() {
     }
     assert_eq!(
         codes,
-        ["usage_limit_reached", "insufficient_quota", "rate_limit_exceeded"]
+        [
+            "usage_limit_reached",
+            "insufficient_quota",
+            "rate_limit_exceeded"
+        ]
     );
     // The socket survives error frames: the next turn is answered.
     create(&mut ws, json!({"model": "m", "input": "after"})).await;
@@ -266,7 +281,10 @@ async fn cuts_and_closes() {
     create(&mut ws, json!({"model": "m", "input": "hi"})).await;
     let (evs, end) = read_turn(&mut ws).await;
     assert_eq!(end, End::Terminal);
-    assert_eq!(evs[0]["error"]["code"], "websocket_connection_limit_reached");
+    assert_eq!(
+        evs[0]["error"]["code"],
+        "websocket_connection_limit_reached"
+    );
     assert_eq!(evs[0]["error"]["message"], CONNECTION_LIMIT_MESSAGE);
     assert_eq!(read_turn(&mut ws).await, (vec![], End::Closed(1000)));
 }
@@ -278,7 +296,10 @@ async fn sockets_past_their_age_get_the_sixty_minute_close() {
     mock.set_ws_max_age(Duration::ZERO);
     create(&mut ws, json!({"model": "m", "input": "hi"})).await;
     let (evs, _) = read_turn(&mut ws).await;
-    assert_eq!(evs[0]["error"]["code"], "websocket_connection_limit_reached");
+    assert_eq!(
+        evs[0]["error"]["code"],
+        "websocket_connection_limit_reached"
+    );
     assert_eq!(read_turn(&mut ws).await.1, End::Closed(1000));
 }
 
@@ -297,9 +318,7 @@ async fn scripted_events_binary_frames_and_open_sockets() {
         .unwrap();
     req.headers_mut()
         .insert("authorization", "Bearer sk-a".parse().unwrap());
-    let (mut ws, res) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     assert_eq!(res.headers()["x-codex-primary-used-percent"], "42");
     ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     let (evs, _) = read_turn(&mut ws).await;

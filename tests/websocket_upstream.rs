@@ -121,7 +121,10 @@ fn error_of(events: &[Delivery]) -> (u16, String) {
 /// The client saw exactly one response, from `response.created` to its end.
 fn one_clean_response(events: &[Delivery]) {
     let evs = parsed(events);
-    let created = evs.iter().filter(|e| e["type"] == "response.created").count();
+    let created = evs
+        .iter()
+        .filter(|e| e["type"] == "response.created")
+        .count();
     assert_eq!(created, 1, "{evs:?}");
     assert!(evs.iter().all(|e| e["type"] != "error"), "{evs:?}");
 }
@@ -138,7 +141,11 @@ async fn incremental_frames_while_the_socket_lives() {
         s.saw(&events);
     }
     let sockets = mock.ws_sockets();
-    assert_eq!(sockets.len(), 1, "one upstream socket for the client socket");
+    assert_eq!(
+        sockets.len(),
+        1,
+        "one upstream socket for the client socket"
+    );
     let creates = sockets[0].creates();
     assert_eq!(creates.len(), 3);
     assert!(creates[0].get("previous_response_id").is_none());
@@ -186,11 +193,18 @@ async fn quota_on_the_first_account_rotates_and_replays_the_full_request() {
 
     let sockets = mock.ws_sockets();
     assert_eq!(sockets.len(), 2);
-    assert_eq!(sockets[0].creates().len(), 2, "turn one, then the refused turn two");
+    assert_eq!(
+        sockets[0].creates().len(),
+        2,
+        "turn one, then the refused turn two"
+    );
     assert_eq!(sockets[1].credential.as_deref(), Some(other));
     let replay = &sockets[1].creates()[0];
     assert!(replay.get("previous_response_id").is_none(), "{replay}");
-    assert_eq!(replay["input"], full_input, "the full history, from the transcript");
+    assert_eq!(
+        replay["input"], full_input,
+        "the full history, from the transcript"
+    );
     assert_eq!(replay["type"], "response.create");
     assert!(replay.get("stream").is_some());
     // The first account cools for quota with the upstream's reset.
@@ -323,7 +337,11 @@ async fn nothing_is_replayed_after_visible_output() {
     let events = run(&mut c, Session::default().turn("hi")).await;
     assert_eq!(error_of(&events), (502, "upstream_unavailable".into()));
     let evs = parsed(&events);
-    assert_eq!(evs.len(), 4, "the content that came, then the error: {evs:?}");
+    assert_eq!(
+        evs.len(),
+        4,
+        "the content that came, then the error: {evs:?}"
+    );
     let creates: usize = mock.ws_sockets().iter().map(|s| s.creates().len()).sum();
     assert_eq!(creates, 1, "never sent twice");
 }
@@ -364,7 +382,11 @@ async fn every_account_out_gives_the_upstreams_answer() {
     // The next turn finds both out: the pool's own answer, with the reset.
     let events = run(&mut c, Session::default().turn("again")).await;
     assert_eq!(error_of(&events), (429, "usage_limit_reached".into()));
-    assert_eq!(mock.ws_sockets().len(), 2, "no socket opened for cooled accounts");
+    assert_eq!(
+        mock.ws_sockets().len(),
+        2,
+        "no socket opened for cooled accounts"
+    );
 }
 
 #[tokio::test]
@@ -391,7 +413,10 @@ async fn a_refused_upgrade_rotates_like_an_http_answer() {
     mock.set_ws_enabled(false);
     let mut c = carrier(&mock, &pool);
     let events = run(&mut c, Session::default().turn("hi")).await;
-    assert_eq!(error_of(&events), (502, "upstream_websocket_unsupported".into()));
+    assert_eq!(
+        error_of(&events),
+        (502, "upstream_websocket_unsupported".into())
+    );
 }
 
 #[tokio::test]
@@ -474,7 +499,9 @@ async fn dropping_the_events_closes_the_upstream_socket() {
     let pool = pool(&[KEY_A]);
     let metrics = Metrics::new();
     let mut c = carrier(&mock, &pool).metrics(metrics.clone());
-    mock.push_ws(WsReply::text("a long answer that takes a while").paced(Duration::from_millis(200)));
+    mock.push_ws(
+        WsReply::text("a long answer that takes a while").paced(Duration::from_millis(200)),
+    );
     let mut events = c.send(Session::default().turn("hi")).await.unwrap();
     // The first content arrives, then the client goes away.
     let first = events.next().await;

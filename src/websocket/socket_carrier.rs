@@ -73,8 +73,8 @@ use tokio::task::JoinHandle;
 
 use super::carrier::{Carrier, Delivery, Events, Turn};
 use super::upstream::{
-    OpenError, RESPONSES_WEBSOCKETS_BETA, SocketConfig, SocketError, UpstreamEvent,
-    UpstreamSocket, socket_uri,
+    OpenError, RESPONSES_WEBSOCKETS_BETA, SocketConfig, SocketError, UpstreamEvent, UpstreamSocket,
+    socket_uri,
 };
 use crate::classify::{Failure, FailureClass};
 use crate::connect::UpstreamConnector;
@@ -608,7 +608,9 @@ impl TurnRun {
             };
             match ev.kind() {
                 Some("codex.rate_limits") => {
-                    if let Some(u) = CredentialUsage::from_rate_limits_event(&ev.value, SystemTime::now()) {
+                    if let Some(u) =
+                        CredentialUsage::from_rate_limits_event(&ev.value, SystemTime::now())
+                    {
                         self.shared.pool.record_usage(&open.label, u);
                     }
                     if !self.hold_or_send(&mut held, &mut visible, ev.text).await {

@@ -94,6 +94,8 @@ impl Default for SocketConfig {
 }
 
 /// Why a socket could not be opened. Either way the turn's frame was never sent.
+// A refusal carries the whole answer; opening fails rarely, so it is not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum OpenError {
     /// The upstream answered the upgrade with an HTTP status instead of `101` (`426`: it
