@@ -547,6 +547,140 @@ pub fn when_none_usable(cooling: &[Cooldown], now: SystemTime, max_wait: Duratio
     NoneUsable::Refuse(err.with_retry_after(retry))
 }
 
+/// How an upstream WebSocket turn ended without its answer: the socket transport's own
+/// outcomes, beside the classified failures of error frames (those go to [`decide`] as
+/// [`Phase::BeforeContent`] answers, like HTTP errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEnd {
+    /// `websocket_connection_limit_reached`: the upstream's 60-minute cap on a socket.
+    ConnectionLimit,
+    /// A close frame with `1000` before any event of the turn.
+    CleanClose,
+    /// The socket broke: EOF or reset without a close frame, a close other than `1000`, a
+    /// protocol error.
+    Lost,
+    /// The socket was already gone when the frame was to be written: the upstream never had it.
+    SendUnsent,
+    /// The write failed partway: the upstream may have the frame.
+    SendAmbiguous,
+    /// No pong within the pong timeout, or no event within the idle timeout, after the frame
+    /// was sent: the socket may still be alive and the upstream still working.
+    Unresponsive,
+    /// An upstream message over the size budget.
+    TooLarge,
+}
+
+impl SocketEnd {
+    /// A `snake_case` label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketEnd::ConnectionLimit => "connection_limit",
+            SocketEnd::CleanClose => "clean_close",
+            SocketEnd::Lost => "lost",
+            SocketEnd::SendUnsent => "send_unsent",
+            SocketEnd::SendAmbiguous => "send_ambiguous",
+            SocketEnd::Unresponsive => "unresponsive",
+            SocketEnd::TooLarge => "too_large",
+        }
+    }
+}
+
+/// What a WebSocket turn does after its socket ended ([`after_socket_end`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SocketNext {
+    /// Open a fresh socket on the same credential and send the full request there (the old
+    /// socket's connection-local store is gone). Nothing cools: the socket's end says nothing
+    /// about the account.
+    Reopen,
+    /// Stop; the client gets this error frame, on which the Codex CLI resends the full request.
+    Stop(ApiError),
+}
+
+/// The decision for a WebSocket turn whose socket ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketDecision {
+    /// What happens next.
+    pub next: SocketNext,
+    /// Why, for the log line.
+    pub why: &'static str,
+}
+
+/// Decides what a turn does when its upstream socket ended without an answer. Pure.
+///
+/// A response lives on its socket: when the socket is gone, the upstream abandons the
+/// response and its connection-local store with it, and nothing of it can reach anyone. So a
+/// socket that ended before the client saw anything may carry the full request again on a
+/// fresh socket. What may still be running is different: an unanswered ping or a silent
+/// upstream after the send, or a write that failed partway, leave the frame's fate unknown,
+/// and a second send could run the turn twice.
+///
+/// | end | before the client saw output | after |
+/// |---|---|---|
+/// | `ConnectionLimit` | reopen, full request | stop, `502 upstream_unavailable` |
+/// | `CleanClose` | reopen once; a second clean close for the turn stops with `502 upstream_rejected_input` | stop, `502` |
+/// | `Lost`, `SendUnsent` | reopen (account-neutral: nothing cools) | stop, `502` |
+/// | `SendAmbiguous` | stop, `502 upstream_unavailable` (delivery ambiguous) | stop, `502` |
+/// | `Unresponsive` | stop, `504 upstream_timeout` (delivery ambiguous) | stop, `504` |
+/// | `TooLarge` | stop, `502 upstream_message_too_large` (a replay gets the same) | stop, `502` |
+///
+/// `clean_closes` is how many clean closes this turn already had. Every stop is a 5xx error
+/// frame: the Codex CLI retries it with its full history, never dropping context.
+pub fn after_socket_end(end: SocketEnd, visible: bool, clean_closes: u32) -> SocketDecision {
+    let stop = |err: ApiError, why| SocketDecision {
+        next: SocketNext::Stop(err),
+        why,
+    };
+    let lost = || {
+        ApiError::upstream_unavailable(
+            "the upstream WebSocket broke off mid-response; resend the request",
+        )
+    };
+    if visible && end != SocketEnd::Unresponsive {
+        return stop(lost(), "the client has seen output: not sent again");
+    }
+    match end {
+        SocketEnd::ConnectionLimit => SocketDecision {
+            next: SocketNext::Reopen,
+            why: "the upstream's socket age limit: a new socket takes the full request",
+        },
+        SocketEnd::CleanClose if clean_closes == 0 => SocketDecision {
+            next: SocketNext::Reopen,
+            why: "closed cleanly before any event: one more try on a fresh socket",
+        },
+        SocketEnd::CleanClose => stop(
+            ApiError::upstream_unavailable(
+                "the upstream closed the WebSocket before any event, twice: it likely refuses this input",
+            )
+            .with_code("upstream_rejected_input"),
+            "closed cleanly before any event again: the input is the likely cause",
+        ),
+        SocketEnd::Lost | SocketEnd::SendUnsent => SocketDecision {
+            next: SocketNext::Reopen,
+            why: "the socket ended before any output: a fresh socket takes the full request",
+        },
+        SocketEnd::SendAmbiguous => stop(
+            lost(),
+            "the write failed partway: delivery ambiguous, not sent again",
+        ),
+        SocketEnd::TooLarge => stop(
+            ApiError::upstream_unavailable(
+                "the upstream sent a WebSocket message over the proxy's size budget",
+            )
+            .with_code("upstream_message_too_large"),
+            "over the size budget: a replay would get the same",
+        ),
+        SocketEnd::Unresponsive => stop(
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "the upstream WebSocket stopped answering after the request was sent; resend the request",
+            )
+            .with_code("upstream_timeout"),
+            "no pong or event after the send: delivery ambiguous, not sent again",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests;
 

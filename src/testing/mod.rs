@@ -50,6 +50,8 @@ mod script;
 mod server;
 mod store;
 mod stream;
+#[cfg(feature = "websocket")]
+mod ws;
 
 pub use authority::{AuthorityCall, IssuedLogin, MockAuthority, TokenFault};
 pub use codex_strict::{CODEX_UNSUPPORTED, codex_strict};
@@ -57,3 +59,5 @@ pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};
 pub use server::MockUpstream;
 pub use store::ResponseStore;
+#[cfg(feature = "websocket")]
+pub use ws::{CONNECTION_LIMIT_MESSAGE, RecordedSocket, WS_MAX_MESSAGE, WsReply};

@@ -53,13 +53,18 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+        #[cfg(feature = "websocket")]
+        self.shared.ws.shutdown();
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     script: Mutex<Script>,
     records: Mutex<Vec<RecordedRequest>>,
     connections: AtomicU64,
+    /// The WebSocket on the responses route: its script and sockets.
+    #[cfg(feature = "websocket")]
+    pub(crate) ws: Arc<super::ws::WsShared>,
 }
 
 struct Script {
@@ -70,7 +75,7 @@ struct Script {
     stale: Option<(Duration, StaleMode)>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking test thread must not turn every later call into a second panic.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -95,6 +100,8 @@ impl MockUpstream {
             }),
             records: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
+            #[cfg(feature = "websocket")]
+            ws: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -116,6 +123,11 @@ impl MockUpstream {
     /// The API base URL, `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.inner.addr)
+    }
+
+    #[cfg(feature = "websocket")]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
 
     fn script(&self) -> MutexGuard<'_, Script> {
@@ -184,6 +196,8 @@ impl MockUpstream {
     /// the server tasks to finish. Later requests are refused.
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
+        #[cfg(feature = "websocket")]
+        self.inner.shared.ws.shutdown();
         let accept = lock(&self.inner.accept).take();
         if let Some(task) = accept {
             let _ = task.await;
@@ -255,7 +269,9 @@ async fn serve_connection(
         .keep_alive(true)
         // Idle connections are the point of the stale tests: never time them out here.
         .header_read_timeout(None)
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        // The responses route also answers WebSocket upgrades (`testing::ws`).
+        .with_upgrades();
     // Dropping `serving` drops the socket: FIN, or RST when an abort asked for it.
     tokio::select! {
         _ = serving => {}
@@ -300,6 +316,10 @@ impl Shared {
 type Answer = Result<Response<MockBody>, Infallible>;
 
 async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, req: Request<Incoming>) -> Answer {
+    #[cfg(feature = "websocket")]
+    if super::ws::is_upgrade(&req) {
+        return Ok(super::ws::answer(&shared.ws, &conn, req));
+    }
     let arrived = Instant::now();
     let index = conn.next_index.fetch_add(1, Ordering::Relaxed);
     let idle_before = match index {

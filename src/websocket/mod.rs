@@ -28,9 +28,12 @@ pub mod carrier;
 pub mod frames;
 pub mod http_carrier;
 pub mod session;
+pub mod socket_carrier;
 pub mod transcript;
+pub mod upstream;
 
 pub use carrier::{Carrier, Delivery, Events, Turn};
+pub use socket_carrier::SocketCarrier;
 
 use std::time::Duration;
 

@@ -422,3 +422,83 @@ fn a_pinned_request_whose_owner_is_out() {
         }
     }
 }
+
+#[test]
+fn websocket_socket_ends() {
+    use super::{SocketEnd, SocketNext, after_socket_end};
+    // (end, visible, clean closes so far) -> reopen, or the stop's status and code.
+    // The stop's status and code; `None`: reopen.
+    type Stop = Option<(u16, &'static str)>;
+    let rows: &[(SocketEnd, bool, u32, Stop)] = &[
+        (SocketEnd::ConnectionLimit, false, 0, None),
+        (
+            SocketEnd::ConnectionLimit,
+            true,
+            0,
+            Some((502, "upstream_unavailable")),
+        ),
+        (SocketEnd::CleanClose, false, 0, None),
+        (
+            SocketEnd::CleanClose,
+            false,
+            1,
+            Some((502, "upstream_rejected_input")),
+        ),
+        (
+            SocketEnd::CleanClose,
+            true,
+            0,
+            Some((502, "upstream_unavailable")),
+        ),
+        (SocketEnd::Lost, false, 0, None),
+        (SocketEnd::Lost, false, 1, None),
+        (
+            SocketEnd::Lost,
+            true,
+            0,
+            Some((502, "upstream_unavailable")),
+        ),
+        (SocketEnd::SendUnsent, false, 0, None),
+        (
+            SocketEnd::SendAmbiguous,
+            false,
+            0,
+            Some((502, "upstream_unavailable")),
+        ),
+        (
+            SocketEnd::Unresponsive,
+            false,
+            0,
+            Some((504, "upstream_timeout")),
+        ),
+        (
+            SocketEnd::Unresponsive,
+            true,
+            0,
+            Some((504, "upstream_timeout")),
+        ),
+        (
+            SocketEnd::TooLarge,
+            false,
+            0,
+            Some((502, "upstream_message_too_large")),
+        ),
+    ];
+    for &(end, visible, cleans, want) in rows {
+        let d = after_socket_end(end, visible, cleans);
+        let got = match &d.next {
+            SocketNext::Reopen => None,
+            SocketNext::Stop(e) => Some((e.status.as_u16(), e.code.clone().unwrap_or_default())),
+        };
+        let want = want.map(|(s, c)| (s, c.to_owned()));
+        assert_eq!(
+            got, want,
+            "{end:?} visible={visible} clean_closes={cleans}: {}",
+            d.why
+        );
+        if let SocketNext::Stop(e) = &d.next {
+            // Every stop is a server error the Codex CLI retries with its full history.
+            assert!(e.status.is_server_error(), "{end:?}");
+        }
+    }
+}
