@@ -424,26 +424,32 @@ pub(crate) async fn run() -> ExitCode {
     eprintln!(
         "[8/11] the Codex CLI's WebSocket: prewarm, then turns chained on previous_response_id"
     );
-    let without = ws_session(&mock.addr().to_string(), "/v1/responses", None).await;
+    // An upstream that speaks only HTTP: Codex alone gets no socket there.
+    mock.set_ws_enabled(false);
+    let http_before = mock.request_count();
+    let without = ws_session(&mock.addr().to_string(), "/v1/responses", Some(KEY_A)).await;
     let with = ws_session(&proxy_addr.to_string(), "/v1/responses", Some(CLIENT_KEY)).await;
+    mock.set_ws_enabled(true);
+    let http_turns = mock.request_count() - http_before;
     let upstream_full = mock
         .requests()
         .last()
         .and_then(|r| r.json())
         .and_then(|b| b["input"].as_array().map(Vec::len));
     rows.push(Row {
-        fault: "Codex WebSocket: prewarm + chained turns",
+        fault: "Codex WebSocket to an HTTP-only upstream",
         without: without.summary(),
         with: match upstream_full {
             Some(n) if with.ok() => format!(
-                "{}; the HTTP upstream got full requests ({n} input items on the last turn)",
+                "{}; the socket refused upstream, {http_turns} turns went as full HTTP requests \
+                 ({n} input items on the last)",
                 with.summary()
             ),
             _ => with.summary(),
         },
         layer: "websocket::Session + HttpCarrier (the whole stack per turn)",
         // developer + user + the first answer + user: the last turn expanded in full.
-        ok: with.ok() && upstream_full == Some(4),
+        ok: with.ok() && upstream_full == Some(4) && http_turns == 2,
     });
 
     eprintln!("[9/11] every account exhausted");

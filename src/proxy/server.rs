@@ -850,8 +850,9 @@ fn accept_websocket(
     mut req: Request<Incoming>,
     route: &'static str,
 ) -> Result<Response<ProxyBody>, ApiError> {
+    use crate::websocket::choose::ChosenCarrier;
     use crate::websocket::http_carrier::{HttpCarrier, TurnService};
-    use crate::websocket::{accept, session::Session};
+    use crate::websocket::{SocketCarrier, accept, session::Session};
     let limits = shared.config.websocket.clone();
     // 426 is the one answer on which the Codex CLI goes to HTTP at once, for the session.
     let use_http = |why: &str, code: &str| {
@@ -889,7 +890,25 @@ fn accept_websocket(
     let (parts, _) = req.into_parts();
     let turns = shared.clone();
     let service = TurnService::new(tower::service_fn(move |req| ws_turn(turns.clone(), req)));
-    let carrier = HttpCarrier::new(service, "/v1/responses");
+    let http = HttpCarrier::new(service, "/v1/responses");
+    let profile = shared.config.profile();
+    let carrier = match &shared.pool {
+        Some(pool) if limits.upstream.uses_socket(profile, true) => {
+            match SocketCarrier::new(
+                pool.clone(),
+                shared.connector.clone(),
+                &shared.config.upstream,
+            ) {
+                Ok(socket) => ChosenCarrier::socket(socket.metrics(shared.metrics.clone()), http),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no upstream socket for this upstream; turns go over HTTP");
+                    ChosenCarrier::http(http)
+                }
+            }
+        }
+        _ => ChosenCarrier::http(http),
+    };
+    tracing::info!(carrier = ?carrier, transport = limits.upstream.as_str(), "websocket accepted");
     let session = Session::new(
         carrier,
         parts.headers,
@@ -901,7 +920,6 @@ fn accept_websocket(
         accept::serve(upgrade, session, limits, metrics, permit)
             .instrument(tracing::info_span!("websocket")),
     );
-    tracing::info!("websocket accepted");
     Ok(res)
 }
 

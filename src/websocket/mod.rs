@@ -25,6 +25,7 @@
 
 pub mod accept;
 pub mod carrier;
+pub mod choose;
 pub mod frames;
 pub mod http_carrier;
 pub mod session;
@@ -59,6 +60,10 @@ pub struct WebSocketLimits {
     pub max_transcript_bytes: usize,
     /// Most client sockets served at once (default 1024); past it an upgrade gets `426`.
     pub max_sockets: usize,
+    /// How turns reach the upstream: `auto` (default: an upstream socket for the
+    /// `chatgpt-codex` and `openai` profiles when the proxy has credentials, else HTTP),
+    /// `http`, or `socket`.
+    pub upstream: choose::UpstreamTransport,
 }
 
 impl Default for WebSocketLimits {
@@ -69,6 +74,7 @@ impl Default for WebSocketLimits {
             max_message_bytes: crate::body::DEFAULT_BODY_LIMIT,
             max_transcript_bytes: crate::body::DEFAULT_BODY_LIMIT,
             max_sockets: 1024,
+            upstream: choose::UpstreamTransport::default(),
         }
     }
 }

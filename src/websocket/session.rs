@@ -336,7 +336,7 @@ async fn step<C>(inflight: &mut InFlight<C>) -> Step<C> {
 }
 
 /// A response id for a locally answered prewarm: unique in this process and across restarts.
-fn prewarm_id() -> String {
+pub(crate) fn prewarm_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
