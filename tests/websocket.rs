@@ -643,3 +643,176 @@ async fn the_idle_timeout_does_not_run_while_a_response_streams() {
         .unwrap();
     assert!(matches!(msg, Some(Ok(Message::Close(_)))), "{msg:?}");
 }
+
+// ---- An upstream that speaks WebSocket: one upstream socket per client socket. ----
+
+/// A proxy whose upstream takes sockets (the `openai` profile, credentials A then B).
+async fn socket_proxy(mock: &MockUpstream) -> RunningProxy {
+    let mut cfg = config_for(mock.base_url());
+    cfg.profile_override = Some(tower_responses::profile::Profile::Openai);
+    cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
+    cfg.strategy = tower_responses::credentials::Strategy::FillFirst;
+    start_proxy(cfg).await
+}
+
+fn no_errors(frames: &[Value]) {
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] != "error" && f["type"] != "response.failed"),
+        "the client saw a failure: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn over_an_upstream_socket_turns_stay_incremental_and_a_quota_failure_rotates_unseen() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.push_ws_for(
+        KEY_A,
+        tower_responses::testing::WsReply::usage_limit_reached(3600),
+    );
+    let proxy = socket_proxy(&mock).await;
+    let mut ws = connect(&proxy).await;
+
+    let developer = message("developer", "You are a coding agent.");
+    let mut prewarm = create(json!([developer.clone()]));
+    prewarm["generate"] = json!(false);
+    send(&mut ws, prewarm).await;
+    let warm = until_done(&mut ws).await;
+    no_errors(&warm);
+    let warm_id = warm.last().unwrap()["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let user = message("user", "hello");
+    let mut turn1 = create(json!([user.clone()]));
+    turn1["previous_response_id"] = json!(warm_id);
+    send(&mut ws, turn1).await;
+    let frames = until_done(&mut ws).await;
+    no_errors(&frames);
+    let id1 = frames.last().unwrap()["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let again = message("user", "and again");
+    let mut turn2 = create(json!([again.clone()]));
+    turn2["previous_response_id"] = json!(id1);
+    send(&mut ws, turn2).await;
+    no_errors(&until_done(&mut ws).await);
+
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 2, "A's socket, then B's: {sockets:?}");
+    assert_eq!(sockets[0].credential.as_deref(), Some(KEY_A));
+    assert_eq!(sockets[1].credential.as_deref(), Some(KEY_B));
+    let creates = sockets[1].creates();
+    assert_eq!(creates.len(), 3, "{creates:#?}");
+    // The prewarm was replayed in full on B; the turns went as the client sent them.
+    assert_eq!(creates[0]["input"], json!([developer]));
+    assert_eq!(creates[1]["previous_response_id"], json!(warm_id));
+    assert_eq!(
+        creates[1]["input"],
+        json!([user]),
+        "only the new item went up"
+    );
+    assert_eq!(creates[2]["previous_response_id"], json!(id1));
+    assert_eq!(creates[2]["input"], json!([again]));
+    assert_eq!(mock.request_count(), 0, "nothing went over HTTP");
+}
+
+#[tokio::test]
+async fn a_lost_upstream_socket_is_replaced_without_the_client_resending_its_history() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = socket_proxy(&mock).await;
+    let mut ws = connect(&proxy).await;
+    let first = message("user", "first");
+    send(&mut ws, create(json!([first.clone()]))).await;
+    let frames = until_done(&mut ws).await;
+    no_errors(&frames);
+    let id1 = frames.last().unwrap()["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = output_items(&frames);
+
+    // The next create finds the upstream socket gone before any event.
+    mock.push_ws(tower_responses::testing::WsReply::cut_before_output());
+    let second = message("user", "second");
+    let mut turn2 = create(json!([second.clone()]));
+    turn2["previous_response_id"] = json!(id1);
+    send(&mut ws, turn2).await;
+    let frames = until_done(&mut ws).await;
+    no_errors(&frames);
+    assert_eq!(frames.last().unwrap()["type"], "response.completed");
+
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 2, "a fresh upstream socket: {sockets:?}");
+    let replay = sockets[1].creates();
+    assert_eq!(replay.len(), 1);
+    // A new socket knows no response id: the proxy sent the full request from its transcript.
+    assert!(
+        replay[0].get("previous_response_id").is_none(),
+        "{}",
+        replay[0]
+    );
+    let mut full = vec![first];
+    full.extend(answer);
+    full.push(second);
+    assert_eq!(replay[0]["input"], json!(full));
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_closes_its_upstream_socket_within_a_second() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.push_ws(
+        tower_responses::testing::WsReply::text(&"word ".repeat(400))
+            .paced(Duration::from_millis(20)),
+    );
+    let proxy = socket_proxy(&mock).await;
+    let mut ws = connect(&proxy).await;
+    send(&mut ws, create(json!([message("user", "talk a lot")]))).await;
+    while next_json(&mut ws).await["type"] != "response.output_text.delta" {}
+    assert_eq!(mock.ws_open(), 1);
+    drop(ws);
+    let left = Instant::now();
+    wait_for(|| mock.ws_open() == 0).await;
+    let took = left.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "upstream socket closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_compaction_over_the_socket_goes_through_the_compaction_route() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = socket_proxy(&mock).await;
+    let mut ws = connect(&proxy).await;
+    let frame = create(json!([message("user", "a long history"), {"type": "compaction_trigger"}]));
+    send(&mut ws, frame).await;
+    let frames = until_done(&mut ws).await;
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "response.completed",
+        "{frames:?}"
+    );
+    assert!(
+        mock.ws_sockets().iter().all(|s| s.creates().is_empty()),
+        "the compaction went up the socket"
+    );
+    // It went over HTTP, where CompactRouteLayer decides (the mock cannot compact: the layer
+    // answered with its own summary, one compaction item).
+    assert!(mock.request_count() >= 1);
+    let compactions: usize = output_items(&frames)
+        .iter()
+        .filter(|i| i["type"] == "compaction")
+        .count();
+    assert_eq!(compactions, 1, "{frames:?}");
+    assert_eq!(
+        proxy.metrics.total("tr_compactions_total"),
+        1.0,
+        "{}",
+        proxy.metrics.render()
+    );
+}
