@@ -199,3 +199,177 @@ async fn codex_over_the_websocket_runs_a_tool_chains_turns_and_never_sees_the_qu
         "the replay is the same full request"
     );
 }
+
+// ---- Through the proxy to an upstream that speaks WebSocket (the mock's socket). ----
+
+const SUMMARY: &str = "SUMMARY-E2E-WS: the tool ran and printed its marker.";
+
+/// The HTTP side of the mock, for what the proxy sends over HTTP from a socket: the remote
+/// compaction (refused: this model cannot compact), the compaction layer's own summary
+/// request (no tools), and the turns after the local summary.
+fn http_script(mock: &MockUpstream) {
+    mock.set_handler(move |r: &RecordedRequest| {
+        let body = r.json()?;
+        let small = events::usage(100, 10);
+        let items = input(&body);
+        if items
+            .last()
+            .is_some_and(|i| i["type"] == "compaction_trigger")
+        {
+            return Some(Reply::sse(events::answer(
+                "resp_ws_nocompact",
+                "msg_ws_nocompact",
+                "I cannot compact with this model.",
+                small,
+            )));
+        }
+        if body["tools"].as_array().is_none_or(|t| t.is_empty()) {
+            return Some(Reply::sse(events::answer(
+                "resp_ws_summary",
+                "msg_ws_summary",
+                SUMMARY,
+                small,
+            )));
+        }
+        let seen = body["input"].to_string().contains(SUMMARY);
+        Some(Reply::sse(events::answer(
+            "resp_ws_final",
+            "msg_ws_final",
+            &format!("FINAL summary_seen={seen}"),
+            small,
+        )))
+    });
+}
+
+/// The socket side: the prewarm, a lost socket on the first real turn, then the tool call
+/// (reporting far more tokens than the compaction limit, so Codex compacts mid-turn).
+fn socket_script(mock: &MockUpstream) {
+    use tower_responses::testing::WsReply;
+    let call = json!({
+        "type": "function_call",
+        "id": "fc_ws_2",
+        "call_id": "call_ws_2",
+        "name": "exec_command",
+        "arguments": json!({"cmd": TOOL_CMD}).to_string(),
+        "status": "completed",
+    });
+    let mut added = call.clone();
+    added["status"] = json!("in_progress");
+    mock.push_ws(WsReply::auto());
+    mock.push_ws(WsReply::cut_before_output());
+    mock.push_ws(WsReply::events(vec![
+        events::created("resp_ws_call2"),
+        events::in_progress("resp_ws_call2"),
+        events::output_item_added(added),
+        events::output_item_done(call.clone()),
+        events::completed("resp_ws_call2", vec![call], events::usage(50_000, 20)),
+    ]));
+}
+
+async fn codex_openai(base_url: &str) -> e2e::Ran {
+    let home = e2e::TempDir::new("codex-wss-home");
+    let work = e2e::TempDir::new("codex-wss-work");
+    // Named OpenAI: Codex compacts remotely (v2) only for providers of that name.
+    let provider = format!(
+        "model_providers.e2e={{ name = \"OpenAI\", base_url = \"{base_url}\", \
+         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = true }}"
+    );
+    let mut cmd = e2e::command(e2e::codex_bin());
+    cmd.current_dir(work.path())
+        .env("CODEX_HOME", home.path())
+        .env("TR_E2E_CLIENT_KEY", CLIENT_KEY)
+        .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
+        .args(["-c", "features.plugins=false"])
+        .args(["-c", "analytics.enabled=false"])
+        .args(["-c", "check_for_update_on_startup=false"])
+        .args(["-c", "model_auto_compact_token_limit=1000"])
+        .args(["-c", "model_provider=e2e"])
+        .args(["-c", &provider])
+        .args(["-m", MODEL, PROMPT]);
+    e2e::run(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_over_an_upstream_socket_survives_quota_a_lost_socket_and_a_refused_compaction() {
+    use tower_responses::testing::WsReply;
+    // Straight to the mock's socket with an exhausted account: Codex fails.
+    let bare = MockUpstream::start().await.unwrap();
+    for _ in 0..12 {
+        bare.push_ws_for(CLIENT_KEY, WsReply::usage_limit_reached(3600));
+    }
+    http_script(&bare);
+    let direct = codex_openai(&bare.base_url()).await;
+    assert!(
+        !direct.status.success(),
+        "Codex succeeded without the proxy\n{}",
+        direct.transcript()
+    );
+
+    let mock = MockUpstream::start().await.unwrap();
+    mock.push_ws_for(KEY_A, WsReply::usage_limit_reached(3600));
+    socket_script(&mock);
+    http_script(&mock);
+    let mut cfg = config_for(mock.base_url());
+    // Platform-like: WebSocket mode upstream, compaction tried remotely first.
+    cfg.profile_override = Some(tower_responses::profile::Profile::Openai);
+    cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
+    cfg.strategy = tower_responses::credentials::Strategy::FillFirst;
+    let proxy = start_proxy(cfg).await;
+    let run = codex_openai(&proxy.url("/v1")).await;
+    let m = &proxy.metrics;
+    let sockets = mock.ws_sockets();
+    let why = || {
+        let frames: Vec<Vec<Value>> = sockets.iter().map(|s| s.creates()).collect();
+        format!(
+            "{}\n--- metrics ---\n{}\n--- upstream socket creates ---\n{frames:#?}",
+            run.transcript(),
+            m.render()
+        )
+    };
+    assert!(run.status.success(), "{}", why());
+    assert_eq!(run.stdout.trim(), "FINAL summary_seen=true", "{}", why());
+
+    // A's socket got the quota frame; B's the prewarm replayed, then the turn chained on it
+    // (only new items) that found the socket lost; a fresh socket got that turn in full.
+    let accepted: Vec<_> = sockets.iter().filter(|s| s.accepted).collect();
+    assert!(accepted.len() >= 3, "{}", why());
+    assert_eq!(accepted[0].credential.as_deref(), Some(KEY_A), "{}", why());
+    let on_b = accepted[1].creates();
+    assert_eq!(on_b[0]["generate"], json!(false), "{}", why());
+    let chained = &on_b[1];
+    assert!(chained["previous_response_id"].is_string(), "{}", why());
+    assert!(
+        !chained["input"].to_string().contains("You are"),
+        "the chained turn carried only new items\n{}",
+        why()
+    );
+    let replay = &accepted[2].creates()[0];
+    assert!(replay.get("previous_response_id").is_none(), "{}", why());
+    assert!(replay["input"].to_string().contains(PROMPT), "{}", why());
+    assert!(
+        input(replay).len() > input(chained).len(),
+        "the replay is the full request\n{}",
+        why()
+    );
+    // The tool ran, the compaction was refused and answered locally over HTTP.
+    assert_eq!(
+        m.get("tr_compactions_total", &[("mode", "local"), ("form", "v2")]),
+        Some(1.0),
+        "{}",
+        why()
+    );
+    let http_bodies = bodies(&mock);
+    assert!(
+        http_bodies.iter().any(|b| input(b)
+            .iter()
+            .any(|i| i["type"] == "function_call_output" && i.to_string().contains(TOOL_OUTPUT))),
+        "{}",
+        why()
+    );
+    // The proxy's local summary item never reached the upstream, on either transport.
+    let marker = tower_responses::compact::MARKER_PREFIX;
+    for s in &sockets {
+        assert!(s.frames.iter().all(|f| !f.contains(marker)), "{}", why());
+    }
+    assert!(http_bodies.iter().all(|b| !b.to_string().contains(marker)));
+}

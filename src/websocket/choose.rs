@@ -2,10 +2,11 @@
 //! upstream` setting) and [`ChosenCarrier`], which carries turns over an upstream socket and
 //! falls back to HTTP per client socket.
 //!
-//! With an upstream socket ([`SocketCarrier`]), two kinds of turn still go over HTTP through
-//! the stack ([`HttpCarrier`]): compaction requests (a `compaction_trigger` last item), so
+//! With an upstream socket ([`SocketCarrier`]), some turns still go over HTTP through the
+//! stack ([`HttpCarrier`]): compaction requests (a `compaction_trigger` last item), so
 //! compaction routing (`remote`, `compact_model`, the local fallback) applies to them as to
-//! HTTP clients; and every turn once the upstream has refused a socket (`426`, `404`,
+//! HTTP clients; turns that carry the route's own local summary item, which only the route
+//! expands; and every turn once the upstream has refused a socket (`426`, `404`,
 //! `405`). A prewarm that cannot go up a socket is answered locally, since an HTTP upstream
 //! would generate a whole response for it.
 
@@ -99,12 +100,23 @@ impl ChosenCarrier {
     }
 }
 
-/// The v2 compaction request: its last input item is a `compaction_trigger`.
-fn is_compaction(turn: &Turn) -> bool {
-    turn.full["input"]
-        .as_array()
-        .and_then(|items| items.last())
-        .is_some_and(|i| i["type"] == "compaction_trigger")
+/// A turn the compaction route must see: a v2 compaction request (its last input item is a
+/// `compaction_trigger`), or one carrying the proxy's own local summary item, which only the
+/// route can expand (the upstream cannot decrypt it and must never receive it).
+fn needs_compaction_route(turn: &Turn) -> bool {
+    let Some(items) = turn.full["input"].as_array() else {
+        return false;
+    };
+    let trigger = items
+        .last()
+        .is_some_and(|i| i["type"] == "compaction_trigger");
+    trigger
+        || items.iter().any(|i| {
+            i["type"] == "compaction"
+                && i["encrypted_content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with(crate::compact::MARKER_PREFIX))
+        })
 }
 
 fn is_prewarm(turn: &Turn) -> bool {
@@ -122,7 +134,11 @@ fn local_prewarm(turn: &Turn) -> Events {
 impl Carrier for ChosenCarrier {
     fn send(&mut self, turn: Turn) -> BoxFuture<'_, Result<Events, ApiError>> {
         Box::pin(async move {
-            let Some(socket) = self.socket.as_mut().filter(|_| !is_compaction(&turn)) else {
+            let Some(socket) = self
+                .socket
+                .as_mut()
+                .filter(|_| !needs_compaction_route(&turn))
+            else {
                 if is_prewarm(&turn) {
                     return Ok(local_prewarm(&turn));
                 }
