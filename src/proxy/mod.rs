@@ -4,8 +4,10 @@
 //! It accepts Responses API clients (the Codex CLI, the SDKs), checks who they are, reads
 //! their bodies with a limit, and forwards `/v1/*` to the upstream through the layer stack,
 //! streaming answers back event by event. It also answers `GET /healthz`, `GET /metrics`
-//! (Prometheus text), `GET /status` (JSON: each credential ready or cooling), and `426` to a
-//! WebSocket upgrade so the Codex CLI falls back to HTTP. Every answer carries an
+//! (Prometheus text), `GET /status` (JSON: each credential ready or cooling), and the Codex
+//! CLI's Responses WebSocket on `/v1/responses` ([`crate::websocket`]: each turn through the
+//! same stack, or an upstream socket; `426` where no socket is served, so the client uses
+//! HTTP). Every answer carries an
 //! `x-request-id` (the client's, when sane, else a UUID v7), which is also in every log line
 //! of the request (its `request` span).
 //!
