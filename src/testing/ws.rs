@@ -352,7 +352,8 @@ impl WsShared {
     }
 }
 
-/// WebSocket scripting and records; see the [module docs](self).
+/// WebSocket scripting and records (feature `websocket`): [`WsReply`] scripts a turn,
+/// [`RecordedSocket`] is what a socket received.
 impl MockUpstream {
     fn ws(&self) -> &WsShared {
         &self.shared().ws
