@@ -519,3 +519,90 @@ async fn dropping_the_events_closes_the_upstream_socket() {
     assert_eq!(c.credential(), None, "no socket kept for the next turn");
     assert_eq!(metrics.get("tr_ws_upstream_sockets_open", &[]), Some(0.0));
 }
+
+/// Waits (bounded) until the mock has no socket open.
+async fn all_closed(mock: &MockUpstream) {
+    let closed = async {
+        while mock.ws_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the mock's sockets closed");
+}
+
+#[tokio::test]
+async fn a_socket_the_upstream_closed_while_idle_is_replaced_before_the_send() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let metrics = Metrics::new();
+    let mut c = carrier(&mock, &pool).metrics(metrics.clone());
+    let mut s = Session::default();
+    let events = run(&mut c, s.turn("one")).await;
+    s.saw(&events);
+
+    // The upstream closes the socket between turns (1000), as it does with idle ones.
+    mock.close_ws_sockets();
+    all_closed(&mock).await;
+    let turn = s.turn("two");
+    let full_input = turn.full["input"].clone();
+    let events = run(&mut c, turn).await;
+    one_clean_response(&events);
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 2);
+    // Nothing was written to the closed socket: the close was seen before the send.
+    assert_eq!(sockets[0].creates().len(), 1);
+    assert_eq!(sockets[1].creates()[0]["input"], full_input);
+    assert_eq!(
+        metrics.get("tr_ws_upstream_replays_total", &[("reason", "send_unsent")]),
+        Some(1.0)
+    );
+
+    // The same after a cut without a close frame.
+    s.saw(&events);
+    mock.cut_ws_sockets();
+    all_closed(&mock).await;
+    one_clean_response(&run(&mut c, s.turn("three")).await);
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 3);
+    assert_eq!(sockets[1].creates().len(), 1);
+    assert!(
+        sockets[2].creates()[0]
+            .get("previous_response_id")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn previous_response_not_found_on_a_chained_frame_sends_the_full_request() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let mut c = carrier(&mock, &pool);
+    let mut s = Session::default();
+    let events = run(&mut c, s.turn("one")).await;
+    s.saw(&events);
+
+    // The upstream forgot the response the incremental frame chains on.
+    mock.push_ws(WsReply::error_frame(
+        http::StatusCode::BAD_REQUEST,
+        json!({"type": "invalid_request_error", "code": "previous_response_not_found",
+               "message": "Previous response with id 'x' not found.", "param": "previous_response_id"}),
+    ));
+    let turn = s.turn("two");
+    let full_input = turn.full["input"].clone();
+    let events = run(&mut c, turn).await;
+    one_clean_response(&events);
+    let sockets = mock.ws_sockets();
+    assert_eq!(
+        sockets.len(),
+        1,
+        "the socket is fine: the same one takes the full request"
+    );
+    let creates = sockets[0].creates();
+    assert_eq!(creates.len(), 3);
+    assert!(creates[1]["previous_response_id"].is_string());
+    assert!(creates[2].get("previous_response_id").is_none());
+    assert_eq!(creates[2]["input"], full_input);
+    assert!(pool.cooldown_of(LABEL_A).is_none());
+}
