@@ -606,3 +606,92 @@ async fn previous_response_not_found_on_a_chained_frame_sends_the_full_request()
     assert_eq!(creates[2]["input"], full_input);
     assert!(pool.cooldown_of(LABEL_A).is_none());
 }
+
+#[tokio::test]
+async fn an_upstream_message_over_the_budget_ends_the_turn_without_a_replay() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let config = SocketConfig {
+        max_message: 4096,
+        ..SocketConfig::default()
+    };
+    let mut c = carrier(&mock, &pool).socket_config(config);
+    let id = "resp_big";
+    mock.push_ws(WsReply::events(vec![
+        tower_responses::testing::events::created(id),
+        json!({"type": "response.output_item.added", "output_index": 0,
+               "item": {"type": "message", "content": [{"type": "output_text", "text": "x".repeat(8192)}]}}),
+    ]));
+    let events = run(&mut c, Session::default().turn("hi")).await;
+    assert_eq!(
+        error_of(&events),
+        (502, "upstream_message_too_large".into())
+    );
+    assert_eq!(
+        parsed(&events),
+        Vec::<Value>::new(),
+        "nothing of it reached the client"
+    );
+    let creates: usize = mock.ws_sockets().iter().map(|s| s.creates().len()).sum();
+    assert_eq!(creates, 1);
+}
+
+#[tokio::test]
+async fn encrypted_reasoning_is_stripped_when_the_account_changes() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A, KEY_B]);
+    let mut c = carrier(&mock, &pool);
+    let mut s = Session::default();
+    let events = run(&mut c, s.turn("one")).await;
+    s.saw(&events);
+    let first = mock.ws_sockets()[0].credential.clone().unwrap();
+    s.history.push(json!({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA-only-the-first-account"}));
+
+    // The turn's own socket keeps the account: encrypted items go up untouched.
+    let mut turn = s.turn("two");
+    turn.frame["input"] = json!([
+        s.history[s.history.len() - 2],
+        s.history[s.history.len() - 1]
+    ]);
+    let events = run(&mut c, turn).await;
+    s.saw(&events);
+    let same = &mock.ws_sockets()[0].creates()[1];
+    assert!(same.to_string().contains("encrypted_content"));
+
+    // Quota on that account: the full request goes to the other, without what it cannot read.
+    mock.push_ws_for(&first, WsReply::usage_limit_reached(3600));
+    let turn = s.turn("three");
+    assert!(turn.full.to_string().contains("encrypted_content"));
+    one_clean_response(&run(&mut c, turn).await);
+    let moved = &mock.ws_sockets()[1].creates()[0];
+    assert_ne!(
+        mock.ws_sockets()[1].credential.as_deref(),
+        Some(first.as_str())
+    );
+    assert!(!moved.to_string().contains("encrypted_content"), "{moved}");
+    assert_eq!(
+        moved["input"].as_array().unwrap().last().unwrap(),
+        &user("three")
+    );
+}
+
+#[tokio::test]
+async fn client_sockets_of_one_session_keep_its_account() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A, KEY_B]);
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        // A new client socket each time (Codex reconnects), same session.
+        let mut c = carrier(&mock, &pool);
+        one_clean_response(&run(&mut c, Session::default().turn("hi")).await);
+        served.push(c.credential().unwrap());
+    }
+    assert!(served.iter().all(|l| *l == served[0]), "{served:?}");
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 4);
+    assert!(
+        sockets
+            .iter()
+            .all(|s| s.credential == sockets[0].credential)
+    );
+}
