@@ -695,3 +695,25 @@ async fn client_sockets_of_one_session_keep_its_account() {
             .all(|s| s.credential == sockets[0].credential)
     );
 }
+
+#[tokio::test]
+async fn a_long_session_sends_only_new_items_upstream() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let mut c = carrier(&mock, &pool);
+    let mut s = Session::default();
+    let mut full_bytes = 0;
+    for i in 0..30 {
+        // Tool-output-sized items, as an agent loop produces.
+        let turn = s.turn(&format!("step {i}: {}", "output line\n".repeat(40)));
+        full_bytes += turn.full.to_string().len();
+        let events = run(&mut c, turn).await;
+        s.saw(&events);
+    }
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 1);
+    let sent: usize = sockets[0].frames.iter().map(String::len).sum();
+    eprintln!("30 turns: {sent} bytes sent upstream incrementally, {full_bytes} as full requests");
+    // Each turn carries one new item instead of the whole history.
+    assert!(sent * 5 < full_bytes, "{sent} vs {full_bytes}");
+}

@@ -25,6 +25,11 @@
 //! The handshake's rate-limit headers and `codex.rate_limits` events feed the pool's usage
 //! windows as HTTP replies do; a session's turns keep to its credential (session affinity).
 //!
+//! Between turns nobody reads the upstream socket: a close or an end the upstream sent
+//! meanwhile is found before the next frame is written, and that frame goes, full, to a fresh
+//! socket (it was never sent). Encrypted reasoning items go only to the account that made
+//! them: a turn moved to another account goes without them.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use futures_util::StreamExt;
