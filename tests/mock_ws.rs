@@ -354,3 +354,22 @@ async fn scripted_events_binary_frames_and_open_sockets() {
         .await
         .expect("the mock saw the socket close");
 }
+
+#[tokio::test]
+async fn sockets_idle_between_turns_can_be_closed_or_cut() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut a = connect(&mock).await;
+    let mut b = connect(&mock).await;
+    create(&mut a, json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(read_turn(&mut a).await.1, End::Terminal);
+    mock.close_ws_sockets();
+    assert_eq!(read_turn(&mut a).await, (vec![], End::Closed(1000)));
+    assert_eq!(read_turn(&mut b).await, (vec![], End::Closed(1000)));
+
+    // A socket opened after the close is untouched by it, and a cut drops it without a frame.
+    let mut c = connect(&mock).await;
+    create(&mut c, json!({"model": "m", "input": "hi"})).await;
+    assert_eq!(read_turn(&mut c).await.1, End::Terminal);
+    mock.cut_ws_sockets();
+    assert_eq!(read_turn(&mut c).await, (vec![], End::Cut));
+}

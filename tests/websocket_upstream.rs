@@ -519,3 +519,201 @@ async fn dropping_the_events_closes_the_upstream_socket() {
     assert_eq!(c.credential(), None, "no socket kept for the next turn");
     assert_eq!(metrics.get("tr_ws_upstream_sockets_open", &[]), Some(0.0));
 }
+
+/// Waits (bounded) until the mock has no socket open.
+async fn all_closed(mock: &MockUpstream) {
+    let closed = async {
+        while mock.ws_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the mock's sockets closed");
+}
+
+#[tokio::test]
+async fn a_socket_the_upstream_closed_while_idle_is_replaced_before_the_send() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let metrics = Metrics::new();
+    let mut c = carrier(&mock, &pool).metrics(metrics.clone());
+    let mut s = Session::default();
+    let events = run(&mut c, s.turn("one")).await;
+    s.saw(&events);
+
+    // The upstream closes the socket between turns (1000), as it does with idle ones.
+    mock.close_ws_sockets();
+    all_closed(&mock).await;
+    let turn = s.turn("two");
+    let full_input = turn.full["input"].clone();
+    let events = run(&mut c, turn).await;
+    one_clean_response(&events);
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 2);
+    // Nothing was written to the closed socket: the close was seen before the send.
+    assert_eq!(sockets[0].creates().len(), 1);
+    assert_eq!(sockets[1].creates()[0]["input"], full_input);
+    assert_eq!(
+        metrics.get("tr_ws_upstream_replays_total", &[("reason", "send_unsent")]),
+        Some(1.0)
+    );
+
+    // The same after a cut without a close frame.
+    s.saw(&events);
+    mock.cut_ws_sockets();
+    all_closed(&mock).await;
+    one_clean_response(&run(&mut c, s.turn("three")).await);
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 3);
+    assert_eq!(sockets[1].creates().len(), 1);
+    assert!(
+        sockets[2].creates()[0]
+            .get("previous_response_id")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn previous_response_not_found_on_a_chained_frame_sends_the_full_request() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let mut c = carrier(&mock, &pool);
+    let mut s = Session::default();
+    let events = run(&mut c, s.turn("one")).await;
+    s.saw(&events);
+
+    // The upstream forgot the response the incremental frame chains on.
+    mock.push_ws(WsReply::error_frame(
+        http::StatusCode::BAD_REQUEST,
+        json!({"type": "invalid_request_error", "code": "previous_response_not_found",
+               "message": "Previous response with id 'x' not found.", "param": "previous_response_id"}),
+    ));
+    let turn = s.turn("two");
+    let full_input = turn.full["input"].clone();
+    let events = run(&mut c, turn).await;
+    one_clean_response(&events);
+    let sockets = mock.ws_sockets();
+    assert_eq!(
+        sockets.len(),
+        1,
+        "the socket is fine: the same one takes the full request"
+    );
+    let creates = sockets[0].creates();
+    assert_eq!(creates.len(), 3);
+    assert!(creates[1]["previous_response_id"].is_string());
+    assert!(creates[2].get("previous_response_id").is_none());
+    assert_eq!(creates[2]["input"], full_input);
+    assert!(pool.cooldown_of(LABEL_A).is_none());
+}
+
+#[tokio::test]
+async fn an_upstream_message_over_the_budget_ends_the_turn_without_a_replay() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let config = SocketConfig {
+        max_message: 4096,
+        ..SocketConfig::default()
+    };
+    let mut c = carrier(&mock, &pool).socket_config(config);
+    let id = "resp_big";
+    mock.push_ws(WsReply::events(vec![
+        tower_responses::testing::events::created(id),
+        json!({"type": "response.output_item.added", "output_index": 0,
+               "item": {"type": "message", "content": [{"type": "output_text", "text": "x".repeat(8192)}]}}),
+    ]));
+    let events = run(&mut c, Session::default().turn("hi")).await;
+    assert_eq!(
+        error_of(&events),
+        (502, "upstream_message_too_large".into())
+    );
+    assert_eq!(
+        parsed(&events),
+        Vec::<Value>::new(),
+        "nothing of it reached the client"
+    );
+    let creates: usize = mock.ws_sockets().iter().map(|s| s.creates().len()).sum();
+    assert_eq!(creates, 1);
+}
+
+#[tokio::test]
+async fn encrypted_reasoning_is_stripped_when_the_account_changes() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A, KEY_B]);
+    let mut c = carrier(&mock, &pool);
+    let mut s = Session::default();
+    let events = run(&mut c, s.turn("one")).await;
+    s.saw(&events);
+    let first = mock.ws_sockets()[0].credential.clone().unwrap();
+    s.history.push(json!({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA-only-the-first-account"}));
+
+    // The turn's own socket keeps the account: encrypted items go up untouched.
+    let mut turn = s.turn("two");
+    turn.frame["input"] = json!([
+        s.history[s.history.len() - 2],
+        s.history[s.history.len() - 1]
+    ]);
+    let events = run(&mut c, turn).await;
+    s.saw(&events);
+    let same = &mock.ws_sockets()[0].creates()[1];
+    assert!(same.to_string().contains("encrypted_content"));
+
+    // Quota on that account: the full request goes to the other, without what it cannot read.
+    mock.push_ws_for(&first, WsReply::usage_limit_reached(3600));
+    let turn = s.turn("three");
+    assert!(turn.full.to_string().contains("encrypted_content"));
+    one_clean_response(&run(&mut c, turn).await);
+    let moved = &mock.ws_sockets()[1].creates()[0];
+    assert_ne!(
+        mock.ws_sockets()[1].credential.as_deref(),
+        Some(first.as_str())
+    );
+    assert!(!moved.to_string().contains("encrypted_content"), "{moved}");
+    assert_eq!(
+        moved["input"].as_array().unwrap().last().unwrap(),
+        &user("three")
+    );
+}
+
+#[tokio::test]
+async fn client_sockets_of_one_session_keep_its_account() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A, KEY_B]);
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        // A new client socket each time (Codex reconnects), same session.
+        let mut c = carrier(&mock, &pool);
+        one_clean_response(&run(&mut c, Session::default().turn("hi")).await);
+        served.push(c.credential().unwrap());
+    }
+    assert!(served.iter().all(|l| *l == served[0]), "{served:?}");
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 4);
+    assert!(
+        sockets
+            .iter()
+            .all(|s| s.credential == sockets[0].credential)
+    );
+}
+
+#[tokio::test]
+async fn a_long_session_sends_only_new_items_upstream() {
+    let mock = MockUpstream::start().await.unwrap();
+    let pool = pool(&[KEY_A]);
+    let mut c = carrier(&mock, &pool);
+    let mut s = Session::default();
+    let mut full_bytes = 0;
+    for i in 0..30 {
+        // Tool-output-sized items, as an agent loop produces.
+        let turn = s.turn(&format!("step {i}: {}", "output line\n".repeat(40)));
+        full_bytes += turn.full.to_string().len();
+        let events = run(&mut c, turn).await;
+        s.saw(&events);
+    }
+    let sockets = mock.ws_sockets();
+    assert_eq!(sockets.len(), 1);
+    let sent: usize = sockets[0].frames.iter().map(String::len).sum();
+    eprintln!("30 turns: {sent} bytes sent upstream incrementally, {full_bytes} as full requests");
+    // Each turn carries one new item instead of the whole history.
+    assert!(sent * 5 < full_bytes, "{sent} vs {full_bytes}");
+}

@@ -7,6 +7,11 @@
 //! (built with [`events`]), or transport faults ([`Fault`], [`StaleMode`]). Every request is
 //! recorded with its connection, credential, body and idle time ([`RecordedRequest`]).
 //!
+//! With the `websocket` feature the same port answers the Responses WebSocket on
+//! `/responses` and `/v1/responses`: scripted turns ([`WsReply`], [`MockUpstream::push_ws`]),
+//! error frames, cut sockets, the 60-minute close and a connection-local
+//! `previous_response_id` store, every frame recorded ([`RecordedSocket`]).
+//!
 //! ```
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};

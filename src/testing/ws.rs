@@ -314,6 +314,16 @@ pub(crate) struct WsShared {
     sockets: Mutex<Vec<Arc<SocketLog>>>,
     next_id: AtomicU64,
     stop: watch::Sender<bool>,
+    kick: watch::Sender<Kick>,
+}
+
+/// What [`MockUpstream::close_ws_sockets`] and [`MockUpstream::cut_ws_sockets`] do to the
+/// sockets waiting between turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kick {
+    None,
+    Close,
+    Cut,
 }
 
 impl Default for WsShared {
@@ -331,6 +341,7 @@ impl Default for WsShared {
             sockets: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
             stop: watch::channel(false).0,
+            kick: watch::channel(Kick::None).0,
         }
     }
 }
@@ -352,7 +363,8 @@ impl WsShared {
     }
 }
 
-/// WebSocket scripting and records; see the [module docs](self).
+/// WebSocket scripting and records (feature `websocket`): [`WsReply`] scripts a turn,
+/// [`RecordedSocket`] is what a socket received.
 impl MockUpstream {
     fn ws(&self) -> &WsShared {
         &self.shared().ws
@@ -408,6 +420,18 @@ impl MockUpstream {
         lock(&self.ws().script)
             .handshake_headers
             .push((name, value));
+    }
+
+    /// Closes every open socket that is waiting between turns with a clean `1000` close, as
+    /// an upstream does with sockets it let idle too long.
+    pub fn close_ws_sockets(&self) {
+        self.ws().kick.send_replace(Kick::Close);
+    }
+
+    /// Drops the connection of every open socket that is waiting between turns, without a
+    /// close frame (a load balancer that forgot them).
+    pub fn cut_ws_sockets(&self) {
+        self.ws().kick.send_replace(Kick::Cut);
     }
 
     /// Every upgrade request so far, accepted or refused, in arrival order.
@@ -517,6 +541,7 @@ pub(crate) fn answer(
         last_response: None,
     };
     let mut stop = ws.stop.subscribe();
+    let kick = ws.kick.subscribe();
     tokio::spawn(async move {
         let guard = OpenGuard(log);
         let Ok(upgraded) = on_upgrade.await else {
@@ -529,7 +554,7 @@ pub(crate) fn answer(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         tokio::select! {
-            _ = task.serve(stream) => {}
+            _ = task.serve(stream, kick) => {}
             _ = stopped(&mut stop) => {}
         }
         drop(guard);
@@ -571,8 +596,24 @@ struct Socket {
 }
 
 impl Socket {
-    async fn serve(mut self, mut stream: Stream) {
-        while let Some(msg) = stream.next().await {
+    async fn serve(mut self, mut stream: Stream, mut kick: watch::Receiver<Kick>) {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                changed = kick.changed() => {
+                    let kind = *kick.borrow_and_update();
+                    match (changed, kind) {
+                        (Ok(()), Kick::Close) => {
+                            let _ = stream.close(Some(normal_close(""))).await;
+                            return;
+                        }
+                        (Ok(()), Kick::Cut) => return,
+                        // The mock is going away; its stop ends this task.
+                        _ => std::future::pending().await,
+                    }
+                }
+            };
+            let Some(msg) = msg else { return };
             let flow = match msg {
                 Ok(Message::Text(text)) => {
                     lock(&self.log.frames).push(text.as_str().to_owned());
@@ -666,12 +707,7 @@ impl Socket {
                 return send(stream, &err).await;
             }
             Action::CutBefore => return Flow::End(None),
-            Action::CleanClose => {
-                return Flow::End(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: Utf8Bytes::from_static(""),
-                }));
-            }
+            Action::CleanClose => return Flow::End(Some(normal_close(""))),
             Action::ConnectionLimit => return connection_limit(stream).await,
             Action::Unresponsive => return Flow::Hang,
         };
@@ -744,10 +780,14 @@ async fn connection_limit(stream: &mut Stream) -> Flow {
     if let Flow::End(f) = send(stream, &err).await {
         return Flow::End(f);
     }
-    Flow::End(Some(CloseFrame {
+    Flow::End(Some(normal_close("connection limit reached")))
+}
+
+fn normal_close(reason: &'static str) -> CloseFrame {
+    CloseFrame {
         code: CloseCode::Normal,
-        reason: Utf8Bytes::from_static("connection limit reached"),
-    }))
+        reason: Utf8Bytes::from_static(reason),
+    }
 }
 
 async fn send(stream: &mut Stream, ev: &Value) -> Flow {

@@ -25,6 +25,11 @@
 //! The handshake's rate-limit headers and `codex.rate_limits` events feed the pool's usage
 //! windows as HTTP replies do; a session's turns keep to its credential (session affinity).
 //!
+//! Between turns nobody reads the upstream socket: a close or an end the upstream sent
+//! meanwhile is found before the next frame is written, and that frame goes, full, to a fresh
+//! socket (it was never sent). Encrypted reasoning items go only to the account that made
+//! them: a turn moved to another account goes without them.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use futures_util::StreamExt;
@@ -300,6 +305,8 @@ struct Tries {
     prefer: Option<Arc<str>>,
     clean_closes: u32,
     auth_before: u32,
+    /// The upstream answered `previous_response_not_found` to a chained frame already.
+    anchor_lost: bool,
     /// The last upstream answer that stopped an attempt (an error frame), for when no
     /// credential is left.
     last_answer: Option<String>,
@@ -558,14 +565,19 @@ impl TurnRun {
 
     /// The frame this socket gets: the client's incremental frame while this socket holds its
     /// anchor, else the full request; encrypted reasoning stripped on another account.
-    fn frame_for(&self, open: &Open) -> String {
+    fn frame_for(&self, open: &Open) -> (String, bool) {
         let anchor = self
             .turn
             .frame
             .get("previous_response_id")
             .and_then(Value::as_str);
         let chained = anchor.is_some() && anchor == open.last_response.as_deref();
-        let text = if chained || anchor.is_none() && self.turn.frame.is_object() {
+        (self.text_for(open, chained), chained)
+    }
+
+    fn text_for(&self, open: &Open, chained: bool) -> String {
+        let unanchored = self.turn.frame.get("previous_response_id").is_none();
+        let text = if chained || unanchored && self.turn.frame.is_object() {
             self.turn.frame.to_string()
         } else {
             full_frame(&self.turn).to_string()
@@ -595,7 +607,7 @@ impl TurnRun {
             Ok(open) => open,
             Err(step) => return step,
         };
-        let text = self.frame_for(&open);
+        let (text, chained) = self.frame_for(&open);
         if let Err(e) = open.socket.send(text).await {
             return self.socket_ended(open, e, false, tries).await;
         }
@@ -624,7 +636,9 @@ impl TurnRun {
                 }
                 Some("error" | "response.failed") => {
                     open.last_response = None;
-                    return self.error_event(open, ev, held, visible, tries).await;
+                    return self
+                        .error_event(open, ev, held, visible, chained, tries)
+                        .await;
                 }
                 Some("response.completed" | "response.incomplete") => {
                     let completed = ev.kind() == Some("response.completed");
@@ -699,6 +713,7 @@ impl TurnRun {
         ev: UpstreamEvent,
         held: Vec<String>,
         visible: bool,
+        chained: bool,
         tries: &mut Tries,
     ) -> Step {
         let code = ev.value["error"]["code"]
@@ -713,6 +728,22 @@ impl TurnRun {
             return self.socket_ended(open, e, visible, tries).await;
         }
         let failure = Failure::from_sse_data(ev.text.as_bytes());
+        let lost_anchor = failure
+            .as_ref()
+            .is_some_and(|f| f.class == FailureClass::PreviousResponseNotFound);
+        if lost_anchor && chained && !visible && !tries.anchor_lost {
+            // The upstream forgot the response our incremental frame chained on (its store
+            // evicts on errors and restarts): the transcript has the full request, so the
+            // client never has to resend its history (seed 003). Same socket, once.
+            tracing::info!(
+                credential = &*open.label,
+                "upstream lost the chained response; sending the full request"
+            );
+            tries.anchor_lost = true;
+            self.count_replay("previous_response_not_found");
+            *lock(&self.slot) = Some(open);
+            return Step::Again;
+        }
         if let (false, Some(failure)) = (visible, &failure) {
             let kind = self
                 .shared
@@ -770,6 +801,10 @@ impl TurnRun {
         match decision.next {
             SocketNext::Reopen => {
                 self.count_replay(e.end.as_str());
+                tries.last_error = Some(ApiError::upstream_unavailable(format!(
+                    "the upstream WebSocket kept ending before any output ({})",
+                    e.detail
+                )));
                 tries.prefer = Some(label);
                 Step::Again
             }

@@ -282,8 +282,11 @@ impl UpstreamSocket {
         self.opened.elapsed()
     }
 
-    /// Sends one text frame.
+    /// Sends one text frame. A socket the upstream closed while it idled between turns (its
+    /// close frame or end already here) is found before the write: the frame was never sent
+    /// ([`SocketEnd::SendUnsent`]).
     pub async fn send(&mut self, text: String) -> Result<(), SocketError> {
+        self.drain_idle()?;
         self.evented = Instant::now();
         match self.stream.send(Message::text(text)).await {
             Ok(()) => Ok(()),
@@ -360,6 +363,30 @@ impl UpstreamSocket {
                 }
             }
         }
+    }
+
+    /// Reads what arrived while nobody was reading (between turns), without waiting: pings are
+    /// answered by the next write, a close or an end means the socket is gone.
+    fn drain_idle(&mut self) -> Result<(), SocketError> {
+        use futures_util::FutureExt;
+        let gone = |detail: String| Err(SocketError::new(SocketEnd::SendUnsent, detail));
+        // Bounded: a socket has only so much buffered, and each pass consumes a frame.
+        for _ in 0..64 {
+            match self.stream.next().now_or_never() {
+                None => return Ok(()),
+                Some(Some(Ok(Message::Close(frame)))) => {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    return gone(format!("the upstream closed the idle socket ({code})"));
+                }
+                Some(Some(Ok(Message::Text(t)))) => {
+                    tracing::debug!(bytes = t.len(), "upstream event between turns, dropped");
+                }
+                Some(Some(Ok(_))) => {}
+                Some(Some(Err(e))) => return gone(format!("the idle socket broke: {e}")),
+                Some(None) => return gone("the idle socket ended".into()),
+            }
+        }
+        Ok(())
     }
 
     /// A deadline passed with nothing heard: ping, or give up.
