@@ -119,7 +119,9 @@ fn bodies(mock: &MockUpstream) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_over_the_websocket_runs_a_tool_chains_turns_and_never_sees_the_quota_failure() {
     // Straight against the mock: the quota failure reaches Codex and the run fails.
+    // The mock speaks HTTP only here (its WebSocket answers 426).
     let bare = MockUpstream::start().await.unwrap();
+    bare.set_ws_enabled(false);
     script(&bare);
     let direct = codex(&bare.base_url()).await;
     assert!(
@@ -129,6 +131,7 @@ async fn codex_over_the_websocket_runs_a_tool_chains_turns_and_never_sees_the_qu
     );
 
     let mock = MockUpstream::start().await.unwrap();
+    mock.set_ws_enabled(false);
     script(&mock);
     let mut cfg = config_for(mock.base_url());
     cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];

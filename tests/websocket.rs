@@ -816,3 +816,41 @@ async fn a_compaction_over_the_socket_goes_through_the_compaction_route() {
         proxy.metrics.render()
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_refuses_sockets_gets_every_turn_over_http() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_ws_enabled(false);
+    let proxy = socket_proxy(&mock).await;
+    let mut ws = connect(&proxy).await;
+    let developer = message("developer", "You are a coding agent.");
+    let mut prewarm = create(json!([developer.clone()]));
+    prewarm["generate"] = json!(false);
+    send(&mut ws, prewarm).await;
+    let warm = until_done(&mut ws).await;
+    let warm_id = warm.last().unwrap()["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        warm_id.starts_with("resp_prewarm_"),
+        "answered here: {warm:?}"
+    );
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "the prewarm never becomes a generating request"
+    );
+
+    let user = message("user", "hello");
+    let mut turn = create(json!([user.clone()]));
+    turn["previous_response_id"] = json!(warm_id);
+    send(&mut ws, turn).await;
+    no_errors(&until_done(&mut ws).await);
+    // One refused upgrade for the client socket; then HTTP, with the expanded input.
+    assert_eq!(mock.ws_sockets().len(), 1);
+    assert!(!mock.ws_sockets()[0].accepted);
+    let bodies: Vec<Value> = mock.requests().iter().map(|r| r.json().unwrap()).collect();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["input"], json!([developer, user]));
+}
