@@ -94,13 +94,24 @@ fn script(mock: &MockUpstream) -> Arc<AtomicUsize> {
 async fn codex(base_url: &str) -> e2e::Ran {
     let home = e2e::TempDir::new("codex-ws-home");
     let work = e2e::TempDir::new("codex-ws-work");
+    codex_in(base_url, true, home.path(), work.path()).await
+}
+
+/// One `codex exec` with `home` as `CODEX_HOME`, in `work`, over the WebSocket when
+/// `websockets`, else over HTTP.
+async fn codex_in(
+    base_url: &str,
+    websockets: bool,
+    home: &std::path::Path,
+    work: &std::path::Path,
+) -> e2e::Ran {
     let provider = format!(
         "model_providers.e2e={{ name = \"E2E WS\", base_url = \"{base_url}\", \
-         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = true }}"
+         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = {websockets} }}"
     );
     let mut cmd = e2e::command(e2e::codex_bin());
-    cmd.current_dir(work.path())
-        .env("CODEX_HOME", home.path())
+    cmd.current_dir(work)
+        .env("CODEX_HOME", home)
         .env("TR_E2E_CLIENT_KEY", CLIENT_KEY)
         .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
         .args(["-c", "features.plugins=false"])
@@ -201,6 +212,74 @@ async fn codex_over_the_websocket_runs_a_tool_chains_turns_and_never_sees_the_qu
         sent[0]["input"], sent[1]["input"],
         "the replay is the same full request"
     );
+}
+
+/// A request body with what differs between two runs of the same session taken out: the
+/// session id (a fresh UUID per run), `client_metadata` (installation and window ids), the
+/// ids Codex gives its own items (fresh UUIDs per run), and the tool output's timing lines.
+fn comparable(body: &Value) -> Value {
+    let session = body["prompt_cache_key"].as_str().unwrap_or("").to_string();
+    let mut b = body.clone();
+    let obj = b.as_object_mut().unwrap();
+    obj.remove("client_metadata");
+    obj.remove("prompt_cache_key");
+    if let Some(items) = obj.get_mut("input").and_then(Value::as_array_mut) {
+        for item in items {
+            if item["type"] == "function_call_output" && item.to_string().contains(TOOL_OUTPUT) {
+                item["output"] = json!(TOOL_OUTPUT);
+            }
+            // Codex's own ids are UUIDs; the scripted model's (`fc_ws_1`) have no dashes.
+            if item["id"].as_str().is_some_and(|id| id.contains('-')) {
+                if let Some(o) = item.as_object_mut() {
+                    o.remove("id");
+                }
+            }
+        }
+    }
+    let text = b.to_string();
+    let text = if session.is_empty() {
+        text
+    } else {
+        text.replace(&session, "SESSION")
+    };
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The same Codex session (same prompt, same working directory, the same scripted model),
+/// once over HTTP and once over the WebSocket, both through the proxy to an HTTP upstream:
+/// the upstream receives the same requests, although over the socket Codex sent only the new
+/// items of each turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_same_requests_from_codex_over_the_websocket_as_over_http() {
+    // One home and one working directory: the prompt Codex builds names both.
+    let home = e2e::TempDir::new("codex-ws-same-home");
+    let work = e2e::TempDir::new("codex-ws-same");
+    let mut runs = Vec::new();
+    for websockets in [false, true] {
+        let mock = MockUpstream::start().await.unwrap();
+        mock.set_ws_enabled(false);
+        script(&mock);
+        let mut cfg = config_for(mock.base_url());
+        cfg.credentials = vec![KEY_A.parse().unwrap(), KEY_B.parse().unwrap()];
+        cfg.strategy = tower_responses::credentials::Strategy::FillFirst;
+        let proxy = start_proxy(cfg).await;
+        let run = codex_in(&proxy.url("/v1"), websockets, home.path(), work.path()).await;
+        assert!(run.status.success(), "{}", run.transcript());
+        assert_eq!(run.stdout.trim(), "FINAL tool_output_seen=true");
+        let sockets = proxy.metrics.total("tr_ws_client_sockets_total");
+        assert_eq!(sockets >= 1.0, websockets, "websockets={websockets}");
+        runs.push(bodies(&mock).iter().map(comparable).collect::<Vec<_>>());
+    }
+    let (http, ws) = (&runs[0], &runs[1]);
+    assert_eq!(http.len(), ws.len(), "{http:#?}\n{ws:#?}");
+    for (i, (h, w)) in http.iter().zip(ws).enumerate() {
+        let (hi, wi) = (input(h), input(w));
+        for (j, (a, b)) in hi.iter().zip(wi).enumerate() {
+            assert_eq!(a, b, "request {i}, input item {j} differs");
+        }
+        assert_eq!(hi.len(), wi.len(), "request {i}: input lengths differ");
+        assert_eq!(h, w, "request {i} differs");
+    }
 }
 
 // ---- Through the proxy to an upstream that speaks WebSocket (the mock's socket). ----
