@@ -854,3 +854,35 @@ async fn an_upstream_that_refuses_sockets_gets_every_turn_over_http() {
     assert_eq!(bodies.len(), 1);
     assert_eq!(bodies[0]["input"], json!([developer, user]));
 }
+
+#[tokio::test]
+async fn shutdown_lets_the_response_in_flight_finish_then_closes_the_sockets() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut proxy = proxy_for(&mock).await;
+    let mut idle_ws = connect(&proxy).await;
+    let mut ws = connect(&proxy).await;
+    mock.push(Reply::sse(events::text_answer("a steady answer")).paced(Duration::from_millis(100)));
+    send(&mut ws, create(json!([message("user", "go")]))).await;
+    assert_eq!(next_json(&mut ws).await["type"], "response.created");
+    let server = proxy.shutdown();
+    // The idle socket goes at once, with 1001 (going away): Codex reconnects for its next turn.
+    let msg = tokio::time::timeout(Duration::from_secs(5), idle_ws.next())
+        .await
+        .unwrap();
+    let Some(Ok(Message::Close(Some(frame)))) = msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    // The busy one finishes its response first.
+    let frames = until_done(&mut ws).await;
+    assert_eq!(frames.last().unwrap()["type"], "response.completed");
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert!(matches!(msg, Some(Ok(Message::Close(_)))), "{msg:?}");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops once its sockets are closed")
+        .unwrap()
+        .unwrap();
+}

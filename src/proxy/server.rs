@@ -54,6 +54,8 @@ struct Shared {
     /// One permit per client WebSocket: an upgraded socket leaves hyper's connection (and
     /// its connection permit), so sockets have their own limit.
     ws_sockets: Arc<Semaphore>,
+    /// `true` once shutdown began: client sockets finish their turn and close.
+    stopping: watch::Sender<bool>,
 }
 
 /// A bound proxy, ready to serve.
@@ -126,6 +128,7 @@ impl Proxy {
             connector,
             metrics,
             ws_sockets: Arc::new(Semaphore::new(config.websocket.max_sockets)),
+            stopping: watch::Sender::new(false),
             config,
             ledger: Arc::default(),
         };
@@ -150,7 +153,7 @@ impl Proxy {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// (up to 10 s), and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx = self.shared.stopping.subscribe();
         // Every connection task holds a sender; when all are gone, recv() yields None.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let config = &self.shared.config;
@@ -231,9 +234,16 @@ impl Proxy {
             });
         }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        let _ = stop_tx.send(true);
+        self.shared.stopping.send_replace(true);
         drop(alive_tx);
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv()).await;
+        // Connections and client sockets (each holds a socket permit until it closes).
+        let sockets = self.shared.config.websocket.max_sockets;
+        let sockets = u32::try_from(sockets).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            alive_rx.recv().await;
+            let _ = self.shared.ws_sockets.acquire_many(sockets).await;
+        })
+        .await;
         Ok(())
     }
 }
@@ -914,7 +924,8 @@ fn accept_websocket(
         parts.headers,
         limits.clone(),
         shared.metrics.clone(),
-    );
+    )
+    .stop_on(shared.stopping.subscribe());
     let metrics = shared.metrics.clone();
     tokio::spawn(
         accept::serve(upgrade, session, limits, metrics, permit)

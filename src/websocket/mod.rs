@@ -101,8 +101,8 @@ impl WebSocketLimits {
         if self.max_message_bytes < 1024 {
             return fail("max_message_bytes must be at least 1024");
         }
-        if self.max_sockets == 0 {
-            return fail("max_sockets must be at least 1");
+        if !(1..=1_000_000).contains(&self.max_sockets) {
+            return fail("max_sockets must be between 1 and 1000000");
         }
         Ok(())
     }

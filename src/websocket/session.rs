@@ -18,6 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -39,6 +40,7 @@ pub struct Session<C> {
     metrics: Metrics,
     transcript: Transcript,
     turns: u64,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 /// The turn in flight, if any.
@@ -63,6 +65,7 @@ enum End {
     ClientGone,
     Idle,
     TooLarge,
+    Shutdown,
 }
 
 impl End {
@@ -72,6 +75,7 @@ impl End {
             End::ClientGone => "client_gone",
             End::Idle => "idle_timeout",
             End::TooLarge => "message_too_large",
+            End::Shutdown => "shutdown",
         }
     }
 }
@@ -87,7 +91,15 @@ impl<C: Carrier + 'static> Session<C> {
             limits,
             metrics,
             turns: 0,
+            stop: None,
         }
+    }
+
+    /// Closes the socket (`1001 going away`) once `stop` turns `true`: at once between turns,
+    /// after the turn in flight otherwise, so a shutdown never cuts a response.
+    pub fn stop_on(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Serves the socket until the client closes it, goes away or stays idle.
@@ -98,8 +110,12 @@ impl<C: Carrier + 'static> Session<C> {
         let mut inflight: InFlight<C> = InFlight::Idle;
         let idle = tokio::time::sleep(self.limits.idle_timeout());
         tokio::pin!(idle);
+        let mut stop = self.stop.take();
         let end = loop {
             let waiting = matches!(inflight, InFlight::Idle);
+            if waiting && stop.as_ref().is_some_and(|s| *s.borrow()) {
+                break End::Shutdown;
+            }
             let out: Vec<String> = tokio::select! {
                 msg = ws.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + self.limits.idle_timeout());
@@ -136,6 +152,7 @@ impl<C: Carrier + 'static> Session<C> {
                 }
                 step = step(&mut inflight) => self.on_step(step, &mut inflight),
                 _ = &mut idle, if waiting => break End::Idle,
+                _ = stopped(&mut stop), if waiting => break End::Shutdown,
             };
             let mut gone = false;
             for text in out {
@@ -162,15 +179,17 @@ impl<C: Carrier + 'static> Session<C> {
                 "websocket client left mid-response; upstream request cancelled"
             );
         }
-        if matches!(end, End::Idle | End::TooLarge) {
-            let reason = match end {
-                End::Idle => "idle timeout",
-                _ => "message too large",
-            };
+        let close = match end {
             // A normal close, never 1009: the client reconnects and stays on the WebSocket.
+            End::Idle => Some((CloseCode::Normal, "idle timeout")),
+            End::TooLarge => Some((CloseCode::Normal, "message too large")),
+            End::Shutdown => Some((CloseCode::Away, "the proxy is shutting down")),
+            End::ClientClosed | End::ClientGone => None,
+        };
+        if let Some((code, reason)) = close {
             let _ = ws
                 .close(Some(CloseFrame {
-                    code: CloseCode::Normal,
+                    code,
                     reason: reason.into(),
                 }))
                 .await;
@@ -320,6 +339,16 @@ impl<C: Carrier + 'static> Session<C> {
             "WebSocket response.create frames, by outcome (completed, failed, error, cut, cancelled, refused, prewarm_local).",
             &[("outcome", outcome)],
         );
+    }
+}
+
+/// Resolves when shutdown begins (or whoever could signal it is gone); never without `stop`.
+async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
