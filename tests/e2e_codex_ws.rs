@@ -268,6 +268,21 @@ async fn the_upstream_gets_the_same_requests_from_codex_over_the_websocket_as_ov
         assert_eq!(run.stdout.trim(), "FINAL tool_output_seen=true");
         let sockets = proxy.metrics.total("tr_ws_client_sockets_total");
         assert_eq!(sockets >= 1.0, websockets, "websockets={websockets}");
+        let upstream_bytes: usize = mock.requests().iter().map(|r| r.body.len()).sum();
+        let client_bytes = if websockets {
+            proxy.metrics.total("tr_ws_client_bytes_total") as usize
+        } else {
+            upstream_bytes
+        };
+        eprintln!(
+            "websockets={websockets}: Codex sent the proxy {client_bytes} B, the upstream got {upstream_bytes} B"
+        );
+        if websockets {
+            assert!(
+                client_bytes < upstream_bytes / 2,
+                "the socket carried only new items"
+            );
+        }
         runs.push(bodies(&mock).iter().map(comparable).collect::<Vec<_>>());
     }
     let (http, ws) = (&runs[0], &runs[1]);

@@ -123,6 +123,12 @@ impl<C: Carrier + 'static> Session<C> {
                         None => break End::ClientGone,
                         Some(Ok(Message::Text(text))) => {
                             self.count_in("text");
+                            self.metrics.add(
+                                "tr_ws_client_bytes_total",
+                                "Bytes of text frames from WebSocket clients: what they send instead of whole HTTP requests.",
+                                &[],
+                                text.len() as f64,
+                            );
                             self.on_text(text.as_str(), &mut inflight)
                         }
                         Some(Ok(Message::Binary(_))) => {
