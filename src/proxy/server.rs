@@ -929,7 +929,8 @@ fn accept_websocket(
     let metrics = shared.metrics.clone();
     tokio::spawn(
         accept::serve(upgrade, session, limits, metrics, permit)
-            .instrument(tracing::info_span!("websocket")),
+            // Under the upgrade request's span: every line of the socket carries its id.
+            .instrument(tracing::info_span!(parent: &tracing::Span::current(), "websocket")),
     );
     Ok(res)
 }
