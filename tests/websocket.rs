@@ -886,3 +886,36 @@ async fn shutdown_lets_the_response_in_flight_finish_then_closes_the_sockets() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_websocket_settings_come_from_toml_and_bad_ones_stop_the_proxy() {
+    use tower_responses::proxy::{Proxy, ProxyConfig};
+    use tower_responses::websocket::choose::UpstreamTransport;
+    let cfg = ProxyConfig::from_toml_str(
+        "listen = \"127.0.0.1:0\"\n[websocket]\nupstream = \"socket\"\nidle_timeout_secs = 60\nmax_sockets = 8\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.websocket.upstream, UpstreamTransport::Socket);
+    assert_eq!(
+        (cfg.websocket.idle_timeout_secs, cfg.websocket.max_sockets),
+        (60, 8)
+    );
+    assert!(
+        ProxyConfig::from_toml_str("[websocket]\nmax_socket = 8\n").is_err(),
+        "typos are refused"
+    );
+    let mut bad = cfg.clone();
+    bad.websocket.max_sockets = 0;
+    let err = Proxy::bind(bad).await.unwrap_err();
+    assert!(err.to_string().contains("websocket.max_sockets"), "{err}");
+    // Switched off: an upgrade gets 426, on which Codex uses HTTP for the session.
+    let mock = MockUpstream::start().await.unwrap();
+    let mut off = config_for(mock.base_url());
+    off.websocket.enabled = false;
+    let proxy = start_proxy(off).await;
+    let (status, v) = refused(&proxy, "/v1/responses", &[]).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (426, Some("websocket_not_supported"))
+    );
+}
