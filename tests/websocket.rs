@@ -919,3 +919,35 @@ async fn the_websocket_settings_come_from_toml_and_bad_ones_stop_the_proxy() {
         (426, Some("websocket_not_supported"))
     );
 }
+
+#[tokio::test]
+async fn a_message_over_the_hard_limit_is_answered_then_closed_normally_never_1009() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut cfg = config_for(mock.base_url());
+    cfg.websocket.max_message_bytes = 64 * 1024;
+    let proxy = start_proxy(cfg).await;
+    let mut ws = connect(&proxy).await;
+    // Over twice the budget: more than the socket reads at all.
+    send(
+        &mut ws,
+        create(json!([message("user", &"y".repeat(200 * 1024))])),
+    )
+    .await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(
+        (err["status"].as_u64(), err["error"]["code"].as_str()),
+        (Some(400), Some("payload_too_large"))
+    );
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    let Some(Ok(Message::Close(Some(frame)))) = msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(
+        u16::from(frame.code),
+        1000,
+        "a 1009 would make Codex resend five times, then drop to HTTP"
+    );
+    assert_eq!(mock.request_count(), 0);
+}
