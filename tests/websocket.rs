@@ -951,3 +951,42 @@ async fn a_message_over_the_hard_limit_is_answered_then_closed_normally_never_10
     );
     assert_eq!(mock.request_count(), 0);
 }
+
+#[tokio::test]
+async fn past_the_shared_transcript_budget_a_chained_frame_asks_for_the_full_request() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut cfg = config_for(mock.base_url());
+    cfg.websocket.max_transcripts_total_bytes = 300;
+    let proxy = start_proxy(cfg).await;
+    let (mut a, mut b) = (connect(&proxy).await, connect(&proxy).await);
+    // A's context fits the budget; B's does not fit beside it.
+    send(&mut a, create(json!([message("user", "short")]))).await;
+    let id_a = until_done(&mut a).await.last().unwrap()["response"]["id"].clone();
+    send(&mut b, create(json!([message("user", "short too")]))).await;
+    let id_b = until_done(&mut b).await.last().unwrap()["response"]["id"].clone();
+    let mut chained_b = create(json!([message("user", "more")]));
+    chained_b["previous_response_id"] = id_b;
+    send(&mut b, chained_b).await;
+    let err = next_json(&mut b).await;
+    assert_eq!(err["error"]["code"], "previous_response_not_found", "{err}");
+    let mut chained_a = create(json!([message("user", "more")]));
+    chained_a["previous_response_id"] = id_a;
+    send(&mut a, chained_a).await;
+    assert_eq!(
+        until_done(&mut a).await.last().unwrap()["type"],
+        "response.completed"
+    );
+    // B's full resend (what Codex does on that error) is served.
+    send(
+        &mut b,
+        create(json!([
+            message("user", "short too"),
+            message("user", "more")
+        ])),
+    )
+    .await;
+    assert_eq!(
+        until_done(&mut b).await.last().unwrap()["type"],
+        "response.completed"
+    );
+}

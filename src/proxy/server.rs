@@ -56,6 +56,8 @@ struct Shared {
     ws_sockets: Arc<Semaphore>,
     /// `true` once shutdown began: client sockets finish their turn and close.
     stopping: watch::Sender<bool>,
+    /// What all client sockets' transcripts may hold together.
+    transcripts: crate::websocket::transcript::TranscriptBudget,
 }
 
 /// A bound proxy, ready to serve.
@@ -129,6 +131,9 @@ impl Proxy {
             metrics,
             ws_sockets: Arc::new(Semaphore::new(config.websocket.max_sockets)),
             stopping: watch::Sender::new(false),
+            transcripts: crate::websocket::transcript::TranscriptBudget::new(
+                config.websocket.max_transcripts_total_bytes,
+            ),
             config,
             ledger: Arc::default(),
         };
@@ -925,7 +930,8 @@ fn accept_websocket(
         limits.clone(),
         shared.metrics.clone(),
     )
-    .stop_on(shared.stopping.subscribe());
+    .stop_on(shared.stopping.subscribe())
+    .transcript_budget(shared.transcripts.clone());
     let metrics = shared.metrics.clone();
     tokio::spawn(
         accept::serve(upgrade, session, limits, metrics, permit)

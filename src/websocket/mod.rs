@@ -58,6 +58,9 @@ pub struct WebSocketLimits {
     /// it the context is dropped and a chained frame gets `previous_response_not_found`, on
     /// which the client resends in full.
     pub max_transcript_bytes: usize,
+    /// Most bytes all sockets' contexts hold together (default 1 GiB); a context that does not
+    /// fit is dropped, as one over `max_transcript_bytes` is.
+    pub max_transcripts_total_bytes: usize,
     /// Most client sockets served at once (default 1024); past it an upgrade gets `426`.
     pub max_sockets: usize,
     /// How turns reach the upstream: `auto` (default: an upstream socket for the
@@ -73,6 +76,7 @@ impl Default for WebSocketLimits {
             idle_timeout_secs: 1800,
             max_message_bytes: crate::body::DEFAULT_BODY_LIMIT,
             max_transcript_bytes: crate::body::DEFAULT_BODY_LIMIT,
+            max_transcripts_total_bytes: 1 << 30,
             max_sockets: 1024,
             upstream: choose::UpstreamTransport::default(),
         }

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::WebSocketLimits;
 use super::carrier::{Carrier, Delivery, Events, Turn};
 use super::frames::{self, ClientFrame};
-use super::transcript::Transcript;
+use super::transcript::{Transcript, TranscriptBudget};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::sse::{EventKind, event_kind, sniff_type};
@@ -99,6 +99,12 @@ impl<C: Carrier + 'static> Session<C> {
     /// after the turn in flight otherwise, so a shutdown never cuts a response.
     pub fn stop_on(mut self, stop: watch::Receiver<bool>) -> Self {
         self.stop = Some(stop);
+        self
+    }
+
+    /// Counts this socket's transcript against a budget shared with the other sockets.
+    pub fn transcript_budget(mut self, budget: TranscriptBudget) -> Self {
+        self.transcript = Transcript::new(self.limits.max_transcript_bytes).with_budget(budget);
         self
     }
 

@@ -28,10 +28,65 @@
 //! assert_eq!(full["stream"], true);
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde_json::{Map, Value};
 
 use super::frames::{self, WEBSOCKET_ONLY_FIELDS};
 use crate::error::ApiError;
+
+/// Bytes all sockets' transcripts may hold together, shared by the sockets of one proxy: a
+/// transcript that does not fit is dropped (the client then resends in full), so a thousand
+/// long sessions cannot hold a thousand full contexts.
+///
+/// ```
+/// use tower_responses::websocket::transcript::TranscriptBudget;
+///
+/// let budget = TranscriptBudget::new(100);
+/// assert!(budget.try_take(60));
+/// assert!(!budget.try_take(60));
+/// budget.give_back(60);
+/// assert_eq!(budget.in_use(), 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TranscriptBudget {
+    limit: usize,
+    used: Arc<AtomicUsize>,
+}
+
+impl TranscriptBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        TranscriptBudget {
+            limit,
+            used: Arc::default(),
+        }
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Returns `n` bytes taken before.
+    pub fn give_back(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
+    /// Bytes held now.
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
 
 /// The context after the last completed response of one socket, and the turn in flight.
 #[derive(Debug)]
@@ -39,6 +94,7 @@ pub struct Transcript {
     limit: usize,
     last: Option<Chain>,
     pending: Option<Pending>,
+    budget: Option<TranscriptBudget>,
 }
 
 /// A completed response and the full context after it.
@@ -46,6 +102,7 @@ pub struct Transcript {
 struct Chain {
     id: String,
     items: Vec<Value>,
+    bytes: usize,
 }
 
 /// The turn in flight: its full input and the output items seen so far.
@@ -64,7 +121,14 @@ impl Transcript {
             limit,
             last: None,
             pending: None,
+            budget: None,
         }
+    }
+
+    /// Counts the kept context against a budget shared with other sockets.
+    pub fn with_budget(mut self, budget: TranscriptBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The id of the response a frame may chain on, if any.
@@ -185,7 +249,23 @@ impl Transcript {
     }
 
     fn commit(&mut self, id: &str, pending: Pending) {
+        self.release();
+        let fits = self
+            .budget
+            .as_ref()
+            .is_none_or(|b| b.try_take(pending.bytes));
+        if !fits {
+            tracing::info!(
+                bytes = pending.bytes,
+                "websocket transcripts are at their shared budget: this one is dropped; the \
+                 next chained frame gets previous_response_not_found and the client resends in full"
+            );
+            return;
+        }
         if pending.overflowed {
+            if let Some(b) = &self.budget {
+                b.give_back(pending.bytes);
+            }
             tracing::info!(
                 limit = self.limit,
                 "websocket transcript over its limit: dropped; the next chained frame gets \
@@ -197,7 +277,17 @@ impl Transcript {
         self.last = Some(Chain {
             id: id.to_string(),
             items: pending.items,
+            bytes: pending.bytes,
         });
+    }
+
+    /// Drops the kept context, returning its bytes to the budget.
+    fn release(&mut self) {
+        if let Some(chain) = self.last.take() {
+            if let Some(b) = &self.budget {
+                b.give_back(chain.bytes);
+            }
+        }
     }
 
     fn fit_pending(&mut self) {
@@ -209,6 +299,12 @@ impl Transcript {
         }
         // The previous anchor is replaced by this turn's on completion; while the turn is in
         // flight only one full context (plus the new one) is held.
+    }
+}
+
+impl Drop for Transcript {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -292,6 +388,31 @@ mod tests {
             .expand(&obj(json!({"previous_response_id":"resp_big"})))
             .unwrap_err();
         assert_eq!(err.code.as_deref(), Some("previous_response_not_found"));
+    }
+
+    #[test]
+    fn transcripts_share_a_budget_and_give_it_back() {
+        let budget = TranscriptBudget::new(100);
+        let item = json!({"text": "x".repeat(50)}); // 61 bytes serialized
+        let mut a = Transcript::new(1 << 20).with_budget(budget.clone());
+        a.begin(&json!({"input": [item.clone()]}));
+        completed(&mut a, "resp_a", &[]);
+        assert_eq!(a.last_response_id(), Some("resp_a"));
+        assert_eq!(budget.in_use(), 61);
+        let mut b = Transcript::new(1 << 20).with_budget(budget.clone());
+        b.begin(&json!({"input": [item.clone()]}));
+        completed(&mut b, "resp_b", &[]);
+        assert_eq!(
+            b.last_response_id(),
+            None,
+            "over the shared budget: not kept"
+        );
+        // A's next turn replaces its context; a socket that closes gives its bytes back.
+        a.begin(&json!({"input": [json!(1)]}));
+        completed(&mut a, "resp_a2", &[]);
+        assert_eq!(budget.in_use(), 1);
+        drop(a);
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]
