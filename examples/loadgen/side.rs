@@ -72,9 +72,10 @@ pub fn run(args: &[String]) -> i32 {
     let rounds: usize = flag("--rounds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let secs: f64 = flag("--secs")
+    // wrk takes whole seconds.
+    let secs: u64 = flag("--secs")
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 1.0 } else { 3.0 });
+        .unwrap_or(if quick { 1 } else { 3 });
     let nginx = flag("--nginx").unwrap_or("nginx").to_owned();
     let wrk = flag("--wrk").unwrap_or("wrk").to_owned();
     match side(&nginx, &wrk, rounds, secs) {
@@ -95,7 +96,7 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-fn side(nginx: &str, wrk: &str, rounds: usize, secs: f64) -> Result<String, String> {
+fn side(nginx: &str, wrk: &str, rounds: usize, secs: u64) -> Result<String, String> {
     let ticks = procfs::clock_ticks();
     let script = mock::Script::new(DELTAS);
     let stream = script.stream_text();
@@ -168,7 +169,7 @@ fn side(nginx: &str, wrk: &str, rounds: usize, secs: f64) -> Result<String, Stri
                 script.len(),
                 s.error_body
             ));
-        } else if let Err(e) = wrk_run(wrk, &lua, p.addr, 32, 0.5) {
+        } else if let Err(e) = wrk_run(wrk, &lua, p.addr, 32, 1) {
             p.error = Some(e);
         }
         if let Some(e) = &p.error {
@@ -200,7 +201,7 @@ fn measure(
     lua: &Path,
     addr: SocketAddr,
     pid: u32,
-    secs: f64,
+    secs: u64,
     ticks: f64,
 ) -> Result<Measured, String> {
     let mut m = Measured::default();
@@ -230,7 +231,7 @@ fn wrk_script(body: &[u8]) -> Result<String, String> {
     ))
 }
 
-fn wrk_run(wrk: &str, lua: &Path, addr: SocketAddr, c: usize, secs: f64) -> Result<Wrk, String> {
+fn wrk_run(wrk: &str, lua: &Path, addr: SocketAddr, c: usize, secs: u64) -> Result<Wrk, String> {
     let out = targets::pinned(Some(LOAD_CPU), wrk)
         .args(["-t1", &format!("-c{c}"), &format!("-d{secs}s"), "--latency"])
         .arg("-s")
@@ -298,7 +299,7 @@ fn med(p: &Pair, f: impl Fn(&Measured) -> f64) -> f64 {
     median(p.rounds.iter().map(f).collect())
 }
 
-fn report(pairs: &[Pair], rounds: usize, secs: f64, stream: &str) -> String {
+fn report(pairs: &[Pair], rounds: usize, secs: u64, stream: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -336,7 +337,9 @@ fn report(pairs: &[Pair], rounds: usize, secs: f64, stream: &str) -> String {
         for p in pairs.iter().filter(|p| p.upstream == upstream) {
             if p.rounds.is_empty() {
                 let why = p.error.as_deref().unwrap_or("not measured");
-                let _ = writeln!(s, "| {} | {} | | | | | | | | | |", p.target, why.replace('\n', " "));
+                let why: String = why.split_whitespace().collect::<Vec<_>>().join(" ");
+                let why: String = why.chars().take(200).collect();
+                let _ = writeln!(s, "| {} | not measured: {why} | | | | | | | | | |", p.target);
                 continue;
             }
             let cpu = med(p, |m| m.cpu_ms_per_1000);
