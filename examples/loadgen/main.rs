@@ -112,6 +112,9 @@ fn serve(what: Serve, args: &[String]) -> i32 {
                     upstream,
                     profile_override: Some(Profile::ChatgptCodex),
                     credentials: vec!["sk-bench-upstream".parse().map_err(|e| format!("{e}"))?],
+                    // Above the default (512) so `--streams 10000` measures streams, not the
+                    // connection limit.
+                    max_connections: 20_000,
                     ..ProxyConfig::default()
                 };
                 let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;

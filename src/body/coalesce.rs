@@ -65,7 +65,8 @@ pin_project! {
         inner: B,
         // The first chunk of the frame being collected, kept as it is while it is alone.
         first: Option<Bytes>,
-        // The rest, copied behind `first` once a second chunk arrives.
+        // Once a second chunk arrives: all of them, copied together (handed on whole, so
+        // no capacity stays behind between frames).
         more: BytesMut,
         // What ended the collection (trailers, an error, the end), handed on next.
         after: Option<After<B::Error>>,
@@ -110,17 +111,9 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
         let mut this = self.project();
         let take = |first: &mut Option<Bytes>, more: &mut BytesMut, yields: &mut u8| {
             *yields = 0;
-            let head = first.take().unwrap_or_default();
-            if more.is_empty() {
-                return head;
-            }
-            let mut all = BytesMut::with_capacity(head.len() + more.len());
-            all.extend_from_slice(&head);
-            all.extend_from_slice(more);
-            more.clear();
-            all.freeze()
+            first.take().unwrap_or_else(|| more.split().freeze())
         };
-        if this.first.is_none() {
+        if held_len(this.first, this.more) == 0 {
             match this.after.take() {
                 Some(After::Trailers(t)) => return Poll::Ready(Some(Ok(t))),
                 Some(After::Error(e)) => return Poll::Ready(Some(Err(e))),
@@ -138,7 +131,11 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                         }
                         got = true;
                         *this.idle = 0;
-                        if this.first.is_none() {
+                        if let Some(head) = this.first.take() {
+                            this.more.reserve(head.len() + data.len());
+                            this.more.extend_from_slice(&head);
+                            this.more.extend_from_slice(&data);
+                        } else if this.more.is_empty() {
                             *this.first = Some(data);
                         } else {
                             this.more.extend_from_slice(&data);
@@ -154,7 +151,7 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                 Poll::Ready(Some(Err(e))) => After::Error(e),
                 Poll::Ready(None) => After::End,
                 Poll::Pending => {
-                    if this.first.is_none() {
+                    if held_len(this.first, this.more) == 0 {
                         return Poll::Pending;
                     }
                     if !got {
@@ -171,7 +168,7 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
             };
-            if this.first.is_none() {
+            if held_len(this.first, this.more) == 0 {
                 return Poll::Ready(match ended {
                     After::Trailers(t) => Some(Ok(t)),
                     After::Error(e) => Some(Err(e)),
@@ -185,7 +182,7 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none()
+        held_len(&self.first, &self.more) == 0
             && match &self.after {
                 Some(After::End) => true,
                 Some(_) => false,
