@@ -69,9 +69,7 @@ struct Pair {
 pub fn run(args: &[String]) -> i32 {
     let flag = |name| crate::flag(args, name);
     let quick = args.iter().any(|a| a == "--quick");
-    let rounds: usize = flag("--rounds")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds: usize = flag("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
     // wrk takes whole seconds.
     let secs: u64 = flag("--secs")
         .and_then(|v| v.parse().ok())
@@ -329,7 +327,11 @@ fn report(pairs: &[Pair], rounds: usize, secs: u64, stream: &str) -> String {
              req/s at 64 | vs nginx | p50 / p99 at 1 | added p50 / p99 | errors |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let of = |t: &str| pairs.iter().find(|p| p.upstream == upstream && p.target == t);
+        let of = |t: &str| {
+            pairs
+                .iter()
+                .find(|p| p.upstream == upstream && p.target == t)
+        };
         let none = of("none").filter(|p| !p.rounds.is_empty());
         let hop = of("nginx").filter(|p| !p.rounds.is_empty());
         let base = |f: &dyn Fn(&Measured) -> f64| none.map_or(f64::NAN, |p| med(p, f));
@@ -339,7 +341,11 @@ fn report(pairs: &[Pair], rounds: usize, secs: u64, stream: &str) -> String {
                 let why = p.error.as_deref().unwrap_or("not measured");
                 let why: String = why.split_whitespace().collect::<Vec<_>>().join(" ");
                 let why: String = why.chars().take(200).collect();
-                let _ = writeln!(s, "| {} | not measured: {why} | | | | | | | | | |", p.target);
+                let _ = writeln!(
+                    s,
+                    "| {} | not measured: {why} | | | | | | | | | |",
+                    p.target
+                );
                 continue;
             }
             let cpu = med(p, |m| m.cpu_ms_per_1000);
@@ -395,9 +401,8 @@ fn report(pairs: &[Pair], rounds: usize, secs: u64, stream: &str) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|");
     for p in pairs.iter().filter(|p| !p.rounds.is_empty()) {
-        let list = |f: &dyn Fn(&Measured) -> String| {
-            p.rounds.iter().map(f).collect::<Vec<_>>().join(", ")
-        };
+        let list =
+            |f: &dyn Fn(&Measured) -> String| p.rounds.iter().map(f).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",

@@ -221,10 +221,7 @@ mod tests {
     impl Body for Script {
         type Data = Bytes;
         type Error = &'static str;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Item>> {
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
             match self.0.pop_front() {
                 Some(Some(item)) => Poll::Ready(item),
                 Some(None) => Poll::Pending,
@@ -298,8 +295,14 @@ mod tests {
         }
         let got = frames(script).await;
         let max = usize::from(COALESCE_MAX_YIELDS) + 1;
-        assert!(got.iter().all(|f| f.as_ref().unwrap().len() <= max), "{got:?}");
-        assert_eq!(got.iter().map(|f| f.as_ref().unwrap().len()).sum::<usize>(), 100);
+        assert!(
+            got.iter().all(|f| f.as_ref().unwrap().len() <= max),
+            "{got:?}"
+        );
+        assert_eq!(
+            got.iter().map(|f| f.as_ref().unwrap().len()).sum::<usize>(),
+            100
+        );
     }
 
     #[tokio::test]

@@ -95,9 +95,8 @@ where
                 // What the upstream sent together goes up the stack as one frame: every
                 // layer above, and the write to the client, then run once per batch
                 // instead of once per SSE event (see `Coalesce`).
-                Ok(res) => Ok(res.map(|b| {
-                    Coalesce::new(b.map_err(|e| Box::new(e) as BoxError)).boxed_unsync()
-                })),
+                Ok(res) => Ok(res
+                    .map(|b| Coalesce::new(b.map_err(|e| Box::new(e) as BoxError)).boxed_unsync())),
                 Err(e) => Err(Box::new(attempt_error(e)) as BoxError),
             }
         })
