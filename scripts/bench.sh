@@ -98,9 +98,9 @@ if [ "$callgrind" = 1 ]; then
     for _ in $(seq 1 120); do [ -s "$cg/$name.addr" ] && break; sleep 1; done
     local addr; addr="$(awk '{print $2}' "$cg/$name.addr")"
     "$loadgen" drive --addr "$addr" --requests 100 >/dev/null
-    callgrind_control -z "$vg" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
     "$loadgen" drive --addr "$addr" --requests 1000 --concurrency 4 >/dev/null
-    callgrind_control -d "$vg" >/dev/null
+    callgrind_control -d "$vg" >/dev/null 2>&1
     sleep 2; kill "$vg"; wait "$vg" 2>/dev/null || true
     local total; total="$(callgrind_annotate "$cg/$name.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')"
     echo "- $name: $((total / 1000)) instructions per stream" | tee -a "$out"
