@@ -8,6 +8,8 @@
 //! loadgen serve-passthrough --upstream ADDR # bare hyper-util proxy
 //! loadgen serve-proxy --upstream URL        # tower_responses::proxy::Proxy, full stack
 //! loadgen drive --addr ADDR [--requests N] [--concurrency C]  # load only, for profiling
+//! loadgen side [--quick] [--rounds N] [--secs S] [--nginx BIN] [--wrk BIN] [--out FILE]
+//!                                           # against nginx, pinned, on two upstreams
 //! ```
 //!
 //! Every target runs as a child process of the harness so its CPU time and memory can be
@@ -19,6 +21,7 @@ mod mock;
 mod paired;
 mod passthrough;
 mod procfs;
+mod side;
 mod targets;
 
 use std::fmt::Write as _;
@@ -44,11 +47,13 @@ fn main() {
         Some("serve-passthrough") => serve(Serve::Passthrough, &args[1..]),
         Some("serve-proxy") => serve(Serve::Proxy, &args[1..]),
         Some("run") => run(&args[1..]),
+        Some("side") => side::run(&args[1..]),
         Some("drive") => drive(&args[1..]),
         _ => {
             eprintln!(
                 "usage: loadgen run [--quick] [--out FILE] [--targets LIST] [--nginx BIN] \
                  [--litellm BIN] [--litellm-workers N] [--streams N] [--rounds N]\n       \
+                 loadgen side [--quick] [--rounds N] [--secs S] [--nginx BIN] [--wrk BIN]\n       \
                  loadgen serve-mock | serve-passthrough --upstream ADDR | serve-proxy --upstream URL"
             );
             2
@@ -107,6 +112,9 @@ fn serve(what: Serve, args: &[String]) -> i32 {
                     upstream,
                     profile_override: Some(Profile::ChatgptCodex),
                     credentials: vec!["sk-bench-upstream".parse().map_err(|e| format!("{e}"))?],
+                    // Above the default (512) so `--streams 10000` measures streams, not the
+                    // connection limit.
+                    max_connections: 20_000,
                     ..ProxyConfig::default()
                 };
                 let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;

@@ -232,6 +232,17 @@ impl Script {
     pub fn len(&self) -> usize {
         self.events.len()
     }
+
+    /// The whole stream as one text with a fixed response id: what the static upstream
+    /// (nginx serving the answer from memory) sends.
+    pub fn stream_text(&self) -> String {
+        let id = [b'5'; ID_DIGITS];
+        let mut out = Vec::new();
+        for e in &self.events {
+            out.extend_from_slice(&e.with_id(&id));
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }
 
 /// What a request asked of the mock, read from its body.

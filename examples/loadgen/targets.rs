@@ -41,8 +41,26 @@ pub fn free_port() -> std::io::Result<u16> {
 
 /// Runs this harness again as `loadgen <args>` and waits for its `READY <addr>` line.
 pub fn spawn_self(args: &[&str]) -> Result<Running, String> {
+    spawn_self_on(None, args)
+}
+
+/// A command for `program`, pinned to the CPU list `cpus` (`taskset -c`, which execs the
+/// program, so the child's pid is the program's) when one is given.
+pub fn pinned(cpus: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// [`spawn_self`] pinned to the CPU list `cpus`.
+pub fn spawn_self_on(cpus: Option<&str>, args: &[&str]) -> Result<Running, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
+    let mut child = pinned(cpus, exe)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -84,10 +102,63 @@ fn wait_port(addr: SocketAddr, child: &mut Child, timeout: Duration) -> Result<(
 /// nginx as a plain streaming reverse proxy: `proxy_buffering off`, upstream keep-alive,
 /// no access log, one worker per core.
 pub fn nginx(bin: &str, upstream: SocketAddr, dir: &Path) -> Result<Running, String> {
+    let upstream = format!("upstream mock {{ server {upstream}; keepalive 1024; }}");
+    start_nginx(bin, dir, "auto", None, &upstream, PROXY_LOCATION)
+}
+
+const PROXY_LOCATION: &str = "proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 600s;";
+
+/// [`nginx`] with one worker, pinned to the CPU list `cpus`: the side-by-side run gives every
+/// proxy one core.
+pub fn nginx_hop(
+    bin: &str,
+    upstream: SocketAddr,
+    dir: &Path,
+    cpus: &str,
+) -> Result<Running, String> {
+    let upstream = format!("upstream mock {{ server {upstream}; keepalive 1024; }}");
+    start_nginx(bin, dir, "1", Some(cpus), &upstream, PROXY_LOCATION)
+}
+
+/// nginx as the upstream: answers every request with `stream`, the whole answer in one
+/// write, `text/event-stream`; one worker pinned to `cpus`. nginx's `return` takes at most
+/// 4 KB of text, so the answer is a file, kept open and in the page cache
+/// (`open_file_cache`, `sendfile`): served from memory. A POST to a file is a 405 in nginx;
+/// `error_page 405 =200 $uri` serves the file instead.
+pub fn nginx_static(bin: &str, stream: &str, dir: &Path, cpus: &str) -> Result<Running, String> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("v1")).map_err(|e| e.to_string())?;
+    std::fs::write(root.join("v1/responses"), stream).map_err(|e| e.to_string())?;
+    let location = format!(
+        "root {};
+      default_type text/event-stream;
+      sendfile on;
+      tcp_nopush on;
+      open_file_cache max=16 inactive=600s;
+      open_file_cache_valid 600s;
+      error_page 405 =200 $uri;",
+        root.display()
+    );
+    start_nginx(bin, dir, "1", Some(cpus), "", &location)
+}
+
+fn start_nginx(
+    bin: &str,
+    dir: &Path,
+    workers: &str,
+    cpus: Option<&str>,
+    upstream: &str,
+    location: &str,
+) -> Result<Running, String> {
     let port = free_port().map_err(|e| e.to_string())?;
     let d = dir.display();
     let conf = format!(
-        r#"worker_processes auto;
+        r#"worker_processes {workers};
 daemon off;
 master_process on;
 pid {d}/nginx.pid;
@@ -102,19 +173,11 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   keepalive_requests 1000000;
-  upstream mock {{
-    server {upstream};
-    keepalive 1024;
-  }}
+  {upstream}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_request_buffering off;
-      proxy_read_timeout 600s;
+      {location}
     }}
   }}
 }}
@@ -122,7 +185,7 @@ http {{
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).map_err(|e| e.to_string())?;
-    let mut child = Command::new(bin)
+    let mut child = pinned(cpus, bin)
         .arg("-p")
         .arg(dir)
         .arg("-c")

@@ -29,12 +29,14 @@
 //! # }
 //! ```
 
+mod coalesce;
 mod decode;
 mod idle_timeout;
 mod limited;
 mod prefix;
 mod replay;
 
+pub use coalesce::{COALESCE_MAX_BYTES, COALESCE_MAX_YIELDS, Coalesce};
 pub use decode::{INLINE_DECODE_LIMIT, decode, decode_off_runtime};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutBody};
 pub use limited::collect_limited;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use super::{ConnTag, ConnectionInfo, ConnectionReport, NewConnection};
-use crate::body::{ReplayBody, ResponseBody};
+use crate::body::{Coalesce, ReplayBody, ResponseBody};
 use crate::classify::Failure;
 use crate::error::BoxError;
 use crate::marks::{AttemptError, Phase};
@@ -92,7 +92,11 @@ where
                 }
             }
             match result {
-                Ok(res) => Ok(res.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+                // What the upstream sent together goes up the stack as one frame: every
+                // layer above, and the write to the client, then run once per batch
+                // instead of once per SSE event (see `Coalesce`).
+                Ok(res) => Ok(res
+                    .map(|b| Coalesce::new(b.map_err(|e| Box::new(e) as BoxError)).boxed_unsync())),
                 Err(e) => Err(Box::new(attempt_error(e)) as BoxError),
             }
         })
