@@ -243,19 +243,7 @@ where
         let facts = RequestFacts::of(&mut req);
         let session = session_key(req.headers(), &facts);
         let anchor = Anchor::of(&req, &facts);
-        let owner = anchor.as_ref().and_then(|a| layer.owner_of(a.id()));
-        if let Some(o) = &owner {
-            req.extensions_mut()
-                .insert(PinnedCredential(Arc::from(o.as_str())));
-        }
-        // Encrypted items belong to the account that answered the previous turn (the anchor's
-        // owner, else the session's last account, a fallback included).
-        let encrypted_owner = owner
-            .clone()
-            .or_else(|| session.as_deref().and_then(|s| layer.pool.last_served(s)));
-        if let Some(o) = encrypted_owner {
-            req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
-        }
+        let local_owner = anchor.as_ref().and_then(|a| layer.owner_of(a.id()));
         let stack_profile = layer.stack_profile(req.uri());
         StreamObservers::add(
             &mut req,
@@ -266,6 +254,26 @@ where
             }),
         );
         Box::pin(async move {
+            // Not in the local view: a shared store asks its backend (another replica may
+            // have answered the anchor a moment ago). In memory this is the same miss.
+            let owner = match (&anchor, local_owner) {
+                (Some(a), None) if layer.pool.state().is_shared() => {
+                    layer.pool.state().find_owner(a.id()).await
+                }
+                (_, owner) => owner,
+            };
+            if let Some(o) = &owner {
+                req.extensions_mut()
+                    .insert(PinnedCredential(Arc::from(o.as_str())));
+            }
+            // Encrypted items belong to the account that answered the previous turn (the
+            // anchor's owner, else the session's last account, a fallback included).
+            let encrypted_owner = owner
+                .clone()
+                .or_else(|| session.as_deref().and_then(|s| layer.pool.last_served(s)));
+            if let Some(o) = encrypted_owner {
+                req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
+            }
             let retry_copy = (anchor.is_some() && owner.is_none()).then(|| clone_request(&req));
             let result = inner.call(req).await;
             let res = match (result, anchor) {
@@ -381,6 +389,9 @@ async fn learn(
         Ok(c) => {
             let bytes = c.to_bytes();
             learn_from_json(&bytes, &mut learner);
+            // The client may send its next turn to another replica at once: the owner
+            // reaches the shared store before the answer does (bounded; at once in memory).
+            layer.pool.state().owners_settled().await;
             Response::from_parts(parts, full_body(bytes))
         }
         Err(e) => {

@@ -202,6 +202,8 @@ impl Pool {
 
     /// Uses another state store (shared between replicas).
     pub fn with_state(mut self, state: Arc<dyn PoolState>) -> Self {
+        let labels: Vec<&str> = self.entries.iter().map(|e| &*e.label).collect();
+        state.watch_credentials(&labels);
         self.state = state;
         self
     }
