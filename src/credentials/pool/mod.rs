@@ -204,6 +204,11 @@ impl Pool {
     pub fn with_state(mut self, state: Arc<dyn PoolState>) -> Self {
         let labels: Vec<&str> = self.entries.iter().map(|e| &*e.label).collect();
         state.watch_credentials(&labels);
+        if state.is_shared() {
+            for owned in self.entries.iter().filter_map(|e| e.owned.as_ref()) {
+                owned.share_state(state.clone());
+            }
+        }
         self.state = state;
         self
     }
