@@ -42,10 +42,15 @@ async fn contract(a: Arc<dyn PoolState>, b: Arc<dyn PoolState>) {
 
     // Cooldowns only grow: a week's quota is not shortened by a rate limit or a 5xx, from
     // either handle; the other handle sees the week.
-    let week = cool(FailureClass::QuotaExhausted, Some(7 * 86400), "usage_limit_reached");
+    let week = cool(
+        FailureClass::QuotaExhausted,
+        Some(7 * 86400),
+        "usage_limit_reached",
+    );
     assert!(a.set_cooldown("k", week.clone()));
     eventually("b sees a's quota cooldown", || {
-        b.cooldown("k").is_some_and(|c| c.class == FailureClass::QuotaExhausted)
+        b.cooldown("k")
+            .is_some_and(|c| c.class == FailureClass::QuotaExhausted)
     })
     .await;
     assert!(!b.set_cooldown("k", cool(FailureClass::RateLimited, Some(2), "429")));
@@ -62,15 +67,23 @@ async fn contract(a: Arc<dyn PoolState>, b: Arc<dyn PoolState>) {
     .await;
     // The deadline itself is kept, not moved.
     let until = a.cooldown("k").unwrap().until.unwrap();
-    let secs = until.duration_since(week.until.unwrap()).unwrap_or_else(|e| e.duration());
-    assert!(secs < Duration::from_millis(5), "deadline moved by {secs:?}");
+    let secs = until
+        .duration_since(week.until.unwrap())
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        secs < Duration::from_millis(5),
+        "deadline moved by {secs:?}"
+    );
     // An open-ended auth cooldown outlasts everything.
     assert!(b.set_cooldown("k", cool(FailureClass::Auth, None, "owner_refresh_needed")));
     eventually("a sees the open-ended auth cooldown", || {
         a.cooldown("k").is_some_and(|c| c.until.is_none())
     })
     .await;
-    assert!(!a.set_cooldown("k", cool(FailureClass::QuotaExhausted, Some(30 * 86400), "q")));
+    assert!(!a.set_cooldown(
+        "k",
+        cool(FailureClass::QuotaExhausted, Some(30 * 86400), "q")
+    ));
     // A clear ends it everywhere.
     a.clear("k");
     assert!(a.cooldown("k").is_none());
@@ -95,40 +108,82 @@ async fn contract(a: Arc<dyn PoolState>, b: Arc<dyn PoolState>) {
 
     // Owners: stored, settled, then found by the other handle at once (no waiting for a
     // read-back); expired ones are gone.
-    a.put_owner("resp_1", "key-3", SystemTime::now() + Duration::from_secs(3600));
+    a.put_owner(
+        "resp_1",
+        "key-3",
+        SystemTime::now() + Duration::from_secs(3600),
+    );
     a.owners_settled().await;
     assert_eq!(b.find_owner("resp_1").await.as_deref(), Some("key-3"));
-    assert_eq!(b.owner("resp_1", SystemTime::now()).as_deref(), Some("key-3"));
+    assert_eq!(
+        b.owner("resp_1", SystemTime::now()).as_deref(),
+        Some("key-3")
+    );
     assert_eq!(b.find_owner("resp_unknown").await, None);
-    a.put_owner("resp_old", "key-3", SystemTime::now() - Duration::from_secs(1));
+    a.put_owner(
+        "resp_old",
+        "key-3",
+        SystemTime::now() - Duration::from_secs(1),
+    );
     a.owners_settled().await;
     assert_eq!(b.find_owner("resp_old").await, None);
 
     // Refresh claims: one holder at a time; only the holder releases.
     let ttl = Duration::from_secs(30);
-    assert_eq!(a.claim_refresh("login", "replica-a", ttl).await, Claim::Granted);
-    assert_eq!(b.claim_refresh("login", "replica-b", ttl).await, Claim::Held);
+    assert_eq!(
+        a.claim_refresh("login", "replica-a", ttl).await,
+        Claim::Granted
+    );
+    assert_eq!(
+        b.claim_refresh("login", "replica-b", ttl).await,
+        Claim::Held
+    );
     b.release_refresh("login", "replica-b").await;
-    assert_eq!(b.claim_refresh("login", "replica-b", ttl).await, Claim::Held);
+    assert_eq!(
+        b.claim_refresh("login", "replica-b", ttl).await,
+        Claim::Held
+    );
     a.release_refresh("login", "replica-a").await;
-    assert_eq!(b.claim_refresh("login", "replica-b", ttl).await, Claim::Granted);
+    assert_eq!(
+        b.claim_refresh("login", "replica-b", ttl).await,
+        Claim::Granted
+    );
     b.release_refresh("login", "replica-b").await;
     // A claim expires by itself.
     assert_eq!(
-        a.claim_refresh("short", "replica-a", Duration::from_millis(50)).await,
+        a.claim_refresh("short", "replica-a", Duration::from_millis(50))
+            .await,
         Claim::Granted
     );
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(b.claim_refresh("short", "replica-b", ttl).await, Claim::Granted);
+    assert_eq!(
+        b.claim_refresh("short", "replica-b", ttl).await,
+        Claim::Granted
+    );
 
     // Token pairs: written only over the pair that was refreshed.
     assert_eq!(a.token_pair("login").await, Ok(None));
-    assert_eq!(a.swap_token_pair("login", "rt-0", "rt-1", "pair-1").await, Ok(true));
-    assert_eq!(b.token_pair("login").await.unwrap().as_deref(), Some("pair-1"));
+    assert_eq!(
+        a.swap_token_pair("login", "rt-0", "rt-1", "pair-1").await,
+        Ok(true)
+    );
+    assert_eq!(
+        b.token_pair("login").await.unwrap().as_deref(),
+        Some("pair-1")
+    );
     // b refreshed the old pair too (a lost race): its pair is not stored.
-    assert_eq!(b.swap_token_pair("login", "rt-0", "rt-1b", "pair-1b").await, Ok(false));
-    assert_eq!(b.swap_token_pair("login", "rt-1", "rt-2", "pair-2").await, Ok(true));
-    assert_eq!(a.token_pair("login").await.unwrap().as_deref(), Some("pair-2"));
+    assert_eq!(
+        b.swap_token_pair("login", "rt-0", "rt-1b", "pair-1b").await,
+        Ok(false)
+    );
+    assert_eq!(
+        b.swap_token_pair("login", "rt-1", "rt-2", "pair-2").await,
+        Ok(true)
+    );
+    assert_eq!(
+        a.token_pair("login").await.unwrap().as_deref(),
+        Some("pair-2")
+    );
 }
 
 #[tokio::test]
@@ -144,8 +199,14 @@ async fn redis_store_keeps_the_contract() {
     let config = RedisStateConfig::new(redis.url()).prefix("contract");
     let a = RedisState::start(config.clone(), None).unwrap();
     let b = RedisState::start(config, None).unwrap();
-    assert!(a.wait_for_read(Duration::from_secs(5)).await, "a never read");
-    assert!(b.wait_for_read(Duration::from_secs(5)).await, "b never read");
+    assert!(
+        a.wait_for_read(Duration::from_secs(5)).await,
+        "a never read"
+    );
+    assert!(
+        b.wait_for_read(Duration::from_secs(5)).await,
+        "b never read"
+    );
     assert!(a.is_up() && b.is_up());
     assert!(a.is_shared());
     contract(Arc::new(a), Arc::new(b)).await;
@@ -191,7 +252,10 @@ async fn shorter_cooldowns_from_concurrent_writers_never_win() {
     })
     .await;
     // And a later, shorter one from any of them changes nothing.
-    stores[2].set_cooldown("k", cool(FailureClass::QuotaExhausted, Some(10), "short quota"));
+    stores[2].set_cooldown(
+        "k",
+        cool(FailureClass::QuotaExhausted, Some(10), "short quota"),
+    );
     stores[0].wait_for_read(Duration::from_secs(3)).await;
     stores[0].wait_for_read(Duration::from_secs(3)).await;
     assert_eq!(stores[0].cooldown("k").unwrap().reason, "3600s");

@@ -59,9 +59,9 @@ pub use lease::{CredentialLease, LeaseReporter};
 pub use pool::{CooldownPolicy, PickRequest, Pool, PoolMember, Strategy};
 pub use rotate::{CredentialRotate, CredentialRotateLayer, RotateConfig};
 pub use source::{CredentialSource, LoadError};
+pub use state::{Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture};
 #[cfg(feature = "redis")]
 pub use state::{RedisState, RedisStateConfig};
-pub use state::{Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture};
 
 use std::fmt;
 use std::sync::Arc;

@@ -52,7 +52,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}): apt-get install -y redis-server (.ci/run does)")
+                panic!(
+                    "cannot run redis-server ({e}): apt-get install -y redis-server (.ci/run does)"
+                )
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -62,7 +64,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not answer on port {} within 10 s", self.port);
+        panic!(
+            "redis-server did not answer on port {} within 10 s",
+            self.port
+        );
     }
 
     /// Stops the server (SIGKILL by PID) and waits until it is gone.
@@ -91,7 +96,8 @@ impl RedisServer {
     pub fn command(&self, args: &[&str]) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));

@@ -172,8 +172,10 @@ pub trait PoolState: Send + Sync + 'static {
     fn release_refresh<'a>(&'a self, login: &'a str, holder: &'a str) -> StateFuture<'a, ()>;
 
     /// The login's last stored pair (the serialized login), if any replica stored one.
-    fn token_pair<'a>(&'a self, login: &'a str)
-    -> StateFuture<'a, Result<Option<String>, StateError>>;
+    fn token_pair<'a>(
+        &'a self,
+        login: &'a str,
+    ) -> StateFuture<'a, Result<Option<String>, StateError>>;
 
     /// Stores a rotated pair only if the stored one is the pair that was refreshed (its
     /// refresh token is `refreshed`) or none is stored; returns whether it was written.
@@ -207,4 +209,3 @@ pub trait PoolState: Send + Sync + 'static {
         );
     }
 }
-

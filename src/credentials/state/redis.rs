@@ -685,9 +685,9 @@ impl Shared {
         let written = lock(&self.cool_written).clone();
         for (label, value) in labels.iter().zip(values) {
             // A write of ours sent after this read began may not be in it: keep ours.
-            let pending = written.get(&**label).is_some_and(|t| {
-                *t + self.config.call_timeout * 4 > started || *t > started
-            });
+            let pending = written
+                .get(&**label)
+                .is_some_and(|t| *t + self.config.call_timeout * 4 > started || *t > started);
             let remote = value.as_deref().and_then(decode_cooldown);
             let local = self.local.cooldown(label);
             match (remote, local) {
