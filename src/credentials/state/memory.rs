@@ -6,6 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Claim, Cooldown, PoolState, SessionBinding, StateError, StateFuture, ready};
 use crate::classify::FailureClass;
+use crate::credentials::usage::CredentialUsage;
+
+/// Most learned facts kept (of all kinds together).
+pub(super) const MAX_FACTS: usize = 1024;
 use crate::credentials::ttl_map::TtlMap;
 
 #[derive(Default)]
@@ -26,6 +30,9 @@ pub struct MemoryState {
     claims: Mutex<HashMap<String, (String, Instant)>>,
     /// Token pairs: login -> (its refresh token, the serialized login).
     pairs: Mutex<HashMap<String, (String, String)>>,
+    usage: Mutex<HashMap<String, CredentialUsage>>,
+    /// Learned facts: (kind, fact) -> until.
+    facts: Mutex<HashMap<(String, String), SystemTime>>,
     capacity: usize,
 }
 
@@ -57,6 +64,8 @@ impl MemoryState {
             owners: Mutex::new(TtlMap::new(capacity)),
             claims: Mutex::default(),
             pairs: Mutex::default(),
+            usage: Mutex::default(),
+            facts: Mutex::default(),
             capacity: capacity.max(1),
         }
     }
@@ -175,6 +184,37 @@ impl PoolState for MemoryState {
 
     fn owner(&self, key: &str, now: SystemTime) -> Option<String> {
         lock(&self.owners).get(key, now)
+    }
+
+    fn put_usage(&self, credential: &str, usage: &CredentialUsage) {
+        let mut g = lock(&self.usage);
+        if g.len() < self.capacity || g.contains_key(credential) {
+            g.insert(credential.to_string(), usage.clone());
+        }
+    }
+
+    fn usage(&self, credential: &str) -> Option<CredentialUsage> {
+        lock(&self.usage).get(credential).cloned()
+    }
+
+    fn learn_fact(&self, kind: &str, fact: &str, until: SystemTime) {
+        let now = SystemTime::now();
+        let mut g = lock(&self.facts);
+        g.retain(|_, t| *t > now);
+        let key = (kind.to_string(), fact.to_string());
+        if g.len() < MAX_FACTS || g.contains_key(&key) {
+            let t = g.entry(key).or_insert(until);
+            *t = (*t).max(until);
+        }
+    }
+
+    fn facts(&self, kind: &str) -> Vec<String> {
+        let now = SystemTime::now();
+        lock(&self.facts)
+            .iter()
+            .filter(|((k, _), t)| k == kind && **t > now)
+            .map(|((_, f), _)| f.clone())
+            .collect()
     }
 
     fn claim_refresh<'a>(

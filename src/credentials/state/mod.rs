@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use crate::classify::FailureClass;
+use crate::credentials::usage::CredentialUsage;
 
 mod memory;
 #[cfg(feature = "redis")]
@@ -186,6 +187,31 @@ pub trait PoolState: Send + Sync + 'static {
         next_refresh: &'a str,
         pair: &'a str,
     ) -> StateFuture<'a, Result<bool, StateError>>;
+
+    /// Stores a credential's latest usage windows (the pool's merged view of its reports).
+    fn put_usage(&self, credential: &str, usage: &CredentialUsage) {
+        let _ = (credential, usage);
+    }
+
+    /// A credential's latest usage windows as the store has them (another replica's report
+    /// included).
+    fn usage(&self, credential: &str) -> Option<CredentialUsage> {
+        let _ = credential;
+        None
+    }
+
+    /// Records a fact learned from an upstream until `until`: `kind` names the family
+    /// (`param`: a parameter the upstream refuses; `compact`: a model its compact endpoint
+    /// refuses), `fact` the fact itself.
+    fn learn_fact(&self, kind: &str, fact: &str, until: SystemTime) {
+        let _ = (kind, fact, until);
+    }
+
+    /// The live facts of `kind` (bounded).
+    fn facts(&self, kind: &str) -> Vec<String> {
+        let _ = kind;
+        Vec::new()
+    }
 
     /// The pool's credentials, told once when the pool takes the store: a shared store reads
     /// their state back in its batched read.

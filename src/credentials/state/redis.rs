@@ -73,6 +73,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture};
 use crate::classify::FailureClass;
 use crate::credentials::ttl_map::TtlMap;
+use crate::credentials::usage::CredentialUsage;
 use crate::metrics::Metrics;
 
 /// Most credentials whose state is read back each second.
@@ -89,6 +90,10 @@ const BATCH: usize = 256;
 const QUEUE: usize = 8192;
 /// Keys longer than this (a hostile session header, a huge anchor id) stay local.
 const MAX_KEY: usize = 512;
+/// A family of learned facts lives this long after its last new fact.
+const FACTS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A usage snapshot without a later reset lives this long.
+const USAGE_TTL: Duration = Duration::from_secs(3600);
 /// A use count lives this long after its last use.
 const USES_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -268,6 +273,16 @@ enum Write {
         credential: String,
         ttl: Duration,
     },
+    Usage {
+        key: String,
+        snapshot: String,
+        ttl: Duration,
+    },
+    Fact {
+        key: String,
+        fact: String,
+        until_ms: u64,
+    },
     /// Nothing to write: wakes the writer to send its backlog.
     Wake,
 }
@@ -321,6 +336,22 @@ impl Write {
                     .arg(ms(ttl))
                     .ignore();
             }
+            Write::Usage { key, snapshot, ttl } => {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(snapshot)
+                    .arg("PX")
+                    .arg(ms(ttl))
+                    .ignore();
+            }
+            Write::Fact {
+                key,
+                fact,
+                until_ms,
+            } => {
+                pipe.cmd("HSET").arg(key).arg(fact).arg(until_ms).ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(ms(&FACTS_TTL)).ignore();
+            }
             Write::Wake => {}
         }
     }
@@ -369,6 +400,10 @@ struct Shared {
     conn: Mutex<Option<ConnectionManager>>,
     local: MemoryState,
     labels: RwLock<Vec<Arc<str>>>,
+    /// The fact families read back (`param`, `compact`).
+    fact_kinds: RwLock<Vec<String>>,
+    /// Usage snapshots as last read (or written here).
+    usage: Mutex<HashMap<String, CredentialUsage>>,
     /// Session keys in use, with the time this replica last wrote them.
     watched: Mutex<TtlMap<Option<Instant>>>,
     /// When this replica last wrote each cooldown (a read back may predate the write).
@@ -409,6 +444,8 @@ impl RedisState {
             conn: Mutex::new(None),
             local: MemoryState::default(),
             labels: RwLock::default(),
+            fact_kinds: RwLock::default(),
+            usage: Mutex::default(),
             watched: Mutex::new(TtlMap::new(MAX_WATCHED_SESSIONS)),
             cool_written: Mutex::default(),
             queue,
@@ -643,11 +680,25 @@ impl Shared {
         if !labels.is_empty() {
             let cool: Vec<String> = labels.iter().map(|l| self.keys.key("cool", l)).collect();
             let uses: Vec<String> = labels.iter().map(|l| self.keys.key("uses", l)).collect();
-            pipe.cmd("MGET").arg(cool).cmd("MGET").arg(uses);
+            let usage: Vec<String> = labels.iter().map(|l| self.keys.key("usage", l)).collect();
+            pipe.cmd("MGET")
+                .arg(cool)
+                .cmd("MGET")
+                .arg(uses)
+                .cmd("MGET")
+                .arg(usage);
         }
         if !sessions.is_empty() {
             let keys: Vec<String> = sessions.iter().map(|s| self.keys.key("sess", s)).collect();
             pipe.cmd("MGET").arg(keys);
+        }
+        let kinds: Vec<String> = self
+            .fact_kinds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for kind in &kinds {
+            pipe.cmd("HGETALL").arg(self.keys.key("facts", kind));
         }
         let started = Instant::now();
         let Ok(replies) = self
@@ -660,7 +711,9 @@ impl Shared {
         if !labels.is_empty() {
             let cool = replies.next().unwrap_or_default();
             let uses = replies.next().unwrap_or_default();
+            let usage = replies.next().unwrap_or_default();
             self.apply_cooldowns(&labels, cool, started, now);
+            self.apply_usage(&labels, usage);
             for (label, n) in labels.iter().zip(uses) {
                 if let Some(n) = n.and_then(|n| n.parse::<u64>().ok()) {
                     self.local.raise_uses(label, n);
@@ -670,6 +723,20 @@ impl Shared {
         if !sessions.is_empty() {
             let values = replies.next().unwrap_or_default();
             self.apply_sessions(&sessions, values, started, now);
+        }
+        for kind in &kinds {
+            let flat = replies.next().unwrap_or_default();
+            for pair in flat.chunks(2) {
+                let (Some(Some(fact)), Some(Some(until))) = (pair.first(), pair.get(1)) else {
+                    continue;
+                };
+                if let Ok(ms) = until.parse::<u64>() {
+                    let until = UNIX_EPOCH + Duration::from_millis(ms);
+                    if until > now {
+                        self.local.learn_fact(kind, fact, until);
+                    }
+                }
+            }
         }
         *lock(&self.last_read) = Some(Instant::now());
         self.report_age();
@@ -701,6 +768,37 @@ impl Shared {
                 }
                 (None, _) => {}
             }
+        }
+    }
+
+    fn apply_usage(&self, labels: &[Arc<str>], values: Vec<Option<String>>) {
+        let mut usage = lock(&self.usage);
+        for (label, value) in labels.iter().zip(values) {
+            let Some(remote) = value.as_deref().and_then(CredentialUsage::from_snapshot) else {
+                continue;
+            };
+            let newer = usage
+                .get(&**label)
+                .is_none_or(|local| remote.seen_at >= local.seen_at);
+            if newer {
+                usage.insert(label.to_string(), remote);
+            }
+        }
+    }
+
+    fn watch_kind(&self, kind: &str) {
+        if self
+            .fact_kinds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|k| k == kind)
+        {
+            return;
+        }
+        let mut kinds = self.fact_kinds.write().unwrap_or_else(|p| p.into_inner());
+        if kinds.len() < 16 && !kinds.iter().any(|k| k == kind) {
+            kinds.push(kind.to_string());
         }
     }
 
@@ -1055,6 +1153,43 @@ impl PoolState for RedisState {
             let (written,): (i64,) = s.call(&pipe, s.config.call_timeout).await?;
             Ok(written == 1)
         })
+    }
+
+    fn put_usage(&self, credential: &str, usage: &CredentialUsage) {
+        let s = &self.shared;
+        lock(&s.usage).insert(credential.to_string(), usage.clone());
+        let ttl = usage
+            .last_reset()
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(USAGE_TTL)
+            .max(USAGE_TTL);
+        s.send(Write::Usage {
+            key: s.keys.key("usage", credential),
+            snapshot: usage.to_snapshot(),
+            ttl,
+        });
+    }
+
+    fn usage(&self, credential: &str) -> Option<CredentialUsage> {
+        lock(&self.shared.usage).get(credential).cloned()
+    }
+
+    fn learn_fact(&self, kind: &str, fact: &str, until: SystemTime) {
+        let s = &self.shared;
+        s.watch_kind(kind);
+        s.local.learn_fact(kind, fact, until);
+        if fact.len() <= MAX_KEY {
+            s.send(Write::Fact {
+                key: s.keys.key("facts", kind),
+                fact: fact.to_string(),
+                until_ms: unix_ms(until),
+            });
+        }
+    }
+
+    fn facts(&self, kind: &str) -> Vec<String> {
+        self.shared.watch_kind(kind);
+        self.shared.local.facts(kind)
     }
 
     fn watch_credentials(&self, labels: &[&str]) {
