@@ -333,3 +333,44 @@ async fn with_redis_stopped_both_replicas_serve_and_converge_when_it_returns() {
         assert_eq!(ask(&b, &upstream, &c).await, (StatusCode::OK, KEY_B.into()));
     }
 }
+
+fn reads(p: &RunningProxy) -> f64 {
+    p.metrics
+        .get("tr_state_reads_total", &[("backend", "redis")])
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_one_replica_learned_is_dropped_by_the_other() {
+    let redis = RedisServer::start();
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_handler(|req| {
+        req.json()?.get("foo_bar")?;
+        Some(Reply::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "Unsupported parameter: 'foo_bar' is not supported with this model.", "type": "invalid_request_error", "param": "foo_bar", "code": "unsupported_parameter"}}),
+        ))
+    });
+    let a = start_proxy(replica_config(&upstream, &redis, "learn")).await;
+    let b = start_proxy(replica_config(&upstream, &redis, "learn")).await;
+    until_up(&a, true).await;
+    until_up(&b, true).await;
+    let c = client();
+    let req = json!({"model": "m", "input": "hi", "foo_bar": 1, "stream": true});
+    let (status, _, _) =
+        send_collect(&c, json_req(&a.url("/v1/responses"), None, req.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        upstream.request_count(),
+        2,
+        "A met the refusal and retried without it"
+    );
+    // Once B has read the shared state after A learned, its first attempt goes out clean.
+    let seen_reads = reads(&b);
+    assert!(eventually(Duration::from_secs(5), || reads(&b) >= seen_reads + 2.0).await);
+    let (status, _, _) = send_collect(&c, json_req(&b.url("/v1/responses"), None, req)).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 3, "B sent one request, never refused");
+    assert!(seen[2].json().unwrap().get("foo_bar").is_none());
+}

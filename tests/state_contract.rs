@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tower_responses::classify::FailureClass;
+use tower_responses::credentials::usage::{CredentialUsage, UsageWindow, WindowKind};
 use tower_responses::credentials::{
     Claim, Cooldown, MemoryState, PoolState, RedisState, RedisStateConfig,
 };
@@ -113,7 +114,7 @@ async fn contract(a: Arc<dyn PoolState>, b: Arc<dyn PoolState>) {
         "key-3",
         SystemTime::now() + Duration::from_secs(3600),
     );
-    a.owners_settled().await;
+    a.owners_settled(a.owner_mark()).await;
     assert_eq!(b.find_owner("resp_1").await.as_deref(), Some("key-3"));
     assert_eq!(
         b.owner("resp_1", SystemTime::now()).as_deref(),
@@ -125,8 +126,46 @@ async fn contract(a: Arc<dyn PoolState>, b: Arc<dyn PoolState>) {
         "key-3",
         SystemTime::now() - Duration::from_secs(1),
     );
-    a.owners_settled().await;
+    a.owners_settled(a.owner_mark()).await;
     assert_eq!(b.find_owner("resp_old").await, None);
+
+    // Usage snapshots: the latest report of a credential, as written.
+    let ms = |secs: u64| {
+        let t = SystemTime::now() + Duration::from_secs(secs);
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        SystemTime::UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64)
+    };
+    let usage = CredentialUsage {
+        windows: vec![UsageWindow {
+            kind: WindowKind::Weekly,
+            used_percent: 100.0,
+            window_minutes: Some(10080),
+            reset_at: Some(ms(3 * 86400)),
+        }],
+        plan_type: Some("plus".into()),
+        seen_at: Some(ms(0)),
+        ..CredentialUsage::default()
+    };
+    a.put_usage("k", &usage);
+    eventually("b reads a's usage snapshot", || {
+        b.usage("k").as_ref() == Some(&usage)
+    })
+    .await;
+
+    // Learned facts: shared until their deadline.
+    let hour = SystemTime::now() + Duration::from_secs(3600);
+    assert!(b.facts("param").is_empty());
+    a.learn_fact("param", "http://up foo_bar", hour);
+    a.learn_fact(
+        "param",
+        "http://up gone",
+        SystemTime::now() - Duration::from_secs(1),
+    );
+    eventually("b learns a's fact", || {
+        b.facts("param") == ["http://up foo_bar"]
+    })
+    .await;
+    assert!(b.facts("compact").is_empty());
 
     // Refresh claims: one holder at a time; only the holder releases.
     let ttl = Duration::from_secs(30);

@@ -26,10 +26,12 @@ use crate::credentials::usage::CredentialUsage;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod settle;
 
 pub use memory::MemoryState;
 #[cfg(feature = "redis")]
 pub use redis::{RedisState, RedisStateConfig};
+pub(crate) use settle::SettleOwners;
 
 /// A store call that may wait for the backend (bounded by the store's own timeouts).
 pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -154,10 +156,16 @@ pub trait PoolState: Send + Sync + 'static {
         ready(self.owner(key, SystemTime::now()))
     }
 
-    /// Resolves when the owners recorded so far are visible to every replica (bounded): a
-    /// JSON answer waits for it before it is released, so the client's next turn finds its
-    /// owner wherever it lands.
-    fn owners_settled(&self) -> StateFuture<'_, ()> {
+    /// A mark of the owner writes made so far (0: none are ever pending, as in memory).
+    fn owner_mark(&self) -> u64 {
+        0
+    }
+
+    /// Resolves when the owner writes up to `mark` are visible to every replica (bounded by
+    /// the store's timeout): an answer that carries a new response id is held until then,
+    /// so the client's next turn finds its owner on whichever replica it lands.
+    fn owners_settled(&self, mark: u64) -> StateFuture<'static, ()> {
+        let _ = mark;
         ready(())
     }
 

@@ -444,7 +444,8 @@ impl RedisState {
             conn: Mutex::new(None),
             local: MemoryState::default(),
             labels: RwLock::default(),
-            fact_kinds: RwLock::default(),
+            // The crate's own families are read from the start, before a layer first asks.
+            fact_kinds: RwLock::new(vec!["param".into(), "compact".into()]),
             usage: Mutex::default(),
             watched: Mutex::new(TtlMap::new(MAX_WATCHED_SESSIONS)),
             cool_written: Mutex::default(),
@@ -739,6 +740,13 @@ impl Shared {
             }
         }
         *lock(&self.last_read) = Some(Instant::now());
+        if let Some(m) = &self.metrics {
+            m.inc(
+                "tr_state_reads_total",
+                "Batched reads of the shared state that refreshed this replica's local view.",
+                &[("backend", "redis")],
+            );
+        }
         self.report_age();
     }
 
@@ -1054,15 +1062,19 @@ impl PoolState for RedisState {
         })
     }
 
-    fn owners_settled(&self) -> StateFuture<'_, ()> {
+    fn owner_mark(&self) -> u64 {
+        self.shared.owner_seq.load(Ordering::Acquire)
+    }
+
+    fn owners_settled(&self, mark: u64) -> StateFuture<'static, ()> {
+        let s = self.shared.clone();
+        let settled = mark == 0 || *s.flushed.borrow() >= mark || !s.up.load(Ordering::Acquire);
+        if settled {
+            return super::ready(());
+        }
         Box::pin(async move {
-            let s = &self.shared;
-            let want = s.owner_seq.load(Ordering::Acquire);
-            if want == 0 || !s.up.load(Ordering::Acquire) {
-                return;
-            }
             let mut rx = s.flushed.subscribe();
-            let _ = tokio::time::timeout(s.config.call_timeout, rx.wait_for(|f| *f >= want)).await;
+            let _ = tokio::time::timeout(s.config.call_timeout, rx.wait_for(|f| *f >= mark)).await;
         })
     }
 
