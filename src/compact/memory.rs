@@ -169,6 +169,28 @@ mod tests {
     }
 
     #[test]
+    fn refusals_on_one_shared_store_are_everyones() {
+        use crate::credentials::MemoryState;
+        let state: Arc<dyn PoolState> = Arc::new(MemoryState::default());
+        let (a, b) = (
+            Refusals::shared(state.clone()),
+            Refusals::shared(state.clone()),
+        );
+        a.remember(
+            Profile::Openai,
+            CompactForm::V2,
+            "GPT-X",
+            Duration::from_secs(60),
+        );
+        assert!(b.is_refused(Profile::Openai, CompactForm::V2, "gpt-x"));
+        assert!(!b.is_refused(Profile::Openai, CompactForm::V1, "gpt-x"));
+        assert_eq!(b.models(), ["gpt-x"]);
+        assert_eq!(b.len(), 1);
+        // Unshared memories stay apart.
+        assert!(!Refusals::default().is_refused(Profile::Openai, CompactForm::V2, "gpt-x"));
+    }
+
+    #[test]
     fn a_huge_ttl_does_not_panic() {
         let r = Refusals::default();
         r.remember(Profile::Openai, CompactForm::V1, "m", Duration::MAX);

@@ -152,6 +152,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn learned_on_one_shared_store_is_everyones() {
+        let state: Arc<dyn PoolState> = Arc::new(crate::credentials::MemoryState::default());
+        let (a, b) = (
+            LearnedParams::shared(state.clone()),
+            LearnedParams::shared(state),
+        );
+        a.learn("http://up", "foo_bar", Duration::from_secs(60));
+        assert_eq!(b.params("http://up"), ["foo_bar"]);
+        assert!(b.params("http://other").is_empty());
+        assert!(
+            b.params("http://u").is_empty(),
+            "a prefix of the upstream is another upstream"
+        );
+        assert!(LearnedParams::new().params("http://up").is_empty());
+    }
+
+    #[test]
     fn a_huge_ttl_does_not_panic() {
         let m = LearnedParams::new();
         m.learn("https://up", "temperature", Duration::MAX);
