@@ -374,3 +374,29 @@ async fn a_parameter_one_replica_learned_is_dropped_by_the_other() {
     assert_eq!(seen.len(), 3, "B sent one request, never refused");
     assert!(seen[2].json().unwrap().get("foo_bar").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_starts_and_serves_while_redis_is_down_and_joins_when_it_comes() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let upstream = MockUpstream::start().await.unwrap();
+    let a = start_proxy(replica_config(&upstream, &redis, "late")).await;
+    let c = client();
+    assert_eq!(ask(&a, &upstream, &c).await, (StatusCode::OK, KEY_A.into()));
+    until_up(&a, false).await;
+    // A cooldown taken meanwhile reaches Redis once it is there.
+    upstream.push_for(KEY_A, quota_reply());
+    assert_eq!(ask(&a, &upstream, &c).await, (StatusCode::OK, KEY_B.into()));
+    redis.restart();
+    until_up(&a, true).await;
+    let stored = eventually(Duration::from_secs(5), || {
+        redis
+            .command(&["GET", "late:cool:key-1"])
+            .contains("quota_exhausted")
+    })
+    .await;
+    assert!(
+        stored,
+        "the cooldown taken while Redis was down was sent when it returned"
+    );
+}

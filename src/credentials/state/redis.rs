@@ -68,7 +68,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture};
 use crate::classify::FailureClass;
@@ -86,6 +86,10 @@ const WATCH_FOR: Duration = Duration::from_secs(120);
 const MAX_BACKLOG: usize = 10_000;
 /// Most writes in one pipeline.
 const BATCH: usize = 256;
+/// How long the writer gathers late-harmless writes into one pipeline: a few hundred requests'
+/// writes cost one round trip and a couple of syscalls instead of one each. An awaited
+/// owner write cuts it short.
+const LINGER: Duration = Duration::from_millis(2);
 /// Writes waiting for the writer task; past this, new ones go to the backlog.
 const QUEUE: usize = 8192;
 /// Keys longer than this (a hostile session header, a huge anchor id) stay local.
@@ -409,6 +413,8 @@ struct Shared {
     /// When this replica last wrote each cooldown (a read back may predate the write).
     cool_written: Mutex<HashMap<String, Instant>>,
     queue: mpsc::Sender<(u64, Write)>,
+    /// Someone waits for an owner write: the writer sends without lingering.
+    urgent: Notify,
     backlog: Mutex<VecDeque<(u64, Write)>>,
     seq: AtomicU64,
     /// The last owner write's sequence number, and the last one Redis acknowledged.
@@ -450,6 +456,7 @@ impl RedisState {
             watched: Mutex::new(TtlMap::new(MAX_WATCHED_SESSIONS)),
             cool_written: Mutex::default(),
             queue,
+            urgent: Notify::new(),
             backlog: Mutex::default(),
             seq: AtomicU64::new(0),
             owner_seq: AtomicU64::new(0),
@@ -915,16 +922,22 @@ impl Shared {
 
 async fn write_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<(u64, Write)>) {
     while let Some(first) = rx.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !matches!(first.1, Write::Wake) {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = shared.urgent.notified() => {}
+            }
+        }
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < QUEUE {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
         }
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         shared.flush(batch).await;
     }
 }
@@ -1026,7 +1039,12 @@ impl PoolState for RedisState {
 
     fn put_owner(&self, key: &str, credential: &str, expires: SystemTime) {
         let s = &self.shared;
+        // A stream names its id twice (created, completed): one write is enough.
+        let known = s.local.owner(key, SystemTime::now()).as_deref() == Some(credential);
         s.local.put_owner(key, credential, expires);
+        if known {
+            return;
+        }
         if key.len() > MAX_KEY {
             return;
         }
@@ -1072,6 +1090,7 @@ impl PoolState for RedisState {
         if settled {
             return super::ready(());
         }
+        s.urgent.notify_one();
         Box::pin(async move {
             let mut rx = s.flushed.subscribe();
             let _ = tokio::time::timeout(s.config.call_timeout, rx.wait_for(|f| *f >= mark)).await;
