@@ -264,8 +264,10 @@ enum Write {
         key: String,
         seen: (u8, u8, u64),
     },
+    /// `n` uses (the writer adds up a batch's uses of one credential).
     Use {
         key: String,
+        n: u64,
     },
     Session {
         key: String,
@@ -316,8 +318,8 @@ impl Write {
                     .arg(seen.2)
                     .ignore();
             }
-            Write::Use { key } => {
-                pipe.cmd("INCR").arg(key).ignore();
+            Write::Use { key, n } => {
+                pipe.cmd("INCRBY").arg(key).arg(*n).ignore();
                 pipe.cmd("PEXPIRE").arg(key).arg(ms(&USES_TTL)).ignore();
             }
             Write::Session { key, value, ttl } => {
@@ -875,35 +877,32 @@ impl Shared {
             }
         }
         batch.retain(|(_, w)| !matches!(w, Write::Wake));
-        for chunk in batch.chunks(BATCH) {
+        let batch = coalesce(batch);
+        // The batch counts as sent once all of it is: coalescing moved writes around, so a
+        // chunk's highest sequence number says nothing about the writes before it.
+        let top = batch.iter().map(|(s, _)| *s).max().unwrap_or(0);
+        for (i, chunk) in batch.chunks(BATCH).enumerate() {
             let mut pipe = redis::pipe();
             for (_, w) in chunk {
                 w.add_to(&mut pipe);
             }
-            let top = chunk.iter().map(|(s, _)| *s).max().unwrap_or(0);
             match self.call::<()>(&pipe, self.config.call_timeout).await {
-                Ok(()) => {
-                    self.flushed.send_if_modified(|f| {
-                        let moved = top > *f;
-                        *f = (*f).max(top);
-                        moved
-                    });
-                }
+                Ok(()) => {}
                 Err(e) if self.up.load(Ordering::Acquire) => {
                     // Redis answered with an error (a script failed): nothing to retry.
                     tracing::warn!(error = %e, "shared state: a write was refused");
                 }
                 Err(_) => {
-                    let rest = batch
-                        .iter()
-                        .filter(|(s, _)| *s >= chunk[0].0)
-                        .cloned()
-                        .collect();
-                    self.keep(rest);
+                    self.keep(batch[i * BATCH..].to_vec());
                     return;
                 }
             }
         }
+        self.flushed.send_if_modified(|f| {
+            let moved = top > *f;
+            *f = (*f).max(top);
+            moved
+        });
     }
 
     async fn owner_from_redis(&self, id: &str) -> Option<(String, Duration)> {
@@ -918,6 +917,36 @@ impl Shared {
         let ttl = Duration::from_millis(u64::try_from(ttl).unwrap_or(60_000));
         owner.map(|o| (o, ttl))
     }
+}
+
+/// One `INCRBY` per credential for a batch's uses, and the last of a batch's writes of one
+/// session: most requests' writes cost a fraction of a command.
+fn coalesce(batch: Vec<(u64, Write)>) -> Vec<(u64, Write)> {
+    let mut uses: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut sessions: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<(u64, Write)> = Vec::with_capacity(batch.len());
+    for (seq, w) in batch {
+        match w {
+            Write::Use { key, n } => {
+                let e = uses.entry(key).or_insert((0, 0));
+                e.0 = e.0.max(seq);
+                e.1 += n;
+            }
+            Write::Session { ref key, .. } => match sessions.get(key) {
+                Some(&at) => out[at] = (seq, w),
+                None => {
+                    sessions.insert(key.clone(), out.len());
+                    out.push((seq, w));
+                }
+            },
+            w => out.push((seq, w)),
+        }
+    }
+    out.extend(
+        uses.into_iter()
+            .map(|(key, (seq, n))| (seq, Write::Use { key, n })),
+    );
+    out
 }
 
 async fn write_loop(shared: Weak<Shared>, mut rx: mpsc::Receiver<(u64, Write)>) {
@@ -990,6 +1019,7 @@ impl PoolState for RedisState {
         let s = &self.shared;
         s.send(Write::Use {
             key: s.keys.key("uses", credential),
+            n: 1,
         });
         s.local.record_use(credential)
     }
