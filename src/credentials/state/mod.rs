@@ -1,20 +1,4 @@
-//! Where the pool keeps what it learns, and what several replicas share.
-//!
-//! [`PoolState`] is the one store interface: cooldown deadlines (with class and reason), use
-//! counts, repeat-failure strikes, session bindings, response-id owners, and the refresh
-//! claims and token pairs of owned logins. Two stores implement it with the same semantics
-//! (the contract suite in `tests/state_contract.rs` runs against both):
-//!
-//! - [`MemoryState`], the default: one process, no I/O;
-//! - `RedisState` (feature `redis`, `--state redis://HOST:PORT/DB`): several replicas on one
-//!   Redis behave as one proxy. See its module docs for what is shared, what stays local,
-//!   and what happens when Redis is down.
-//!
-//! The synchronous methods are on the hot path of every request and never wait for I/O: a
-//! shared store answers them from a local view. The few calls where a late answer would be
-//! wrong return a [`StateFuture`] the caller awaits (bounded): an owner looked up on a local
-//! miss, owner writes settled before a JSON answer is released, refresh claims, and the
-//! compare-and-set of a rotated token pair.
+//! Where the pool keeps what it learns: see [`PoolState`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -116,7 +100,23 @@ pub struct SessionBinding {
 /// Where the pool keeps what it learns: cooldowns, use counts, repeat-failure strikes,
 /// session bindings, response owners, and owned logins' refresh claims and token pairs. The
 /// in-memory [`MemoryState`] serves one process; `RedisState` (feature `redis`) several
-/// replicas. See the [module docs](self).
+/// replicas.
+///
+/// [`PoolState`] is the one store interface: cooldown deadlines (with class and reason), use
+/// counts, repeat-failure strikes, session bindings, response-id owners, and the refresh
+/// claims and token pairs of owned logins. Two stores implement it with the same semantics
+/// (the contract suite in `tests/state_contract.rs` runs against both):
+///
+/// - [`MemoryState`], the default: one process, no I/O;
+/// - `RedisState` (feature `redis`, `--state redis://HOST:PORT/DB`): several replicas on one
+///   Redis behave as one proxy. Its docs say what is shared, what stays local,
+///   and what happens when Redis is down.
+///
+/// The synchronous methods are on the hot path of every request and never wait for I/O: a
+/// shared store answers them from a local view. The few calls where a late answer would be
+/// wrong return a [`StateFuture`] the caller awaits (bounded): an owner looked up on a local
+/// miss, owner writes settled before a JSON answer is released, refresh claims, and the
+/// compare-and-set of a rotated token pair.
 pub trait PoolState: Send + Sync + 'static {
     /// The credential's cooldown, if any was set (expired ones may be returned; callers check
     /// [`Cooldown::active`]).

@@ -1,65 +1,4 @@
-//! Shared state on Redis: several replicas behave as one proxy.
-//!
-//! ## What is shared
-//!
-//! | what | key (under the prefix, default `trs`) | lifetime |
-//! |---|---|---|
-//! | cooldown deadline, class, reason | `PREFIX:cool:LABEL` | until its deadline (`PX` = remaining time on Redis's clock); open-ended ones until cleared |
-//! | use count | `PREFIX:uses:LABEL` | 7 days after the last use |
-//! | session binding (primary, fallback, last) | `PREFIX:sess:KEY` | 24 h after its last change |
-//! | response-id owner | `PREFIX:owner:ID` | the owner TTL (as long as the anchor can be used) |
-//! | refresh claim of an owned login | `PREFIX:refresh:LOGIN` | `SET NX PX`, at most the refresh timeout |
-//! | token pair of an owned login | `PREFIX:pair:LOGIN` | until the next rotation |
-//!
-//! Repeat-failure strikes stay local: they count *this* replica's failures in a row to pick
-//! the next doubling step, and the cooldown they lead to is shared anyway (codex-lb keeps
-//! error backoff replica-local for the same reason).
-//!
-//! ## The hot path does not wait for Redis
-//!
-//! Every synchronous [`PoolState`] call is answered from a local view (a [`MemoryState`]).
-//! A background task refreshes the view once a second with one pipelined read (`MGET` of the
-//! pool's cooldowns and use counts, and of the session keys used in the last two minutes), so
-//! a cooldown taken on one replica keeps the others off that credential within a second
-//! (LiteLLM's cooldowns reached siblings up to 10 s late until they got the same one-second
-//! read, PR #40025). Writes whose lateness is harmless (uses, sessions, cooldowns) go into a
-//! bounded queue that one writer task sends as pipelines; the request never waits.
-//!
-//! Cooldowns only grow, across replicas too: the write is one Lua script that compares the
-//! stored deadline with the new one on Redis's clock and keeps the one that outlasts (a hard
-//! one beats a soft one, an open end beats any deadline, a later deadline beats an earlier),
-//! so concurrent writers can never shorten a deadline (LiteLLM #40130 kept the first,
-//! shorter one). A clear is a compare-and-delete: it removes a stored cooldown only if it
-//! does not outlast the one this replica saw, so a success on one replica cannot end a quota
-//! cooldown another replica took a moment ago.
-//!
-//! ## Where a late write is not harmless
-//!
-//! - **Owners.** A follow-up may reach another replica a moment after the answer. Owners are
-//!   stored in Redis, not carried in the response id: rewriting ids would touch every event,
-//!   every stored item and every path-addressed call (`GET /responses/{id}`) in both
-//!   directions, and an id the client sees would no longer be the upstream's. Instead an
-//!   owner write goes out at once (a stream's `response.created`, long before the id is
-//!   usable at `response.completed`), a JSON answer is released only once the write is
-//!   acknowledged ([`PoolState::owners_settled`], bounded), and an anchored request whose
-//!   owner is not in the local view reads it from Redis ([`PoolState::find_owner`]).
-//! - **Refresh claims** (`SET NX PX` + compare-and-delete) and the **token pair**
-//!   (written only if the stored pair is the one that was refreshed) are awaited, bounded;
-//!   with Redis unreachable a claim is [`Claim::Unavailable`] and no refresh happens (fail
-//!   closed: two replicas redeeming one single-use refresh token can revoke the login).
-//!   Token pairs are secrets: the Redis must be as private as the state directory.
-//!
-//! ## Redis down or slow
-//!
-//! Every call has a short timeout. While Redis is unreachable, requests keep flowing on the
-//! local view; writes wait in a bounded backlog (the oldest go first past 10,000). The change
-//! is logged once each way and shown by `tr_state_backend_up` (0/1) and
-//! `tr_state_view_age_seconds`. When Redis answers again, the backlog and every cooldown the
-//! replica holds are sent (the script only lets them grow), and the next read brings the
-//! others' state: the replicas converge within a second or two.
-//!
-//! Deadlines are wall-clock Unix times (an upstream's `resets_at` is one anyway), so
-//! replicas' clocks should agree to well under a second (NTP).
+//! Shared state on Redis: see [`RedisState`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -373,7 +312,69 @@ impl Keys {
     }
 }
 
-/// The [`PoolState`] several replicas share through one Redis. See the [module docs](self).
+/// The [`PoolState`] several replicas share through one Redis: they behave as one proxy.
+///
+/// ## What is shared
+///
+/// | what | key (under the prefix, default `trs`) | lifetime |
+/// |---|---|---|
+/// | cooldown deadline, class, reason | `PREFIX:cool:LABEL` | until its deadline (`PX` = remaining time on Redis's clock); open-ended ones until cleared |
+/// | use count | `PREFIX:uses:LABEL` | 7 days after the last use |
+/// | session binding (primary, fallback, last) | `PREFIX:sess:KEY` | 24 h after its last change |
+/// | response-id owner | `PREFIX:owner:ID` | the owner TTL (as long as the anchor can be used) |
+/// | refresh claim of an owned login | `PREFIX:refresh:LOGIN` | `SET NX PX`, at most the refresh timeout |
+/// | token pair of an owned login | `PREFIX:pair:LOGIN` | until the next rotation |
+///
+/// Repeat-failure strikes stay local: they count *this* replica's failures in a row to pick
+/// the next doubling step, and the cooldown they lead to is shared anyway (codex-lb keeps
+/// error backoff replica-local for the same reason).
+///
+/// ## The hot path does not wait for Redis
+///
+/// Every synchronous [`PoolState`] call is answered from a local view (a [`MemoryState`]).
+/// A background task refreshes the view once a second with one pipelined read (`MGET` of the
+/// pool's cooldowns and use counts, and of the session keys used in the last two minutes), so
+/// a cooldown taken on one replica keeps the others off that credential within a second
+/// (LiteLLM's cooldowns reached siblings up to 10 s late until they got the same one-second
+/// read, PR #40025). Writes whose lateness is harmless (uses, sessions, cooldowns) go into a
+/// bounded queue that one writer task sends as pipelines; the request never waits.
+///
+/// Cooldowns only grow, across replicas too: the write is one Lua script that compares the
+/// stored deadline with the new one on Redis's clock and keeps the one that outlasts (a hard
+/// one beats a soft one, an open end beats any deadline, a later deadline beats an earlier),
+/// so concurrent writers can never shorten a deadline (LiteLLM #40130 kept the first,
+/// shorter one). A clear is a compare-and-delete: it removes a stored cooldown only if it
+/// does not outlast the one this replica saw, so a success on one replica cannot end a quota
+/// cooldown another replica took a moment ago.
+///
+/// ## Where a late write is not harmless
+///
+/// - **Owners.** A follow-up may reach another replica a moment after the answer. Owners are
+///   stored in Redis, not carried in the response id: rewriting ids would touch every event,
+///   every stored item and every path-addressed call (`GET /responses/{id}`) in both
+///   directions, and an id the client sees would no longer be the upstream's. Instead an
+///   owner write goes out at once (a stream's `response.created`, long before the id is
+///   usable at `response.completed`), a JSON answer is released only once the write is
+///   acknowledged ([`PoolState::owners_settled`], bounded), and an anchored request whose
+///   owner is not in the local view reads it from Redis ([`PoolState::find_owner`]).
+/// - **Refresh claims** (`SET NX PX` + compare-and-delete) and the **token pair**
+///   (written only if the stored pair is the one that was refreshed) are awaited, bounded;
+///   with Redis unreachable a claim is [`Claim::Unavailable`] and no refresh happens (fail
+///   closed: two replicas redeeming one single-use refresh token can revoke the login).
+///   Token pairs are secrets: the Redis must be as private as the state directory.
+///
+/// ## Redis down or slow
+///
+/// Every call has a short timeout. While Redis is unreachable, requests keep flowing on the
+/// local view; writes wait in a bounded backlog (the oldest go first past 10,000). The change
+/// is logged once each way and shown by `tr_state_backend_up` (0/1) and
+/// `tr_state_view_age_seconds`. When Redis answers again, the backlog and every cooldown the
+/// replica holds are sent (the script only lets them grow), and the next read brings the
+/// others' state: the replicas converge within a second or two.
+///
+/// Deadlines are wall-clock Unix times (an upstream's `resets_at` is one anyway), so
+/// replicas' clocks should agree to well under a second (NTP).
+///
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
