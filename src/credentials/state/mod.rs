@@ -115,7 +115,8 @@ pub struct SessionBinding {
 /// The synchronous methods are on the hot path of every request and never wait for I/O: a
 /// shared store answers them from a local view. The few calls where a late answer would be
 /// wrong return a [`StateFuture`] the caller awaits (bounded): an owner looked up on a local
-/// miss, owner writes settled before a JSON answer is released, refresh claims, and the
+/// miss, owner writes settled before the answer carrying the id is released, refresh claims,
+/// and the
 /// compare-and-set of a rotated token pair.
 pub trait PoolState: Send + Sync + 'static {
     /// The credential's cooldown, if any was set (expired ones may be returned; callers check

@@ -352,10 +352,12 @@ impl Keys {
 /// - **Owners.** A follow-up may reach another replica a moment after the answer. Owners are
 ///   stored in Redis, not carried in the response id: rewriting ids would touch every event,
 ///   every stored item and every path-addressed call (`GET /responses/{id}`) in both
-///   directions, and an id the client sees would no longer be the upstream's. Instead an
-///   owner write goes out at once (a stream's `response.created`, long before the id is
-///   usable at `response.completed`), a JSON answer is released only once the write is
-///   acknowledged ([`PoolState::owners_settled`], bounded), and an anchored request whose
+///   directions, and an id the client sees would no longer be the upstream's. Instead the
+///   answer is held until its owner is in Redis: a stream's frames wait, once an owner was
+///   recorded for them, for the write's acknowledgement (one round trip; a real stream's
+///   `response.created` is recorded while the model is still working, so by its first
+///   content the write is long done), a JSON answer likewise
+///   ([`PoolState::owners_settled`], bounded by the call timeout). An anchored request whose
 ///   owner is not in the local view reads it from Redis ([`PoolState::find_owner`]).
 /// - **Refresh claims** (`SET NX PX` + compare-and-delete) and the **token pair**
 ///   (written only if the stored pair is the one that was refreshed) are awaited, bounded;
