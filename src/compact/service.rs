@@ -50,6 +50,13 @@ impl CompactRouteLayer {
         }
     }
 
+    /// Shares refused models with the replicas on `state` (the pool's store): a model one
+    /// replica found refused goes to the local summary on all of them.
+    pub fn shared_state(mut self, state: Arc<dyn crate::credentials::PoolState>) -> Self {
+        self.refusals = Arc::new(Refusals::shared(state));
+        self
+    }
+
     /// The upstream's profile, used when a request carries no [`Profile`] extension. Without
     /// one, the profile is read from each request's URL ([`Profile::from_base_url`]).
     pub fn profile(mut self, profile: Profile) -> Self {

@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,7 @@ use super::sessions::{SessionStats, Sessions};
 use super::watch::{Learn, OwnerWatch, learn_from_event, learn_from_json};
 use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
 use crate::classify::FailureClass;
-use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy};
+use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy, SettleOwners};
 use crate::error::{ApiError, BoxError};
 use crate::facts::{RequestFacts, session_key};
 use crate::marks::AttemptError;
@@ -167,6 +168,8 @@ struct Learner {
     credential: Option<Arc<str>>,
     session: Option<String>,
     stack_profile: Profile,
+    /// On a shared store: where the answer's body learns that an owner write is pending.
+    mark: Option<Arc<AtomicU64>>,
 }
 
 impl Learn for Learner {
@@ -174,6 +177,9 @@ impl Learn for Learner {
         if let Some(c) = &self.credential {
             if self.layer.keeps_anchors(c, self.stack_profile) {
                 self.layer.record_owner(id, c);
+                if let Some(mark) = &self.mark {
+                    mark.store(self.layer.pool.state().owner_mark(), Ordering::Release);
+                }
             }
         }
     }
@@ -193,6 +199,7 @@ struct Observer {
     layer: ContinuityLayer,
     session: Option<String>,
     stack_profile: Profile,
+    mark: Option<Arc<AtomicU64>>,
 }
 
 impl StreamObserver for Observer {
@@ -205,6 +212,7 @@ impl StreamObserver for Observer {
             credential: credential.map(Arc::from),
             session: self.session.clone(),
             stack_profile: self.stack_profile,
+            mark: self.mark.clone(),
         };
         // Every attempt's created event names its own credential, so a failed attempt's id
         // goes to the credential that made it; the answer's id to the one that answered.
@@ -243,29 +251,43 @@ where
         let facts = RequestFacts::of(&mut req);
         let session = session_key(req.headers(), &facts);
         let anchor = Anchor::of(&req, &facts);
-        let owner = anchor.as_ref().and_then(|a| layer.owner_of(a.id()));
-        if let Some(o) = &owner {
-            req.extensions_mut()
-                .insert(PinnedCredential(Arc::from(o.as_str())));
-        }
-        // Encrypted items belong to the account that answered the previous turn (the anchor's
-        // owner, else the session's last account, a fallback included).
-        let encrypted_owner = owner
-            .clone()
-            .or_else(|| session.as_deref().and_then(|s| layer.pool.last_served(s)));
-        if let Some(o) = encrypted_owner {
-            req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
-        }
+        let local_owner = anchor.as_ref().and_then(|a| layer.owner_of(a.id()));
         let stack_profile = layer.stack_profile(req.uri());
+        let mark = layer
+            .pool
+            .state()
+            .is_shared()
+            .then(|| Arc::new(AtomicU64::new(0)));
         StreamObservers::add(
             &mut req,
             Arc::new(Observer {
                 layer: layer.clone(),
                 session: session.clone(),
                 stack_profile,
+                mark: mark.clone(),
             }),
         );
         Box::pin(async move {
+            // Not in the local view: a shared store asks its backend (another replica may
+            // have answered the anchor a moment ago). In memory this is the same miss.
+            let owner = match (&anchor, local_owner) {
+                (Some(a), None) if layer.pool.state().is_shared() => {
+                    layer.pool.state().find_owner(a.id()).await
+                }
+                (_, owner) => owner,
+            };
+            if let Some(o) = &owner {
+                req.extensions_mut()
+                    .insert(PinnedCredential(Arc::from(o.as_str())));
+            }
+            // Encrypted items belong to the account that answered the previous turn (the
+            // anchor's owner, else the session's last account, a fallback included).
+            let encrypted_owner = owner
+                .clone()
+                .or_else(|| session.as_deref().and_then(|s| layer.pool.last_served(s)));
+            if let Some(o) = encrypted_owner {
+                req.extensions_mut().insert(EncryptedOwner(Arc::from(o)));
+            }
             let retry_copy = (anchor.is_some() && owner.is_none()).then(|| clone_request(&req));
             let result = inner.call(req).await;
             let res = match (result, anchor) {
@@ -283,7 +305,15 @@ where
                 }
                 (Err(e), None) => return Err(e),
             };
-            Ok(learn(res, &layer, session, stack_profile).await)
+            let res = learn(res, &layer, session, stack_profile, mark.clone()).await;
+            Ok(match mark {
+                // A new id's owner reaches the shared store before the frame that carries it.
+                Some(mark) if is_event_stream(res.headers()) => {
+                    let state = layer.pool.state().clone();
+                    res.map(|b| SettleOwners::new(b, state, mark).boxed_unsync())
+                }
+                _ => res,
+            })
         })
     }
 }
@@ -347,6 +377,7 @@ async fn learn(
     layer: &ContinuityLayer,
     session: Option<String>,
     stack_profile: Profile,
+    mark: Option<Arc<AtomicU64>>,
 ) -> Response<ResponseBody> {
     let credential = res.extensions().get::<ServedBy>().map(|s| s.0.clone());
     if credential.is_none() && session.is_none() {
@@ -357,6 +388,7 @@ async fn learn(
         credential,
         session,
         stack_profile,
+        mark,
     };
     if res.extensions().get::<EventsObserved>().is_some() {
         return res; // the observer above learns as the events pass
@@ -381,6 +413,10 @@ async fn learn(
         Ok(c) => {
             let bytes = c.to_bytes();
             learn_from_json(&bytes, &mut learner);
+            // The client may send its next turn to another replica at once: the owner
+            // reaches the shared store before the answer does (bounded; at once in memory).
+            let state = layer.pool.state();
+            state.owners_settled(state.owner_mark()).await;
             Response::from_parts(parts, full_body(bytes))
         }
         Err(e) => {

@@ -59,7 +59,10 @@ pub use lease::{CredentialLease, LeaseReporter};
 pub use pool::{CooldownPolicy, PickRequest, Pool, PoolMember, Strategy};
 pub use rotate::{CredentialRotate, CredentialRotateLayer, RotateConfig};
 pub use source::{CredentialSource, LoadError};
-pub use state::{Cooldown, MemoryState, PoolState, SessionBinding};
+pub(crate) use state::SettleOwners;
+pub use state::{Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture};
+#[cfg(feature = "redis")]
+pub use state::{RedisState, RedisStateConfig};
 
 use std::fmt;
 use std::sync::Arc;

@@ -103,6 +103,21 @@ impl<V: Clone> TtlMap<V> {
         true
     }
 
+    /// Up to `limit` live keys, newest first (a shared store re-reads the keys in use).
+    pub(crate) fn live_keys(&self, now: SystemTime, limit: usize) -> Vec<Arc<str>> {
+        self.order
+            .iter()
+            .rev()
+            .filter(|(k, seq)| {
+                self.map
+                    .get(k)
+                    .is_some_and(|s| s.seq == *seq && s.expires.is_none_or(|e| e > now))
+            })
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()

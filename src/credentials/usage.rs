@@ -96,6 +96,31 @@ pub struct CredentialUsage {
     pub seen_at: Option<SystemTime>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    windows: Vec<SnapshotWindow>,
+    #[serde(default)]
+    has_credits: Option<bool>,
+    #[serde(default)]
+    unlimited: Option<bool>,
+    #[serde(default)]
+    balance: Option<String>,
+    #[serde(default)]
+    plan_type: Option<String>,
+    #[serde(default)]
+    seen_ms: Option<u64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotWindow {
+    kind: String,
+    used_percent: f64,
+    #[serde(default)]
+    window_minutes: Option<u64>,
+    #[serde(default)]
+    reset_ms: Option<u64>,
+}
+
 fn clamp_percent(p: f64) -> f64 {
     if p.is_finite() {
         p.clamp(0.0, 100.0)
@@ -237,6 +262,71 @@ impl CredentialUsage {
         self.balance = newer.balance.or(self.balance.take());
         self.plan_type = newer.plan_type.or(self.plan_type.take());
         self.seen_at = newer.seen_at.or(self.seen_at);
+    }
+
+    /// The snapshot replicas share: JSON with Unix-millisecond times.
+    pub fn to_snapshot(&self) -> String {
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+        };
+        let snap = Snapshot {
+            windows: self
+                .windows
+                .iter()
+                .map(|w| SnapshotWindow {
+                    kind: w.kind.as_str().to_string(),
+                    used_percent: w.used_percent,
+                    window_minutes: w.window_minutes,
+                    reset_ms: w.reset_at.map(ms),
+                })
+                .collect(),
+            has_credits: self.has_credits,
+            unlimited: self.unlimited,
+            balance: self.balance.clone(),
+            plan_type: self.plan_type.clone(),
+            seen_ms: self.seen_at.map(ms),
+        };
+        serde_json::to_string(&snap).unwrap_or_default()
+    }
+
+    /// Reads a [snapshot](Self::to_snapshot) back; `None` if it is not one. Windows of an
+    /// unknown kind are skipped and percentages clamped: another replica's data is input.
+    pub fn from_snapshot(text: &str) -> Option<CredentialUsage> {
+        let snap: Snapshot = serde_json::from_str(text).ok()?;
+        let at = |ms: u64| UNIX_EPOCH.checked_add(Duration::from_millis(ms));
+        let mut out = CredentialUsage {
+            has_credits: snap.has_credits,
+            unlimited: snap.unlimited,
+            balance: snap.balance,
+            plan_type: snap.plan_type,
+            seen_at: snap.seen_ms.and_then(at),
+            ..Default::default()
+        };
+        for w in snap.windows {
+            let kind = [
+                WindowKind::FiveHour,
+                WindowKind::Weekly,
+                WindowKind::Requests,
+                WindowKind::Tokens,
+            ]
+            .into_iter()
+            .find(|k| k.as_str() == w.kind);
+            if let Some(kind) = kind {
+                out.put(UsageWindow {
+                    kind,
+                    used_percent: clamp_percent(w.used_percent),
+                    window_minutes: w.window_minutes,
+                    reset_at: w.reset_ms.and_then(at),
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The latest reset among its windows (a shared snapshot lives until then).
+    pub fn last_reset(&self) -> Option<SystemTime> {
+        self.windows.iter().filter_map(|w| w.reset_at).max()
     }
 
     /// The window of a kind.

@@ -1,6 +1,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::credentials::PoolState;
 
 /// Most upstreams remembered, and most parameters per upstream: the names come from upstream
 /// messages, so the memory they take must stay bounded whatever an upstream says.
@@ -12,16 +14,38 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parameters upstreams refused, remembered per upstream for a while.
 ///
-/// Shared by clones; keyed by the request's scheme, authority and profile.
-#[derive(Debug, Clone, Default)]
+/// Shared by clones; keyed by the request's scheme, authority and profile. With a shared
+/// store ([`LearnedParams::shared`]) what one replica learns every replica drops, so an
+/// upstream refuses a parameter once per fleet rather than once per replica.
+#[derive(Clone, Default)]
 pub struct LearnedParams {
     inner: Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>,
+    shared: Option<Arc<dyn PoolState>>,
 }
+
+impl std::fmt::Debug for LearnedParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnedParams")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The family of learned parameters in a shared store.
+const FACT_KIND: &str = "param";
 
 impl LearnedParams {
     /// An empty memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty memory that also learns from, and teaches, the replicas sharing `state`.
+    pub fn shared(state: Arc<dyn PoolState>) -> Self {
+        LearnedParams {
+            shared: Some(state),
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Instant>>> {
@@ -30,6 +54,12 @@ impl LearnedParams {
 
     /// Remembers that `upstream` refuses `param` until `ttl` from now.
     pub fn learn(&self, upstream: &str, param: &str, ttl: Duration) {
+        if let Some(state) = &self.shared {
+            if param.len() <= MAX_PARAM_LEN {
+                let until = SystemTime::now() + ttl.min(MAX_TTL);
+                state.learn_fact(FACT_KIND, &format!("{upstream} {param}"), until);
+            }
+        }
         let now = Instant::now();
         // A configured TTL of centuries must not overflow the clock: cap it at a year.
         let until = now + ttl.min(MAX_TTL);
@@ -50,16 +80,29 @@ impl LearnedParams {
         }
     }
 
-    /// The parameters `upstream` currently refuses.
+    /// The parameters `upstream` currently refuses (another replica's findings included).
     pub fn params(&self, upstream: &str) -> Vec<String> {
         let now = Instant::now();
-        self.lock().get(upstream).map_or_else(Vec::new, |params| {
+        let mut out = self.lock().get(upstream).map_or_else(Vec::new, |params| {
             params
                 .iter()
                 .filter(|(_, t)| **t > now)
                 .map(|(p, _)| p.clone())
-                .collect()
-        })
+                .collect::<Vec<_>>()
+        });
+        if let Some(state) = &self.shared {
+            for fact in state.facts(FACT_KIND) {
+                if let Some(param) = fact
+                    .strip_prefix(upstream)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                {
+                    if !out.iter().any(|p| p == param) && out.len() < MAX_PARAMS {
+                        out.push(param.to_string());
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -107,6 +150,23 @@ pub(crate) fn error_message(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learned_on_one_shared_store_is_everyones() {
+        let state: Arc<dyn PoolState> = Arc::new(crate::credentials::MemoryState::default());
+        let (a, b) = (
+            LearnedParams::shared(state.clone()),
+            LearnedParams::shared(state),
+        );
+        a.learn("http://up", "foo_bar", Duration::from_secs(60));
+        assert_eq!(b.params("http://up"), ["foo_bar"]);
+        assert!(b.params("http://other").is_empty());
+        assert!(
+            b.params("http://u").is_empty(),
+            "a prefix of the upstream is another upstream"
+        );
+        assert!(LearnedParams::new().params("http://up").is_empty());
+    }
 
     #[test]
     fn a_huge_ttl_does_not_panic() {

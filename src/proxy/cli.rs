@@ -45,6 +45,8 @@ pub struct Cli {
     demo: bool,
 }
 
+// Parsed once at start-up and matched once: the variants' sizes cost nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serves the proxy (the default when no subcommand is given).
@@ -135,6 +137,13 @@ struct ServeArgs {
     /// The authority owned logins are refreshed at [default: https://auth.openai.com].
     #[arg(long, env = "TR_AUTH_BASE_URL", value_name = "URL")]
     auth_base_url: Option<String>,
+    /// Shared state for several replicas: `redis://HOST:PORT/DB` (needs the `redis`
+    /// feature), or `memory` [default: memory, this process only].
+    #[arg(long, env = "TR_STATE", value_name = "URL")]
+    state: Option<String>,
+    /// Prefix of every key in the shared state [default: trs].
+    #[arg(long, env = "TR_STATE_PREFIX", value_name = "PREFIX")]
+    state_prefix: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -246,6 +255,12 @@ impl ServeArgs {
         }
         if self.auth_base_url.is_some() {
             cfg.auth_base_url = self.auth_base_url.clone();
+        }
+        if self.state.is_some() {
+            cfg.state = self.state.clone();
+        }
+        if self.state_prefix.is_some() {
+            cfg.state_prefix = self.state_prefix.clone();
         }
         let set_secs = |field: &mut u64, value: Option<u64>| {
             if let Some(v) = value {

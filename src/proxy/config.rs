@@ -106,6 +106,12 @@ pub struct ProxyConfig {
     /// Client WebSockets (`[websocket]`: `enabled`, `idle_timeout_secs`, `max_message_bytes`,
     /// `max_transcript_bytes`, `max_sockets`); see [`WebSocketLimits`].
     pub websocket: WebSocketLimits,
+    /// Where the pool's state lives (`--state`, `TR_STATE`): `memory` (default, this process
+    /// only) or `redis://HOST:PORT/DB` to share cooldowns, sessions, owners and refresh
+    /// claims between replicas (feature `redis`).
+    pub state: Option<String>,
+    /// Prefix of every key in the shared state (`--state-prefix`; default `trs`).
+    pub state_prefix: Option<String>,
 }
 
 /// What a reply's `x-codex-*` usage headers say.
@@ -158,6 +164,8 @@ impl Default for ProxyConfig {
             soft_limit: crate::credentials::policy::DEFAULT_SOFT_LIMIT,
             usage_headers: UsageHeaders::default(),
             websocket: WebSocketLimits::default(),
+            state: None,
+            state_prefix: None,
         }
     }
 }
@@ -241,6 +249,50 @@ impl ProxyConfig {
                 .to_string(),
             refresh_timeout: Duration::from_secs(self.auth_timeout_secs.clamp(1, 600)),
             ..OAuthSettings::default()
+        }
+    }
+
+    /// The pool's state store as configured: `None` for the in-memory default, a started
+    /// `RedisState` for `redis://…` (it connects in the background: a replica starts while
+    /// Redis is down, on its local view).
+    ///
+    /// ```
+    /// use tower_responses::proxy::ProxyConfig;
+    /// let cfg = ProxyConfig::from_toml_str(r#"state = "memory""#).unwrap();
+    /// assert!(cfg.shared_state(None).unwrap().is_none());
+    /// let bad = ProxyConfig::from_toml_str(r#"state = "postgres://db""#).unwrap();
+    /// assert!(bad.shared_state(None).is_err());
+    /// ```
+    pub fn shared_state(
+        &self,
+        metrics: Option<crate::metrics::Metrics>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::credentials::PoolState>>, ConfigError> {
+        let url = match self.state.as_deref().map(str::trim) {
+            None | Some("") | Some("memory") => return Ok(None),
+            Some(url) => url,
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError(format!(
+                "state: expected `memory` or redis://HOST:PORT/DB, got {url:?}"
+            )));
+        }
+        #[cfg(feature = "redis")]
+        {
+            use crate::credentials::{RedisState, RedisStateConfig};
+            let mut config = RedisStateConfig::new(url);
+            if let Some(prefix) = self.state_prefix.as_deref().filter(|p| !p.is_empty()) {
+                config = config.prefix(prefix);
+            }
+            let state = RedisState::start(config, metrics)
+                .map_err(|e| ConfigError(format!("state: {e}")))?;
+            Ok(Some(std::sync::Arc::new(state)))
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = metrics;
+            Err(ConfigError(
+                "state: this build has no Redis support; build with `--features redis`".into(),
+            ))
         }
     }
 

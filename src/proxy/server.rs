@@ -101,6 +101,10 @@ impl Proxy {
                 .with_soft_limit(config.soft_limit)
                 .with_default_profile(config.profile())
                 .with_metrics(metrics.clone());
+            let pool = match config.shared_state(Some(metrics.clone()))? {
+                Some(state) => pool.with_state(state),
+                None => pool,
+            };
             Some(Arc::new(pool))
         };
         let listener = TcpListener::bind(config.listen)

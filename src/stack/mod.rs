@@ -66,7 +66,7 @@ use crate::credentials::{CredentialRotateLayer, Pool, RotateConfig};
 use crate::error::BoxError;
 use crate::fresh::FreshConnectionLayer;
 use crate::metrics::Metrics;
-use crate::normalize::{BodyNormalizeLayer, NormalizeConfig};
+use crate::normalize::{BodyNormalizeLayer, LearnedParams, NormalizeConfig};
 use crate::profile::Profile;
 use crate::soft_failure::{SoftFailureConfig, SoftFailureDetectLayer};
 
@@ -253,6 +253,15 @@ impl ResponsesStack {
             if let Some(m) = &self.metrics {
                 normalize = normalize.metrics(m.clone());
             }
+            // Replicas on one shared store learn refused parameters together.
+            if let Some(state) = self
+                .pool
+                .as_ref()
+                .map(|p| p.state())
+                .filter(|s| s.is_shared())
+            {
+                normalize = normalize.learned_params(LearnedParams::shared(state.clone()));
+            }
             svc = StackService::new(normalize.layer(svc));
         }
         if let Some(pool) = &self.pool {
@@ -283,6 +292,14 @@ impl ResponsesStack {
             }
             if let Some(m) = &self.metrics {
                 compact = compact.metrics(m.clone());
+            }
+            if let Some(state) = self
+                .pool
+                .as_ref()
+                .map(|p| p.state())
+                .filter(|s| s.is_shared())
+            {
+                compact = compact.shared_state(state.clone());
             }
             svc = StackService::new(compact.layer(svc));
         }

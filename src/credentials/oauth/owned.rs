@@ -1,16 +1,16 @@
 //! One owned login at run time: its current pair, its refresh, and what it learned.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
 
 use super::client::{AuthorityClient, TokenAnswer, TokenError};
-use super::store::{LoginStore, StoredLogin, Tokens, rfc3339};
+use super::store::{LoginStore, StoredLogin, Tokens, login_json, parse_login, rfc3339};
 use super::{Claims, OAuthSettings};
 use crate::credentials::policy::Renewal;
-use crate::credentials::{Credential, LoadError, Secret};
+use crate::credentials::{Claim, Credential, LoadError, PoolState, Secret};
 
 /// First backoff after a refresh failed for now; doubles to [`BACKOFF_MAX`].
 const BACKOFF_FLOOR: Duration = Duration::from_secs(10);
@@ -19,6 +19,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// A 401 this soon after a refresh most likely hit the token before it.
 const FRESH_AFTER_REFRESH: Duration = Duration::from_secs(10);
 
+/// How often a replica waiting on another's refresh looks for the pair it stores.
+const PAIR_POLL: Duration = Duration::from_millis(100);
+
 /// What every owned login of a pool shares: the settings, the store, the authority client,
 /// and the bound on refreshes running at once.
 pub(crate) struct Logins {
@@ -26,11 +29,25 @@ pub(crate) struct Logins {
     pub(crate) store: LoginStore,
     client: AuthorityClient,
     gate: Arc<Semaphore>,
+    /// A store other replicas share: refreshes are claimed there, and rotated pairs go there.
+    shared: OnceLock<Arc<dyn PoolState>>,
+    /// This process's name in refresh claims.
+    holder: String,
 }
 
 impl Logins {
     pub(crate) fn new(settings: OAuthSettings) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         Logins {
+            shared: OnceLock::new(),
+            holder: format!(
+                "{}-{nanos:x}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ),
             store: LoginStore::new(&settings.state_dir),
             client: AuthorityClient::new(
                 &settings.auth_base_url,
@@ -266,6 +283,116 @@ impl OwnedLogin {
         true
     }
 
+    /// Coordinates this login's refreshes with other replicas through `state` (a shared
+    /// store): one claim per refresh, the rotated pair stored there for the others.
+    pub(crate) fn share_state(&self, state: Arc<dyn PoolState>) {
+        let _ = self.logins.shared.set(state);
+    }
+
+    /// Before a refresh on a shared store: claim it, or take the pair another replica
+    /// stored. `Err` ends the refresh with that outcome (adopted, or backing off: a claim
+    /// that cannot be had means no refresh, since two replicas redeeming one single-use
+    /// refresh token can revoke the login).
+    async fn claim_across_replicas(&self, state: &dyn PoolState) -> Result<(), Outcome> {
+        let name = &self.name;
+        let ttl = self.logins.settings.refresh_timeout + Duration::from_secs(5);
+        let give_up = Instant::now() + ttl;
+        loop {
+            match state.claim_refresh(name, &self.logins.holder, ttl).await {
+                Claim::Granted => match state.token_pair(name).await {
+                    // Another replica may have refreshed just before the claim was free.
+                    Ok(pair) => match self.adopt_shared(pair).await {
+                        Some(outcome) => {
+                            state.release_refresh(name, &self.logins.holder).await;
+                            return Err(outcome);
+                        }
+                        None => return Ok(()),
+                    },
+                    Err(e) => {
+                        state.release_refresh(name, &self.logins.holder).await;
+                        tracing::warn!(login = %name, error = %e, "cannot read the shared token pair; not refreshing");
+                        self.back_off("the shared state did not answer");
+                        return Err(Outcome::Transient);
+                    }
+                },
+                Claim::Held => {
+                    if let Ok(pair) = state.token_pair(name).await {
+                        if let Some(outcome) = self.adopt_shared(pair).await {
+                            return Err(outcome);
+                        }
+                    }
+                    if Instant::now() > give_up {
+                        self.back_off("another replica held the refresh claim too long");
+                        return Err(Outcome::Transient);
+                    }
+                    tokio::time::sleep(PAIR_POLL).await;
+                }
+                Claim::Unavailable => {
+                    tracing::warn!(
+                        login = %name,
+                        "the shared state is unreachable: no refresh without a claim (another \
+                         replica may be refreshing); the current token serves meanwhile"
+                    );
+                    self.back_off("the shared state is unreachable");
+                    return Err(Outcome::Transient);
+                }
+            }
+        }
+    }
+
+    /// Takes a pair another replica stored, if it is another than this one's: written to
+    /// the state directory (best effort) and used.
+    async fn adopt_shared(&self, pair: Option<String>) -> Option<Outcome> {
+        let stored = parse_login(pair?.as_bytes()).ok()?;
+        if stored.tokens.refresh_token == self.lock().stored.tokens.refresh_token {
+            return None;
+        }
+        if let Err(e) = self.write_off_runtime(&stored).await {
+            tracing::warn!(login = %self.name, error = %e, "cannot store the pair another replica refreshed; using it from memory");
+        }
+        let adopted = self.adopt_if_new(&mut self.lock(), stored);
+        if adopted {
+            tracing::info!(login = %self.name, "took the pair another replica refreshed; no token call");
+        }
+        adopted.then_some(Outcome::Adopted)
+    }
+
+    /// After a refresh on a shared store: the rotated pair goes there, written only over the
+    /// pair that was refreshed, and the claim ends.
+    async fn publish(&self, state: &dyn PoolState, refreshed: &Secret) {
+        let name = &self.name;
+        let current = self.lock().stored.clone();
+        if current.tokens.refresh_token != *refreshed {
+            let Ok(json) = login_json(&current) else {
+                return;
+            };
+            let json = String::from_utf8_lossy(&json).into_owned();
+            // A few tries: a replica that cannot see the new pair would redeem the spent one.
+            for attempt in 0..3u32 {
+                match state
+                    .swap_token_pair(
+                        name,
+                        refreshed.expose(),
+                        current.tokens.refresh_token.expose(),
+                        &json,
+                    )
+                    .await
+                {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        tracing::warn!(login = %name, "the shared token pair changed under this refresh; keeping the stored one there");
+                        break;
+                    }
+                    Err(e) if attempt == 2 => {
+                        tracing::error!(login = %name, error = %e, "the refreshed pair could not be shared; other replicas keep the old one until it is");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        state.release_refresh(name, &self.logins.holder).await;
+    }
+
     /// Claims the single flight: `false` when a refresh runs already.
     pub(crate) fn begin(&self) -> bool {
         !self.refreshing.swap(true, Ordering::AcqRel)
@@ -288,6 +415,21 @@ impl OwnedLogin {
     }
 
     async fn refresh_claimed(&self, trigger: RefreshTrigger) -> Outcome {
+        let Some(state) = self.logins.shared.get().cloned() else {
+            return self.refresh_here(trigger).await;
+        };
+        // With a shared store: claimed there first, published after.
+        if let Err(outcome) = self.claim_across_replicas(state.as_ref()).await {
+            return outcome;
+        }
+        let refreshed = self.lock().stored.tokens.refresh_token.clone();
+        let outcome = self.refresh_here(trigger).await;
+        self.publish(state.as_ref(), &refreshed).await;
+        outcome
+    }
+
+    /// The refresh itself.
+    async fn refresh_here(&self, trigger: RefreshTrigger) -> Outcome {
         let name = &self.name;
         let store = &self.logins.store;
         {

@@ -138,22 +138,7 @@ impl LoginStore {
     /// directory flushed, so the file holds the old login or the new one, whole.
     pub fn write(&self, name: &str, login: &StoredLogin) -> io::Result<()> {
         create_private_dir(&self.dir)?;
-        let form = FileForm {
-            api_key: None,
-            tokens: Some(FileTokens {
-                id_token: login
-                    .tokens
-                    .id_token
-                    .as_ref()
-                    .map(|t| t.expose().to_string()),
-                access_token: Some(login.tokens.access_token.expose().to_string()),
-                refresh_token: Some(login.tokens.refresh_token.expose().to_string()),
-                account_id: login.tokens.account_id.clone(),
-            }),
-            last_refresh: login.last_refresh.clone(),
-            proxy: login.state.clone(),
-        };
-        let text = serde_json::to_vec_pretty(&form).map_err(io::Error::other)?;
+        let text = login_json(login).map_err(io::Error::other)?;
         let temp = self.temp_path(name);
         // A temporary file left by a crash may have any mode: start afresh.
         match std::fs::remove_file(&temp) {
@@ -249,6 +234,27 @@ pub fn parse_login(text: &[u8]) -> Result<StoredLogin, String> {
         last_refresh: form.last_refresh,
         state: form.proxy,
     })
+}
+
+/// A login in the file's form (what [`parse_login`] reads back): the state directory's
+/// files, and the token pair replicas share.
+pub(crate) fn login_json(login: &StoredLogin) -> serde_json::Result<Vec<u8>> {
+    let form = FileForm {
+        api_key: None,
+        tokens: Some(FileTokens {
+            id_token: login
+                .tokens
+                .id_token
+                .as_ref()
+                .map(|t| t.expose().to_string()),
+            access_token: Some(login.tokens.access_token.expose().to_string()),
+            refresh_token: Some(login.tokens.refresh_token.expose().to_string()),
+            account_id: login.tokens.account_id.clone(),
+        }),
+        last_refresh: login.last_refresh.clone(),
+        proxy: login.state.clone(),
+    };
+    serde_json::to_vec_pretty(&form)
 }
 
 /// `t` as RFC 3339 in UTC (`2026-12-01T22:06:49Z`), as the Codex CLI writes `last_refresh`.

@@ -202,6 +202,13 @@ impl Pool {
 
     /// Uses another state store (shared between replicas).
     pub fn with_state(mut self, state: Arc<dyn PoolState>) -> Self {
+        let labels: Vec<&str> = self.entries.iter().map(|e| &*e.label).collect();
+        state.watch_credentials(&labels);
+        if state.is_shared() {
+            for owned in self.entries.iter().filter_map(|e| e.owned.as_ref()) {
+                owned.share_state(state.clone());
+            }
+        }
         self.state = state;
         self
     }
@@ -231,16 +238,30 @@ impl Pool {
     pub fn record_usage(&self, label: &str, report: CredentialUsage) {
         let Some(e) = self.entry(label) else { return };
         let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        usage.entry(e.label.clone()).or_default().merge(report);
+        let merged = usage.entry(e.label.clone()).or_default();
+        merged.merge(report);
+        // Replicas share the latest snapshot: a window one of them saw full is full for all.
+        if self.state.is_shared() {
+            self.state.put_usage(label, merged);
+        }
     }
 
-    /// A credential's last reported usage.
+    /// A credential's last reported usage (on a shared store, the latest any replica saw).
     pub fn usage_of(&self, label: &str) -> Option<CredentialUsage> {
-        self.usage
+        let local = self
+            .usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(label)
-            .cloned()
+            .cloned();
+        if !self.state.is_shared() {
+            return local;
+        }
+        match (local, self.state.usage(label)) {
+            (Some(l), Some(r)) if r.seen_at > l.seen_at => Some(r),
+            (None, r) => r,
+            (l, _) => l,
+        }
     }
 
     /// Where a credential stands for a new session (see [`policy::standing`]).

@@ -1,106 +1,16 @@
+//! The in-memory store: one process, no I/O.
+
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use super::ttl_map::TtlMap;
+use super::{Claim, Cooldown, PoolState, SessionBinding, StateError, StateFuture, ready};
 use crate::classify::FailureClass;
+use crate::credentials::usage::CredentialUsage;
 
-/// Why and until when a credential is out of rotation (or, for a soft cooldown, tried last).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cooldown {
-    /// Back in rotation at this time (`None`: until its auth file changes or an operator
-    /// clears it).
-    pub until: Option<SystemTime>,
-    /// The failure class that caused it.
-    pub class: FailureClass,
-    /// A short human reason (the upstream's code, the signal the time came from).
-    pub reason: String,
-}
-
-impl Cooldown {
-    /// Whether it still holds at `now`.
-    pub fn active(&self, now: SystemTime) -> bool {
-        self.until.is_none_or(|t| t > now)
-    }
-
-    /// Whether it takes the credential out of rotation. Rate limits, quota and auth do; an
-    /// overload or a 5xx is the upstream's trouble, not the key's, so those only make the
-    /// pool try the credential last (a *soft* cooldown).
-    pub fn excludes(&self) -> bool {
-        matches!(
-            self.class,
-            FailureClass::RateLimited | FailureClass::QuotaExhausted | FailureClass::Auth
-        )
-    }
-
-    /// Whether this cooldown outlasts `other`: a hard one outlasts any soft one, and among
-    /// equals the later end (an open end is the latest) wins. Cooldowns only grow by this
-    /// order.
-    pub fn outlasts(&self, other: &Cooldown) -> bool {
-        let end = |c: &Cooldown| (c.excludes(), c.until.is_none(), c.until);
-        end(self) > end(other)
-    }
-}
-
-/// A session's credentials: the one it is bound to, the fallback it keeps while that one is
-/// out, and the one that served its last turn.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SessionBinding {
-    /// The credential the session was first served by; it returns there when it can.
-    pub primary: String,
-    /// Where the session stays while its primary is out of rotation.
-    pub fallback: Option<String>,
-    /// The credential that served the session's last turn (its encrypted items are that
-    /// account's).
-    pub last: Option<String>,
-}
-
-/// Where the pool keeps what it learns: cooldowns, use counts, repeat-failure strikes,
-/// session bindings and response owners. The in-memory [`MemoryState`] serves one process; a
-/// shared store for several replicas implements the same trait.
-pub trait PoolState: Send + Sync + 'static {
-    /// The credential's cooldown, if any was set (expired ones may be returned; callers check
-    /// [`Cooldown::active`]).
-    fn cooldown(&self, credential: &str) -> Option<Cooldown>;
-    /// Sets a cooldown unless the credential's current one [outlasts](Cooldown::outlasts) it
-    /// (cooldowns only grow); returns whether it was set.
-    fn set_cooldown(&self, credential: &str, cooldown: Cooldown) -> bool;
-    /// Clears a cooldown and the repeat-failure strikes.
-    fn clear(&self, credential: &str);
-    /// Counts a use; returns the new count.
-    fn record_use(&self, credential: &str) -> u64;
-    /// Uses so far.
-    fn uses(&self, credential: &str) -> u64;
-    /// Adds a strike for a repeated failure of `class`; returns the count of consecutive
-    /// strikes of that class.
-    fn strike(&self, credential: &str, class: FailureClass) -> u32;
-    /// Forgets the strikes (a success).
-    fn reset_strikes(&self, credential: &str);
-    /// A session's binding.
-    fn session(&self, session: &str) -> Option<SessionBinding>;
-    /// Writes a session's binding.
-    fn set_session(&self, session: &str, binding: SessionBinding);
-    /// Records that `credential` owns `key` (a response id) until `expires`.
-    fn put_owner(&self, key: &str, credential: &str, expires: SystemTime);
-    /// The owner of `key`, if not expired.
-    fn owner(&self, key: &str, now: SystemTime) -> Option<String>;
-
-    /// The credential a session is bound to.
-    fn affinity(&self, session: &str) -> Option<String> {
-        self.session(session).map(|b| b.primary)
-    }
-
-    /// Binds a session to a credential (its primary).
-    fn bind(&self, session: &str, credential: &str) {
-        self.set_session(
-            session,
-            SessionBinding {
-                primary: credential.to_string(),
-                ..SessionBinding::default()
-            },
-        );
-    }
-}
+/// Most learned facts kept (of all kinds together).
+pub(super) const MAX_FACTS: usize = 1024;
+use crate::credentials::ttl_map::TtlMap;
 
 #[derive(Default)]
 struct Counters {
@@ -116,6 +26,13 @@ pub struct MemoryState {
     counters: Mutex<Counters>,
     sessions: Mutex<TtlMap<SessionBinding>>,
     owners: Mutex<TtlMap<String>>,
+    /// Refresh claims: login -> (holder, until).
+    claims: Mutex<HashMap<String, (String, Instant)>>,
+    /// Token pairs: login -> (its refresh token, the serialized login).
+    pairs: Mutex<HashMap<String, (String, String)>>,
+    usage: Mutex<HashMap<String, CredentialUsage>>,
+    /// Learned facts: (kind, fact) -> until.
+    facts: Mutex<HashMap<(String, String), SystemTime>>,
     capacity: usize,
 }
 
@@ -145,8 +62,46 @@ impl MemoryState {
             counters: Mutex::default(),
             sessions: Mutex::new(TtlMap::new(capacity)),
             owners: Mutex::new(TtlMap::new(capacity)),
+            claims: Mutex::default(),
+            pairs: Mutex::default(),
+            usage: Mutex::default(),
+            facts: Mutex::default(),
             capacity: capacity.max(1),
         }
+    }
+}
+
+impl MemoryState {
+    /// Replaces a cooldown whatever it was (a shared store's view taking the backend's word).
+    pub(super) fn replace_cooldown(&self, credential: &str, cooldown: Option<Cooldown>) {
+        let mut g = lock(&self.cooldowns);
+        match cooldown {
+            Some(c) => {
+                g.insert(credential.to_string(), c);
+            }
+            None => {
+                g.remove(credential);
+            }
+        }
+    }
+
+    /// Raises a use count to at least `n` (the replicas' total).
+    pub(super) fn raise_uses(&self, credential: &str, n: u64) {
+        let mut g = lock(&self.counters);
+        match g.uses.get_mut(credential) {
+            Some(u) => *u = (*u).max(n),
+            None => {
+                g.uses.insert(credential.to_string(), n);
+            }
+        }
+    }
+
+    /// Every cooldown held (a shared store re-sends them when its backend returns).
+    pub(super) fn cooldowns(&self) -> Vec<(String, Cooldown)> {
+        lock(&self.cooldowns)
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect()
     }
 }
 
@@ -229,6 +184,92 @@ impl PoolState for MemoryState {
 
     fn owner(&self, key: &str, now: SystemTime) -> Option<String> {
         lock(&self.owners).get(key, now)
+    }
+
+    fn put_usage(&self, credential: &str, usage: &CredentialUsage) {
+        let mut g = lock(&self.usage);
+        if g.len() < self.capacity || g.contains_key(credential) {
+            g.insert(credential.to_string(), usage.clone());
+        }
+    }
+
+    fn usage(&self, credential: &str) -> Option<CredentialUsage> {
+        lock(&self.usage).get(credential).cloned()
+    }
+
+    fn learn_fact(&self, kind: &str, fact: &str, until: SystemTime) {
+        let now = SystemTime::now();
+        let mut g = lock(&self.facts);
+        g.retain(|_, t| *t > now);
+        let key = (kind.to_string(), fact.to_string());
+        if g.len() < MAX_FACTS || g.contains_key(&key) {
+            let t = g.entry(key).or_insert(until);
+            *t = (*t).max(until);
+        }
+    }
+
+    fn facts(&self, kind: &str) -> Vec<String> {
+        let now = SystemTime::now();
+        lock(&self.facts)
+            .iter()
+            .filter(|((k, _), t)| k == kind && **t > now)
+            .map(|((_, f), _)| f.clone())
+            .collect()
+    }
+
+    fn claim_refresh<'a>(
+        &'a self,
+        login: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> StateFuture<'a, Claim> {
+        let now = Instant::now();
+        let mut claims = lock(&self.claims);
+        let claim = match claims.get(login) {
+            Some((_, until)) if *until > now => Claim::Held,
+            _ => {
+                let until = now.checked_add(ttl).unwrap_or(now);
+                claims.insert(login.to_string(), (holder.to_string(), until));
+                Claim::Granted
+            }
+        };
+        ready(claim)
+    }
+
+    fn release_refresh<'a>(&'a self, login: &'a str, holder: &'a str) -> StateFuture<'a, ()> {
+        let mut claims = lock(&self.claims);
+        if claims.get(login).is_some_and(|(h, _)| h == holder) {
+            claims.remove(login);
+        }
+        ready(())
+    }
+
+    fn token_pair<'a>(
+        &'a self,
+        login: &'a str,
+    ) -> StateFuture<'a, Result<Option<String>, StateError>> {
+        ready(Ok(lock(&self.pairs).get(login).map(|(_, p)| p.clone())))
+    }
+
+    fn swap_token_pair<'a>(
+        &'a self,
+        login: &'a str,
+        refreshed: &'a str,
+        next_refresh: &'a str,
+        pair: &'a str,
+    ) -> StateFuture<'a, Result<bool, StateError>> {
+        let mut pairs = lock(&self.pairs);
+        let written = match pairs.get(login) {
+            Some((rt, _)) if rt != refreshed => false,
+            _ => {
+                pairs.insert(
+                    login.to_string(),
+                    (next_refresh.to_string(), pair.to_string()),
+                );
+                true
+            }
+        };
+        ready(Ok(written))
     }
 }
 
