@@ -295,6 +295,10 @@ async fn with_redis_stopped_both_replicas_serve_and_converge_when_it_returns() {
     }
     until_up(&a, false).await;
     until_up(&b, false).await;
+    // The operator sees it on the status page's data too.
+    let state = status_state(&a, &c).await;
+    assert_eq!(state["backend"], "redis", "{state}");
+    assert_eq!(state["up"], false, "{state}");
     for _ in 0..3 {
         assert_eq!(ask(&a, &upstream, &c).await.0, StatusCode::OK);
         assert_eq!(ask(&b, &upstream, &c).await.0, StatusCode::OK);
@@ -320,6 +324,12 @@ async fn with_redis_stopped_both_replicas_serve_and_converge_when_it_returns() {
     })
     .await;
     assert!(converged, "B's view is fresh again");
+    let state = status_state(&b, &c).await;
+    assert_eq!(state["up"], true, "{state}");
+    assert!(
+        state["view_age_secs"].as_f64().is_some_and(|a| a < 1.5),
+        "{state}"
+    );
     let mut off = false;
     for _ in 0..100 {
         if ask(&b, &upstream, &c).await.1 == KEY_B {
@@ -332,6 +342,16 @@ async fn with_redis_stopped_both_replicas_serve_and_converge_when_it_returns() {
     for _ in 0..3 {
         assert_eq!(ask(&b, &upstream, &c).await, (StatusCode::OK, KEY_B.into()));
     }
+}
+
+/// The `state` object of a replica's `GET /status.json`.
+async fn status_state(p: &RunningProxy, c: &HttpClient) -> Value {
+    let req = http::Request::get(p.url("/status.json"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, _, body) = send_collect(c, req).await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice::<Value>(&body).unwrap()["state"].clone()
 }
 
 fn reads(p: &RunningProxy) -> f64 {

@@ -60,7 +60,9 @@ pub use pool::{CooldownPolicy, PickRequest, Pool, PoolMember, Strategy};
 pub use rotate::{CredentialRotate, CredentialRotateLayer, RotateConfig};
 pub use source::{CredentialSource, LoadError};
 pub(crate) use state::SettleOwners;
-pub use state::{Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture};
+pub use state::{
+    Claim, Cooldown, MemoryState, PoolState, SessionBinding, StateError, StateFuture, StoreHealth,
+};
 #[cfg(feature = "redis")]
 pub use state::{RedisState, RedisStateConfig};
 

@@ -733,7 +733,20 @@ fn status_report(shared: &Shared) -> serde_json::Value {
         .map(|(key, turns)| serde_json::json!({ "session": key, "input_tokens": turns }))
         .collect();
     let ready = credentials.is_empty() || credentials.iter().any(|c| c["state"] == "ready");
+    // Where cooldowns, owners and sessions live, and whether a shared backend answers.
+    let state = match shared.pool.as_ref().and_then(|p| p.state().health()) {
+        Some(h) => serde_json::json!({
+            "backend": h.backend,
+            "up": h.up,
+            "view_age_secs": h.view_age.map(|a| (a.as_secs_f64() * 10.0).round() / 10.0),
+        }),
+        None => serde_json::json!({ "backend": "memory", "up": true }),
+    };
+    let ws_open =
+        (shared.config.websocket.max_sockets).saturating_sub(shared.ws_sockets.available_permits());
     serde_json::json!({
+        "state": state,
+        "websocket": { "client_sockets_open": ws_open, "max_sockets": shared.config.websocket.max_sockets },
         "sessions": sessions,
         "status": if ready { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),

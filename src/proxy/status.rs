@@ -174,6 +174,13 @@ fn describe(url: &Uri, answer: &Value) -> String {
         text(answer, "upstream"),
         text(answer, "profile")
     ));
+    out.push_str(&format!("state: {}\n", state_line(answer)));
+    if let Some(open) = answer
+        .pointer("/websocket/client_sockets_open")
+        .and_then(Value::as_u64)
+    {
+        out.push_str(&format!("websockets: {open} client sockets open\n"));
+    }
     let credentials = answer
         .get("credentials")
         .and_then(Value::as_array)
@@ -237,6 +244,31 @@ fn describe(url: &Uri, answer: &Value) -> String {
         ));
     }
     out
+}
+
+/// Where the proxy keeps its state and how that backend is doing, in one line:
+/// `memory`, `redis (up, local view 0.4 s old)`, or `redis DOWN: serving on a local view 12 s
+/// old`.
+fn state_line(report: &Value) -> String {
+    let state = report.get("state");
+    let backend = state
+        .and_then(|s| s.get("backend"))
+        .and_then(Value::as_str)
+        .unwrap_or("memory");
+    if backend == "memory" {
+        return "memory (this process only)".to_string();
+    }
+    let age = match state
+        .and_then(|s| s.get("view_age_secs"))
+        .and_then(Value::as_f64)
+    {
+        Some(a) => format!("local view {a:.1} s old"),
+        None => "local view never read".to_string(),
+    };
+    match state.and_then(|s| s.get("up")).and_then(Value::as_bool) {
+        Some(true) => format!("{backend} (up, {age})"),
+        _ => format!("{backend} DOWN: serving on the {age}"),
+    }
 }
 
 /// A Unix time as `YYYY-MM-DD HH:MM UTC` (the page and the terminal have no time zone).
@@ -443,7 +475,7 @@ pub(super) fn render_html(report: &Value, now: std::time::SystemTime) -> String 
          <meta name=\"viewport\" content=\"width=device-width\"><title>tower-responses status</title>\
          <style>{PAGE_STYLE}</style></head><body><h1>tower-responses: {status}</h1>\
          <div class=\"sub\">upstream {upstream} ({profile}) · strategy {strategy} · version {version} · \
-         as of {asof}</div><h2>Pool</h2><div id=\"pool\">{pool}</div><h2>Credentials</h2>\
+         as of {asof}</div><div class=\"sub\" id=\"state\">state {state} · {sockets} client WebSockets open</div><h2>Pool</h2><div id=\"pool\">{pool}</div><h2>Credentials</h2>\
          <table><thead><tr><th>credential</th><th>kind</th><th>state</th><th>windows</th>\
          <th>requests today</th><th>tokens today</th></tr></thead><tbody>{rows}</tbody></table>\
          <h2>Sessions with the most input</h2>{sessions}</body></html>",
@@ -453,6 +485,11 @@ pub(super) fn render_html(report: &Value, now: std::time::SystemTime) -> String 
         strategy = text(report, "strategy"),
         version = text(report, "version"),
         asof = clock(now_unix),
+        state = esc(&state_line(report)),
+        sockets = report
+            .pointer("/websocket/client_sockets_open")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
         sessions = sessions_html(report),
         pool = if pool.is_empty() {
             "<span class=\"muted\">no usage reported yet</span>".to_string()
@@ -488,6 +525,37 @@ mod tests {
         assert!(text.contains("degraded"), "{text}");
         assert!(
             text.contains("credential key-1: cooling (rate_limited: 429, back in 30 s)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_state_line_says_when_the_shared_store_is_down() {
+        let report = |state: Value| serde_json::json!({ "state": state });
+        assert_eq!(
+            state_line(&report(
+                serde_json::json!({"backend": "memory", "up": true})
+            )),
+            "memory (this process only)"
+        );
+        assert_eq!(
+            state_line(&report(
+                serde_json::json!({"backend": "redis", "up": true, "view_age_secs": 0.4})
+            )),
+            "redis (up, local view 0.4 s old)"
+        );
+        assert_eq!(
+            state_line(&report(
+                serde_json::json!({"backend": "redis", "up": false, "view_age_secs": 12.0})
+            )),
+            "redis DOWN: serving on the local view 12.0 s old"
+        );
+        let text = describe(
+            &"http://127.0.0.1:1".parse().unwrap(),
+            &report(serde_json::json!({"backend": "redis", "up": false})),
+        );
+        assert!(
+            text.contains("state: redis DOWN: serving on the local view never read"),
             "{text}"
         );
     }

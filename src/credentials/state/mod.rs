@@ -35,6 +35,18 @@ pub enum Claim {
     Unavailable,
 }
 
+/// How a shared store is doing, for the status page and `tower-responses status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreHealth {
+    /// The backend's name (`redis`).
+    pub backend: &'static str,
+    /// Whether the backend answered its last call (when not, this replica serves on its local
+    /// view and catches up when it returns).
+    pub up: bool,
+    /// How old the local view is: time since the last successful read (`None`: never read).
+    pub view_age: Option<std::time::Duration>,
+}
+
 /// A shared store could not answer in time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateError(pub String);
@@ -149,6 +161,11 @@ pub trait PoolState: Send + Sync + 'static {
     /// coordinate replicas; in memory they only coordinate this process).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// The shared backend's health (`None` for a store that lives in this process).
+    fn health(&self) -> Option<StoreHealth> {
+        None
     }
 
     /// The owner of `key`, asking the backend when the local view does not know it: for an

@@ -1100,6 +1100,14 @@ impl PoolState for RedisState {
         true
     }
 
+    fn health(&self) -> Option<super::StoreHealth> {
+        Some(super::StoreHealth {
+            backend: "redis",
+            up: self.is_up(),
+            view_age: self.view_age(),
+        })
+    }
+
     fn find_owner<'a>(&'a self, key: &'a str) -> StateFuture<'a, Option<String>> {
         Box::pin(async move {
             if let Some(o) = self.shared.local.owner(key, SystemTime::now()) {
