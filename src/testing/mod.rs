@@ -50,6 +50,7 @@ mod script;
 mod server;
 mod store;
 mod stream;
+mod streams;
 
 pub use authority::{AuthorityCall, IssuedLogin, MockAuthority, TokenFault};
 pub use codex_strict::{CODEX_UNSUPPORTED, codex_strict};
@@ -57,3 +58,4 @@ pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};
 pub use server::MockUpstream;
 pub use store::ResponseStore;
+pub use streams::{OpenStream, StreamStats};

@@ -21,6 +21,7 @@ use super::io::{Abort, ConnControl, ConnIo};
 use super::record::bearer;
 use super::script::Plan;
 use super::stream::{MockBody, Pacing, streamed};
+use super::streams::{OpenStream, StreamBook, StreamStats};
 use super::{RecordedRequest, Reply, StaleMode};
 use crate::error::ApiError;
 
@@ -60,6 +61,7 @@ struct Shared {
     script: Mutex<Script>,
     records: Mutex<Vec<RecordedRequest>>,
     connections: AtomicU64,
+    streams: Arc<StreamBook>,
 }
 
 struct Script {
@@ -70,7 +72,7 @@ struct Script {
     stale: Option<(Duration, StaleMode)>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking test thread must not turn every later call into a second panic.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -95,6 +97,7 @@ impl MockUpstream {
             }),
             records: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
+            streams: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -178,6 +181,18 @@ impl MockUpstream {
     /// How many connections were accepted so far.
     pub fn connections_accepted(&self) -> u64 {
         self.inner.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts of streamed answers: open now, served, abandoned by the client, bytes taken.
+    /// A client that goes away mid-stream shows as `open` falling back and `cancelled`
+    /// rising; a reader that stops shows as `bytes_sent` no longer growing.
+    pub fn stream_stats(&self) -> StreamStats {
+        self.inner.shared.streams.stats()
+    }
+
+    /// The streamed answers open now, with their requests and the bytes sent of each.
+    pub fn open_streams(&self) -> Vec<OpenStream> {
+        self.inner.shared.streams.open_streams()
     }
 
     /// Stops accepting, drops every open connection (open bodies end abruptly) and waits for
@@ -362,8 +377,10 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, req: Request<Incoming
                     first_wait: p.first_wait,
                     hold_open: p.hold_open,
                     cut_after: p.cut_after,
+                    cut_how: p.cut_how,
                 };
-                streamed(p.chunks, pacing, conn.clone())
+                let guard = shared.streams.open(&record);
+                streamed(p.chunks, pacing, conn.clone(), guard)
             } else {
                 MockBody::full(p.chunks.concat().into(), conn.clone())
             };
