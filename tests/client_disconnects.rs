@@ -53,7 +53,11 @@ async fn leave_and_check(mock: &MockUpstream, client: TcpStream, min_bytes: u64)
             .any(|s| s.bytes_sent >= min_bytes)
     })
     .await;
-    assert!(streaming, "the upstream never streamed: {:?}", mock.stream_stats());
+    assert!(
+        streaming,
+        "the upstream never streamed: {:?}",
+        mock.stream_stats()
+    );
     let before = mock.stream_stats();
     assert_eq!(before.open, 1, "{before:?}");
     drop(client);
@@ -93,7 +97,11 @@ async fn a_client_leaving_during_the_hold_back_cancels_the_upstream() {
     // The first event (response.created) left the mock; the client has nothing yet.
     leave_and_check_after_nothing(&mock, &mut client).await;
     leave_and_check(&mock, client, 1).await;
-    assert_eq!(mock.request_count(), 1, "nothing was retried for a gone client");
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "nothing was retried for a gone client"
+    );
 }
 
 /// Asserts the client has received no byte (the hold-back holds even the head).
@@ -107,16 +115,19 @@ async fn leave_and_check_after_nothing(mock: &MockUpstream, client: &mut TcpStre
     );
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_millis(200), client.read(&mut buf)).await;
-    assert!(read.is_err(), "the client got bytes during the hold-back: {read:?}");
+    assert!(
+        read.is_err(),
+        "the client got bytes during the hold-back: {read:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_client_leaving_during_a_stream_false_fold_cancels_the_upstream() {
     let mock = MockUpstream::start().await.unwrap();
     // A slow stream: the fold has part of it when the client goes.
-    mock.set_default(Reply::text("one two three four five six seven eight").paced(
-        Duration::from_millis(300),
-    ));
+    mock.set_default(
+        Reply::text("one two three four five six seven eight").paced(Duration::from_millis(300)),
+    );
     let mut cfg = config_for(mock.base_url());
     cfg.profile_override = Some(Profile::ChatgptCodex);
     cfg.credentials = vec!["sk-a".parse().unwrap()];
@@ -132,15 +143,19 @@ async fn a_client_leaving_during_a_stream_false_fold_cancels_the_upstream() {
     leave_and_check(&mock, client, 600).await;
     let sent = mock.requests();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].json().unwrap()["stream"], true, "the upstream was asked to stream");
+    assert_eq!(
+        sent[0].json().unwrap()["stream"],
+        true,
+        "the upstream was asked to stream"
+    );
 }
 
 #[tokio::test]
 async fn a_client_leaving_during_a_local_compaction_cancels_the_summary() {
     let mock = MockUpstream::start().await.unwrap();
-    mock.set_default(Reply::text("summary of the work so far, in many words").paced(
-        Duration::from_millis(300),
-    ));
+    mock.set_default(
+        Reply::text("summary of the work so far, in many words").paced(Duration::from_millis(300)),
+    );
     let mut cfg = config_for(mock.base_url());
     cfg.credentials = vec!["sk-a".parse().unwrap()];
     cfg.compact = CompactConfig {

@@ -118,7 +118,11 @@ async fn a_one_byte_per_second_reader_stalls_the_upstream_and_holds_bounded_memo
         "memory grew by {} MiB while the client read a byte a second",
         rss_held >> 20
     );
-    assert_eq!(mock.stream_stats().open, 1, "the stream waits, it is not dropped");
+    assert_eq!(
+        mock.stream_stats().open,
+        1,
+        "the stream waits, it is not dropped"
+    );
 
     // The client goes away: the upstream stream goes too.
     drop(tcp);
@@ -135,7 +139,11 @@ async fn thousands_of_idle_keep_alive_connections_cost_bounded_memory_and_time_o
     // Two descriptors per connection live in this process (client and proxy side): below
     // the soft limit with room for the rest. At the usual 20,000 that is 9,000, not 10,000.
     let n = 10_000.min(fd_limit().saturating_sub(2_000) / 2);
-    assert!(n >= 1_000, "fd limit {} is too low for this test", fd_limit());
+    assert!(
+        n >= 1_000,
+        "fd limit {} is too low for this test",
+        fd_limit()
+    );
     let mock = MockUpstream::start().await.unwrap();
     let mut cfg = config_for(mock.base_url());
     // Long enough that every connection is still open when the memory is read.
@@ -212,7 +220,11 @@ async fn open_idle(addr: std::net::SocketAddr) -> TcpStream {
     // The whole answer: a head and a small sized body.
     loop {
         let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();

@@ -45,7 +45,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tower_responses::sse::SseDecoder;
-use tower_responses::testing::{Fault, MockUpstream, RecordedRequest, Reply, ResponseStore, events};
+use tower_responses::testing::{
+    Fault, MockUpstream, RecordedRequest, Reply, ResponseStore, events,
+};
 
 use crate::procfs;
 
@@ -231,13 +233,16 @@ pub fn main(args: &[String]) -> i32 {
 fn serve_proxy(args: &[String]) -> i32 {
     use tower_responses::compact::{CompactConfig, RemotePolicy};
     use tower_responses::proxy::{Proxy, ProxyConfig};
-    let filter = std::env::var("TR_CHAOS_LOG").unwrap_or_else(|_| "info,tower_responses=debug".into());
+    let filter =
+        std::env::var("TR_CHAOS_LOG").unwrap_or_else(|_| "info,tower_responses=debug".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let upstream = crate::flag(args, "--upstream").unwrap_or_default().to_owned();
+    let upstream = crate::flag(args, "--upstream")
+        .unwrap_or_default()
+        .to_owned();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -288,6 +293,8 @@ struct Script {
     store: ResponseStore,
     attempts: Mutex<HashMap<String, u32>>,
     injected: Mutex<HashMap<&'static str, u64>>,
+    /// Upstream requests (the mock's own record is cleared as the run goes).
+    seen: AtomicU64,
 }
 
 impl Script {
@@ -296,6 +303,7 @@ impl Script {
     }
 
     fn answer(&self, r: &RecordedRequest) -> Option<Reply> {
+        self.seen.fetch_add(1, Ordering::Relaxed);
         let header = |n: &str| r.headers.get(n).and_then(|v| v.to_str().ok());
         let kind = Kind::parse(header("x-chaos").unwrap_or(""));
         let id = header("x-chaos-id").unwrap_or("").to_owned();
@@ -448,7 +456,8 @@ impl Tally {
     fn broke(&self, what: &str, detail: String) {
         *lock(&self.breaks).entry(what.to_owned()).or_default() += 1;
         let mut samples = lock(&self.break_samples);
-        if samples.len() < 20 {
+        let same = samples.iter().filter(|s| s.starts_with(what)).count();
+        if samples.len() < 30 && same < 3 {
             samples.push(format!("{what}: {detail}"));
         }
     }
@@ -470,6 +479,9 @@ struct Ctx {
 enum Ended {
     /// `response.completed` with this id.
     Completed(String),
+    /// An HTTP error with a `Retry-After`: a client waits that long (capped) before its next
+    /// request, as the Codex CLI and the SDKs do.
+    RetryAfter(Duration),
     /// Anything else (a failure event, an HTTP error, a disconnect of ours).
     Other,
 }
@@ -480,6 +492,7 @@ async fn run(opts: Opts) -> Result<bool, String> {
         store: ResponseStore::new(100),
         attempts: Mutex::default(),
         injected: Mutex::default(),
+        seen: AtomicU64::new(0),
     });
     let s = script.clone();
     mock.set_handler(move |r| s.answer(r));
@@ -511,7 +524,14 @@ async fn run(opts: Opts) -> Result<bool, String> {
     // Baselines: descriptors before any load; memory after a fault-free warm-up.
     let fds_start = fd_count(pid);
     let rss_start = procfs::usage(pid, ticks).rss;
-    let warm = run_sessions(&ctx, opts.sessions, Duration::from_secs(10), opts.seed, false).await;
+    let warm = run_sessions(
+        &ctx,
+        opts.sessions,
+        Duration::from_secs(10),
+        opts.seed,
+        false,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_warm = procfs::usage(pid, ticks).rss;
     println!(
@@ -530,6 +550,8 @@ async fn run(opts: Opts) -> Result<bool, String> {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 tick += 1;
+                // The mock records every request: forget them, or this process grows.
+                ctx.mock.clear_requests();
                 let rss = procfs::usage(pid, ticks).rss;
                 peak_rss.fetch_max(rss, Ordering::Relaxed);
                 if tick % 30 == 0 {
@@ -560,7 +582,10 @@ async fn run(opts: Opts) -> Result<bool, String> {
                 format!("{} {} bytes", s.request.path, s.bytes_sent),
             );
         }
-        ctx.tally.broke("upstream streams open at the end", format!("{}", stats.open));
+        ctx.tally.broke(
+            "upstream streams open at the end",
+            format!("{}", stats.open),
+        );
     }
     let ctx = match Arc::try_unwrap(ctx) {
         Ok(c) => c,
@@ -600,13 +625,33 @@ async fn run(opts: Opts) -> Result<bool, String> {
 
     // Summary.
     let requests = tally.requests.load(Ordering::Relaxed);
-    println!("\n## chaos soak: {} sessions, {:.1} min, seed {}", opts.sessions, soak.as_secs_f64() / 60.0, opts.seed);
-    println!("\nclient requests: {requests} ({:.0}/s), upstream requests: {}, upstream streams: {} ({} cancelled by the proxy)",
-        requests as f64 / soak.as_secs_f64(), mock.request_count(), stats.total, stats.cancelled);
+    println!(
+        "\n## chaos soak: {} sessions, {:.1} min, seed {}",
+        opts.sessions,
+        soak.as_secs_f64() / 60.0,
+        opts.seed
+    );
+    println!(
+        "\nclient requests: {requests} ({:.0}/s), upstream requests: {}, upstream streams: {} ({} cancelled by the proxy)",
+        requests as f64 / soak.as_secs_f64(),
+        script.seen.load(Ordering::Relaxed),
+        stats.total,
+        stats.cancelled
+    );
     println!("\n| drawn for the client's request | count |\n|---|---|");
-    print_sorted(&lock(&tally.drawn).iter().map(|(k, v)| (k.to_string(), *v)).collect());
+    print_sorted(
+        &lock(&tally.drawn)
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+    );
     println!("\n| injected by the mock | count |\n|---|---|");
-    print_sorted(&lock(&script.injected).iter().map(|(k, v)| (k.to_string(), *v)).collect());
+    print_sorted(
+        &lock(&script.injected)
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+    );
     println!("\n| client saw | count |\n|---|---|");
     print_sorted(&lock(&tally.outcomes).clone());
     println!("\n| check | result |\n|---|---|");
@@ -625,7 +670,10 @@ async fn run(opts: Opts) -> Result<bool, String> {
         peak_rss.load(Ordering::Relaxed) >> 20,
         rss_end >> 20
     );
-    println!("| proxy log lines scanned | {} ({} with a secret) |", logs.lines, logs.secret_lines);
+    println!(
+        "| proxy log lines scanned | {} ({} with a secret) |",
+        logs.lines, logs.secret_lines
+    );
     let breaks = lock(&tally.breaks).clone();
     if breaks.is_empty() {
         println!("\nchaos: every invariant held");
@@ -722,7 +770,13 @@ fn watch_logs(child: &mut Child) -> std::thread::JoinHandle<LogScan> {
 }
 
 /// Runs `n` sessions until `duration` has passed; returns the requests they made.
-async fn run_sessions(ctx: &Arc<Ctx>, n: usize, duration: Duration, seed: u64, faults: bool) -> u64 {
+async fn run_sessions(
+    ctx: &Arc<Ctx>,
+    n: usize,
+    duration: Duration,
+    seed: u64,
+    faults: bool,
+) -> u64 {
     let before = ctx.tally.requests.load(Ordering::Relaxed);
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -756,12 +810,22 @@ async fn session(ctx: Arc<Ctx>, index: usize, seed: u64, deadline: Instant, faul
         *lock(&ctx.tally.drawn).entry(kind.as_str()).or_default() += 1;
         ctx.tally.requests.fetch_add(1, Ordering::Relaxed);
         let id = format!("{session_id}-{turn}");
-        let ended = turn_once(&ctx, &mut rng, kind, &id, &session_id, prev.as_deref(), lost).await;
+        let ended = turn_once(
+            &ctx,
+            &mut rng,
+            kind,
+            &id,
+            &session_id,
+            prev.as_deref(),
+            lost,
+        )
+        .await;
         match ended {
             Ended::Completed(resp) if kind != Kind::CompactRefused => {
                 prev = Some(resp);
                 lost = false;
             }
+            Ended::RetryAfter(wait) => tokio::time::sleep(wait.min(Duration::from_secs(2))).await,
             _ => {}
         }
         if matches!(kind, Kind::Lost | Kind::FinMidStream | Kind::RstMidStream) {
@@ -816,7 +880,8 @@ async fn turn_once(
     match tokio::time::timeout(ANSWER_DEADLINE, answer(ctx, req, stream, lost)).await {
         Ok(ended) => ended,
         Err(_) => {
-            ctx.tally.broke("answer never ended", format!("{id} ({})", kind.as_str()));
+            ctx.tally
+                .broke("answer never ended", format!("{id} ({})", kind.as_str()));
             Ended::Other
         }
     }
@@ -877,21 +942,32 @@ async fn answer(ctx: &Ctx, req: Request<Full<Bytes>>, stream: bool, lost: bool) 
     let res = match ctx.client.request(req).await {
         Ok(res) => res,
         Err(e) => {
-            ctx.tally.broke("no answer from the proxy", format!("{id}: {e}"));
+            ctx.tally
+                .broke("no answer from the proxy", format!("{id}: {e}"));
             return Ended::Other;
         }
     };
     let status = res.status();
     let is_sse = tower_responses::sse::is_event_stream(res.headers());
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if status != StatusCode::OK || !is_sse {
         let body = match res.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                ctx.tally.broke("answer body cut", format!("{id} {status}: {e}"));
+                ctx.tally
+                    .broke("answer body cut", format!("{id} {status}: {e}"));
                 return Ended::Other;
             }
         };
-        return json_answer(ctx, &id, status, &body, stream, lost);
+        let ended = json_answer(ctx, &id, status, &body, stream, lost);
+        return match (ended, retry_after) {
+            (Ended::Other, Some(secs)) => Ended::RetryAfter(Duration::from_secs(secs)),
+            (ended, _) => ended,
+        };
     }
     let mut decoder = SseDecoder::new();
     let mut body = res.into_body();
@@ -914,10 +990,13 @@ async fn answer(ctx: &Ctx, req: Request<Full<Bytes>>, stream: bool, lost: bool) 
         }
         loop {
             match decoder.next_event() {
-                Ok(Some(ev)) => check.event(ctx, &id, ev.event_type().unwrap_or(""), &ev.data, lost),
+                Ok(Some(ev)) => {
+                    check.event(ctx, &id, ev.event_type().unwrap_or(""), &ev.data, lost)
+                }
                 Ok(None) => break,
                 Err(e) => {
-                    ctx.tally.broke("invalid SSE from the proxy", format!("{id}: {e}"));
+                    ctx.tally
+                        .broke("invalid SSE from the proxy", format!("{id}: {e}"));
                     return Ended::Other;
                 }
             }
@@ -967,16 +1046,19 @@ impl StreamCheck {
         self.events += 1;
         let failure = matches!(ty, "response.failed" | "error");
         if matches!(self.end, Some(End::Failed(_))) && !failure {
-            ctx.tally.broke("content after a failure event", format!("{id}: {ty}"));
+            ctx.tally
+                .broke("content after a failure event", format!("{id}: {ty}"));
         } else if matches!(self.end, Some(End::Completed(_) | End::Incomplete)) {
-            ctx.tally.broke("events after the terminal event", format!("{id}: {ty}"));
+            ctx.tally
+                .broke("events after the terminal event", format!("{id}: {ty}"));
         }
         let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
         match ty {
             "response.created" => {
                 self.created += 1;
                 if self.created == 2 {
-                    ctx.tally.broke("two response.created in one stream", id.to_owned());
+                    ctx.tally
+                        .broke("two response.created in one stream", id.to_owned());
                 }
             }
             "response.completed" => {
@@ -1014,13 +1096,23 @@ fn not_found(ctx: &Ctx, id: &str, lost: bool) {
     ctx.tally.broke(what, id.to_owned());
 }
 
-fn json_answer(ctx: &Ctx, id: &str, status: StatusCode, body: &[u8], stream: bool, lost: bool) -> Ended {
+fn json_answer(
+    ctx: &Ctx,
+    id: &str,
+    status: StatusCode,
+    body: &[u8],
+    stream: bool,
+    lost: bool,
+) -> Ended {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => {
             ctx.tally.broke(
                 "answer is neither SSE nor JSON",
-                format!("{id} {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])),
+                format!(
+                    "{id} {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
             );
             return Ended::Other;
         }
@@ -1030,10 +1122,11 @@ fn json_answer(ctx: &Ctx, id: &str, status: StatusCode, body: &[u8], stream: boo
         let compaction = v["object"] == "response.compaction"
             || v.get("object").is_none()
                 && v["output"]
-                .as_array()
-                .is_some_and(|o| o.iter().any(|i| i["type"] == "compaction"));
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|i| i["type"] == "compaction"));
         if stream && !compaction {
-            ctx.tally.broke("a stream answered with JSON", format!("{id}: {v}"));
+            ctx.tally
+                .broke("a stream answered with JSON", format!("{id}: {v}"));
         }
         let done = v["object"] == "response" && v["status"] == "completed";
         ctx.tally.outcome(if compaction {
@@ -1050,11 +1143,15 @@ fn json_answer(ctx: &Ctx, id: &str, status: StatusCode, body: &[u8], stream: boo
     }
     let code = v["error"]["code"].as_str().unwrap_or("none");
     if !v["error"]["message"].is_string() || !v["error"]["type"].is_string() {
-        ctx.tally.broke("HTTP error outside the OpenAI envelope", format!("{id} {status}: {v}"));
+        ctx.tally.broke(
+            "HTTP error outside the OpenAI envelope",
+            format!("{id} {status}: {v}"),
+        );
     }
     if code == "previous_response_not_found" {
         not_found(ctx, id, lost);
     }
-    ctx.tally.outcome(format!("http {}: {code}", status.as_u16()));
+    ctx.tally
+        .outcome(format!("http {}: {code}", status.as_u16()));
     Ended::Other
 }

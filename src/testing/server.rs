@@ -173,6 +173,12 @@ impl MockUpstream {
         lock(&self.inner.shared.records).clone()
     }
 
+    /// Forgets the requests recorded so far and returns how many there were: a long run
+    /// (a soak, a 10,000-turn session) keeps the mock's own memory flat this way.
+    pub fn clear_requests(&self) -> usize {
+        std::mem::take(&mut *lock(&self.inner.shared.records)).len()
+    }
+
     /// How many requests were received so far.
     pub fn request_count(&self) -> usize {
         lock(&self.inner.shared.records).len()

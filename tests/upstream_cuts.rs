@@ -1,0 +1,115 @@
+//! An upstream that breaks off a stream after content (FIN or RST mid-body, or an end with
+//! no terminal event) still gives the client a stream that ends: the events so far, then one
+//! `response.failed` (`upstream_unavailable`, naming the response) and a clean end of body,
+//! never a cut connection. Found by the chaos soak (`loadgen chaos`): before, the client got
+//! "error reading a body from connection" and no end event.
+
+mod common;
+
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower_responses::sse::SseDecoder;
+use tower_responses::testing::{MockUpstream, Reply, events};
+
+/// The stream's events, read to a clean end (a cut body fails the test).
+async fn events_through_proxy(reply: Reply) -> (Vec<Value>, MockUpstream) {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.push(reply);
+    let mut cfg = config_for(mock.base_url());
+    cfg.credentials = vec!["sk-a".parse().unwrap()];
+    let proxy = start_proxy(cfg).await;
+    let res = send(
+        &client(),
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "gpt-5", "stream": true, "input": "hi"}),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("the body ends cleanly, not cut")
+        .to_bytes();
+    let mut d = SseDecoder::new();
+    d.push(body);
+    let mut out = Vec::new();
+    while let Some(ev) = d.next_event().unwrap() {
+        out.push(serde_json::from_slice(&ev.data).unwrap());
+    }
+    assert!(d.finish().unwrap().is_none(), "a partial event at the end");
+    (out, mock)
+}
+
+fn assert_ends_with_failure(evs: &[Value], id: &str) {
+    let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "response.created").count(),
+        1,
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"response.output_text.delta"),
+        "content came: {types:?}"
+    );
+    let last = evs.last().unwrap();
+    assert_eq!(last["type"], "response.failed", "{types:?}");
+    assert_eq!(last["response"]["id"], id);
+    assert_eq!(last["response"]["error"]["code"], "upstream_unavailable");
+    assert!(
+        last["response"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broke off"),
+        "{last}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == "response.failed").count(),
+        1,
+        "one end: {types:?}"
+    );
+}
+
+fn answer(id: &str) -> Vec<Value> {
+    events::answer(
+        id,
+        "msg_cut",
+        "one two three four five",
+        events::usage(5, 5),
+    )
+}
+
+#[tokio::test]
+async fn a_fin_after_content_ends_the_stream_with_response_failed() {
+    let (evs, _mock) =
+        events_through_proxy(Reply::sse(answer("resp_fin")).close_mid_stream(5)).await;
+    assert_ends_with_failure(&evs, "resp_fin");
+}
+
+#[tokio::test]
+async fn a_reset_after_content_ends_the_stream_with_response_failed() {
+    let (evs, _mock) =
+        events_through_proxy(Reply::sse(answer("resp_rst")).reset_mid_stream(5)).await;
+    assert_ends_with_failure(&evs, "resp_rst");
+}
+
+#[tokio::test]
+async fn a_stream_that_stops_without_a_terminal_event_ends_with_response_failed() {
+    let mut evs = answer("resp_stop");
+    evs.truncate(5); // created .. the first deltas; no response.completed
+    let (evs, mock) = events_through_proxy(Reply::sse(evs)).await;
+    assert_ends_with_failure(&evs, "resp_stop");
+    assert_eq!(mock.request_count(), 1, "after content nothing is retried");
+}
+
+#[tokio::test]
+async fn a_complete_stream_is_passed_unchanged() {
+    let (evs, _mock) = events_through_proxy(Reply::sse(answer("resp_ok"))).await;
+    let last = evs.last().unwrap();
+    assert_eq!(last["type"], "response.completed");
+    assert!(!evs.iter().any(|e| e["type"] == "response.failed"));
+}
