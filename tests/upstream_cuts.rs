@@ -113,3 +113,61 @@ async fn a_complete_stream_is_passed_unchanged() {
     assert_eq!(last["type"], "response.completed");
     assert!(!evs.iter().any(|e| e["type"] == "response.failed"));
 }
+
+/// The client's answer and the requests the mock saw, with two credentials (so a retry
+/// elsewhere would be possible).
+async fn answer_with_two_credentials(reply: Reply) -> (http::StatusCode, Value, usize) {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.push(reply);
+    let mut cfg = config_for(mock.base_url());
+    cfg.credentials = vec!["sk-a".parse().unwrap(), "sk-b".parse().unwrap()];
+    let proxy = start_proxy(cfg).await;
+    let (status, _, body) = send_collect(
+        &client(),
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "gpt-5", "stream": true, "input": "hi"}),
+        ),
+    )
+    .await;
+    (status, assert_envelope(&body), mock.request_count())
+}
+
+// Found by the chaos soak: a stream that broke while the lifecycle events were held went to
+// the next credential (a request the upstream had started on, sent twice), and when none was
+// left the client got the held `response.created` and a stream that just stopped.
+
+#[tokio::test]
+async fn a_fin_before_content_is_a_502_and_not_sent_again() {
+    let (status, err, sent) =
+        answer_with_two_credentials(Reply::sse(answer("resp_early")).close_mid_stream(2)).await;
+    assert_eq!(status, 502);
+    assert_eq!(err["error"]["code"], "upstream_unavailable");
+    assert_eq!(sent, 1, "the upstream had started on it: not sent again");
+}
+
+#[tokio::test]
+async fn a_reset_before_content_is_a_502_and_not_sent_again() {
+    let (status, err, sent) =
+        answer_with_two_credentials(Reply::sse(answer("resp_early")).reset_mid_stream(1)).await;
+    assert_eq!(status, 502);
+    assert_eq!(err["error"]["code"], "upstream_unavailable");
+    assert_eq!(sent, 1);
+}
+
+#[tokio::test]
+async fn a_stream_of_lifecycle_events_only_is_a_502() {
+    let mut evs = answer("resp_idle");
+    evs.truncate(2); // created, in_progress, then the end
+    let (status, err, sent) = answer_with_two_credentials(Reply::sse(evs)).await;
+    assert_eq!(status, 502);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before any content"),
+        "{err}"
+    );
+    assert_eq!(sent, 1);
+}

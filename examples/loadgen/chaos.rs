@@ -65,6 +65,8 @@ const KEYS: [(&str, &str); 3] = [
 const ANSWER_DEADLINE: Duration = Duration::from_secs(90);
 /// How soon a disconnected client's upstream stream must be closed.
 const CANCEL_WITHIN: Duration = Duration::from_secs(1);
+/// The fault-laden load before the memory baseline is read.
+const WARM_UP: Duration = Duration::from_secs(20);
 /// One quota failure at most this often: each puts a credential out for a minute.
 const QUOTA_EVERY: Duration = Duration::from_secs(40);
 
@@ -524,14 +526,9 @@ async fn run(opts: Opts) -> Result<bool, String> {
     // Baselines: descriptors before any load; memory after a fault-free warm-up.
     let fds_start = fd_count(pid);
     let rss_start = procfs::usage(pid, ticks).rss;
-    let warm = run_sessions(
-        &ctx,
-        opts.sessions,
-        Duration::from_secs(10),
-        opts.seed,
-        false,
-    )
-    .await;
+    // The warm-up is the same traffic, faults included (and counted in the summary): what
+    // is left above its level after the soak grew with the traffic.
+    let warm = run_sessions(&ctx, opts.sessions, WARM_UP, opts.seed ^ 0x5eed, true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_warm = procfs::usage(pid, ticks).rss;
     println!(
@@ -541,6 +538,7 @@ async fn run(opts: Opts) -> Result<bool, String> {
     );
 
     let started = Instant::now();
+    let began = started.checked_sub(WARM_UP).unwrap_or(started);
     let peak_rss = Arc::new(AtomicU64::new(rss_warm));
     let sampler = {
         let ctx = ctx.clone();
@@ -571,6 +569,7 @@ async fn run(opts: Opts) -> Result<bool, String> {
     sampler.abort();
     let _ = sampler.await;
     let soak = started.elapsed();
+    let total = began.elapsed();
 
     // End state: no upstream stream open, descriptors and memory back.
     let open_at_end = wait_for(Duration::from_secs(2), || mock.stream_stats().open == 0).await;
@@ -626,14 +625,15 @@ async fn run(opts: Opts) -> Result<bool, String> {
     // Summary.
     let requests = tally.requests.load(Ordering::Relaxed);
     println!(
-        "\n## chaos soak: {} sessions, {:.1} min, seed {}",
+        "\n## chaos soak: {} sessions, {:.1} min (after a {} s warm-up with the same faults), seed {}",
         opts.sessions,
         soak.as_secs_f64() / 60.0,
+        WARM_UP.as_secs(),
         opts.seed
     );
     println!(
         "\nclient requests: {requests} ({:.0}/s), upstream requests: {}, upstream streams: {} ({} cancelled by the proxy)",
-        requests as f64 / soak.as_secs_f64(),
+        requests as f64 / total.as_secs_f64(),
         script.seen.load(Ordering::Relaxed),
         stats.total,
         stats.cancelled
@@ -674,6 +674,13 @@ async fn run(opts: Opts) -> Result<bool, String> {
         "| proxy log lines scanned | {} ({} with a secret) |",
         logs.lines, logs.secret_lines
     );
+    if !logs.conn_errors.is_empty() {
+        println!("\n| proxy log: client connections ended by | count |\n|---|---|");
+        print_sorted(&logs.conn_errors);
+    }
+    for w in &logs.warnings {
+        println!("  proxy warning: {w}");
+    }
     let breaks = lock(&tally.breaks).clone();
     if breaks.is_empty() {
         println!("\nchaos: every invariant held");
@@ -742,6 +749,9 @@ struct LogScan {
     lines: u64,
     secret_lines: u64,
     first_secret: String,
+    /// Counts of what ended client connections with an error (the proxy logs it at debug).
+    conn_errors: HashMap<String, u64>,
+    warnings: Vec<String>,
 }
 
 /// Reads the proxy's stderr line by line (nothing kept but counts), looking for any key or a
@@ -758,6 +768,13 @@ fn watch_logs(child: &mut Child) -> std::thread::JoinHandle<LogScan> {
         for line in BufReader::new(err).lines() {
             let Ok(line) = line else { break };
             scan.lines += 1;
+            if let Some(at) = line.find("client connection ended with an error") {
+                let what = line[at..].chars().take(160).collect::<String>();
+                *scan.conn_errors.entry(what).or_default() += 1;
+            }
+            if (line.contains(" WARN ") || line.contains(" ERROR ")) && scan.warnings.len() < 10 {
+                scan.warnings.push(line.chars().take(300).collect());
+            }
             if needles.iter().any(|n| line.contains(n)) {
                 scan.secret_lines += 1;
                 if scan.first_secret.is_empty() {
@@ -800,6 +817,7 @@ async fn session(ctx: Arc<Ctx>, index: usize, seed: u64, deadline: Instant, faul
     // An injected loss since this session's last completed turn.
     let mut lost = false;
     let mut turn = 0u64;
+    let mut last_kind = Kind::None;
     while Instant::now() < deadline {
         turn += 1;
         let kind = if faults {
@@ -818,8 +836,10 @@ async fn session(ctx: Arc<Ctx>, index: usize, seed: u64, deadline: Instant, faul
             &session_id,
             prev.as_deref(),
             lost,
+            last_kind.as_str(),
         )
         .await;
+        last_kind = kind;
         match ended {
             Ended::Completed(resp) if kind != Kind::CompactRefused => {
                 prev = Some(resp);
@@ -843,6 +863,7 @@ async fn turn_once(
     session: &str,
     prev: Option<&str>,
     lost: bool,
+    after: &str,
 ) -> Ended {
     let compact = kind == Kind::CompactRefused;
     let stream = compact || rng.below(10) != 0;
@@ -877,7 +898,7 @@ async fn turn_once(
         ctx.tally.outcome("disconnected (by the client)");
         return Ended::Other;
     }
-    match tokio::time::timeout(ANSWER_DEADLINE, answer(ctx, req, stream, lost)).await {
+    match tokio::time::timeout(ANSWER_DEADLINE, answer(ctx, req, stream, lost, after)).await {
         Ok(ended) => ended,
         Err(_) => {
             ctx.tally
@@ -932,18 +953,32 @@ async fn disconnect(ctx: &Ctx, rng: &mut Rng, req: Request<Full<Bytes>>, id: &st
     }
 }
 
-async fn answer(ctx: &Ctx, req: Request<Full<Bytes>>, stream: bool, lost: bool) -> Ended {
-    let id = req
-        .headers()
-        .get("x-chaos-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+async fn answer(
+    ctx: &Ctx,
+    req: Request<Full<Bytes>>,
+    stream: bool,
+    lost: bool,
+    after: &str,
+) -> Ended {
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    // The request's id and its fault, as every break names them.
+    let id = format!("{} ({})", header("x-chaos-id"), header("x-chaos"));
     let res = match ctx.client.request(req).await {
         Ok(res) => res,
         Err(e) => {
-            ctx.tally
-                .broke("no answer from the proxy", format!("{id}: {e}"));
+            let source = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            ctx.tally.broke(
+                "no answer from the proxy",
+                format!("{id}: {e}{source} (the previous request: {after})"),
+            );
             return Ended::Other;
         }
     };
