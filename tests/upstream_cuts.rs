@@ -171,3 +171,86 @@ async fn a_stream_of_lifecycle_events_only_is_a_502() {
     );
     assert_eq!(sent, 1);
 }
+
+#[tokio::test]
+async fn a_cut_before_content_on_a_reused_client_connection_is_answered() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_responses::testing::ResponseStore;
+    let mock = MockUpstream::start().await.unwrap();
+    let store = ResponseStore::new(10);
+    let n = Arc::new(AtomicUsize::new(0));
+    {
+        let (store, n) = (store.clone(), n.clone());
+        mock.set_handler(move |r| {
+            let reply = store.answer(r)?;
+            Some(match n.fetch_add(1, Ordering::Relaxed) {
+                1 => reply.close_mid_stream(1),
+                2 => reply.reset_mid_stream(2),
+                _ => reply,
+            })
+        });
+    }
+    let mut cfg = config_for(mock.base_url());
+    cfg.credentials = vec![
+        "sk-a".parse().unwrap(),
+        "sk-b".parse().unwrap(),
+        "sk-c".parse().unwrap(),
+    ];
+    let proxy = start_proxy(cfg).await;
+    let c = client();
+    let body = json!({"model": "gpt-5", "stream": true, "store": true, "input": "hi",
+        "prompt_cache_key": "s1"});
+    for expect in [200, 502, 502, 200] {
+        let res = c
+            .request(json_req(&proxy.url("/v1/responses"), None, body.clone()))
+            .await
+            .expect("an answer on the kept-alive connection");
+        assert_eq!(res.status(), expect);
+        let _ = res.into_body().collect().await.expect("a whole body");
+    }
+}
+
+// Found by the chaos soak: a JSON answer (`stream:false`) whose connection broke after its
+// bytes made the proxy panic (a size hint whose lower bound passed its upper one), and the
+// client's connection closed with no answer at all.
+#[tokio::test]
+async fn a_json_answer_that_breaks_off_is_a_502_not_a_closed_connection() {
+    let mock = MockUpstream::start().await.unwrap();
+    let resp = events::response("resp_json", "completed", vec![], Some(events::usage(1, 1)));
+    mock.push(Reply::json(http::StatusCode::OK, resp).close_mid_stream(1));
+    let mut cfg = config_for(mock.base_url());
+    cfg.credentials = vec!["sk-a".parse().unwrap(), "sk-b".parse().unwrap()];
+    let proxy = start_proxy(cfg).await;
+    let c = client();
+    let (status, _, body) = send_collect(
+        &c,
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "gpt-5", "stream": false, "input": "hi"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        assert_envelope(&body)["error"]["code"],
+        "upstream_unavailable"
+    );
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "the upstream had answered: not sent again"
+    );
+    // The proxy is still there for the next request.
+    let (status, _, _) = send_collect(
+        &c,
+        json_req(
+            &proxy.url("/v1/responses"),
+            None,
+            json!({"model": "gpt-5", "stream": false, "input": "again"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+}

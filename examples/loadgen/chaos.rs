@@ -618,6 +618,9 @@ async fn run(opts: Opts) -> Result<bool, String> {
             format!("{} lines, first: {}", logs.secret_lines, logs.first_secret),
         );
     }
+    if logs.panics > 0 {
+        tally.broke("the proxy panicked", format!("{} times", logs.panics));
+    }
     if logs.lines == 0 {
         tally.broke("no proxy logs captured", String::new());
     }
@@ -679,7 +682,7 @@ async fn run(opts: Opts) -> Result<bool, String> {
         print_sorted(&logs.conn_errors);
     }
     for w in &logs.warnings {
-        println!("  proxy warning: {w}");
+        println!("  proxy error: {w}");
     }
     let breaks = lock(&tally.breaks).clone();
     if breaks.is_empty() {
@@ -752,6 +755,7 @@ struct LogScan {
     /// Counts of what ended client connections with an error (the proxy logs it at debug).
     conn_errors: HashMap<String, u64>,
     warnings: Vec<String>,
+    panics: u64,
 }
 
 /// Reads the proxy's stderr line by line (nothing kept but counts), looking for any key or a
@@ -772,7 +776,12 @@ fn watch_logs(child: &mut Child) -> std::thread::JoinHandle<LogScan> {
                 let what = line[at..].chars().take(160).collect::<String>();
                 *scan.conn_errors.entry(what).or_default() += 1;
             }
-            if (line.contains(" WARN ") || line.contains(" ERROR ")) && scan.warnings.len() < 10 {
+            if line.contains("panicked at") {
+                scan.panics += 1;
+            }
+            if (line.contains(" ERROR ") || line.contains("panicked at"))
+                && scan.warnings.len() < 10
+            {
                 scan.warnings.push(line.chars().take(300).collect());
             }
             if needles.iter().any(|n| line.contains(n)) {

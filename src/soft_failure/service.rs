@@ -198,6 +198,15 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
         });
     }
     if status.is_success() {
+        if let Some(Err(e)) = &peek.rest {
+            // The answer broke off while it was read (the client has nothing yet): a loss,
+            // like a stream that breaks while held.
+            let failure = Failure::transport(
+                false,
+                format!("the upstream answer broke off before its end: {e}"),
+            );
+            return broke_before_content(parts, &ctx, failure);
+        }
         // A slow success body is still the answer: hand all of it on.
         Response::from_parts(parts, prefixed(peek.prefix, peek.rest))
     } else {
