@@ -837,17 +837,12 @@ async fn session(ctx: Arc<Ctx>, index: usize, seed: u64, deadline: Instant, faul
         *lock(&ctx.tally.drawn).entry(kind.as_str()).or_default() += 1;
         ctx.tally.requests.fetch_add(1, Ordering::Relaxed);
         let id = format!("{session_id}-{turn}");
-        let ended = turn_once(
-            &ctx,
-            &mut rng,
-            kind,
-            &id,
-            &session_id,
-            prev.as_deref(),
+        let before = Before {
+            prev: prev.as_deref(),
             lost,
-            last_kind.as_str(),
-        )
-        .await;
+            kind: last_kind.as_str(),
+        };
+        let ended = turn_once(&ctx, &mut rng, kind, &id, &session_id, &before).await;
         last_kind = kind;
         match ended {
             Ended::Completed(resp) if kind != Kind::CompactRefused => {
@@ -864,16 +859,29 @@ async fn session(ctx: Arc<Ctx>, index: usize, seed: u64, deadline: Instant, faul
     }
 }
 
+/// What a session's earlier turns left for this one.
+struct Before<'a> {
+    /// The last completed response: this turn's `previous_response_id`.
+    prev: Option<&'a str>,
+    /// An injected loss since then.
+    lost: bool,
+    /// The previous request's fault, named in break reports.
+    kind: &'a str,
+}
+
 async fn turn_once(
     ctx: &Ctx,
     rng: &mut Rng,
     kind: Kind,
     id: &str,
     session: &str,
-    prev: Option<&str>,
-    lost: bool,
-    after: &str,
+    before: &Before<'_>,
 ) -> Ended {
+    let Before {
+        prev,
+        lost,
+        kind: after,
+    } = *before;
     let compact = kind == Kind::CompactRefused;
     let stream = compact || rng.below(10) != 0;
     let text = format!("turn {id}: fix the failing test and run cargo test");
