@@ -758,16 +758,18 @@ struct LogScan {
     panics: u64,
 }
 
-/// Reads the proxy's stderr line by line (nothing kept but counts), looking for any key or a
-/// distinctive part of one.
+/// Reads the proxy's stderr line by line (nothing kept but counts and a few samples), looking
+/// for any key or its distinctive part.
 fn watch_logs(child: &mut Child) -> std::thread::JoinHandle<LogScan> {
     let err = child.stderr.take();
     std::thread::spawn(move || {
         let mut scan = LogScan::default();
         let Some(err) = err else { return scan };
+        // Each key, and its distinctive tail (`SECRET-a1f3e9`): long enough that a request
+        // id's hex never matches by chance (a six-character tail did, in a UUID).
         let needles: Vec<&str> = KEYS
             .iter()
-            .flat_map(|(_, k)| [*k, &k[k.len() - 6..]])
+            .flat_map(|(_, k)| [*k, &k[k.len() - 13..]])
             .collect();
         for line in BufReader::new(err).lines() {
             let Ok(line) = line else { break };
