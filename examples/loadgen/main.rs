@@ -16,6 +16,7 @@
 //! read from /proc apart from the load client's and the mock's. `scripts/bench.sh` installs
 //! nginx and LiteLLM and runs the whole thing; BENCHMARKS.md explains the method.
 
+mod chaos;
 mod client;
 mod mock;
 mod paired;
@@ -49,6 +50,7 @@ fn main() {
         Some("run") => run(&args[1..]),
         Some("side") => side::run(&args[1..]),
         Some("drive") => drive(&args[1..]),
+        Some("chaos") => chaos::main(&args[1..]),
         _ => {
             eprintln!(
                 "usage: loadgen run [--quick] [--out FILE] [--targets LIST] [--nginx BIN] \

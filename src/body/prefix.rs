@@ -169,15 +169,18 @@ impl Body for Prefixed {
 
     fn size_hint(&self) -> SizeHint {
         let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let mut hint = match &self.rest {
+        let hint = match &self.rest {
             Some(Ok(b)) => b.size_hint(),
             _ => SizeHint::with_exact(0),
         };
-        hint.set_lower(hint.lower() + p);
+        // The upper bound first: raising the lower one past an exact upper one panics (a
+        // prefix before an error, whose hint is exactly 0, did: found by the chaos soak).
+        let mut out = SizeHint::new();
         if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + p);
+            out.set_upper(upper.saturating_add(p));
         }
-        hint
+        out.set_lower(hint.lower().saturating_add(p));
+        out
     }
 }
 
@@ -195,5 +198,18 @@ mod tests {
         let (prefix, rest) = read_prefix(full_body(Bytes::from_static(b"ab")), 10).await;
         assert!(rest.is_none(), "ended within the limit");
         assert_eq!(&prefix[..], b"ab");
+    }
+
+    #[test]
+    fn a_prefix_before_an_error_hints_its_length_without_panicking() {
+        let body = prefixed(Bytes::from_static(b"{\"id\":1}"), Some(Err("cut".into())));
+        let hint = body.size_hint();
+        assert_eq!(hint.lower(), 8);
+        assert_eq!(hint.upper(), Some(8));
+        let sized = prefixed(
+            Bytes::from_static(b"ab"),
+            Some(Ok(full_body(Bytes::from_static(b"cde")))),
+        );
+        assert_eq!(sized.size_hint().exact(), Some(5));
     }
 }

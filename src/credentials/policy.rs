@@ -244,6 +244,16 @@ pub fn decide(a: &Attempt<'_>, policy: &CooldownPolicy) -> Decision {
         }
         _ => {}
     }
+    if a.phase == Phase::BeforeContent && failure.origin == Origin::Transport {
+        // The upstream answered (a head, lifecycle events: it created the response) and then
+        // broke off before content: it worked on the request, so it is not sent again.
+        return Decision {
+            cooldown: None,
+            next: Next::Stop,
+            client: ClientSees::Unavailable,
+            why: "the upstream broke off after it had started answering: not sent again",
+        };
+    }
     let class = failure.class;
     if a.compaction
         && !matches!(

@@ -198,6 +198,15 @@ async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody
         });
     }
     if status.is_success() {
+        if let Some(Err(e)) = &peek.rest {
+            // The answer broke off while it was read (the client has nothing yet): a loss,
+            // like a stream that breaks while held.
+            let failure = Failure::transport(
+                false,
+                format!("the upstream answer broke off before its end: {e}"),
+            );
+            return broke_before_content(parts, &ctx, failure);
+        }
         // A slow success body is still the answer: hand all of it on.
         Response::from_parts(parts, prefixed(peek.prefix, peek.rest))
     } else {
@@ -256,12 +265,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                     false,
                     "the upstream stream ended before any content or terminal event",
                 );
-                ctx.count(&failure, "before_content");
-                parts.extensions.insert(SoftFailure {
-                    failure,
-                    before_content: true,
-                });
-                return Response::from_parts(parts, full(concat(&held)));
+                return broke_before_content(parts, &ctx, failure);
             }
             Some(Err(e)) => {
                 // A transport error while held: nothing reached the client, so it is a
@@ -270,12 +274,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                     false,
                     format!("the upstream stream broke before content: {e}"),
                 );
-                ctx.count(&failure, "before_content");
-                parts.extensions.insert(SoftFailure {
-                    failure,
-                    before_content: true,
-                });
-                return Response::from_parts(parts, full(concat(&held)));
+                return broke_before_content(parts, &ctx, failure);
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => d,
@@ -357,6 +356,31 @@ fn not_a_stream(
         .with_code(INVALID_UPSTREAM_STREAM)
         .into_stack_response();
     // Outer layers still read what the attempt carried (connection tags).
+    *res.extensions_mut() = parts.extensions;
+    res.extensions_mut().insert(SoftFailure {
+        failure,
+        before_content: true,
+    });
+    res
+}
+
+/// A stream that broke off (or just ended) while held, before content: the upstream had
+/// started on the request, so it is a loss, answered as one (`502 upstream_unavailable`, the
+/// policy's answer for a request that may have run), not the held lifecycle events of a
+/// stream that never ends. The client, having seen nothing, retries it as it is
+/// (`previous_response_id` intact).
+fn broke_before_content(
+    parts: http::response::Parts,
+    ctx: &Ctx,
+    failure: Failure,
+) -> Response<ResponseBody> {
+    let message = failure
+        .message
+        .clone()
+        .unwrap_or_else(|| "the upstream stream broke before content".into());
+    tracing::info!(error = %message, "upstream stream broke off before content; answered 502");
+    ctx.count(&failure, "before_content");
+    let mut res = ApiError::upstream_unavailable(message).into_stack_response();
     *res.extensions_mut() = parts.extensions;
     res.extensions_mut().insert(SoftFailure {
         failure,

@@ -18,6 +18,9 @@ pub(super) struct WatchBody {
     // `None`: pass bytes through without parsing (nothing to watch, or a line was too long).
     watch: Option<(SseDecoder, Ctx)>,
     terminal: bool,
+    /// The held bytes again (a cheap clone), read only if the stream is cut: they hold
+    /// `response.created`, whose id the closing `response.failed` names.
+    held: Option<Bytes>,
 }
 
 fn concat(chunks: Vec<Bytes>) -> Option<Bytes> {
@@ -46,6 +49,7 @@ impl WatchBody {
             pending_err,
             watch: None,
             terminal: false,
+            held: None,
         }
     }
 
@@ -63,6 +67,7 @@ impl WatchBody {
         ctx: Ctx,
     ) -> Self {
         let mut body = Self::new(concat(held), rest);
+        body.held = body.prefix.clone();
         body.watch = Some((decoder, ctx));
         body.drain_events();
         body
@@ -113,6 +118,73 @@ impl WatchBody {
     }
 }
 
+impl WatchBody {
+    /// The upstream body ended (or broke, `err`) before a terminal event, while this stream
+    /// was watched: the client has seen part of an answer and must still see it end, as a
+    /// `response.failed`, not as a cut connection or a stream that just stops (the invariant
+    /// every client relies on: a stream ends with a terminal event or an HTTP error).
+    fn cut_off(&mut self, err: Option<&BoxError>) -> Option<Bytes> {
+        let (decoder, ctx) = self.watch.take()?;
+        self.terminal = true;
+        if let Some(m) = &ctx.metrics {
+            m.inc(
+                "tr_streams_unterminated_total",
+                "Streams that ended after content without a terminal event.",
+                &[],
+            );
+        }
+        let why = err.map_or_else(
+            || "it ended without a terminal event".to_owned(),
+            |e| e.to_string(),
+        );
+        tracing::info!(
+            error = %why,
+            credential = ctx.lease.as_ref().map(|l| l.credential()).unwrap_or(""),
+            "upstream stream broke off after content; ended for the client with response.failed"
+        );
+        Some(cut_event(
+            self.held.as_ref().and_then(created_id).as_deref(),
+            &why,
+            decoder.buffered() > 0,
+        ))
+    }
+}
+
+/// The id in the `response.created` among `held`, if any.
+fn created_id(held: &Bytes) -> Option<String> {
+    let mut d = SseDecoder::new();
+    d.push(held.clone());
+    while let Ok(Some(ev)) = d.next_event() {
+        if ev.event_type() == Some("response.created") {
+            let v: serde_json::Value = serde_json::from_slice(&ev.data).ok()?;
+            return v["response"]["id"].as_str().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// The `response.failed` (code `upstream_unavailable`) closing a stream the upstream broke
+/// off. `partial`: the client holds part of an event; a blank line ends it first so the
+/// closing event is read on its own.
+fn cut_event(id: Option<&str>, why: &str, partial: bool) -> Bytes {
+    let message = format!(
+        "The upstream broke off the answer after it had started ({why}); the answer is \
+         incomplete. Send the request again."
+    );
+    let ev = serde_json::json!({
+        "type": "response.failed",
+        "response": {
+            "id": id,
+            "object": "response",
+            "status": "failed",
+            "output": [],
+            "error": {"code": "upstream_unavailable", "message": message},
+        },
+    });
+    let lead = if partial { "\n\n" } else { "" };
+    Bytes::from(format!("{lead}event: response.failed\ndata: {ev}\n\n"))
+}
+
 impl Body for WatchBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -139,21 +211,18 @@ impl Body for WatchBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                if let Some((_, ctx)) = &this.watch {
-                    if let Some(m) = &ctx.metrics {
-                        m.inc(
-                            "tr_streams_unterminated_total",
-                            "Streams that ended after content without a terminal event.",
-                            &[],
-                        );
-                    }
-                }
                 this.inner = None;
-                Poll::Ready(None)
+                match this.cut_off(None) {
+                    Some(end) => Poll::Ready(Some(Ok(Frame::data(end)))),
+                    None => Poll::Ready(None),
+                }
             }
             Poll::Ready(Some(Err(e))) => {
                 this.inner = None;
-                Poll::Ready(Some(Err(e)))
+                match this.cut_off(Some(&e)) {
+                    Some(end) => Poll::Ready(Some(Ok(Frame::data(end)))),
+                    None => Poll::Ready(Some(Err(e))),
+                }
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some((decoder, _))) = (frame.data_ref(), this.watch.as_mut()) {

@@ -55,6 +55,7 @@ mod script;
 mod server;
 mod store;
 mod stream;
+mod streams;
 #[cfg(feature = "websocket")]
 mod ws;
 
@@ -64,5 +65,6 @@ pub use record::RecordedRequest;
 pub use script::{Fault, Reply, StaleMode};
 pub use server::MockUpstream;
 pub use store::ResponseStore;
+pub use streams::{OpenStream, StreamStats};
 #[cfg(feature = "websocket")]
 pub use ws::{CONNECTION_LIMIT_MESSAGE, RecordedSocket, WS_MAX_MESSAGE, WsReply};

@@ -86,6 +86,7 @@ pub struct Reply {
     first_wait: Option<Duration>,
     hold_open: bool,
     cut_after: Option<usize>,
+    cut_reset: bool,
 }
 
 impl Reply {
@@ -98,6 +99,7 @@ impl Reply {
             first_wait: None,
             hold_open: false,
             cut_after: None,
+            cut_reset: false,
         }
     }
 
@@ -211,6 +213,14 @@ impl Reply {
         self
     }
 
+    /// Like [`close_mid_stream`](Self::close_mid_stream), but resets the connection (RST):
+    /// the client reads `ECONNRESET` instead of an early end of file.
+    pub fn reset_mid_stream(mut self, after_events: usize) -> Reply {
+        self.cut_after = Some(after_events);
+        self.cut_reset = true;
+        self
+    }
+
     /// The concrete reply `auto()` stands for, keeping this reply's adjustments.
     fn resolve_auto(self, req: &RecordedRequest) -> Reply {
         let mut inner = auto::reply_for(req);
@@ -220,6 +230,7 @@ impl Reply {
         inner.first_wait = self.first_wait;
         inner.hold_open = self.hold_open;
         inner.cut_after = self.cut_after;
+        inner.cut_reset = self.cut_reset;
         inner
     }
 
@@ -265,6 +276,11 @@ impl Reply {
             first_wait: self.first_wait,
             hold_open: self.hold_open,
             cut_after: self.cut_after,
+            cut_how: if self.cut_reset {
+                Abort::Reset
+            } else {
+                Abort::Fin
+            },
         })
     }
 }
@@ -294,4 +310,5 @@ pub(crate) struct Planned {
     pub(crate) first_wait: Option<Duration>,
     pub(crate) hold_open: bool,
     pub(crate) cut_after: Option<usize>,
+    pub(crate) cut_how: Abort,
 }

@@ -21,6 +21,7 @@ use super::io::{Abort, ConnControl, ConnIo};
 use super::record::bearer;
 use super::script::Plan;
 use super::stream::{MockBody, Pacing, streamed};
+use super::streams::{OpenStream, StreamBook, StreamStats};
 use super::{RecordedRequest, Reply, StaleMode};
 use crate::error::ApiError;
 
@@ -65,6 +66,7 @@ pub(crate) struct Shared {
     /// The WebSocket on the responses route: its script and sockets.
     #[cfg(feature = "websocket")]
     pub(crate) ws: Arc<super::ws::WsShared>,
+    streams: Arc<StreamBook>,
 }
 
 struct Script {
@@ -102,6 +104,7 @@ impl MockUpstream {
             connections: AtomicU64::new(0),
             #[cfg(feature = "websocket")]
             ws: Arc::default(),
+            streams: Arc::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -182,6 +185,12 @@ impl MockUpstream {
         lock(&self.inner.shared.records).clone()
     }
 
+    /// Forgets the requests recorded so far and returns how many there were: a long run
+    /// (a soak, a 10,000-turn session) keeps the mock's own memory flat this way.
+    pub fn clear_requests(&self) -> usize {
+        std::mem::take(&mut *lock(&self.inner.shared.records)).len()
+    }
+
     /// How many requests were received so far.
     pub fn request_count(&self) -> usize {
         lock(&self.inner.shared.records).len()
@@ -190,6 +199,18 @@ impl MockUpstream {
     /// How many connections were accepted so far.
     pub fn connections_accepted(&self) -> u64 {
         self.inner.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts of streamed answers: open now, served, abandoned by the client, bytes taken.
+    /// A client that goes away mid-stream shows as `open` falling back and `cancelled`
+    /// rising; a reader that stops shows as `bytes_sent` no longer growing.
+    pub fn stream_stats(&self) -> StreamStats {
+        self.inner.shared.streams.stats()
+    }
+
+    /// The streamed answers open now, with their requests and the bytes sent of each.
+    pub fn open_streams(&self) -> Vec<OpenStream> {
+        self.inner.shared.streams.open_streams()
     }
 
     /// Stops accepting, drops every open connection (open bodies end abruptly) and waits for
@@ -382,8 +403,10 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, req: Request<Incoming
                     first_wait: p.first_wait,
                     hold_open: p.hold_open,
                     cut_after: p.cut_after,
+                    cut_how: p.cut_how,
                 };
-                streamed(p.chunks, pacing, conn.clone())
+                let guard = shared.streams.open(&record);
+                streamed(p.chunks, pacing, conn.clone(), guard)
             } else {
                 MockBody::full(p.chunks.concat().into(), conn.clone())
             };

@@ -13,16 +13,17 @@ use tokio::sync::mpsc;
 
 use super::io::{Abort, ConnControl};
 use super::server::ConnState;
+use super::streams::StreamGuard;
 
 enum Msg {
     Data(Bytes),
-    /// Close the connection once the chunks before this one are on the wire.
-    Cut,
+    /// Close the connection this way once the chunks before this one are on the wire.
+    Cut(Abort),
 }
 
 enum Kind {
     Full(Option<Bytes>),
-    Channel(mpsc::Receiver<Msg>),
+    Channel(mpsc::Receiver<Msg>, StreamGuard),
     /// Cut: never yields again; the connection is about to be dropped.
     Stalled,
 }
@@ -64,14 +65,21 @@ impl Body for MockBody {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Channel(rx) => match ready!(rx.poll_recv(cx)) {
-                Some(Msg::Data(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                Some(Msg::Cut) => {
-                    this.control().abort_after_flush(Abort::Fin);
+            Kind::Channel(rx, guard) => match ready!(rx.poll_recv(cx)) {
+                Some(Msg::Data(b)) => {
+                    guard.sent(b.len());
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
+                Some(Msg::Cut(how)) => {
+                    guard.finish();
+                    this.control().abort_after_flush(how);
                     this.kind = Kind::Stalled;
                     Poll::Pending
                 }
-                None => Poll::Ready(None),
+                None => {
+                    guard.finish();
+                    Poll::Ready(None)
+                }
             },
             Kind::Stalled => Poll::Pending,
         }
@@ -96,17 +104,24 @@ pub(crate) struct Pacing {
     pub(crate) first_wait: Option<Duration>,
     pub(crate) hold_open: bool,
     pub(crate) cut_after: Option<usize>,
+    /// How the cut closes the connection (FIN unless a reset was asked for).
+    pub(crate) cut_how: Abort,
 }
 
 /// A streamed body and the task feeding it. The task ends when the body is done or dropped:
 /// hyper drops it when the client goes away, and stopping the mock drops every connection.
 /// The task never ends the body early itself, so a stopping mock never looks like a clean end
 /// of stream.
-pub(crate) fn streamed(chunks: Vec<Bytes>, pacing: Pacing, conn: Arc<ConnState>) -> MockBody {
+pub(crate) fn streamed(
+    chunks: Vec<Bytes>,
+    pacing: Pacing,
+    conn: Arc<ConnState>,
+    guard: StreamGuard,
+) -> MockBody {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(feed(tx, chunks, pacing));
     MockBody {
-        kind: Kind::Channel(rx),
+        kind: Kind::Channel(rx, guard),
         conn,
     }
 }
@@ -115,7 +130,7 @@ async fn feed(tx: mpsc::Sender<Msg>, chunks: Vec<Bytes>, pacing: Pacing) {
     let total = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
         if pacing.cut_after == Some(i) {
-            let _ = tx.send(Msg::Cut).await;
+            let _ = tx.send(Msg::Cut(pacing.cut_how)).await;
             return;
         }
         let delay = match i {
@@ -134,7 +149,7 @@ async fn feed(tx: mpsc::Sender<Msg>, chunks: Vec<Bytes>, pacing: Pacing) {
         }
     }
     if pacing.cut_after.is_some_and(|n| n >= total) {
-        let _ = tx.send(Msg::Cut).await;
+        let _ = tx.send(Msg::Cut(pacing.cut_how)).await;
         return;
     }
     if pacing.hold_open {
