@@ -92,3 +92,9 @@ pub mod upstream;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
+
+// Internal, not a stable API: thin re-exports of crate-private parsers for the `fuzz/`
+// targets, only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;
