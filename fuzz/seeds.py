@@ -102,6 +102,11 @@ request_bytes = [json.dumps(r).encode() for r in REQUESTS] + [
     b'{ "model" : "m", "r\\u006fle":"x", "input":"[\\"not\\", \\"an array\\"]", "n":-1.5e3 }',
     b'{"a":1,"a":2,"stream":true}',
 ]
+# Deeper than 64 levels (a tool schema can be): the scanners once stopped at 64.
+deep = '"leaf"'
+for level in range(90):
+    deep = "[" + deep + "]" if level % 2 == 0 else '{"k":' + deep + "}"
+request_bytes.append(('{"model":"m","tools":[{"parameters":' + deep + '}],"max_output_tokens":5}').encode())
 small_datas = [json.dumps(shrink(json.loads(d))).encode() for d in datas[:3] + datas[-3:]]
 
 ERROR_BODIES = [

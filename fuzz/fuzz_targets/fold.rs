@@ -83,12 +83,15 @@ fuzz_target!(|data: &[u8]| {
             (status, ct, bytes)
         })
     });
-    assert_eq!(content_type.as_deref().map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+    assert_eq!(content_type.as_ref().map(|v| v.as_bytes()), Some(&b"application/json"[..]));
     let v: Value = serde_json::from_slice(&bytes).expect("the fold's answer is not JSON");
     if status == StatusCode::OK {
         assert!(v.is_object(), "a 200 answer that is not an object");
+        // An event's type is its data's `"type"`, else its `event:` line (`Event::event_type`).
         let terminal = reference_decode(stream).events.iter().any(|e| {
-            matches!(sniff_type(&e.data), Some("response.completed" | "response.incomplete"))
+            let named = e.event.as_deref().filter(|n| !n.is_empty());
+            let ty = sniff_type(&e.data).map(str::as_bytes).or(named);
+            matches!(ty, Some(b"response.completed" | b"response.incomplete"))
         });
         assert!(terminal, "a 200 answer from a stream without a terminal event");
     } else {

@@ -118,5 +118,11 @@ fuzz_target!(|data: &[u8]| {
         es.iter().map(|e| (e.event.clone(), e.data.clone(), e.id.clone())).collect()
     };
     assert_eq!(fields(&chunked), fields(&whole), "small bounds: events depend on chunking");
-    assert_eq!(chunked_err, whole_err, "small bounds: the error depends on chunking");
+    // Which bound is named may differ: a chunk ending mid-line can show the event bound
+    // passed before the line's is.
+    assert_eq!(
+        chunked_err.is_some(),
+        whole_err.is_some(),
+        "small bounds: whether it fails depends on chunking ({chunked_err:?}, {whole_err:?})"
+    );
 });
