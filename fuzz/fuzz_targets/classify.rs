@@ -88,6 +88,10 @@ fuzz_target!(|data: &[u8]| {
             FailureClass::Auth => Duration::from_secs(3_600),
             _ => Duration::from_secs(30),
         };
-        assert!(left <= bound, "{:?} cools for {left:?}, more than {bound:?}", cool.class);
+        assert!(
+            left <= bound,
+            "{:?} cools for {left:?}, more than {bound:?}",
+            cool.class
+        );
     }
 });

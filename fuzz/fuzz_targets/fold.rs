@@ -66,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
     let stream = input.rest();
 
     let body = Chunks {
-        chunks: chunks(stream, &sizes).into_iter().map(Bytes::copy_from_slice).collect(),
+        chunks: chunks(stream, &sizes)
+            .into_iter()
+            .map(Bytes::copy_from_slice)
+            .collect(),
         broken,
     };
     let res = Response::builder()
@@ -79,11 +82,19 @@ fuzz_target!(|data: &[u8]| {
             let out = fold(res, limit, Duration::from_secs(60)).await;
             let status = out.status();
             let ct = out.headers().get("content-type").cloned();
-            let bytes = out.into_body().collect().await.expect("a full body").to_bytes();
+            let bytes = out
+                .into_body()
+                .collect()
+                .await
+                .expect("a full body")
+                .to_bytes();
             (status, ct, bytes)
         })
     });
-    assert_eq!(content_type.as_ref().map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+    assert_eq!(
+        content_type.as_ref().map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
     let v: Value = serde_json::from_slice(&bytes).expect("the fold's answer is not JSON");
     if status == StatusCode::OK {
         assert!(v.is_object(), "a 200 answer that is not an object");
@@ -93,11 +104,22 @@ fuzz_target!(|data: &[u8]| {
             let ty = sniff_type(&e.data).map(str::as_bytes).or(named);
             matches!(ty, Some(b"response.completed" | b"response.incomplete"))
         });
-        assert!(terminal, "a 200 answer from a stream without a terminal event");
+        assert!(
+            terminal,
+            "a 200 answer from a stream without a terminal event"
+        );
     } else {
         assert!(status.as_u16() >= 400, "status {status}");
-        let error = v.get("error").expect("an error without the OpenAI envelope");
-        assert!(error.get("message").is_some_and(Value::is_string), "no error.message");
-        assert!(error.get("type").is_some_and(Value::is_string), "no error.type");
+        let error = v
+            .get("error")
+            .expect("an error without the OpenAI envelope");
+        assert!(
+            error.get("message").is_some_and(Value::is_string),
+            "no error.message"
+        );
+        assert!(
+            error.get("type").is_some_and(Value::is_string),
+            "no error.type"
+        );
     }
 });

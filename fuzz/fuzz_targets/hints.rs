@@ -12,8 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use tower_responses::classify::{
-    CodexUsage, parse_go_duration, parse_retry_after, parse_try_again_in,
-    retry_hint_from_headers,
+    CodexUsage, parse_go_duration, parse_retry_after, parse_try_again_in, retry_hint_from_headers,
 };
 use tower_responses_fuzz::Cursor;
 
@@ -69,26 +68,45 @@ fuzz_target!(|data: &[u8]| {
 
     // Round trips of the forms upstreams write.
     match form % 5 {
-        0 => assert_eq!(parse_go_duration(&go_format(written)), Some(written), "{}", go_format(written)),
+        0 => assert_eq!(
+            parse_go_duration(&go_format(written)),
+            Some(written),
+            "{}",
+            go_format(written)
+        ),
         1 => {
-            let m = format!("Rate limit reached. Please try again in {}.", go_format(written));
+            let m = format!(
+                "Rate limit reached. Please try again in {}.",
+                go_format(written)
+            );
             // The compound Go form reads like the spoken one.
             assert_eq!(parse_try_again_in(&m), Some(written), "{m}");
         }
         2 => {
             let secs = written.as_secs();
             let m = format!("TRY AGAIN IN {secs} seconds");
-            assert_eq!(parse_try_again_in(&m), Some(Duration::from_secs(secs)), "{m}");
+            assert_eq!(
+                parse_try_again_in(&m),
+                Some(Duration::from_secs(secs)),
+                "{m}"
+            );
         }
         3 => {
             let v = HeaderValue::from(written.as_secs());
-            assert_eq!(parse_retry_after(&v, now), Some(Duration::from_secs(written.as_secs())));
+            assert_eq!(
+                parse_retry_after(&v, now),
+                Some(Duration::from_secs(written.as_secs()))
+            );
         }
         _ => {
             let secs = written.as_secs() % (100 * 365 * 86_400);
             let date = httpdate::fmt_http_date(now + Duration::from_secs(secs));
             let v = HeaderValue::from_str(&date).expect("an HTTP date is a header value");
-            assert_eq!(parse_retry_after(&v, now), Some(Duration::from_secs(secs)), "{date}");
+            assert_eq!(
+                parse_retry_after(&v, now),
+                Some(Duration::from_secs(secs)),
+                "{date}"
+            );
         }
     }
 
@@ -106,7 +124,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(after) = hint.after {
         let until = hint.until(now).expect("a hint with a wait has an end");
         let century = Duration::from_secs(100 * 365 * 86_400);
-        assert!(until >= now + after.min(century), "{hint:?} ends at {until:?}");
+        assert!(
+            until >= now + after.min(century),
+            "{hint:?} ends at {until:?}"
+        );
     }
     if let Some(usage) = CodexUsage::from_headers(&headers) {
         let _ = usage.exhausted_until();

@@ -48,8 +48,15 @@ fuzz_target!(|data: &[u8]| {
 
     // The scan of a valid object is the parse.
     let scanned = scanned.expect("scan_valid failed on a valid object");
-    assert_eq!(scanned.to_bytes(), parsed.to_bytes(), "scan and parse differ");
-    assert!(scanned.keys().eq(parsed.keys()), "scan and parse keys differ");
+    assert_eq!(
+        scanned.to_bytes(),
+        parsed.to_bytes(),
+        "scan and parse differ"
+    );
+    assert!(
+        scanned.keys().eq(parsed.keys()),
+        "scan and parse keys differ"
+    );
 
     // Output is the same object serde_json reads (duplicates: both keep the last).
     let round: Map<String, Value> =
@@ -73,7 +80,11 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Value::Array(items) = &v {
             let scanned = scan_array_items(raw).expect("scan_array_items fails on an array");
-            assert_eq!(Some(scanned.clone()), array_items(raw), "array split differs");
+            assert_eq!(
+                Some(scanned.clone()),
+                array_items(raw),
+                "array split differs"
+            );
             assert_eq!(scanned.len(), items.len());
         }
     }

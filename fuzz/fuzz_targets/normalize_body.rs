@@ -71,7 +71,12 @@ fuzz_target!(|data: &[u8]| {
         0 => codex_rules(),
         _ => Vec::new(),
     };
-    rules.extend(input.take(usize::from(choice >> 1) % 6).iter().map(|&b| rule(b)));
+    rules.extend(
+        input
+            .take(usize::from(choice >> 1) % 6)
+            .iter()
+            .map(|&b| rule(b)),
+    );
     let learned: Vec<String> = match input.byte() % 4 {
         0 => vec![],
         1 => vec!["temperature".into()],
@@ -101,7 +106,9 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         (
-            Normalized::Planned { body, changed, cap, .. },
+            Normalized::Planned {
+                body, changed, cap, ..
+            },
             Normalized::Planned { body: scanned, .. },
         ) => {
             // The scan of a validated body plans exactly what the parse plans.
@@ -110,7 +117,11 @@ fuzz_target!(|data: &[u8]| {
         }
         (a, b) => panic!("a valid object planned {a:?} parsed and {b:?} scanned"),
     };
-    assert_eq!(out_body.is_none(), changed.is_empty(), "a change without a body, or back");
+    assert_eq!(
+        out_body.is_none(),
+        changed.is_empty(),
+        "a change without a body, or back"
+    );
     let out = out_body.as_deref().unwrap_or(body);
     let after_value: Map<String, Value> =
         serde_json::from_slice(out).expect("the normalized body is not a JSON object");
@@ -121,7 +132,10 @@ fuzz_target!(|data: &[u8]| {
     {
         let client = value.get("max_output_tokens").and_then(Value::as_u64);
         // `as_u64` reads `5.0` as nothing and so does the layer: the same answer either way.
-        if before.get("max_output_tokens").is_some_and(|r| r.parse::<u64>().is_ok()) {
+        if before
+            .get("max_output_tokens")
+            .is_some_and(|r| r.parse::<u64>().is_ok())
+        {
             assert_eq!(cap, client, "the enforced cap is not the client's");
         }
         assert!(!after.contains("max_output_tokens") || !unique);
@@ -138,7 +152,11 @@ fuzz_target!(|data: &[u8]| {
         touched.insert(p.split('.').next().unwrap_or(p).to_owned());
     }
     // Every untouched field: present, byte-identical, and in the same order.
-    let kept: Vec<&str> = keys.iter().copied().filter(|k| !touched.contains(*k)).collect();
+    let kept: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !touched.contains(*k))
+        .collect();
     for k in &kept {
         assert_eq!(after.get(k), before.get(k), "untouched field {k:?} changed");
     }

@@ -44,7 +44,11 @@ fn decode(mut decoder: SseDecoder, pieces: &[&[u8]]) -> (Vec<Event>, Option<SseE
     // `buffered` must account for exactly what `take_remainder` gives back.
     let buffered = decoder.buffered();
     let rest = decoder.take_remainder();
-    assert_eq!(buffered, rest.len(), "buffered() disagrees with take_remainder()");
+    assert_eq!(
+        buffered,
+        rest.len(),
+        "buffered() disagrees with take_remainder()"
+    );
     (events, error, rest)
 }
 
@@ -61,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(error, None);
     let mut raw: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
     raw.extend_from_slice(&rest);
-    assert_eq!(raw, stream, "events' raw bytes and the remainder are not the input");
+    assert_eq!(
+        raw, stream,
+        "events' raw bytes and the remainder are not the input"
+    );
 
     let expected = reference_decode(stream);
     let got: Vec<_> = events
@@ -87,7 +94,11 @@ fuzz_target!(|data: &[u8]| {
     for (e, r) in events.iter().zip(&expected.events) {
         let end = at + e.raw.len();
         let shifted_lf = end + 1 == r.end && stream[end - 1] == b'\r' && stream[end] == b'\n';
-        assert!(end == r.end || shifted_lf, "event ends at {end}, reference at {}", r.end);
+        assert!(
+            end == r.end || shifted_lf,
+            "event ends at {end}, reference at {}",
+            r.end
+        );
         at = end;
     }
     // The same retry, except that a `retry:` on a last, unterminated line is applied by
@@ -115,9 +126,15 @@ fuzz_target!(|data: &[u8]| {
     let (chunked, chunked_err, _) = decode(small(), &pieces);
     let (whole, whole_err, _) = decode(small(), &[stream]);
     let fields = |es: &[Event]| -> Vec<(Option<Bytes>, Bytes, Option<Bytes>)> {
-        es.iter().map(|e| (e.event.clone(), e.data.clone(), e.id.clone())).collect()
+        es.iter()
+            .map(|e| (e.event.clone(), e.data.clone(), e.id.clone()))
+            .collect()
     };
-    assert_eq!(fields(&chunked), fields(&whole), "small bounds: events depend on chunking");
+    assert_eq!(
+        fields(&chunked),
+        fields(&whole),
+        "small bounds: events depend on chunking"
+    );
     // Which bound is named may differ: a chunk ending mid-line can show the event bound
     // passed before the line's is.
     assert_eq!(
