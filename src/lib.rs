@@ -94,3 +94,9 @@ pub mod upstream;
 pub mod testing;
 #[cfg(feature = "websocket")]
 pub mod websocket;
+
+// Internal, not a stable API: thin re-exports of crate-private parsers for the `fuzz/`
+// targets, only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;

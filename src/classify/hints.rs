@@ -7,6 +7,9 @@ use http::{HeaderMap, HeaderValue};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
+/// The longest relative wait [`RetryHint::until`] adds to "now"; every policy clamps far below.
+const MAX_AFTER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// When the upstream said it is worth trying again.
 ///
 /// `after` is relative to when the answer arrived; `reset_at` is a wall-clock instant (a
@@ -25,7 +28,11 @@ impl RetryHint {
     /// The instant to wait for: the later of `now + after` and `reset_at`; `None` when the
     /// hint is empty.
     pub fn until(&self, now: SystemTime) -> Option<SystemTime> {
-        let relative = self.after.and_then(|after| now.checked_add(after));
+        // A wait past `SystemTime`'s range would be lost in the addition (and the credential
+        // cooled by the default instead of the policy's longest clamp): a century is as long.
+        let relative = self
+            .after
+            .and_then(|after| now.checked_add(after.min(MAX_AFTER)));
         match (relative, self.reset_at) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

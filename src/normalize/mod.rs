@@ -169,6 +169,9 @@ pub use config::{NormalizeConfig, TokenCapPolicy};
 pub use learn::LearnedParams;
 pub use rule::{CODEX_REJECTED, Conversion, Rule, codex_rules};
 pub use service::{BodyNormalize, BodyNormalizeLayer};
+// For `crate::__fuzz` only.
+#[cfg(feature = "fuzzing")]
+pub(crate) use {fold::fold, rewrite::Rewrite, rewrite::rewrite};
 
 #[cfg(doc)]
 use crate::profile::Profile;

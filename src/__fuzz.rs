@@ -1,0 +1,76 @@
+//! The fuzzing surface: what the targets in `fuzz/` call that the public API does not reach.
+//!
+//! Only with the `fuzzing` feature, hidden from the docs, never a stable API. Everything here
+//! hands straight through to the crate's own code: a target must exercise exactly what the
+//! layers run, so no logic lives here. The parsers that are public already (the SSE decoder,
+//! [`classify`](crate::classify), the hint parsers, [`decode`](crate::body::decode)) are called
+//! through their public paths.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+
+use crate::body::ResponseBody;
+use crate::error::ApiError;
+use crate::json::RawObject;
+use crate::normalize::{Rule, TokenCapPolicy};
+
+/// `RawObject::scan_valid`: the top-level scan used for bodies the edge already validated.
+pub fn scan_valid(bytes: &[u8]) -> Option<RawObject<'_>> {
+    RawObject::scan_valid(bytes)
+}
+
+/// What `BodyNormalizeLayer`'s planner decided for one body (the crate-private `Rewrite`,
+/// field for field).
+#[derive(Debug)]
+pub enum Normalized {
+    /// Not a JSON object: forwarded untouched.
+    Untouched,
+    /// Answered by the layer itself.
+    Rejected(ApiError),
+    /// Forwarded, maybe rewritten.
+    Planned {
+        /// The new body, when anything changed.
+        body: Option<Bytes>,
+        /// Labels of what changed.
+        changed: Vec<String>,
+        /// The client asked for a stream.
+        client_stream: bool,
+        /// The upstream is asked for a stream.
+        upstream_stream: bool,
+        /// The `max_output_tokens` enforced on the way back.
+        cap: Option<u64>,
+    },
+}
+
+/// The normalization planner (`normalize::rewrite::rewrite`).
+pub fn normalize(
+    body: &[u8],
+    validated: bool,
+    rules: &[Rule],
+    policy: TokenCapPolicy,
+    learned: &[String],
+) -> Normalized {
+    match crate::normalize::rewrite(body, validated, rules, policy, learned) {
+        crate::normalize::Rewrite::Untouched => Normalized::Untouched,
+        crate::normalize::Rewrite::Reject(e) => Normalized::Rejected(e),
+        crate::normalize::Rewrite::Plan(p) => Normalized::Planned {
+            body: p.body,
+            changed: p.changed,
+            client_stream: p.client_stream,
+            upstream_stream: p.upstream_stream,
+            cap: p.cap,
+        },
+    }
+}
+
+/// The `stream:false` fold (`normalize::fold::fold`): a streamed answer in, one JSON object
+/// or an error response out.
+pub async fn fold(
+    res: Response<ResponseBody>,
+    limit: usize,
+    idle: Duration,
+) -> Response<ResponseBody> {
+    crate::normalize::fold(res, limit, idle).await
+}
