@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 
 mkdir -p target/chaos
 out="target/chaos/chaos-$(date -u +%Y%m%dT%H%M%SZ).md"
-cargo build --release --locked --all-features --example loadgen
+# The bench profile (release with line tables): CI's benchmark step has built its dependencies.
+cargo build --profile bench --locked --all-features --example loadgen
 status=0
 target/release/examples/loadgen chaos "$@" | tee "$out" || status=$?
 echo "summary written to $out" >&2
