@@ -208,6 +208,7 @@ async fn ten_thousand_turns_keep_memory_input_and_metrics_flat() {
         "memory grew by {} MiB over 9,000 turns",
         (rss_end.saturating_sub(rss_1000)) >> 20
     );
+    assert_eq!(store.len(), STORE_CAPACITY, "the mock's store is bounded");
     assert_eq!(
         series_end, series_1000,
         "the metric series grew with the turns"
