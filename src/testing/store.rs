@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
@@ -11,6 +11,12 @@ use super::{MockUpstream, RecordedRequest, Reply, events};
 /// credential gets `400 previous_response_not_found`. Streamed answers report
 /// `usage.input_tokens` as `tokens_per_item` × the number of `input` items sent, so a client
 /// that resends its history shows up in the numbers.
+///
+/// The store is bounded like the platform's retention: it keeps at most
+/// [`ResponseStore::DEFAULT_CAPACITY`] ids (or the capacity given to
+/// [`ResponseStore::with_capacity`]) and forgets the oldest first, so a long run through the
+/// mock does not grow with every turn, and an id older than that gets
+/// `previous_response_not_found` as an expired one would.
 ///
 /// ```
 /// use tower_responses::testing::{MockUpstream, ResponseStore};
@@ -26,19 +32,86 @@ use super::{MockUpstream, RecordedRequest, Reply, events};
 /// ```
 #[derive(Debug, Clone)]
 pub struct ResponseStore {
-    owners: Arc<Mutex<HashMap<String, String>>>,
+    owners: Arc<Mutex<Owners>>,
     next: Arc<Mutex<u64>>,
     tokens_per_item: u64,
 }
 
+/// Ids and their owners, with the order they were created in (oldest at the front).
+#[derive(Debug, Default)]
+struct Owners {
+    map: HashMap<String, String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Owners {
+    fn insert(&mut self, id: &str, credential: &str) {
+        if self
+            .map
+            .insert(id.to_string(), credential.to_string())
+            .is_none()
+        {
+            self.order.push_back(id.to_string());
+        }
+        while self.map.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.map.remove(id).is_some() {
+            self.order.retain(|k| k != id);
+        }
+    }
+}
+
 impl ResponseStore {
-    /// A store billing `tokens_per_item` input tokens per `input` item.
+    /// How many ids a store made with [`ResponseStore::new`] keeps: the proxy's own owner map
+    /// holds as many.
+    pub const DEFAULT_CAPACITY: usize = 100_000;
+
+    /// A store billing `tokens_per_item` input tokens per `input` item, keeping
+    /// [`ResponseStore::DEFAULT_CAPACITY`] ids.
     pub fn new(tokens_per_item: u64) -> Self {
+        Self::with_capacity(tokens_per_item, Self::DEFAULT_CAPACITY)
+    }
+
+    /// A store keeping at most `capacity` ids (at least one), the oldest forgotten first.
+    ///
+    /// ```
+    /// use tower_responses::testing::ResponseStore;
+    ///
+    /// let store = ResponseStore::with_capacity(2300, 2);
+    /// store.insert("resp_1", "sk-a");
+    /// store.insert("resp_2", "sk-a");
+    /// store.insert("resp_3", "sk-b");
+    /// assert_eq!(store.owner("resp_1"), None);
+    /// assert_eq!(store.owner("resp_3").as_deref(), Some("sk-b"));
+    /// assert_eq!(store.len(), 2);
+    /// ```
+    pub fn with_capacity(tokens_per_item: u64, capacity: usize) -> Self {
         ResponseStore {
-            owners: Arc::default(),
+            owners: Arc::new(Mutex::new(Owners {
+                capacity: capacity.max(1),
+                ..Owners::default()
+            })),
             next: Arc::default(),
             tokens_per_item,
         }
+    }
+
+    /// How many ids the store holds now.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether the store holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Makes `mock` answer `/responses` through this store (its handler).
@@ -49,15 +122,15 @@ impl ResponseStore {
 
     /// Records that `credential` owns `id` (a response created before the test started).
     pub fn insert(&self, id: &str, credential: &str) {
-        self.lock().insert(id.to_string(), credential.to_string());
+        self.lock().insert(id, credential);
     }
 
     /// The credential that owns `id`.
     pub fn owner(&self, id: &str) -> Option<String> {
-        self.lock().get(id).cloned()
+        self.lock().map.get(id).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
