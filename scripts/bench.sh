@@ -91,15 +91,16 @@ if [ "$callgrind" = 1 ]; then
   # Instructions per proxied 58-event stream, user space: deterministic for a binary, so it
   # measures a change exactly whatever else the machine is doing.
   cg="$(mktemp -d)"
+  drive_args=()
   count() { # count NAME ARGS...: runs `loadgen ARGS` under callgrind, drives 1,000 streams
     local name="$1"; shift
     taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$cg/$name" "$loadgen" "$@" > "$cg/$name.addr" 2>/dev/null &
     local vg=$!
     for _ in $(seq 1 120); do [ -s "$cg/$name.addr" ] && break; sleep 1; done
     local addr; addr="$(awk '{print $2}' "$cg/$name.addr")"
-    "$loadgen" drive --addr "$addr" --requests 100 >/dev/null
+    "$loadgen" drive --addr "$addr" --requests 100 "${drive_args[@]}" >/dev/null
     callgrind_control -z "$vg" >/dev/null 2>&1
-    "$loadgen" drive --addr "$addr" --requests 1000 --concurrency 4 >/dev/null
+    "$loadgen" drive --addr "$addr" --requests 1000 --concurrency 4 "${drive_args[@]}" >/dev/null
     callgrind_control -d "$vg" >/dev/null 2>&1
     sleep 2; kill "$vg"; wait "$vg" 2>/dev/null || true
     local total; total="$(callgrind_annotate "$cg/$name.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')"
@@ -111,6 +112,18 @@ if [ "$callgrind" = 1 ]; then
   count tower-responses serve-proxy --upstream "http://$mock/v1"
   count passthrough serve-passthrough --upstream "$mock"
   kill "$mock_pid"
+  # The `static` upstream (nginx, the whole answer at once): the plain stream, the
+  # `stream:false` fold and `max_output_tokens` enforcement (a cap the answer stays under).
+  taskset -c 0 "$loadgen" serve-static --nginx "$nginx_bin" > "$cg/static.addr" & static_pid=$!
+  for _ in $(seq 1 30); do [ -s "$cg/static.addr" ] && break; sleep 0.5; done
+  static="$(awk '{print $2}' "$cg/static.addr")"
+  count static-plain serve-proxy --upstream "http://$static/v1"
+  drive_args=(--no-stream)
+  count static-fold serve-proxy --upstream "http://$static/v1"
+  drive_args=(--max-output-tokens 4000)
+  count static-capped serve-proxy --upstream "http://$static/v1"
+  drive_args=()
+  kill -INT "$static_pid"; wait "$static_pid" 2>/dev/null || true
 fi
 echo "==> results in $out" >&2
 

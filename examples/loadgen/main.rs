@@ -5,9 +5,11 @@
 //! loadgen run [--quick] [--out FILE] [--targets baseline,passthrough,tower-responses,nginx,litellm]
 //!             [--nginx BIN] [--litellm BIN] [--litellm-workers N] [--streams N] [--rounds N]
 //! loadgen serve-mock                        # the fast mock upstream (prints READY <addr>)
+//! loadgen serve-static [--nginx BIN]       # nginx serving the 60-event answer in one write
 //! loadgen serve-passthrough --upstream ADDR # bare hyper-util proxy
 //! loadgen serve-proxy --upstream URL        # tower_responses::proxy::Proxy, full stack
-//! loadgen drive --addr ADDR [--requests N] [--concurrency C]  # load only, for profiling
+//! loadgen drive --addr ADDR [--requests N] [--concurrency C] [--no-stream]
+//!               [--max-output-tokens N]      # load only, for profiling
 //! loadgen side [--quick] [--rounds N] [--secs S] [--nginx BIN] [--wrk BIN] [--out FILE]
 //!                                           # against nginx, pinned, on two upstreams
 //! ```
@@ -47,6 +49,7 @@ fn main() {
         Some("serve-mock") => serve(Serve::Mock, &args[1..]),
         Some("serve-passthrough") => serve(Serve::Passthrough, &args[1..]),
         Some("serve-proxy") => serve(Serve::Proxy, &args[1..]),
+        Some("serve-static") => side::serve_static(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("side") => side::run(&args[1..]),
         Some("drive") => drive(&args[1..]),
@@ -377,9 +380,11 @@ fn drive(args: &[String]) -> i32 {
         return 1;
     };
     let tgt = target(addr, flag(args, "--auth").map(str::to_owned));
+    // `--no-stream` asks for `stream: false` (the stack folds the upstream's stream into
+    // one JSON answer), for measuring the fold against the plain stream.
     let body = client::request_body(
         &mock::model_name(0, 50),
-        true,
+        !args.iter().any(|a| a == "--no-stream"),
         flag(args, "--max-output-tokens").and_then(|v| v.parse().ok()),
     );
     let ok = rt.block_on(async move {

@@ -94,6 +94,48 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
+/// `loadgen serve-static`: the `static` upstream on its own (nginx serving the 60-event
+/// answer from memory in one write) for profiling a target against it; prints
+/// `READY <addr>` and keeps nginx up until SIGINT or SIGTERM.
+pub fn serve_static(args: &[String]) -> i32 {
+    let nginx = crate::flag(args, "--nginx").unwrap_or("/usr/sbin/nginx");
+    let stream = mock::Script::new(DELTAS).stream_text();
+    let running = match targets::temp_dir("static")
+        .and_then(|d| targets::nginx_static(nginx, &stream, &d, "0"))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    println!("READY {}", running.addr);
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return 1;
+    };
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    });
+    // SIGQUIT lets nginx's master stop its worker; dropping `running` alone would kill the
+    // master and leave the worker behind.
+    let _ = std::process::Command::new("kill")
+        .args(["-QUIT", &running.pid.to_string()])
+        .status();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(running);
+    0
+}
+
 fn side(nginx: &str, wrk: &str, rounds: usize, secs: u64) -> Result<String, String> {
     let ticks = procfs::clock_ticks();
     let script = mock::Script::new(DELTAS);

@@ -9,6 +9,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use metrics_exporter_prometheus::formatting::{write_help_line, write_type_line};
 
+thread_local! {
+    /// The key buffer of [`Removable::update`], kept per thread.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 #[derive(Debug)]
 struct Family {
     help: &'static str,
@@ -81,13 +86,21 @@ impl Removable {
         labels: &[(&str, &str)],
         f: impl FnOnce(&mut f64),
     ) {
-        let key = rendered(labels);
-        let mut map = self.lock();
-        let fam = map.entry(name).or_insert_with(|| Family {
-            help,
-            series: BTreeMap::new(),
+        // Rendered into a reused buffer: the series usually exists (a session's gauges are
+        // set on every turn), and looking it up must not allocate its key each time.
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            write_labels(key, labels);
+            let mut map = self.lock();
+            let fam = map.entry(name).or_insert_with(|| Family {
+                help,
+                series: BTreeMap::new(),
+            });
+            match fam.series.get_mut(key.as_str()) {
+                Some(v) => f(v),
+                None => f(fam.series.entry(key.clone()).or_insert(0.0)),
+            }
         });
-        f(fam.series.entry(key).or_insert(0.0));
     }
 
     pub(super) fn set(&self, name: &'static str, help: &'static str, l: &[(&str, &str)], v: f64) {

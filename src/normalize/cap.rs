@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use serde_json::json;
 
-use super::events::{Fields, Tracker, visible_delta};
+use super::events::{DeltaFields, Fields, Tracker, sequence_number, visible_delta};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
 use crate::sse::{Event, EventKind, SseDecoder, event_kind};
@@ -69,11 +69,18 @@ impl CapBody {
         let Some(kind) = event.event_type() else {
             return true;
         };
-        let Some(fields) = Fields::parse(&event.data) else {
+        if event_kind(kind) == EventKind::Terminal {
+            // Nothing after a terminal event is counted, and its response (the whole answer
+            // again) is not needed: it is not parsed.
+            self.state = State::Passthrough;
             return true;
-        };
+        }
         if let Some(slot) = visible_delta(kind) {
-            let delta = fields.delta.as_deref().unwrap_or("");
+            // The stream is mostly deltas: their three fields are found in one walk.
+            let Some(fields) = DeltaFields::parse(&event.data) else {
+                return true;
+            };
+            let delta = &*fields.delta;
             let chars = self.chars + delta.chars().count() as u64;
             if estimate_tokens(chars) > self.cap {
                 return false;
@@ -85,6 +92,22 @@ impl CapBody {
             }
             return true;
         }
+        let tracked = matches!(
+            kind,
+            "response.created"
+                | "response.in_progress"
+                | "response.queued"
+                | "response.output_item.added"
+                | "response.output_item.done"
+        );
+        if !tracked {
+            // Only its sequence number matters (the closing event's follows the last one).
+            self.last_seq = sequence_number(&event.data).or(self.last_seq);
+            return true;
+        }
+        let Some(fields) = Fields::parse(&event.data) else {
+            return true;
+        };
         self.last_seq = fields.sequence_number.or(self.last_seq);
         match kind {
             "response.created" | "response.in_progress" | "response.queued" => {
@@ -99,9 +122,6 @@ impl CapBody {
                 }
             }
             _ => {}
-        }
-        if event_kind(kind) == EventKind::Terminal {
-            self.state = State::Passthrough;
         }
         true
     }

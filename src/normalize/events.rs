@@ -6,13 +6,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::sse::scan::skip_value;
+
 /// The few fields of a Responses stream event the layer reads; the rest is skipped.
 #[derive(Deserialize, Default)]
 pub(crate) struct Fields<'a> {
     #[serde(default)]
     pub(crate) sequence_number: Option<u64>,
-    #[serde(default, borrow)]
-    pub(crate) delta: Option<Cow<'a, str>>,
     #[serde(default)]
     pub(crate) output_index: Option<u64>,
     #[serde(default, borrow)]
@@ -25,6 +25,53 @@ impl<'a> Fields<'a> {
     pub(crate) fn parse(data: &'a [u8]) -> Option<Fields<'a>> {
         serde_json::from_slice(data).ok()
     }
+}
+
+/// A delta event's fields, found in one walk over its keys: no full parse of an event the
+/// stream carries dozens of times (only `delta` is unescaped, when it has escapes).
+pub(crate) struct DeltaFields<'a> {
+    pub(crate) sequence_number: Option<u64>,
+    pub(crate) delta: Cow<'a, str>,
+    pub(crate) output_index: Option<u64>,
+}
+
+impl<'a> DeltaFields<'a> {
+    /// `None` when `data` is not an object or `delta` is not a string (as [`Fields::parse`]).
+    pub(crate) fn parse(data: &'a [u8]) -> Option<DeltaFields<'a>> {
+        let (mut seq, mut delta, mut index) = (None, None, None);
+        crate::json::find_in_object(data, |key, escaped, at| {
+            match key {
+                _ if escaped => {}
+                b"sequence_number" => seq = Some(at),
+                b"delta" => delta = Some(at),
+                b"output_index" => index = Some(at),
+                _ => {}
+            }
+            (seq.is_some() && delta.is_some() && index.is_some()).then_some(())
+        });
+        let value = |at: usize| skip_value(data, at).map(|end| &data[at..end]);
+        let number = |at: Option<usize>| -> Option<u64> {
+            std::str::from_utf8(value(at?)?).ok()?.parse().ok()
+        };
+        let delta = match delta {
+            Some(at) => serde_json::from_slice::<Cow<'a, str>>(value(at)?).ok()?,
+            None => Cow::Borrowed(""),
+        };
+        Some(DeltaFields {
+            sequence_number: number(seq),
+            delta,
+            output_index: number(index),
+        })
+    }
+}
+
+/// An event's `sequence_number`, found without parsing the rest of it.
+pub(crate) fn sequence_number(data: &[u8]) -> Option<u64> {
+    let at = crate::json::find_in_object(data, |key, escaped, at| {
+        (!escaped && key == b"sequence_number").then_some(at)
+    })?;
+    let end = skip_value(data, at)?;
+    std::str::from_utf8(&data[at..end]).ok()?.parse().ok()
 }
 
 /// Delta events whose text the client sees, and where that text lands in the output item.
@@ -59,9 +106,9 @@ struct Item {
 /// output items, bounded by `budget` bytes (past it, nothing more is recorded).
 #[derive(Debug)]
 pub(crate) struct Tracker {
-    base: Option<Value>,
+    // The `response` objects seen, raw: parsed only when the stream is cut (most are not).
+    responses: Vec<Box<str>>,
     items: Vec<Item>,
-    usage: Option<Value>,
     budget: usize,
     used: usize,
 }
@@ -69,9 +116,8 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new(budget: usize) -> Self {
         Tracker {
-            base: None,
+            responses: Vec::new(),
             items: Vec::new(),
-            usage: None,
             budget,
             used: 0,
         }
@@ -89,15 +135,24 @@ impl Tracker {
         if !self.spend(raw.get().len()) {
             return;
         }
-        if let Ok(mut v) = serde_json::from_str::<Value>(raw.get()) {
-            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                self.usage = Some(u.clone());
+        self.responses.push(raw.get().into());
+    }
+
+    /// The latest `response` object (without its output) and the latest non-null usage.
+    fn base_and_usage(&self) -> (Option<Value>, Option<Value>) {
+        let (mut base, mut usage) = (None, None);
+        for raw in &self.responses {
+            if let Ok(mut v) = serde_json::from_str::<Value>(raw) {
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    usage = Some(u.clone());
+                }
+                if let Some(obj) = v.as_object_mut() {
+                    obj.remove("output");
+                }
+                base = Some(v);
             }
-            if let Some(obj) = v.as_object_mut() {
-                obj.remove("output");
-            }
-            self.base = Some(v);
         }
+        (base, usage)
     }
 
     pub(crate) fn item(&mut self, index: u64, raw: &RawValue, done: bool) {
@@ -183,10 +238,8 @@ impl Tracker {
     /// `usage` counts the `output_tokens` the client was let through (the upstream never
     /// sent its final count: the stream was cut before it).
     pub(crate) fn incomplete_response(&self, output_tokens: u64) -> Value {
-        let mut v = self
-            .base
-            .clone()
-            .unwrap_or_else(|| json!({"id": null, "object": "response"}));
+        let (base, usage) = self.base_and_usage();
+        let mut v = base.unwrap_or_else(|| json!({"id": null, "object": "response"}));
         if let Some(obj) = v.as_object_mut() {
             obj.insert("status".into(), json!("incomplete"));
             obj.insert(
@@ -195,7 +248,7 @@ impl Tracker {
             );
             obj.insert("output".into(), Value::Array(self.output()));
             // An in-progress usage may carry the input count; its output count is not final.
-            let mut given = self.usage.clone();
+            let mut given = usage;
             if let Some(u) = given.as_mut().and_then(Value::as_object_mut) {
                 u.remove("output_tokens");
                 u.remove("total_tokens");
@@ -273,5 +326,44 @@ mod tests {
         assert_eq!(u["total_tokens"], 7);
         assert_eq!(u["input_tokens_details"]["cached_tokens"], 3);
         assert_eq!(u["input_tokens_details"]["cache_write_tokens"], 0);
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn delta_fields_found_in_one_walk() {
+        let f = DeltaFields::parse(
+            br#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"m","output_index":2,"content_index":0,"delta":"a\"b\u00e9","logprobs":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.sequence_number, &*f.delta, f.output_index),
+            (Some(7), "a\"bé", Some(2))
+        );
+        // Missing fields read as before (no delta: empty); a non-string delta is no delta event.
+        let f = DeltaFields::parse(br#"{"type":"x"}"#).unwrap();
+        assert_eq!(
+            (f.sequence_number, &*f.delta, f.output_index),
+            (None, "", None)
+        );
+        assert!(DeltaFields::parse(br#"{"delta":5}"#).is_none());
+        assert!(DeltaFields::parse(b"[DONE]").is_some_and(|f| f.delta.is_empty()));
+    }
+
+    #[test]
+    fn sequence_number_without_a_parse() {
+        assert_eq!(
+            sequence_number(br#"{"type":"a","sequence_number":12,"text":"x"}"#),
+            Some(12)
+        );
+        assert_eq!(
+            sequence_number(br#"{"type":"a","sequence_number":"12"}"#),
+            None
+        );
+        assert_eq!(sequence_number(br#"{"type":"a"}"#), None);
+        assert_eq!(sequence_number(b"oops"), None);
     }
 }
