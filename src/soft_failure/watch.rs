@@ -235,9 +235,14 @@ impl Body for WatchBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        // While the stream is watched and no terminal event came, an inner body at its end
+        // still owes the client the closing `response.failed` (`cut_off`): not the end yet.
+        // (A body that reports its end with its last data frame, as `body::Coalesce` does,
+        // would otherwise let hyper stop before asking for it.)
         self.prefix.is_none()
             && self.pending_err.is_none()
-            && (self.terminal || self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
+            && (self.terminal
+                || (self.watch.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())))
     }
 
     fn size_hint(&self) -> SizeHint {
