@@ -165,25 +165,17 @@ fn script(mock: &MockUpstream) {
 
 /// One `codex exec` with a provider displayed as `provider_name`, talking to `base_url`.
 async fn codex(provider_name: &str, base_url: &str) -> e2e::Ran {
-    let home = e2e::TempDir::new("codex-home");
-    let work = e2e::TempDir::new("codex-work");
-    let provider = format!(
-        "model_providers.e2e={{ name = \"{provider_name}\", base_url = \"{base_url}\", \
-         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\" }}"
-    );
-    let mut cmd = e2e::command(e2e::codex_bin());
-    cmd.current_dir(work.path())
-        .env("CODEX_HOME", home.path())
-        .env("TR_E2E_CLIENT_KEY", CLIENT_KEY)
-        .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
-        .args(["-c", "features.plugins=false"])
-        .args(["-c", "analytics.enabled=false"])
-        .args(["-c", "check_for_update_on_startup=false"])
-        .args(["-c", "model_auto_compact_token_limit=1000"])
-        .args(["-c", "model_provider=e2e"])
-        .args(["-c", &provider])
-        .args(["-m", MODEL, PROMPT]);
-    e2e::run(cmd).await
+    e2e::CodexExec {
+        provider: provider_name,
+        base_url,
+        websockets: false,
+        compact_limit: Some(1000),
+        client_key: CLIENT_KEY,
+        model: MODEL,
+        prompt: PROMPT,
+    }
+    .run()
+    .await
 }
 
 async fn proxy(mock: &MockUpstream) -> RunningProxy {

@@ -105,22 +105,27 @@ async fn codex_in(
     home: &std::path::Path,
     work: &std::path::Path,
 ) -> e2e::Ran {
-    let provider = format!(
-        "model_providers.e2e={{ name = \"E2E WS\", base_url = \"{base_url}\", \
-         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = {websockets} }}"
-    );
-    let mut cmd = e2e::command(e2e::codex_bin());
-    cmd.current_dir(work)
-        .env("CODEX_HOME", home)
-        .env("TR_E2E_CLIENT_KEY", CLIENT_KEY)
-        .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
-        .args(["-c", "features.plugins=false"])
-        .args(["-c", "analytics.enabled=false"])
-        .args(["-c", "check_for_update_on_startup=false"])
-        .args(["-c", "model_provider=e2e"])
-        .args(["-c", &provider])
-        .args(["-m", MODEL, PROMPT]);
-    e2e::run(cmd).await
+    exec("E2E WS", base_url, websockets, None)
+        .run_in(home, work)
+        .await
+}
+
+/// This file's `codex exec`: its key, model and prompt.
+fn exec<'a>(
+    provider: &'a str,
+    base_url: &'a str,
+    websockets: bool,
+    compact_limit: Option<u64>,
+) -> e2e::CodexExec<'a> {
+    e2e::CodexExec {
+        provider,
+        base_url,
+        websockets,
+        compact_limit,
+        client_key: CLIENT_KEY,
+        model: MODEL,
+        prompt: PROMPT,
+    }
 }
 
 fn bodies(mock: &MockUpstream) -> Vec<Value> {
@@ -366,26 +371,8 @@ fn socket_script(mock: &MockUpstream) {
 }
 
 async fn codex_openai(base_url: &str) -> e2e::Ran {
-    let home = e2e::TempDir::new("codex-wss-home");
-    let work = e2e::TempDir::new("codex-wss-work");
     // Named OpenAI: Codex compacts remotely (v2) only for providers of that name.
-    let provider = format!(
-        "model_providers.e2e={{ name = \"OpenAI\", base_url = \"{base_url}\", \
-         env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = true }}"
-    );
-    let mut cmd = e2e::command(e2e::codex_bin());
-    cmd.current_dir(work.path())
-        .env("CODEX_HOME", home.path())
-        .env("TR_E2E_CLIENT_KEY", CLIENT_KEY)
-        .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
-        .args(["-c", "features.plugins=false"])
-        .args(["-c", "analytics.enabled=false"])
-        .args(["-c", "check_for_update_on_startup=false"])
-        .args(["-c", "model_auto_compact_token_limit=1000"])
-        .args(["-c", "model_provider=e2e"])
-        .args(["-c", &provider])
-        .args(["-m", MODEL, PROMPT]);
-    e2e::run(cmd).await
+    exec("OpenAI", base_url, true, Some(1000)).run().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

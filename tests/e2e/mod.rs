@@ -12,6 +12,59 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+/// One `codex exec` of a test: a provider named `provider` at `base_url`, with the client's
+/// key in `TR_E2E_CLIENT_KEY`, the model and the prompt. What the e2e tests vary is here; the
+/// rest (no plugins, no analytics, no update check, full sandbox) is the same for all.
+pub struct CodexExec<'a> {
+    /// The provider's display name (`OpenAI` makes Codex compact remotely).
+    pub provider: &'a str,
+    /// The provider's `base_url` (the proxy's, or the mock's for a run without the proxy).
+    pub base_url: &'a str,
+    /// `supports_websockets` on the provider: Codex talks over the Responses WebSocket.
+    pub websockets: bool,
+    /// `model_auto_compact_token_limit`, for a test that makes Codex compact.
+    pub compact_limit: Option<u64>,
+    /// The key Codex sends (`env_key`).
+    pub client_key: &'a str,
+    /// `-m`.
+    pub model: &'a str,
+    /// The prompt.
+    pub prompt: &'a str,
+}
+
+impl CodexExec<'_> {
+    /// Runs it with `home` as `CODEX_HOME`, in `work`.
+    pub async fn run_in(&self, home: &Path, work: &Path) -> Ran {
+        let provider = format!(
+            "model_providers.e2e={{ name = \"{}\", base_url = \"{}\", \
+             env_key = \"TR_E2E_CLIENT_KEY\", wire_api = \"responses\", supports_websockets = {} }}",
+            self.provider, self.base_url, self.websockets
+        );
+        let mut cmd = command(codex_bin());
+        cmd.current_dir(work)
+            .env("CODEX_HOME", home)
+            .env("TR_E2E_CLIENT_KEY", self.client_key)
+            .args(["exec", "--skip-git-repo-check", "-s", "danger-full-access"])
+            .args(["-c", "features.plugins=false"])
+            .args(["-c", "analytics.enabled=false"])
+            .args(["-c", "check_for_update_on_startup=false"]);
+        if let Some(limit) = self.compact_limit {
+            cmd.args(["-c", &format!("model_auto_compact_token_limit={limit}")]);
+        }
+        cmd.args(["-c", "model_provider=e2e"])
+            .args(["-c", &provider])
+            .args(["-m", self.model, self.prompt]);
+        run(cmd).await
+    }
+
+    /// Runs it in a fresh home and working directory.
+    pub async fn run(&self) -> Ran {
+        let home = TempDir::new("codex-home");
+        let work = TempDir::new("codex-work");
+        self.run_in(home.path(), work.path()).await
+    }
+}
+
 /// Longest any client process may run; a hung client is killed (its whole process group)
 /// and the test fails with what it printed so far.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
