@@ -1,8 +1,8 @@
 //! Upstream HTTPS through rustls: a local TLS server with a CA generated for the test.
 
 mod common;
-
-use std::sync::Arc;
+#[path = "common/tls.rs"]
+mod tls;
 
 use bytes::Bytes;
 use common::*;
@@ -11,7 +11,6 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tower_responses::connect::UpstreamClientBuilder;
 
@@ -21,29 +20,7 @@ struct TlsUpstream {
 }
 
 async fn tls_upstream() -> TlsUpstream {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tower-responses test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let (acceptor, ca_der) = tls::localhost_acceptor();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -75,10 +52,7 @@ async fn tls_upstream() -> TlsUpstream {
             });
         }
     });
-    TlsUpstream {
-        port,
-        ca_der: ca.der().clone(),
-    }
+    TlsUpstream { port, ca_der }
 }
 
 #[tokio::test]

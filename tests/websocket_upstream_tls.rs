@@ -1,11 +1,14 @@
 //! `wss://` upstream sockets go through the crate's own rustls connector: a TLS front with a
 //! CA made for the test, relaying to the mock upstream's WebSocket on 127.0.0.1.
 
+#[path = "common/tls.rs"]
+mod tls;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tower_responses::connect::UpstreamClientBuilder;
 use tower_responses::credentials::{Pool, PoolMember};
@@ -15,26 +18,7 @@ use tower_responses::websocket::{Carrier, Delivery, SocketCarrier, Turn};
 /// A TLS listener for `localhost` that relays every connection to `to`; returns its port and
 /// the CA certificate that signed it.
 async fn tls_front(to: std::net::SocketAddr) -> (u16, CertificateDer<'static>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let (acceptor, ca) = tls::localhost_acceptor();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -51,7 +35,7 @@ async fn tls_front(to: std::net::SocketAddr) -> (u16, CertificateDer<'static>) {
             });
         }
     });
-    (port, ca.der().clone())
+    (port, ca)
 }
 
 fn turn(text: &str) -> Turn {
