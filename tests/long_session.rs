@@ -49,19 +49,6 @@ fn message(turn: u64) -> Value {
         "content": [{"type": "input_text", "text": format!("turn {turn}: next step")}]})
 }
 
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
 /// Metric series the proxy exports (sample lines of its scrape).
 fn series(proxy: &RunningProxy) -> usize {
     proxy

@@ -19,20 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tower_responses::testing::{MockUpstream, Reply, events};
 
-/// Resident memory of this process (the proxy, the mock and the clients all live here).
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
 /// The soft limit on open files, from /proc (no unsafe `getrlimit`).
 fn fd_limit() -> usize {
     std::fs::read_to_string("/proc/self/limits")

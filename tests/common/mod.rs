@@ -114,3 +114,18 @@ pub fn assert_envelope(body: &[u8]) -> serde_json::Value {
     assert!(v["error"]["type"].is_string(), "no error.type in {v}");
     v
 }
+
+/// Resident memory of this test process, in bytes (from /proc; 0 where there is none). The
+/// proxy, the mock and the clients of a test all live in it.
+pub fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
