@@ -107,10 +107,12 @@ impl<'a> RawObject<'a> {
         walked.is_continue().then_some(RawObject { entries })
     }
 
-    /// The raw JSON text of a field.
+    /// The raw JSON text of a field. A key given twice reads as its last value, as serde_json,
+    /// Python, Go and JavaScript read it (so the upstream sees what the layers saw).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries
             .iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_ref())
     }
@@ -131,10 +133,20 @@ impl<'a> RawObject<'a> {
     }
 
     /// Sets a field to raw JSON text (replacing in place, or appending).
+    ///
+    /// A key given twice keeps one entry, in the first one's place: a value set here is the
+    /// value every reader of the body sees.
     pub fn set(&mut self, key: &str, raw_json: impl Into<String>) {
         let raw = Cow::Owned(raw_json.into());
-        match self.entries.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = raw,
+        match self.entries.iter().position(|(k, _)| k == key) {
+            Some(first) => {
+                self.entries[first].1 = raw;
+                let mut i = 0;
+                self.entries.retain(|(k, _)| {
+                    i += 1;
+                    i - 1 == first || k != key
+                });
+            }
             None => self.entries.push((Cow::Owned(key.to_string()), raw)),
         }
     }
@@ -146,16 +158,23 @@ impl<'a> RawObject<'a> {
         }
     }
 
-    /// Removes a field; returns its raw text.
+    /// Removes a field (every occurrence of a key given twice); returns its raw text (the
+    /// value [`get`](Self::get) read).
     pub fn remove(&mut self, key: &str) -> Option<String> {
-        let i = self.entries.iter().position(|(k, _)| k == key)?;
-        Some(self.entries.remove(i).1.into_owned())
+        let value = self.get(key)?.to_owned();
+        self.entries.retain(|(k, _)| k != key);
+        Some(value)
     }
 
     /// Renames a field in place (keeping its position); no-op if absent or `to` exists.
     pub fn rename(&mut self, from: &str, to: &str) {
         if self.contains(to) {
             return;
+        }
+        if self.entries.iter().filter(|(k, _)| k == from).count() > 1 {
+            // One entry for a key given twice (its last value), so none is left behind.
+            let last = self.get(from).unwrap_or_default().to_owned();
+            self.set(from, last);
         }
         if let Some((k, _)) = self.entries.iter_mut().find(|(k, _)| k == from) {
             *k = Cow::Owned(to.to_string());
@@ -347,6 +366,30 @@ pub fn item_type(raw: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key given twice (found by the `normalize_body` fuzz target): the layers read what
+    /// serde_json and the upstream read, the last value, and an edit leaves one entry.
+    #[test]
+    fn a_key_given_twice_reads_as_its_last_value_and_edits_leave_one() {
+        let body = br#"{"a":1,"max_output_tokens":8192,"b":2,"max_output_tokens":8193}"#;
+        let obj = RawObject::parse(body).unwrap();
+        assert_eq!(obj.get("max_output_tokens"), Some("8193"));
+
+        let mut removed = obj.clone();
+        assert_eq!(removed.remove("max_output_tokens").as_deref(), Some("8193"));
+        assert_eq!(&removed.to_bytes()[..], br#"{"a":1,"b":2}"#);
+
+        let mut set = obj.clone();
+        set.set("max_output_tokens", "5");
+        assert_eq!(
+            &set.to_bytes()[..],
+            br#"{"a":1,"max_output_tokens":5,"b":2}"#
+        );
+
+        let mut renamed = obj;
+        renamed.rename("max_output_tokens", "cap");
+        assert_eq!(&renamed.to_bytes()[..], br#"{"a":1,"cap":8193,"b":2}"#);
+    }
 
     #[test]
     fn keeps_untouched_bytes_and_escapes_keys() {
