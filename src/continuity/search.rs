@@ -2,108 +2,36 @@
 //! for an id another replica created) and the first credential says "not found", the others
 //! are asked before the client is told.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::anchor::Anchor;
-use super::service::{ContinuityLayer, count, upstream_unavailable};
+use super::service::{ContinuityLayer, count};
 use crate::body::{ReplayBody, ResponseBody, clone_request};
-use crate::classify::FailureClass;
+use crate::credentials::policy::{self, OwnerAnswer, SearchTally};
 use crate::credentials::{PinnedCredential, ServedBy};
-use crate::error::{ApiError, BoxError};
+use crate::error::BoxError;
 use crate::marks::AttemptError;
 use crate::soft_failure::SoftFailure;
 
-/// `Retry-After` of a search that only met waiting credentials, when none says when it
-/// returns.
-const DEFAULT_WAIT: Duration = Duration::from_secs(5);
-
-/// What one credential's answer says about the anchor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
-    /// It does not have it.
-    Missing,
-    /// It could not tell, for a while (cooling, a 429, a quota): ask again later.
-    Waiting,
-    /// It could not tell (a transport loss, a 5xx, a retryable failure): ask again.
-    Unavailable,
-    /// It answered about the anchor: this is the answer.
-    Answer,
-}
-
-/// Reads an answer to an anchored request.
-pub(super) fn verdict(res: &Response<ResponseBody>, anchor: &Anchor) -> Verdict {
+/// Reads an answer to an anchored request ([`policy::owner_answer`] decides).
+pub(super) fn verdict(res: &Response<ResponseBody>, anchor: &Anchor) -> OwnerAnswer {
     let class = res
         .extensions()
         .get::<SoftFailure>()
         .filter(|s| s.before_content)
         .map(|s| s.failure.class);
-    let status = res.status();
-    let missing = match anchor {
-        Anchor::Previous(_) => class == Some(FailureClass::PreviousResponseNotFound),
-        Anchor::Path(_) => status == StatusCode::NOT_FOUND,
-    };
-    if missing {
-        Verdict::Missing
-    } else if status == StatusCode::TOO_MANY_REQUESTS
-        || matches!(
-            class,
-            Some(FailureClass::RateLimited | FailureClass::QuotaExhausted)
-        )
-    {
-        Verdict::Waiting
-    } else if status.is_server_error() || class.is_some_and(FailureClass::retry_elsewhere) {
-        Verdict::Unavailable
-    } else {
-        Verdict::Answer
-    }
+    policy::owner_answer(res.status(), class, matches!(anchor, Anchor::Path(_)))
 }
 
-/// What the credentials that could not tell add up to.
-#[derive(Debug, Default)]
-struct Inconclusive {
-    unavailable: usize,
-    waiting: usize,
-    earliest: Option<SystemTime>,
-}
-
-impl Inconclusive {
-    fn wait_until(&mut self, until: Option<SystemTime>) {
-        self.waiting += 1;
-        if let Some(t) = until {
-            self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
-        }
-    }
-
-    /// The answer when no credential had the anchor; `None` when every one said so.
-    fn answer(&self, anchor: &Anchor) -> Option<Response<ResponseBody>> {
-        if self.unavailable > 0 {
-            return Some(upstream_unavailable());
-        }
-        if self.waiting == 0 {
-            return None;
-        }
-        let wait = self
-            .earliest
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            .unwrap_or(DEFAULT_WAIT)
-            .max(Duration::from_secs(1));
-        Some(
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                format!(
-                    "the credential that may own {} is cooling; retry this request unchanged later",
-                    anchor.name()
-                ),
-            )
-            .with_code("previous_response_owner_unavailable")
-            .with_retry_after(wait)
-            .into_stack_response(),
-        )
+/// Counts the credentials that could not tell.
+fn wait_until(tally: &mut SearchTally, until: Option<SystemTime>) {
+    tally.waiting += 1;
+    if let Some(back) = until.and_then(|t| t.duration_since(SystemTime::now()).ok()) {
+        tally.earliest_return = Some(tally.earliest_return.map_or(back, |e| e.min(back)));
     }
 }
 
@@ -127,7 +55,7 @@ where
 {
     let pool = layer.pool().clone();
     let served = first.extensions().get::<ServedBy>().map(|s| s.0.clone());
-    let mut inconclusive = Inconclusive::default();
+    let mut inconclusive = SearchTally::default();
     for label in pool.labels() {
         if Some(&label) == served.as_ref() {
             continue;
@@ -138,7 +66,7 @@ where
                 reason = %c.reason,
                 "owner search: not asking a cooling credential"
             );
-            inconclusive.wait_until(c.until);
+            wait_until(&mut inconclusive, c.until);
             continue;
         }
         let mut attempt = clone_request(template);
@@ -163,8 +91,8 @@ where
             }
         };
         match verdict(&res, anchor) {
-            Verdict::Missing => {}
-            Verdict::Waiting => {
+            OwnerAnswer::Missing => {}
+            OwnerAnswer::Waiting => {
                 tracing::info!(
                     credential = &*label,
                     status = res.status().as_u16(),
@@ -174,9 +102,12 @@ where
                     .extensions()
                     .get::<SoftFailure>()
                     .and_then(|s| s.failure.retry.until(SystemTime::now()));
-                inconclusive.wait_until(pool.cooldown_of(&label).and_then(|c| c.until).or(hinted));
+                wait_until(
+                    &mut inconclusive,
+                    pool.cooldown_of(&label).and_then(|c| c.until).or(hinted),
+                );
             }
-            Verdict::Unavailable => {
+            OwnerAnswer::Unavailable => {
                 tracing::info!(
                     credential = &*label,
                     status = res.status().as_u16(),
@@ -184,7 +115,7 @@ where
                 );
                 inconclusive.unavailable += 1;
             }
-            Verdict::Answer => {
+            OwnerAnswer::Found => {
                 tracing::info!(
                     credential = &*label,
                     anchor = anchor.name(),
@@ -198,8 +129,9 @@ where
             }
         }
     }
-    match inconclusive.answer(anchor) {
-        Some(res) => {
+    match policy::after_owner_search(&inconclusive, anchor.name()) {
+        Some(err) => {
+            let res = err.into_stack_response();
             tracing::info!(
                 anchor = anchor.name(),
                 unavailable = inconclusive.unavailable,
@@ -211,59 +143,5 @@ where
             res
         }
         None => first,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::body::full_body;
-    use crate::classify::Failure;
-
-    fn answer(status: u16, class: Option<FailureClass>) -> Response<ResponseBody> {
-        let mut res = Response::new(full_body(bytes::Bytes::new()));
-        *res.status_mut() = StatusCode::from_u16(status).unwrap();
-        if let Some(class) = class {
-            res.extensions_mut().insert(SoftFailure {
-                failure: Failure::new(class),
-                before_content: true,
-            });
-        }
-        res
-    }
-
-    #[test]
-    fn what_each_answer_says_about_the_anchor() {
-        use FailureClass::*;
-        let previous = Anchor::Previous("resp_1".into());
-        let path = Anchor::Path("resp_1".into());
-        let rows = [
-            (
-                400,
-                Some(PreviousResponseNotFound),
-                &previous,
-                Verdict::Missing,
-            ),
-            (404, Some(RouteNotFound), &path, Verdict::Missing),
-            (404, None, &path, Verdict::Missing),
-            (429, Some(RateLimited), &previous, Verdict::Waiting),
-            (429, None, &previous, Verdict::Waiting),
-            (200, Some(QuotaExhausted), &previous, Verdict::Waiting),
-            (500, Some(Transient), &previous, Verdict::Unavailable),
-            (502, None, &path, Verdict::Unavailable),
-            (200, Some(Transient), &previous, Verdict::Unavailable),
-            (401, Some(Auth), &previous, Verdict::Unavailable),
-            (200, None, &previous, Verdict::Answer),
-            (400, Some(InvalidRequest), &previous, Verdict::Answer),
-            // A 404 is not a missing previous_response_id.
-            (404, Some(RouteNotFound), &previous, Verdict::Answer),
-        ];
-        for (status, class, anchor, expected) in rows {
-            assert_eq!(
-                verdict(&answer(status, class), anchor),
-                expected,
-                "{status} {class:?} {anchor:?}"
-            );
-        }
     }
 }

@@ -11,13 +11,14 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::anchor::Anchor;
-use super::search::{Verdict, search_owner, verdict};
+use super::search::{search_owner, verdict};
 use super::sessions::{SessionStats, Sessions};
 use super::watch::{Learn, OwnerWatch, learn_from_event, learn_from_json};
 use crate::body::{ReplayBody, ResponseBody, clone_request, full_body};
 use crate::classify::FailureClass;
+use crate::credentials::policy::OwnerAnswer;
 use crate::credentials::{EncryptedOwner, PinnedCredential, Pool, ServedBy, SettleOwners};
-use crate::error::{ApiError, BoxError};
+use crate::error::BoxError;
 use crate::facts::{RequestFacts, session_key};
 use crate::marks::AttemptError;
 use crate::metrics::Metrics;
@@ -329,10 +330,7 @@ pub(super) fn count(layer: &ContinuityLayer, what: &str) {
 }
 
 pub(super) fn upstream_unavailable() -> Response<ResponseBody> {
-    ApiError::upstream_unavailable(
-        "the upstream connection was lost; retry this request with the same previous_response_id",
-    )
-    .into_stack_response()
+    crate::credentials::policy::anchored_transport_loss().into_stack_response()
 }
 
 /// Handles an anchored request's answer: maps a stream cut before content to 502; searches
@@ -363,7 +361,7 @@ where
         return upstream_unavailable();
     }
     match (verdict(&res, anchor), retry_copy) {
-        (Verdict::Missing, Some(template)) => {
+        (OwnerAnswer::Missing, Some(template)) => {
             search_owner(res, &template, inner, layer, anchor).await
         }
         // The owner itself says it is gone (genuine), or the answer is not about the anchor.

@@ -31,7 +31,10 @@
 //! ahead.
 //!
 //! A pinned request whose owner is out ([`when_owner_out`]) waits for it within `max_wait`,
-//! else gets `503 previous_response_owner_unavailable` with the owner's return.
+//! else gets `503 previous_response_owner_unavailable` with the owner's return. What an owner
+//! search makes of each credential's answer and of the whole search ([`owner_answer`],
+//! [`after_owner_search`]), and when a socket whose upstream lost the chained response sends
+//! the full request ([`after_lost_chain`]), have their own table in [`anchors`].
 //!
 //! When no credential can be picked ([`when_none_usable`]): only hard cooldowns (rate limit,
 //! quota, auth) take a credential out; soft ones never do. If the earliest returns within
@@ -690,6 +693,12 @@ pub fn after_socket_end(end: SocketEnd, visible: bool, clean_closes: u32) -> Soc
         ),
     }
 }
+
+pub mod anchors;
+pub use anchors::{
+    LostChain, OWNER_SEARCH_DEFAULT_WAIT, OwnerAnswer, SearchTally, after_lost_chain,
+    after_owner_search, anchored_transport_loss, owner_answer,
+};
 
 #[cfg(test)]
 mod tests;

@@ -731,10 +731,10 @@ impl TurnRun {
         let lost_anchor = failure
             .as_ref()
             .is_some_and(|f| f.class == FailureClass::PreviousResponseNotFound);
-        if lost_anchor && chained && !visible && !tries.anchor_lost {
-            // The upstream forgot the response our incremental frame chained on (its store
-            // evicts on errors and restarts): the transcript has the full request, so the
-            // client never has to resend its history (seed 003). Same socket, once.
+        if lost_anchor
+            && policy::after_lost_chain(chained, visible, tries.anchor_lost)
+                == policy::LostChain::ResendFull
+        {
             tracing::info!(
                 credential = &*open.label,
                 "upstream lost the chained response; sending the full request"

@@ -506,3 +506,98 @@ fn websocket_socket_ends() {
         }
     }
 }
+
+/// The specification of [`owner_answer`], [`after_owner_search`] and [`after_lost_chain`]
+/// (the `anchors` table).
+#[test]
+fn anchored_requests_whose_anchor_is_missing() {
+    use super::anchors::*;
+    // (status, class, path anchor) -> what the answer says about the anchor.
+    let answers: &[(u16, Option<FailureClass>, bool, OwnerAnswer)] = &[
+        (
+            400,
+            Some(PreviousResponseNotFound),
+            false,
+            OwnerAnswer::Missing,
+        ),
+        (404, Some(RouteNotFound), true, OwnerAnswer::Missing),
+        (404, None, true, OwnerAnswer::Missing),
+        (429, Some(RateLimited), false, OwnerAnswer::Waiting),
+        (429, None, false, OwnerAnswer::Waiting),
+        (200, Some(QuotaExhausted), false, OwnerAnswer::Waiting),
+        (500, Some(Transient), false, OwnerAnswer::Unavailable),
+        (502, None, true, OwnerAnswer::Unavailable),
+        (200, Some(Transient), false, OwnerAnswer::Unavailable),
+        (401, Some(Auth), false, OwnerAnswer::Unavailable),
+        (200, None, false, OwnerAnswer::Found),
+        (400, Some(InvalidRequest), false, OwnerAnswer::Found),
+        // A 404 is not a missing previous_response_id.
+        (404, Some(RouteNotFound), false, OwnerAnswer::Found),
+    ];
+    for &(status, class, path, want) in answers {
+        let status = http::StatusCode::from_u16(status).unwrap();
+        assert_eq!(
+            owner_answer(status, class, path),
+            want,
+            "{status} {class:?} path={path}"
+        );
+    }
+
+    // (unavailable, waiting, earliest return) -> status, code, Retry-After; None: the first answer.
+    let s = Duration::from_secs;
+    type End = Option<(u16, &'static str, Option<u64>)>;
+    let ends: &[(usize, usize, Option<Duration>, End)] = &[
+        (0, 0, None, None),
+        (1, 0, None, Some((502, "upstream_unavailable", None))),
+        (1, 2, Some(s(30)), Some((502, "upstream_unavailable", None))),
+        (
+            0,
+            1,
+            Some(s(30)),
+            Some((503, "previous_response_owner_unavailable", Some(30))),
+        ),
+        (
+            0,
+            2,
+            None,
+            Some((503, "previous_response_owner_unavailable", Some(5))),
+        ),
+        (
+            0,
+            1,
+            Some(Duration::from_millis(200)),
+            Some((503, "previous_response_owner_unavailable", Some(1))),
+        ),
+    ];
+    for &(unavailable, waiting, earliest_return, want) in ends {
+        let tally = SearchTally {
+            unavailable,
+            waiting,
+            earliest_return,
+        };
+        let got = after_owner_search(&tally, "previous_response_id");
+        let got = got.as_ref().map(|e| {
+            (
+                e.status.as_u16(),
+                e.code.as_deref().unwrap_or_default(),
+                e.retry_after.map(|d| d.as_secs()),
+            )
+        });
+        assert_eq!(got, want, "{tally:?}");
+    }
+
+    // (chained, visible, resent) -> resend the full request on the same socket?
+    let chains: &[(bool, bool, bool, LostChain)] = &[
+        (true, false, false, LostChain::ResendFull),
+        (true, false, true, LostChain::Failure),
+        (true, true, false, LostChain::Failure),
+        (false, false, false, LostChain::Failure),
+    ];
+    for &(chained, visible, resent, want) in chains {
+        assert_eq!(
+            after_lost_chain(chained, visible, resent),
+            want,
+            "chained={chained} visible={visible} resent={resent}"
+        );
+    }
+}
