@@ -107,6 +107,8 @@ fn build(target: &Target, body: &Bytes, absolute: bool) -> Request<Full<Bytes>> 
 pub struct Conn {
     target: Target,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Sent as the `session_id` header of the next request (`drive --sessions`).
+    pub session: Option<String>,
 }
 
 impl Conn {
@@ -114,6 +116,7 @@ impl Conn {
         Conn {
             target,
             sender: None,
+            session: None,
         }
     }
 
@@ -137,7 +140,10 @@ impl Conn {
     /// content event arrived.
     pub async fn once(&mut self, body: &Bytes, gaps: bool, opened: Option<&AtomicUsize>) -> Sample {
         let start = Instant::now();
-        let req = build(&self.target, body, false);
+        let mut req = build(&self.target, body, false);
+        if let Some(id) = self.session.as_deref().and_then(|s| s.parse().ok()) {
+            req.headers_mut().insert("session_id", id);
+        }
         let res = match self.sender().await {
             Ok(s) => s.send_request(req).await.map_err(BoxError::from),
             Err(e) => Err(e),

@@ -9,7 +9,9 @@
 //! loadgen serve-passthrough --upstream ADDR # bare hyper-util proxy
 //! loadgen serve-proxy --upstream URL        # tower_responses::proxy::Proxy, full stack
 //! loadgen drive --addr ADDR [--requests N] [--concurrency C] [--no-stream]
-//!               [--max-output-tokens N]      # load only, for profiling
+//!               [--max-output-tokens N] [--sessions N]  # load only, for profiling
+//! loadgen serve-proxy --upstream URL --preload-ids N --preload-sessions N
+//!                                           # the same, its state filled first
 //! loadgen side [--quick] [--rounds N] [--secs S] [--nginx BIN] [--wrk BIN] [--out FILE]
 //!                                           # against nginx, pinned, on two upstreams
 //! ```
@@ -19,6 +21,7 @@
 //! nginx and LiteLLM and runs the whole thing; BENCHMARKS.md explains the method.
 
 mod chaos;
+mod child;
 mod client;
 mod mock;
 mod paired;
@@ -45,10 +48,17 @@ const TARGETS: [&str; 6] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Every target is a child of this process and inherits the limit.
+    if let Some(n) = procfs::raise_fd_limit().filter(|n| *n < procfs::WANTED_FDS) {
+        eprintln!(
+            "note: {n} descriptors per process (wanted {})",
+            procfs::WANTED_FDS
+        );
+    }
     let code = match args.first().map(String::as_str) {
         Some("serve-mock") => serve(Serve::Mock, &args[1..]),
         Some("serve-passthrough") => serve(Serve::Passthrough, &args[1..]),
-        Some("serve-proxy") => serve(Serve::Proxy, &args[1..]),
+        Some("serve-proxy") => serve_proxy(&args[1..]),
         Some("serve-static") => side::serve_static(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("side") => side::run(&args[1..]),
@@ -77,7 +87,33 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 enum Serve {
     Mock,
     Passthrough,
-    Proxy,
+}
+
+/// `serve-proxy`: the heaviest configuration, as a child of the harness.
+fn serve_proxy(args: &[String]) -> i32 {
+    use tower_responses::profile::Profile;
+    use tower_responses::proxy::ProxyConfig;
+    let credential = match "sk-bench-upstream".parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    // The Codex backend's rules (JSON rewriting, max_output_tokens enforced on the stream),
+    // one credential so rotation and continuity are on, soft-failure hold-back, compaction
+    // routing.
+    let config = ProxyConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        upstream: flag(args, "--upstream").unwrap_or_default().to_owned(),
+        profile_override: Some(Profile::ChatgptCodex),
+        credentials: vec![credential],
+        // Above the default (512) so `--streams 10000` measures streams, not the
+        // connection limit.
+        max_connections: 20_000,
+        ..ProxyConfig::default()
+    };
+    child::serve_child(config, child::Preload::from_args(args))
 }
 
 fn serve(what: Serve, args: &[String]) -> i32 {
@@ -105,29 +141,6 @@ fn serve(what: Serve, args: &[String]) -> i32 {
                     passthrough::serve(listener, upstream).await;
                 }
                 Ok(())
-            }
-            Serve::Proxy => {
-                use tower_responses::profile::Profile;
-                use tower_responses::proxy::{Proxy, ProxyConfig};
-                // The heaviest configuration: the Codex backend's rules (JSON rewriting,
-                // max_output_tokens enforced on the stream), one credential so rotation and
-                // continuity are on, soft-failure hold-back, compaction routing.
-                let config = ProxyConfig {
-                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    upstream,
-                    profile_override: Some(Profile::ChatgptCodex),
-                    credentials: vec!["sk-bench-upstream".parse().map_err(|e| format!("{e}"))?],
-                    // Above the default (512) so `--streams 10000` measures streams, not the
-                    // connection limit.
-                    max_connections: 20_000,
-                    ..ProxyConfig::default()
-                };
-                let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
-                println!("READY {}", proxy.local_addr());
-                proxy
-                    .serve(std::future::pending())
-                    .await
-                    .map_err(|e| e.to_string())
             }
         }
     });
@@ -387,15 +400,24 @@ fn drive(args: &[String]) -> i32 {
         !args.iter().any(|a| a == "--no-stream"),
         flag(args, "--max-output-tokens").and_then(|v| v.parse().ok()),
     );
+    // `--sessions N`: each request names one of N sessions (`session_id`), in turn, so the
+    // stack records per-session stats and bindings; more sessions than the tables hold makes
+    // every request a new session that evicts an old one.
+    let sessions: usize = flag(args, "--sessions")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let ok = rt.block_on(async move {
         let per = n.div_ceil(c);
         let tasks: Vec<_> = (0..c)
-            .map(|_| {
+            .map(|t| {
                 let (tgt, body) = (tgt.clone(), body.clone());
                 tokio::spawn(async move {
                     let mut conn = client::Conn::new(tgt);
                     let mut samples = Vec::with_capacity(per);
-                    for _ in 0..per {
+                    for i in 0..per {
+                        if sessions > 0 {
+                            conn.session = Some(format!("drive-{}", (t * per + i) % sessions));
+                        }
                         samples.push(conn.once(&body, false, None).await);
                     }
                     samples
