@@ -234,6 +234,18 @@ fn run(args: &[String]) -> i32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let ticks = procfs::clock_ticks();
+    // A proxy holds two descriptors per stream (client and upstream connection); past the
+    // limit it cannot accept or connect, and streams fail or wait for reasons of the machine.
+    if let Some(fds) = procfs::raise_fd_limit() {
+        let needed = plan.streams as u64 * 2 + 64;
+        if fds < needed {
+            eprintln!(
+                "warning: {} streams need about {needed} descriptors in a proxy; this machine \
+                 allows {fds} per process (hard limit, not raisable without CAP_SYS_RESOURCE)",
+                plan.streams
+            );
+        }
+    }
 
     let mock = match targets::spawn_self(&["serve-mock"]) {
         Ok(m) => m,
@@ -535,7 +547,8 @@ async fn measure(
         &slow,
         plan.streams,
         Duration::from_secs(1),
-        Duration::from_millis(3000),
+        // At the latest halfway through a stream, before the first ones end.
+        Duration::from_secs(1) + expected / 2,
         Duration::from_secs(1) + expected * 2 + Duration::from_secs(2),
         |opened| probe = (opened, procfs::usage(pid, ticks).rss),
     )
@@ -845,7 +858,7 @@ fn report(plan: &Plan, outcomes: &[Outcome], paired: &[paired::Round], quick: bo
     );
     let _ = writeln!(
         r,
-        "A stream stalls when two events arrive more than {} ms apart; it fails when it breaks or does not complete. Memory per stream = (RSS with the streams open − RSS before) / streams open, read 3 s after the first was opened.\n",
+        "A stream stalls when two events arrive more than {} ms apart; it fails when it breaks or does not complete. Memory per stream = (RSS with the streams open − RSS before) / streams open, read once every stream has started its content (at the latest 1 s + half a stream's length after the first was opened).\n",
         plan.stream_pacing_ms * 4
     );
     let _ = writeln!(
