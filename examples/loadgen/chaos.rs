@@ -234,7 +234,7 @@ pub fn main(args: &[String]) -> i32 {
 /// refusal falls back to the local summary), logs at debug on stderr.
 fn serve_proxy(args: &[String]) -> i32 {
     use tower_responses::compact::{CompactConfig, RemotePolicy};
-    use tower_responses::proxy::{Proxy, ProxyConfig};
+    use tower_responses::proxy::ProxyConfig;
     let filter =
         std::env::var("TR_CHAOS_LOG").unwrap_or_else(|_| "info,tower_responses=debug".into());
     tracing_subscriber::fmt()
@@ -242,52 +242,36 @@ fn serve_proxy(args: &[String]) -> i32 {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let upstream = crate::flag(args, "--upstream")
-        .unwrap_or_default()
-        .to_owned();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return 1;
-        }
-    };
-    let result: Result<(), String> = rt.block_on(async move {
-        let mut credentials = Vec::new();
-        for (var, _) in KEYS {
-            credentials.push(format!("env:{var}").parse().map_err(|e| format!("{e}"))?);
-        }
-        let config = ProxyConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            upstream,
-            credentials,
-            max_connections: 2048,
-            upstream_timeout_secs: 30,
-            stream_idle_timeout_secs: 30,
-            // Short, so the end of the run sees the upstream pool drain.
-            pool_idle_timeout_secs: 5,
-            // Every compaction asks the upstream first (a refusal is not remembered), so
-            // refusals keep coming.
-            compact: CompactConfig {
-                remote: RemotePolicy::Always,
-                ..CompactConfig::default()
-            },
-            ..ProxyConfig::default()
-        };
-        let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
-        println!("READY {}", proxy.local_addr());
-        proxy
-            .serve(std::future::pending())
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("{e}");
-            1
+    let mut credentials = Vec::new();
+    for (var, _) in KEYS {
+        match format!("env:{var}").parse() {
+            Ok(c) => credentials.push(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
         }
     }
+    let config = ProxyConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        upstream: crate::flag(args, "--upstream")
+            .unwrap_or_default()
+            .to_owned(),
+        credentials,
+        max_connections: 2048,
+        upstream_timeout_secs: 30,
+        stream_idle_timeout_secs: 30,
+        // Short, so the end of the run sees the upstream pool drain.
+        pool_idle_timeout_secs: 5,
+        // Every compaction asks the upstream first (a refusal is not remembered), so
+        // refusals keep coming.
+        compact: CompactConfig {
+            remote: RemotePolicy::Always,
+            ..CompactConfig::default()
+        },
+        ..ProxyConfig::default()
+    };
+    crate::child::serve_child(config, crate::child::Preload::default())
 }
 
 /// The mock's side: the store answers, the `x-chaos` header picks the fault.

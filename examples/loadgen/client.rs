@@ -107,6 +107,8 @@ fn build(target: &Target, body: &Bytes, absolute: bool) -> Request<Full<Bytes>> 
 pub struct Conn {
     target: Target,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Sent as the `session_id` header of the next request (`drive --sessions`).
+    pub session: Option<String>,
 }
 
 impl Conn {
@@ -114,6 +116,7 @@ impl Conn {
         Conn {
             target,
             sender: None,
+            session: None,
         }
     }
 
@@ -137,7 +140,10 @@ impl Conn {
     /// content event arrived.
     pub async fn once(&mut self, body: &Bytes, gaps: bool, opened: Option<&AtomicUsize>) -> Sample {
         let start = Instant::now();
-        let req = build(&self.target, body, false);
+        let mut req = build(&self.target, body, false);
+        if let Some(id) = self.session.as_deref().and_then(|s| s.parse().ok()) {
+            req.headers_mut().insert("session_id", id);
+        }
         let res = match self.sender().await {
             Ok(s) => s.send_request(req).await.map_err(BoxError::from),
             Err(e) => Err(e),
@@ -337,8 +343,9 @@ pub async fn open_loop(
 }
 
 /// `n` streams opened over `ramp`, each on its own connection, all held to the end. Calls
-/// `probe` once, `probe_at` after the start (while the streams are open), with the number of
-/// streams whose content had started.
+/// `probe` once, with the number of streams whose content had started, as soon as all `n`
+/// have started or at `probe_at` after the start, whichever comes first (a loaded proxy
+/// that starts them late is then read with most of them open, not a few).
 pub async fn many_streams(
     target: &Target,
     body: &Bytes,
@@ -362,7 +369,10 @@ pub async fn many_streams(
             conn.once(&body, true, Some(&opened)).await
         }));
     }
-    tokio::time::sleep_until((start + probe_at).into()).await;
+    let probe_by = start + probe_at;
+    while opened.load(Ordering::Relaxed) < n && Instant::now() < probe_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     probe(opened.load(Ordering::Relaxed));
     let end = tokio::time::Instant::from_std(start + deadline);
     let mut out = Vec::with_capacity(n);

@@ -9,7 +9,9 @@
 //! loadgen serve-passthrough --upstream ADDR # bare hyper-util proxy
 //! loadgen serve-proxy --upstream URL        # tower_responses::proxy::Proxy, full stack
 //! loadgen drive --addr ADDR [--requests N] [--concurrency C] [--no-stream]
-//!               [--max-output-tokens N]      # load only, for profiling
+//!               [--max-output-tokens N] [--sessions N]  # load only, for profiling
+//! loadgen serve-proxy --upstream URL --preload-ids N --preload-sessions N
+//!                                           # the same, its state filled first
 //! loadgen side [--quick] [--rounds N] [--secs S] [--nginx BIN] [--wrk BIN] [--out FILE]
 //!                                           # against nginx, pinned, on two upstreams
 //! ```
@@ -19,6 +21,7 @@
 //! nginx and LiteLLM and runs the whole thing; BENCHMARKS.md explains the method.
 
 mod chaos;
+mod child;
 mod client;
 mod mock;
 mod paired;
@@ -45,10 +48,17 @@ const TARGETS: [&str; 6] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Every target is a child of this process and inherits the limit.
+    if let Some(n) = procfs::raise_fd_limit().filter(|n| *n < procfs::WANTED_FDS) {
+        eprintln!(
+            "note: {n} descriptors per process (wanted {})",
+            procfs::WANTED_FDS
+        );
+    }
     let code = match args.first().map(String::as_str) {
         Some("serve-mock") => serve(Serve::Mock, &args[1..]),
         Some("serve-passthrough") => serve(Serve::Passthrough, &args[1..]),
-        Some("serve-proxy") => serve(Serve::Proxy, &args[1..]),
+        Some("serve-proxy") => serve_proxy(&args[1..]),
         Some("serve-static") => side::serve_static(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("side") => side::run(&args[1..]),
@@ -77,7 +87,33 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 enum Serve {
     Mock,
     Passthrough,
-    Proxy,
+}
+
+/// `serve-proxy`: the heaviest configuration, as a child of the harness.
+fn serve_proxy(args: &[String]) -> i32 {
+    use tower_responses::profile::Profile;
+    use tower_responses::proxy::ProxyConfig;
+    let credential = match "sk-bench-upstream".parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    // The Codex backend's rules (JSON rewriting, max_output_tokens enforced on the stream),
+    // one credential so rotation and continuity are on, soft-failure hold-back, compaction
+    // routing.
+    let config = ProxyConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        upstream: flag(args, "--upstream").unwrap_or_default().to_owned(),
+        profile_override: Some(Profile::ChatgptCodex),
+        credentials: vec![credential],
+        // Above the default (512) so `--streams 10000` measures streams, not the
+        // connection limit.
+        max_connections: 20_000,
+        ..ProxyConfig::default()
+    };
+    child::serve_child(config, child::Preload::from_args(args))
 }
 
 fn serve(what: Serve, args: &[String]) -> i32 {
@@ -105,29 +141,6 @@ fn serve(what: Serve, args: &[String]) -> i32 {
                     passthrough::serve(listener, upstream).await;
                 }
                 Ok(())
-            }
-            Serve::Proxy => {
-                use tower_responses::profile::Profile;
-                use tower_responses::proxy::{Proxy, ProxyConfig};
-                // The heaviest configuration: the Codex backend's rules (JSON rewriting,
-                // max_output_tokens enforced on the stream), one credential so rotation and
-                // continuity are on, soft-failure hold-back, compaction routing.
-                let config = ProxyConfig {
-                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    upstream,
-                    profile_override: Some(Profile::ChatgptCodex),
-                    credentials: vec!["sk-bench-upstream".parse().map_err(|e| format!("{e}"))?],
-                    // Above the default (512) so `--streams 10000` measures streams, not the
-                    // connection limit.
-                    max_connections: 20_000,
-                    ..ProxyConfig::default()
-                };
-                let proxy = Proxy::bind(config).await.map_err(|e| e.to_string())?;
-                println!("READY {}", proxy.local_addr());
-                proxy
-                    .serve(std::future::pending())
-                    .await
-                    .map_err(|e| e.to_string())
             }
         }
     });
@@ -221,6 +234,18 @@ fn run(args: &[String]) -> i32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let ticks = procfs::clock_ticks();
+    // A proxy holds two descriptors per stream (client and upstream connection); past the
+    // limit it cannot accept or connect, and streams fail or wait for reasons of the machine.
+    if let Some(fds) = procfs::raise_fd_limit() {
+        let needed = plan.streams as u64 * 2 + 64;
+        if fds < needed {
+            eprintln!(
+                "warning: {} streams need about {needed} descriptors in a proxy; this machine \
+                 allows {fds} per process (hard limit, not raisable without CAP_SYS_RESOURCE)",
+                plan.streams
+            );
+        }
+    }
 
     let mock = match targets::spawn_self(&["serve-mock"]) {
         Ok(m) => m,
@@ -387,15 +412,24 @@ fn drive(args: &[String]) -> i32 {
         !args.iter().any(|a| a == "--no-stream"),
         flag(args, "--max-output-tokens").and_then(|v| v.parse().ok()),
     );
+    // `--sessions N`: each request names one of N sessions (`session_id`), in turn, so the
+    // stack records per-session stats and bindings; more sessions than the tables hold makes
+    // every request a new session that evicts an old one.
+    let sessions: usize = flag(args, "--sessions")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let ok = rt.block_on(async move {
         let per = n.div_ceil(c);
         let tasks: Vec<_> = (0..c)
-            .map(|_| {
+            .map(|t| {
                 let (tgt, body) = (tgt.clone(), body.clone());
                 tokio::spawn(async move {
                     let mut conn = client::Conn::new(tgt);
                     let mut samples = Vec::with_capacity(per);
-                    for _ in 0..per {
+                    for i in 0..per {
+                        if sessions > 0 {
+                            conn.session = Some(format!("drive-{}", (t * per + i) % sessions));
+                        }
                         samples.push(conn.once(&body, false, None).await);
                     }
                     samples
@@ -513,7 +547,8 @@ async fn measure(
         &slow,
         plan.streams,
         Duration::from_secs(1),
-        Duration::from_millis(3000),
+        // At the latest halfway through a stream, before the first ones end.
+        Duration::from_secs(1) + expected / 2,
         Duration::from_secs(1) + expected * 2 + Duration::from_secs(2),
         |opened| probe = (opened, procfs::usage(pid, ticks).rss),
     )
@@ -823,7 +858,7 @@ fn report(plan: &Plan, outcomes: &[Outcome], paired: &[paired::Round], quick: bo
     );
     let _ = writeln!(
         r,
-        "A stream stalls when two events arrive more than {} ms apart; it fails when it breaks or does not complete. Memory per stream = (RSS with the streams open − RSS before) / streams open, read 3 s after the first was opened.\n",
+        "A stream stalls when two events arrive more than {} ms apart; it fails when it breaks or does not complete. Memory per stream = (RSS with the streams open − RSS before) / streams open, read once every stream has started its content (at the latest 1 s + half a stream's length after the first was opened).\n",
         plan.stream_pacing_ms * 4
     );
     let _ = writeln!(

@@ -94,3 +94,46 @@ pub fn usage(root: u32, ticks: f64) -> Usage {
     }
     u
 }
+
+/// Descriptors each harness process asks for: 10,000 streams cost the proxy two each, nginx
+/// two each, the mock and the load client one each, with room for the listen backlog.
+pub const WANTED_FDS: u64 = 200_000;
+
+/// Raises this process's descriptor limit (inherited by every target it starts) to
+/// [`WANTED_FDS`], or as far as the hard limit allows when that cannot be raised (not root);
+/// returns the soft limit now in force. Done with `prlimit(1)` on our own pid, so the harness
+/// needs no unsafe code; a 20,000 default soft or hard limit is what stalled 9,000 streams.
+pub fn raise_fd_limit() -> Option<u64> {
+    let limits = || -> Option<(u64, u64)> {
+        let text = fs::read_to_string("/proc/self/limits").ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut nums = line.split_whitespace().filter_map(|w| {
+            w.parse::<u64>()
+                .ok()
+                .or((w == "unlimited").then_some(u64::MAX))
+        });
+        Some((nums.next()?, nums.next()?))
+    };
+    let (soft, hard) = limits()?;
+    if soft >= WANTED_FDS {
+        return Some(soft);
+    }
+    // The kernel's ceiling for any process (fs.nr_open), which even root cannot pass.
+    let ceiling = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(WANTED_FDS);
+    let pid = std::process::id().to_string();
+    let set = |n: u64| {
+        std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:{n}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let want = WANTED_FDS.min(ceiling);
+    if !set(want) && hard > soft {
+        set(hard);
+    }
+    limits().map(|(soft, _)| soft)
+}

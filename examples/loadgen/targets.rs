@@ -163,8 +163,8 @@ daemon off;
 master_process on;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 16384; }}
-worker_rlimit_nofile 20000;
+events {{ worker_connections 65536; }}
+worker_rlimit_nofile 140000;
 http {{
   access_log off;
   client_body_temp_path {d}/body;

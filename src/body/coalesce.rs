@@ -63,11 +63,12 @@ pin_project! {
     pub struct Coalesce<B: Body> {
         #[pin]
         inner: B,
-        // The first chunk of the frame being collected, kept as it is while it is alone.
-        first: Option<Bytes>,
-        // Once a second chunk arrives: all of them, copied together (handed on whole, so
-        // no capacity stays behind between frames).
-        more: BytesMut,
+        // The chunks of the frame being collected, as hyper handed them over: a lone one
+        // goes on as it is, several are copied once into a buffer of exactly their size
+        // (nothing is reserved ahead, and no capacity stays behind between frames).
+        parts: Vec<Bytes>,
+        // Their length together.
+        held: usize,
         // What ended the collection (trailers, an error, the end), handed on next.
         after: Option<After<B::Error>>,
         // Polls in a row that brought nothing while data was held.
@@ -87,8 +88,8 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
     pub fn new(inner: B) -> Self {
         Coalesce {
             inner,
-            first: None,
-            more: BytesMut::new(),
+            parts: Vec::new(),
+            held: 0,
             after: None,
             idle: 0,
             yields: 0,
@@ -96,8 +97,22 @@ impl<B: Body<Data = Bytes>> Coalesce<B> {
     }
 }
 
-fn held_len(first: &Option<Bytes>, more: &BytesMut) -> usize {
-    first.as_ref().map_or(0, Bytes::len) + more.len()
+/// The collected chunks as one: the lone chunk itself, or one copy of them all.
+fn take(parts: &mut Vec<Bytes>, held: &mut usize, yields: &mut u8) -> Bytes {
+    *yields = 0;
+    let len = std::mem::take(held);
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut frame = BytesMut::with_capacity(len);
+    for part in parts.drain(..) {
+        frame.extend_from_slice(&part);
+    }
+    // A long list is not kept for the next frame: an open stream idles with a small one.
+    if parts.capacity() > 16 {
+        *parts = Vec::new();
+    }
+    frame.freeze()
 }
 
 impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
@@ -109,11 +124,7 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
-        let take = |first: &mut Option<Bytes>, more: &mut BytesMut, yields: &mut u8| {
-            *yields = 0;
-            first.take().unwrap_or_else(|| more.split().freeze())
-        };
-        if held_len(this.first, this.more) == 0 {
+        if *this.held == 0 {
             match this.after.take() {
                 Some(After::Trailers(t)) => return Poll::Ready(Some(Ok(t))),
                 Some(After::Error(e)) => return Poll::Ready(Some(Err(e))),
@@ -131,17 +142,10 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                         }
                         got = true;
                         *this.idle = 0;
-                        if let Some(head) = this.first.take() {
-                            this.more.reserve(head.len() + data.len());
-                            this.more.extend_from_slice(&head);
-                            this.more.extend_from_slice(&data);
-                        } else if this.more.is_empty() {
-                            *this.first = Some(data);
-                        } else {
-                            this.more.extend_from_slice(&data);
-                        }
-                        if held_len(this.first, this.more) >= COALESCE_MAX_BYTES {
-                            let data = take(this.first, this.more, this.yields);
+                        *this.held += data.len();
+                        this.parts.push(data);
+                        if *this.held >= COALESCE_MAX_BYTES {
+                            let data = take(this.parts, this.held, this.yields);
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                         continue;
@@ -151,7 +155,7 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                 Poll::Ready(Some(Err(e))) => After::Error(e),
                 Poll::Ready(None) => After::End,
                 Poll::Pending => {
-                    if held_len(this.first, this.more) == 0 {
+                    if *this.held == 0 {
                         return Poll::Pending;
                     }
                     if !got {
@@ -164,11 +168,11 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                         return Poll::Pending;
                     }
                     *this.idle = 0;
-                    let data = take(this.first, this.more, this.yields);
+                    let data = take(this.parts, this.held, this.yields);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
             };
-            if held_len(this.first, this.more) == 0 {
+            if *this.held == 0 {
                 return Poll::Ready(match ended {
                     After::Trailers(t) => Some(Ok(t)),
                     After::Error(e) => Some(Err(e)),
@@ -176,13 +180,13 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
                 });
             }
             *this.after = Some(ended);
-            let data = take(this.first, this.more, this.yields);
+            let data = take(this.parts, this.held, this.yields);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        held_len(&self.first, &self.more) == 0
+        self.held == 0
             && match &self.after {
                 Some(After::End) => true,
                 Some(_) => false,
@@ -191,7 +195,7 @@ impl<B: Body<Data = Bytes>> Body for Coalesce<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let held = held_len(&self.first, &self.more) as u64;
+        let held = self.held as u64;
         if matches!(self.after, Some(After::End)) {
             return SizeHint::with_exact(held);
         }
@@ -303,6 +307,22 @@ mod tests {
             got.iter().map(|f| f.as_ref().unwrap().len()).sum::<usize>(),
             100
         );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_held_between_frames() {
+        // Forty small chunks at once, then a lone one: the frame is exactly what came, and
+        // the stream keeps no buffer for the next frame while it waits (an open stream's
+        // memory), unlike a reserved block that stayed behind.
+        let mut script: Vec<_> = (0..40).map(|_| data("data: x\n\n")).collect();
+        script.extend([PENDING, PENDING, PENDING, data("z")]);
+        let mut body = Coalesce::new(Script(script.into()));
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame.len(), 40 * 9);
+        assert_eq!((body.held, body.parts.capacity()), (0, 0));
+        let lone = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(lone, "z");
+        assert!(body.parts.capacity() <= 4, "{}", body.parts.capacity());
     }
 
     #[tokio::test]

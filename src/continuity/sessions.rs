@@ -1,5 +1,7 @@
-use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::credentials::ttl_map::TtlMap;
 
 use crate::metrics::Metrics;
 
@@ -19,20 +21,20 @@ pub struct SessionStats {
 }
 
 /// Per-session stats, bounded: the least recently seen sessions are dropped (and their
-/// series removed from the metrics) past `capacity`.
-/// Stats per session, each with the tick it was last seen at; and the current tick.
-type Table = (HashMap<String, (SessionStats, u64)>, u64);
-
+/// series removed from the metrics) past `capacity`. A [`TtlMap`] keeps them in the order they
+/// were last seen, so recording a turn costs the same with 10 sessions or 100,000 (the table
+/// was once a scan over every session, and every session's series, per new session).
 pub(super) struct Sessions {
-    inner: Mutex<Table>,
-    capacity: usize,
+    inner: Mutex<TtlMap<SessionStats>>,
 }
+
+/// Sessions do not expire (they leave by capacity only), so the map's clock is never read.
+const NEVER: SystemTime = SystemTime::UNIX_EPOCH;
 
 impl Sessions {
     pub(super) fn new(capacity: usize) -> Self {
         Sessions {
-            inner: Mutex::new((HashMap::new(), 0)),
-            capacity: capacity.max(1),
+            inner: Mutex::new(TtlMap::new(capacity)),
         }
     }
 
@@ -40,35 +42,12 @@ impl Sessions {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0
-            .get(session)
-            .map(|(s, _)| *s)
+            .get(session, NEVER)
     }
 
     pub(super) fn record(&self, session: &str, input_tokens: u64, metrics: Option<&Metrics>) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.1 += 1;
-        let tick = g.1;
-        if g.0.len() >= self.capacity && !g.0.contains_key(session) {
-            if let Some(old) =
-                g.0.iter()
-                    .min_by_key(|(_, (_, t))| *t)
-                    .map(|(k, _)| k.clone())
-            {
-                g.0.remove(&old);
-                if let Some(m) = metrics {
-                    for name in SERIES {
-                        m.remove_matching(name, "session", &old);
-                    }
-                }
-            }
-        }
-        // The key is copied only for a new session.
-        let (stats, seen) = match g.0.get_mut(session) {
-            Some(entry) => entry,
-            None => g.0.entry(session.to_owned()).or_default(),
-        };
-        *seen = tick;
+        let mut stats = g.get(session, NEVER).unwrap_or_default();
         if stats.turns == 0 {
             stats.first_input = input_tokens;
         }
@@ -76,7 +55,14 @@ impl Sessions {
         stats.last_input = input_tokens;
         stats.max_input = stats.max_input.max(input_tokens);
         stats.total_input += input_tokens;
-        let stats = *stats;
+        // The evicted session's gauges go with it, each by its exact series.
+        g.insert_reporting(session, stats, None, NEVER, |old| {
+            if let Some(m) = metrics {
+                for name in SERIES {
+                    m.remove_series(name, &[("session", old)]);
+                }
+            }
+        });
         drop(g);
         if let Some(m) = metrics {
             m.set_many(
@@ -121,3 +107,47 @@ const SERIES: [&str; 4] = [
     "tr_session_input_tokens_max",
     "tr_session_input_tokens_sum",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_seen_session_leaves_with_its_gauges() {
+        let m = Metrics::new();
+        let sessions = Sessions::new(3);
+        for (s, tokens) in [("a", 10), ("b", 20), ("c", 30), ("a", 11)] {
+            sessions.record(s, tokens, Some(&m));
+        }
+        // "a" was seen again, so "b" is the least recently seen when "d" arrives.
+        sessions.record("d", 40, Some(&m));
+        assert_eq!(sessions.get("b"), None);
+        for name in SERIES {
+            assert_eq!(m.get(name, &[("session", "b")]), None, "{name}");
+        }
+        let a = sessions.get("a").expect("a kept");
+        assert_eq!(
+            (a.turns, a.first_input, a.last_input, a.total_input),
+            (2, 10, 11, 21)
+        );
+        assert_eq!(m.get("tr_session_turns", &[("session", "a")]), Some(2.0));
+        assert_eq!(
+            m.get("tr_session_input_tokens_sum", &[("session", "c")]),
+            Some(30.0)
+        );
+        assert_eq!(m.get("tr_session_turns", &[("session", "d")]), Some(1.0));
+    }
+
+    #[test]
+    fn a_full_table_keeps_its_size_under_many_new_sessions() {
+        let m = Metrics::new();
+        let sessions = Sessions::new(100);
+        for i in 0..5_000 {
+            sessions.record(&format!("s{i}"), 1, Some(&m));
+        }
+        // The newest 100 stay, and only theirs are exported.
+        assert!(sessions.get("s4899").is_none());
+        assert!(sessions.get("s4900").is_some());
+        assert_eq!(m.total("tr_session_turns"), 100.0);
+    }
+}

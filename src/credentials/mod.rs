@@ -51,7 +51,7 @@ mod pool;
 mod rotate;
 mod source;
 mod state;
-mod ttl_map;
+pub(crate) mod ttl_map;
 pub mod usage;
 
 pub use crate::marks::{EncryptedOwner, PinnedCredential, ServedBy};

@@ -51,6 +51,19 @@ impl<V: Clone> TtlMap<V> {
         expires: Option<SystemTime>,
         now: SystemTime,
     ) {
+        self.insert_reporting(key, value, expires, now, |_| {});
+    }
+
+    /// [`insert`](Self::insert), calling `gone` with each live key it evicts (expired, or the
+    /// oldest past the capacity), so the caller can drop what it keeps beside the entry.
+    pub(crate) fn insert_reporting(
+        &mut self,
+        key: &str,
+        value: V,
+        expires: Option<SystemTime>,
+        now: SystemTime,
+        mut gone: impl FnMut(&str),
+    ) {
         self.seq += 1;
         let seq = self.seq;
         let key: Arc<str> = match self.map.get_key_value(key) {
@@ -69,13 +82,15 @@ impl<V: Clone> TtlMap<V> {
         // Expired or superseded slots at the front go first (at most two per insert keeps
         // each call O(1) and the queue within a constant factor of the map)...
         for _ in 0..2 {
-            if !self.pop_front_if(|slot| slot.is_none_or(|s| s.expires.is_some_and(|e| e <= now))) {
+            let stale =
+                |slot: Option<&Slot<V>>| slot.is_none_or(|s| s.expires.is_some_and(|e| e <= now));
+            if !self.pop_front_if(stale, &mut gone) {
                 break;
             }
         }
         // ...then the oldest live ones while over capacity.
         while self.map.len() > self.capacity {
-            self.pop_front_if(|_| true);
+            self.pop_front_if(|_| true, &mut gone);
         }
         // A key rewritten over and over behind a live front leaves superseded slots the front
         // pops never reach: drop them all once they outnumber the live entries. That walk
@@ -87,8 +102,13 @@ impl<V: Clone> TtlMap<V> {
         }
     }
 
-    /// Pops the front slot when it is stale or `evict` says so; whether it popped.
-    fn pop_front_if(&mut self, evict: impl Fn(Option<&Slot<V>>) -> bool) -> bool {
+    /// Pops the front slot when it is stale or `evict` says so (`gone` hears of a live entry
+    /// that leaves); whether it popped.
+    fn pop_front_if(
+        &mut self,
+        evict: impl Fn(Option<&Slot<V>>) -> bool,
+        gone: &mut impl FnMut(&str),
+    ) -> bool {
         let Some((key, seq)) = self.order.front() else {
             return false;
         };
@@ -99,6 +119,7 @@ impl<V: Clone> TtlMap<V> {
         let (key, _) = self.order.pop_front().expect("front exists");
         if current.is_some() {
             self.map.remove(&key);
+            gone(&key);
         }
         true
     }
@@ -142,6 +163,19 @@ mod tests {
         assert_eq!(m.get("a", now).as_deref(), Some("a2"));
         assert_eq!(m.get("c", now).as_deref(), Some("c"));
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn evictions_are_reported_once_each() {
+        let now = SystemTime::now();
+        let mut m = TtlMap::new(2);
+        let mut gone = Vec::new();
+        for k in ["a", "b", "a", "c", "d"] {
+            m.insert_reporting(k, (), None, now, |k| gone.push(k.to_owned()));
+        }
+        // "a" was rewritten (newest again), so "b" left first, then "a".
+        assert_eq!(gone, ["b", "a"]);
+        assert_eq!(m.len(), 2);
     }
 
     #[test]

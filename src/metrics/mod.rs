@@ -294,6 +294,15 @@ impl Metrics {
         }
     }
 
+    /// Removes the one series of a family with exactly `labels`, given in the order they were
+    /// set with; the cheap form of [`remove_matching`](Self::remove_matching) when the caller
+    /// knows the series (a session's gauges). Only `REMOVABLE` families lose series.
+    pub fn remove_series(&self, name: &'static str, labels: &[(&str, &str)]) {
+        if let Some(table) = self.removable(name) {
+            table.remove(name, labels);
+        }
+    }
+
     /// The current value of one counter or gauge series (labels in any order), read back from
     /// what [`render`](Self::render) shows. For tests and diagnostics: it renders the whole
     /// registry. `None` for a handle on the global recorder.
@@ -371,6 +380,12 @@ mod tests {
         assert_eq!(m.get("tr_session_turns", &labels), None);
         assert_eq!(m.get("tr_session_turns", &[("session", "s2")]), Some(5.0));
         assert!(!m.render().contains("s \\\"1"));
+
+        // Exact removal takes that one series and leaves one that merely contains the label.
+        m.set("tr_session_turns", "Turns.", &[("session", "s3")], 1.0);
+        m.remove_series("tr_session_turns", &[("session", "s2")]);
+        assert_eq!(m.get("tr_session_turns", &[("session", "s2")]), None);
+        assert_eq!(m.get("tr_session_turns", &[("session", "s3")]), Some(1.0));
     }
 
     #[test]

@@ -124,6 +124,18 @@ impl Removable {
         }
     }
 
+    /// Removes the one series with exactly these labels (in the order they were set with):
+    /// a lookup, where [`remove_matching`](Self::remove_matching) reads every series.
+    pub(super) fn remove(&self, name: &str, labels: &[(&str, &str)]) {
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            write_labels(key, labels);
+            if let Some(fam) = self.lock().get_mut(name) {
+                fam.series.remove(key.as_str());
+            }
+        });
+    }
+
     pub(super) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.lock()
             .get(name)?

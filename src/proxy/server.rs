@@ -159,6 +159,13 @@ impl Proxy {
         self.shared.metrics.clone()
     }
 
+    /// The credential pool (`None` without upstream credentials): its state store holds the
+    /// session bindings and response-id owners the proxy has learned (a benchmark fills it
+    /// before the load; a status tool may read it).
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        self.shared.pool.as_ref()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// (up to 10 s), and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
