@@ -626,7 +626,13 @@ async fn forward(
     if let Some(label) = &served {
         shared.ledger.record_request(label, SystemTime::now());
     }
-    if let (Some(pool), UsageHeaders::Pooled) = (&shared.pool, shared.config.usage_headers) {
+    // Only a reply with usage headers has any to rewrite: the pool's figures are gathered
+    // (a lock per credential) for those alone.
+    if let (Some(pool), UsageHeaders::Pooled, true) = (
+        &shared.pool,
+        shared.config.usage_headers,
+        crate::classify::has_header_prefix(&parts.headers, "x-codex-"),
+    ) {
         usage::rewrite_codex_headers(&mut parts.headers, &pool.pooled_usage(), SystemTime::now());
     }
     // Layers may end an event stream early (at its terminal event, at a token cap), so the
