@@ -23,6 +23,7 @@ use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, ServedBy, bearer_toke
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
+use crate::json::ObjectSpans;
 use crate::metrics::{Metrics, RequestStarted};
 use crate::soft_failure::StreamObservers;
 use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
@@ -538,8 +539,8 @@ async fn admit(
         upstream.extensions_mut().insert(arrived);
     }
     shared.base.prepare(&mut upstream, upstream_uri);
-    if let Some(facts) = facts {
-        RequestFacts::attach(&mut upstream, facts);
+    if let Some((facts, spans)) = facts {
+        RequestFacts::attach_parsed(&mut upstream, facts, spans);
     }
     Ok(Admitted::Forward(upstream))
 }
@@ -974,10 +975,10 @@ async fn ws_turn(
     let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
         ApiError::invalid_request("path cannot be mapped to the upstream").with_code("invalid_path")
     })?;
-    let facts = check_json_object(req.body().bytes())?;
+    let (facts, spans) = check_json_object(req.body().bytes())?;
     req.extensions_mut().insert(RequestStarted(started));
     shared.base.prepare(&mut req, upstream_uri);
-    RequestFacts::attach(&mut req, facts);
+    RequestFacts::attach_parsed(&mut req, facts, spans);
     let res = forward(&shared, req).await;
     let status = match &res {
         Ok(r) => r.status(),
@@ -999,8 +1000,10 @@ async fn ws_turn(
 
 /// Requests to the Responses API are JSON objects; catching anything else here gives the
 /// client a clear 400 instead of whatever the upstream makes of it.
-fn check_json_object(body: &[u8]) -> Result<RequestFacts, ApiError> {
-    RequestFacts::try_parse(body).map_err(|e| {
+///
+/// The same pass finds where the body's top-level entries sit, for the layers that edit it.
+fn check_json_object(body: &[u8]) -> Result<(RequestFacts, Option<ObjectSpans>), ApiError> {
+    RequestFacts::try_parse_with_spans(body).map_err(|e| {
         let what = if std::str::from_utf8(body).is_err() {
             "the request body is not valid UTF-8".to_string()
         } else {
