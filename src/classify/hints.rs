@@ -257,7 +257,7 @@ pub fn parse_try_again_in(message: &str) -> Option<Duration> {
         .next()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: impl AsHeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     headers
         .get(name)?
         .to_str()
