@@ -52,7 +52,12 @@ pub fn normalize(
     policy: TokenCapPolicy,
     learned: &[String],
 ) -> Normalized {
-    match crate::normalize::rewrite(body, validated, rules, policy, learned) {
+    // A validated body reaches the planner as the spans of the proxy's validating parse.
+    let spans = validated
+        .then(|| RawObject::parse_with_spans(body))
+        .flatten();
+    let parsed = spans.and_then(|(_, spans)| RawObject::from_spans(body, &spans));
+    match crate::normalize::rewrite(body, validated, parsed, rules, policy, learned) {
         crate::normalize::Rewrite::Untouched => Normalized::Untouched,
         crate::normalize::Rewrite::Reject(e) => Normalized::Rejected(e),
         crate::normalize::Rewrite::Plan(p) => Normalized::Planned {

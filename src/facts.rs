@@ -22,10 +22,12 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::Request;
 use serde::Deserialize;
 
 use crate::body::ReplayBody;
+use crate::json::{ObjectSpans, RawObject};
 
 /// The top-level request fields the layers decide from.
 ///
@@ -95,9 +97,50 @@ impl<'de> Deserialize<'de> for RequestFacts {
     }
 }
 
-/// Cached facts, shared by reference between the layers of one request.
+/// Cached facts, shared by reference between the layers of one request, and where the body's
+/// top-level entries sit when the pass that validated it found them.
 #[derive(Debug, Clone)]
-struct Cached(Arc<RequestFacts>);
+struct Cached(Arc<RequestFacts>, Option<Arc<Spans>>);
+
+/// The spans of a body's top-level entries, with the body they index: a layer checks that
+/// its request still carries those very bytes before using them.
+#[derive(Debug)]
+struct Spans {
+    body: Bytes,
+    spans: ObjectSpans,
+}
+
+/// A fact field's value from its raw text, as the whole-body parse reads it; `None` when that
+/// parse must decide (a nested value, whose depth limit differs out of context, or a value
+/// that does not parse), so the facts and the error are exactly the whole-body parse's.
+fn lenient<T: serde::de::DeserializeOwned>(raw: &str) -> Option<Option<T>> {
+    if raw.starts_with(['[', '{']) {
+        return None;
+    }
+    serde_json::from_str::<Lenient<T>>(raw).ok().map(|l| l.0)
+}
+
+/// [`lenient`] for a string field, without serde for a string with nothing to unescape (the
+/// common case: a model name, an id).
+fn lenient_string(raw: &str) -> Option<Option<String>> {
+    let plain = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .filter(|inner| !inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20));
+    match plain {
+        Some(inner) => Some(Some(inner.to_owned())),
+        None => lenient(raw),
+    }
+}
+
+/// [`lenient`] for a boolean field, without serde for the literals.
+fn lenient_bool(raw: &str) -> Option<Option<bool>> {
+    match raw {
+        "true" => Some(Some(true)),
+        "false" => Some(Some(false)),
+        _ => lenient(raw),
+    }
+}
 
 impl RequestFacts {
     /// Reads the facts from a body (a non-object body gives empty facts).
@@ -111,25 +154,93 @@ impl RequestFacts {
         serde_json::from_slice::<RequestFacts>(body)
     }
 
+    /// [`try_parse`](Self::try_parse), and where the body's top-level entries sit, from the
+    /// same one pass: the edge validates the body, and normalization edits it without walking
+    /// it again ([`attach_parsed`](Self::attach_parsed), [`raw_object`](Self::raw_object)).
+    /// The facts and any error are exactly [`try_parse`](Self::try_parse)'s.
+    pub(crate) fn try_parse_with_spans(
+        body: &[u8],
+    ) -> Result<(RequestFacts, Option<ObjectSpans>), serde_json::Error> {
+        if let Some((obj, spans)) = RawObject::parse_with_spans(body) {
+            if let Some(facts) = Self::from_object(&obj) {
+                return Ok((facts, Some(spans)));
+            }
+        }
+        // Not an object (or one the walk leaves to serde_json), or a fact field only the
+        // whole-body parse can read: it decides, and says why a body is refused.
+        Self::try_parse(body).map(|facts| (facts, None))
+    }
+
+    /// The facts of a parsed object, read as the [`Deserialize`] impl reads them (every
+    /// occurrence of a key given twice, the last one kept); `None` when a field needs the
+    /// whole-body parse (see [`lenient`]).
+    fn from_object(obj: &RawObject<'_>) -> Option<RequestFacts> {
+        let mut f = RequestFacts {
+            is_json_object: true,
+            ..RequestFacts::default()
+        };
+        for (key, raw) in obj.entries() {
+            match key {
+                "model" => f.model = lenient_string(raw)?,
+                "stream" => f.stream = lenient_bool(raw)?,
+                "store" => f.store = lenient_bool(raw)?,
+                "previous_response_id" => f.previous_response_id = lenient_string(raw)?,
+                "prompt_cache_key" => f.prompt_cache_key = lenient_string(raw)?,
+                _ => {}
+            }
+        }
+        Some(f)
+    }
+
     /// Caches facts already read (by [`try_parse`](Self::try_parse)) on a request.
     pub fn attach<B>(req: &mut Request<B>, facts: RequestFacts) {
-        req.extensions_mut().insert(Cached(Arc::new(facts)));
+        req.extensions_mut().insert(Cached(Arc::new(facts), None));
+    }
+
+    /// Caches what [`try_parse_with_spans`](Self::try_parse_with_spans) read from this
+    /// request's body.
+    pub(crate) fn attach_parsed(
+        req: &mut Request<ReplayBody>,
+        facts: RequestFacts,
+        spans: Option<ObjectSpans>,
+    ) {
+        let spans = spans.map(|spans| {
+            Arc::new(Spans {
+                body: req.body().bytes().clone(),
+                spans,
+            })
+        });
+        req.extensions_mut().insert(Cached(Arc::new(facts), spans));
+    }
+
+    /// The body as a [`RawObject`], from the spans the validating pass found, when the
+    /// request still carries the bytes they index; `None` otherwise (then parse or scan).
+    pub(crate) fn raw_object(req: &Request<ReplayBody>) -> Option<RawObject<'_>> {
+        let Cached(_, Some(found)) = req.extensions().get::<Cached>()? else {
+            return None;
+        };
+        let body = req.body().bytes();
+        // The same buffer (kept alive by `found`), so the same bytes.
+        let same = found.body.as_ptr() == body.as_ptr() && found.body.len() == body.len();
+        same.then(|| RawObject::from_spans(body, &found.spans))?
     }
 
     /// The request's facts, read on first use and cached in its extensions. A layer that
     /// rewrites the body must call [`RequestFacts::invalidate`].
     pub fn of(req: &mut Request<ReplayBody>) -> Arc<RequestFacts> {
-        if let Some(Cached(f)) = req.extensions().get::<Cached>() {
+        if let Some(Cached(f, _)) = req.extensions().get::<Cached>() {
             return f.clone();
         }
         let facts = Arc::new(RequestFacts::parse(req.body().bytes()));
-        req.extensions_mut().insert(Cached(facts.clone()));
+        req.extensions_mut().insert(Cached(facts.clone(), None));
         facts
     }
 
     /// The facts cached on the request, if a layer or the proxy read them already.
     pub fn cached<B>(req: &Request<B>) -> Option<Arc<RequestFacts>> {
-        req.extensions().get::<Cached>().map(|Cached(f)| f.clone())
+        req.extensions()
+            .get::<Cached>()
+            .map(|Cached(f, _)| f.clone())
     }
 
     /// Drops the cached facts after a body rewrite.
@@ -153,7 +264,7 @@ pub fn session_key(headers: &http::HeaderMap, facts: &RequestFacts) -> Option<St
 /// many were removed; `None` if the body is not an object with an `input` list. Everything
 /// else is copied byte for byte.
 pub fn without_encrypted_reasoning(body: &[u8]) -> Option<(bytes::Bytes, usize)> {
-    use crate::json::{RawObject, array_items, item_type, join_array};
+    use crate::json::{array_items, item_type, join_array};
 
     #[derive(Deserialize)]
     struct Encrypted<'a> {
@@ -178,4 +289,56 @@ pub fn without_encrypted_reasoning(body: &[u8]) -> Option<(bytes::Bytes, usize)>
     let input = join_array(kept);
     obj.set("input", input);
     Some((obj.to_bytes(), removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one pass the edge runs reads the same facts, and refuses the same bodies with the
+    /// same message, as the whole-body parse; spans come only with bodies it read itself.
+    #[test]
+    fn reading_with_spans_agrees_with_the_whole_body_parse() {
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"gpt-5.5","input":[{"role":"user","content":"hi"}],"stream":true}"#,
+            br#" {"store":false,"previous_response_id":"resp_1","prompt_cache_key":"s"} "#,
+            br#"{"model":"a","model":"b","stream":"yes","store":null}"#,
+            br#"{"m\u006fdel":"escaped key","stream":1}"#,
+            br#"{"model":1e400}"#,
+            br#"{"model":"a\"b","prompt_cache_key":"\u00e9","stream":false,"store":true}"#,
+            br#"{"model":"","previous_response_id":null,"stream":"true"}"#,
+            br#"{"model":["nested"],"stream":{"a":true}}"#,
+            b"{\"input\":\"\xff\",\"model\":\"x\"}",
+            b"{\"model\":\"\xff\"}",
+            br#"{"model":"gpt-5.5"} x"#,
+            br#"{"model":"gpt-5.5","#,
+            br#"{"a":[1,]}"#,
+            br#"[1]"#,
+            b"",
+        ];
+        for body in bodies {
+            let whole = RequestFacts::try_parse(body).map_err(|e| e.to_string());
+            let one = RequestFacts::try_parse_with_spans(body);
+            let spans = one.as_ref().is_ok_and(|(_, s)| s.is_some());
+            let one = one.map(|(f, _)| f).map_err(|e| e.to_string());
+            assert_eq!(one, whole, "{}", String::from_utf8_lossy(body));
+            if spans {
+                let mut req = Request::new(ReplayBody::new(Bytes::copy_from_slice(body)));
+                let (facts, spans) = RequestFacts::try_parse_with_spans(body).unwrap();
+                RequestFacts::attach_parsed(&mut req, facts, spans);
+                let obj = RequestFacts::raw_object(&req).unwrap();
+                let parsed = RawObject::parse(body).unwrap();
+                assert_eq!(obj.to_bytes(), parsed.to_bytes());
+                // Another body on the request: the spans are not used for it.
+                *req.body_mut() = ReplayBody::new(Bytes::copy_from_slice(body));
+                assert!(RequestFacts::raw_object(&req).is_none());
+            }
+        }
+        assert!(
+            RequestFacts::try_parse_with_spans(bodies[0])
+                .unwrap()
+                .1
+                .is_some()
+        );
+    }
 }

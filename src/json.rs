@@ -32,6 +32,21 @@ pub struct RawObject<'a> {
     entries: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
+/// Where the top-level entries of a parsed object sit in its bytes: what
+/// [`RawObject::from_spans`] needs to give the object again without a walk.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ObjectSpans {
+    entries: Vec<(SpanKey, Range<usize>)>,
+}
+
+#[derive(Debug, Clone)]
+enum SpanKey {
+    /// The key's text between its quotes.
+    At(Range<usize>),
+    /// A key written with escapes, unescaped.
+    Unescaped(String),
+}
+
 struct Entries<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'de> Deserialize<'de> for Entries<'de> {
@@ -107,6 +122,68 @@ impl<'a> RawObject<'a> {
         walked.is_continue().then_some(RawObject { entries })
     }
 
+    /// [`parse`](Self::parse)'s object, and where each entry sits in `bytes`, so a later reader
+    /// of the same bytes has the object again without walking them
+    /// ([`from_spans`](Self::from_spans)).
+    ///
+    /// One pass: the top level is walked here and each value validated by serde_json as it is
+    /// passed over (as `parse` validates it), instead of a parse that keeps raw values (which
+    /// checks their UTF-8 again) and a walk after it. `Some` only for bytes `parse` accepts;
+    /// `None` also for some it accepts (invalid UTF-8 inside a value, which serde_json passes
+    /// over): ask `parse` then.
+    pub(crate) fn parse_with_spans(bytes: &'a [u8]) -> Option<(Self, ObjectSpans)> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        // Request bodies have a dozen or so top-level fields: no regrowing on the way.
+        let mut entries = Vec::with_capacity(16);
+        let mut spans = Vec::with_capacity(16);
+        let walked = walk_object(bytes, |key, escaped, start| {
+            let end = (|| {
+                let raw_key = text.get(key.clone())?;
+                let (name, span_key) = match escaped {
+                    true => {
+                        let k: String = serde_json::from_str(raw_key).ok()?;
+                        (Cow::Owned(k.clone()), SpanKey::Unescaped(k))
+                    }
+                    // serde_json refuses a raw control character in a string.
+                    false if raw_key.bytes().any(|b| b < 0x20) => return None,
+                    false => (Cow::Borrowed(raw_key), SpanKey::At(key)),
+                };
+                let mut values = serde_json::Deserializer::from_slice(bytes.get(start..)?)
+                    .into_iter::<serde::de::IgnoredAny>();
+                values.next()?.ok()?;
+                let end = start + values.byte_offset();
+                entries.push((name, Cow::Borrowed(text.get(start..end)?)));
+                spans.push((span_key, start..end));
+                Some(end)
+            })();
+            match end {
+                Some(end) => ControlFlow::Continue(Some(end)),
+                None => ControlFlow::Break(()),
+            }
+        })?;
+        // Only whitespace may follow the object, as for `parse`.
+        let ControlFlow::Continue(after) = walked else {
+            return None;
+        };
+        (scan::ws(bytes, after) == bytes.len())
+            .then_some((RawObject { entries }, ObjectSpans { entries: spans }))
+    }
+
+    /// The object [`parse_with_spans`](Self::parse_with_spans) gave for these same `bytes`,
+    /// without parsing or scanning them; `None` if a span does not fit them (other bytes).
+    pub(crate) fn from_spans(bytes: &'a [u8], spans: &ObjectSpans) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut entries = Vec::with_capacity(spans.entries.len());
+        for (key, value) in &spans.entries {
+            let key = match key {
+                SpanKey::At(at) => Cow::Borrowed(text.get(at.clone())?),
+                SpanKey::Unescaped(k) => Cow::Owned(k.clone()),
+            };
+            entries.push((key, Cow::Borrowed(text.get(value.clone())?)));
+        }
+        Some(RawObject { entries })
+    }
+
     /// The raw JSON text of a field. A key given twice reads as its last value, as serde_json,
     /// Python, Go and JavaScript read it (so the upstream sees what the layers saw).
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -179,6 +256,11 @@ impl<'a> RawObject<'a> {
         if let Some((k, _)) = self.entries.iter_mut().find(|(k, _)| k == from) {
             *k = Cow::Owned(to.to_string());
         }
+    }
+
+    /// The entries in order: each key (unescaped) and its raw JSON text.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
 
     /// The field names, in order.
@@ -311,19 +393,19 @@ pub(crate) fn find_in_object<T>(
 /// `visit` gets each key's span (between the quotes; with them when `escaped`) and where its
 /// value starts, and says what next: `Continue(None)` skips the value, `Continue(Some(end))`
 /// goes on from `end` (the visitor measured the value itself), `Break(t)` stops. The walk
-/// gives `Some(Break(t))` when stopped, `Some(Continue(()))` at the object's end, `None`
-/// when the bytes are not an object's top level.
+/// gives `Some(Break(t))` when stopped, `Some(Continue(after))` at the object's end (`after`
+/// the index past its `}`), `None` when the bytes are not an object's top level.
 fn walk_object<T>(
     d: &[u8],
     mut visit: impl FnMut(Range<usize>, bool, usize) -> ControlFlow<T, Option<usize>>,
-) -> Option<ControlFlow<T>> {
+) -> Option<ControlFlow<T, usize>> {
     let mut i = scan::ws(d, 0);
     if d.get(i) != Some(&b'{') {
         return None;
     }
     i = scan::ws(d, i + 1);
     if d.get(i) == Some(&b'}') {
-        return Some(ControlFlow::Continue(()));
+        return Some(ControlFlow::Continue(i + 1));
     }
     loop {
         if d.get(i) != Some(&b'"') {
@@ -347,7 +429,7 @@ fn walk_object<T>(
         i = scan::ws(d, end);
         match d.get(i)? {
             b',' => i = scan::ws(d, i + 1),
-            b'}' => return Some(ControlFlow::Continue(())),
+            b'}' => return Some(ControlFlow::Continue(i + 1)),
             _ => return None,
         }
     }
@@ -441,6 +523,51 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn spans_give_the_parsed_object_again_and_only_for_its_own_bytes() {
+        for body in [
+            r#"{}"#,
+            r#" { "model" : "gpt-5.5" , "input":[{"role":"user","content":"a \"}\" b"}] } "#,
+            r#"{"r\u006fle":"x","n":-1.5e3,"t":true,"z":null,"o":{"k":[1,{"a":"}"}]},"s":"é"}"#,
+            r#"{"a":1,"max_output_tokens":8192,"a":2}"#,
+        ] {
+            let parsed = RawObject::parse(body.as_bytes()).unwrap();
+            let (walked, spans) = RawObject::parse_with_spans(body.as_bytes()).unwrap();
+            assert_eq!(entries(&walked), entries(&parsed), "{body}");
+            let again = RawObject::from_spans(body.as_bytes(), &spans).unwrap();
+            assert_eq!(entries(&again), entries(&parsed), "{body}");
+            assert_eq!(again.to_bytes(), parsed.to_bytes(), "{body}");
+        }
+        let (_, spans) = RawObject::parse_with_spans(br#"{"model":"gpt-5.5"}"#).unwrap();
+        // Whatever `parse` refuses, this refuses too.
+        for bad in [
+            "",
+            "[]",
+            "{",
+            "{}}",
+            "{} x",
+            r#"{"a":}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":1x}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":"\q"}"#,
+            "{\"\u{1}\":1}",
+            r#"{"a":[1,]}"#,
+            r#"{"a":01}"#,
+            r#"{"a\":1}"#,
+            "\u{ff}",
+        ] {
+            assert!(RawObject::parse(bad.as_bytes()).is_err(), "{bad}");
+            assert!(
+                RawObject::parse_with_spans(bad.as_bytes()).is_none(),
+                "{bad}"
+            );
+        }
+        assert!(RawObject::from_spans(b"{}", &spans).is_none());
+        // A span ending inside a character of other bytes.
+        assert!(RawObject::from_spans("{\"model\":\"gpt-5ééé\"}".as_bytes(), &spans).is_none());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
+use http::header::AsHeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
@@ -256,7 +257,7 @@ pub fn parse_try_again_in(message: &str) -> Option<Duration> {
         .next()
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     headers
         .get(name)?
         .to_str()
@@ -265,14 +266,14 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
+fn header_f64(headers: &HeaderMap, name: impl AsHeaderName) -> Option<f64> {
     header_str(headers, name)?
         .parse::<f64>()
         .ok()
         .filter(|f| f.is_finite())
 }
 
-fn header_bool(headers: &HeaderMap, name: &str) -> Option<bool> {
+fn header_bool(headers: &HeaderMap, name: impl AsHeaderName) -> Option<bool> {
     match header_str(headers, name)?.to_ascii_lowercase().as_str() {
         "true" | "1" => Some(true),
         "false" | "0" => Some(false),
@@ -291,14 +292,43 @@ pub struct CodexWindow {
     pub reset_at: Option<SystemTime>,
 }
 
+/// Whether any header's name starts with `prefix` (lower-case, as header names are): one walk
+/// over the names, none hashed, so a reply without usage headers (every reply of most
+/// upstreams) costs no lookups.
+pub(crate) fn has_header_prefix(headers: &HeaderMap, prefix: &str) -> bool {
+    headers.keys().any(|name| name.as_str().starts_with(prefix))
+}
+
+/// The header names of one Codex usage window, built at compile time: a lookup by a
+/// `HeaderName` hashes it, one by `&str` parses it first.
+struct WindowNames {
+    used_percent: HeaderName,
+    window_minutes: HeaderName,
+    reset_at: HeaderName,
+}
+
+static PRIMARY: WindowNames = WindowNames {
+    used_percent: HeaderName::from_static("x-codex-primary-used-percent"),
+    window_minutes: HeaderName::from_static("x-codex-primary-window-minutes"),
+    reset_at: HeaderName::from_static("x-codex-primary-reset-at"),
+};
+
+static SECONDARY: WindowNames = WindowNames {
+    used_percent: HeaderName::from_static("x-codex-secondary-used-percent"),
+    window_minutes: HeaderName::from_static("x-codex-secondary-window-minutes"),
+    reset_at: HeaderName::from_static("x-codex-secondary-reset-at"),
+};
+
+static HAS_CREDITS: HeaderName = HeaderName::from_static("x-codex-credits-has-credits");
+static UNLIMITED: HeaderName = HeaderName::from_static("x-codex-credits-unlimited");
+static BALANCE: HeaderName = HeaderName::from_static("x-codex-credits-balance");
+
 impl CodexWindow {
-    fn from_headers(headers: &HeaderMap, which: &str) -> Option<CodexWindow> {
-        let name = |field: &str| format!("x-codex-{which}-{field}");
+    fn from_headers(headers: &HeaderMap, names: &WindowNames) -> Option<CodexWindow> {
         Some(CodexWindow {
-            used_percent: header_f64(headers, &name("used-percent"))?,
-            window_minutes: header_str(headers, &name("window-minutes"))
-                .and_then(|s| s.parse().ok()),
-            reset_at: header_f64(headers, &name("reset-at")).and_then(unix_secs),
+            used_percent: header_f64(headers, &names.used_percent)?,
+            window_minutes: header_str(headers, &names.window_minutes).and_then(|s| s.parse().ok()),
+            reset_at: header_f64(headers, &names.reset_at).and_then(unix_secs),
         })
     }
 
@@ -330,12 +360,15 @@ pub struct CodexUsage {
 impl CodexUsage {
     /// Reads the `x-codex-*` usage headers; `None` when the reply carries none of them.
     pub fn from_headers(headers: &HeaderMap) -> Option<CodexUsage> {
+        if !has_header_prefix(headers, "x-codex-") {
+            return None;
+        }
         let usage = CodexUsage {
-            primary: CodexWindow::from_headers(headers, "primary"),
-            secondary: CodexWindow::from_headers(headers, "secondary"),
-            has_credits: header_bool(headers, "x-codex-credits-has-credits"),
-            unlimited: header_bool(headers, "x-codex-credits-unlimited"),
-            balance: header_str(headers, "x-codex-credits-balance").map(str::to_owned),
+            primary: CodexWindow::from_headers(headers, &PRIMARY),
+            secondary: CodexWindow::from_headers(headers, &SECONDARY),
+            has_credits: header_bool(headers, &HAS_CREDITS),
+            unlimited: header_bool(headers, &UNLIMITED),
+            balance: header_str(headers, &BALANCE).map(str::to_owned),
         };
         (usage != CodexUsage::default()).then_some(usage)
     }

@@ -137,6 +137,7 @@ use std::fmt;
 
 use http::StatusCode;
 
+pub(crate) use hints::has_header_prefix;
 pub use hints::{
     CodexUsage, CodexWindow, RetryHint, parse_go_duration, parse_retry_after, parse_try_again_in,
     retry_hint_from_headers,

@@ -15,10 +15,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 
-use crate::classify::{CodexUsage, CodexWindow, parse_go_duration};
+use crate::classify::{CodexUsage, CodexWindow, has_header_prefix, parse_go_duration};
 
 /// Which window a measurement belongs to, from the window's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -129,6 +129,26 @@ fn clamp_percent(p: f64) -> f64 {
     }
 }
 
+/// The platform's `x-ratelimit-{limit,remaining,reset}-*` names of one limit, built at
+/// compile time (a lookup by `&str` parses the name first).
+struct RateLimitNames {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+}
+
+static RATE_LIMIT_REQUESTS: RateLimitNames = RateLimitNames {
+    limit: HeaderName::from_static("x-ratelimit-limit-requests"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-requests"),
+    reset: HeaderName::from_static("x-ratelimit-reset-requests"),
+};
+
+static RATE_LIMIT_TOKENS: RateLimitNames = RateLimitNames {
+    limit: HeaderName::from_static("x-ratelimit-limit-tokens"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    reset: HeaderName::from_static("x-ratelimit-reset-tokens"),
+};
+
 impl CredentialUsage {
     /// The ChatGPT windows of the `x-codex-*` headers, placed by their length.
     pub fn from_codex(usage: &CodexUsage, now: SystemTime) -> CredentialUsage {
@@ -152,17 +172,20 @@ impl CredentialUsage {
             let usage = CredentialUsage::from_codex(&codex, now);
             return (!usage.windows.is_empty()).then_some(usage);
         }
+        if !has_header_prefix(headers, "x-ratelimit-") {
+            return None;
+        }
         let mut out = CredentialUsage {
             seen_at: Some(now),
             ..Default::default()
         };
-        for (what, kind) in [
-            ("requests", WindowKind::Requests),
-            ("tokens", WindowKind::Tokens),
+        for (names, kind) in [
+            (&RATE_LIMIT_REQUESTS, WindowKind::Requests),
+            (&RATE_LIMIT_TOKENS, WindowKind::Tokens),
         ] {
-            let num = |name: &str| {
+            let num = |name: &HeaderName| {
                 headers
-                    .get(format!("x-ratelimit-{name}-{what}"))?
+                    .get(name)?
                     .to_str()
                     .ok()?
                     .trim()
@@ -170,14 +193,14 @@ impl CredentialUsage {
                     .ok()
                     .filter(|f| f.is_finite() && *f >= 0.0)
             };
-            let (Some(limit), Some(remaining)) = (num("limit"), num("remaining")) else {
+            let (Some(limit), Some(remaining)) = (num(&names.limit), num(&names.remaining)) else {
                 continue;
             };
             if limit <= 0.0 {
                 continue;
             }
             let reset = headers
-                .get(format!("x-ratelimit-reset-{what}"))
+                .get(&names.reset)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_go_duration);
             out.put(UsageWindow {

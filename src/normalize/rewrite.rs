@@ -38,17 +38,20 @@ pub(crate) struct Plan {
 ///
 /// `validated`: the body is known to be a JSON object (the proxy parsed it whole, and
 /// [`RequestFacts`](crate::facts::RequestFacts) say so), so its top level is scanned instead
-/// of parsed a second time.
+/// of parsed a second time. `parsed`: that pass's object already (see
+/// [`RequestFacts::raw_object`](crate::facts::RequestFacts::raw_object)), so not even a scan.
 pub(crate) fn rewrite(
     body: &[u8],
     validated: bool,
+    parsed: Option<RawObject<'_>>,
     rules: &[Rule],
     policy: TokenCapPolicy,
     learned: &[String],
 ) -> Rewrite {
-    let top = match validated {
-        true => RawObject::scan_valid(body),
-        false => RawObject::parse(body).ok(),
+    let top = match (parsed, validated) {
+        (Some(obj), _) => Some(obj),
+        (None, true) => RawObject::scan_valid(body),
+        (None, false) => RawObject::parse(body).ok(),
     };
     let Some(mut obj) = top else {
         return Rewrite::Untouched;
@@ -121,7 +124,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn plan(body: &Value, rules: &[Rule], policy: TokenCapPolicy) -> Plan {
-        match rewrite(body.to_string().as_bytes(), false, rules, policy, &[]) {
+        match rewrite(body.to_string().as_bytes(), false, None, rules, policy, &[]) {
             Rewrite::Plan(p) => p,
             other => panic!("unexpected {other:?}"),
         }
@@ -180,6 +183,7 @@ mod tests {
         match rewrite(
             body.to_string().as_bytes(),
             false,
+            None,
             &[],
             TokenCapPolicy::Reject,
             &[],
@@ -201,7 +205,8 @@ mod tests {
     fn learned_params_are_stripped_and_a_learned_cap_is_enforced() {
         let body = br#"{"foo_bar":1,"max_output_tokens":7}"#;
         let learned = vec!["foo_bar".to_string(), "max_output_tokens".to_string()];
-        let Rewrite::Plan(p) = rewrite(body, false, &[], TokenCapPolicy::Pass, &learned) else {
+        let Rewrite::Plan(p) = rewrite(body, false, None, &[], TokenCapPolicy::Pass, &learned)
+        else {
             panic!()
         };
         assert_eq!(&p.body.unwrap()[..], b"{}");
@@ -217,7 +222,14 @@ mod tests {
     fn malformed_bodies_are_untouched() {
         for body in [&b"{\"a\":"[..], b"[1,2]", b"", b"\xff\xfe"] {
             assert!(matches!(
-                rewrite(body, false, &codex_rules(), TokenCapPolicy::Enforce, &[]),
+                rewrite(
+                    body,
+                    false,
+                    None,
+                    &codex_rules(),
+                    TokenCapPolicy::Enforce,
+                    &[]
+                ),
                 Rewrite::Untouched
             ));
         }

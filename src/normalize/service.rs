@@ -230,6 +230,7 @@ where
     let decided = rewrite(
         req.body().bytes(),
         validated,
+        RequestFacts::raw_object(&req),
         rules,
         config.cap_policy(profile),
         &learned,

@@ -23,6 +23,7 @@ use crate::credentials::{CHATGPT_ACCOUNT_ID, Pool, Secret, ServedBy, bearer_toke
 use crate::error::ApiError;
 use crate::facts::RequestFacts;
 use crate::fresh::FreshConnectionLayer;
+use crate::json::ObjectSpans;
 use crate::metrics::{Metrics, RequestStarted};
 use crate::soft_failure::StreamObservers;
 use crate::stack::{HeadTimeoutElapsed, ResponsesStack, StackService};
@@ -545,8 +546,8 @@ async fn admit(
         upstream.extensions_mut().insert(arrived);
     }
     shared.base.prepare(&mut upstream, upstream_uri);
-    if let Some(facts) = facts {
-        RequestFacts::attach(&mut upstream, facts);
+    if let Some((facts, spans)) = facts {
+        RequestFacts::attach_parsed(&mut upstream, facts, spans);
     }
     Ok(Admitted::Forward(upstream))
 }
@@ -633,7 +634,13 @@ async fn forward(
     if let Some(label) = &served {
         shared.ledger.record_request(label, SystemTime::now());
     }
-    if let (Some(pool), UsageHeaders::Pooled) = (&shared.pool, shared.config.usage_headers) {
+    // Only a reply with usage headers has any to rewrite: the pool's figures are gathered
+    // (a lock per credential) for those alone.
+    if let (Some(pool), UsageHeaders::Pooled, true) = (
+        &shared.pool,
+        shared.config.usage_headers,
+        crate::classify::has_header_prefix(&parts.headers, "x-codex-"),
+    ) {
         usage::rewrite_codex_headers(&mut parts.headers, &pool.pooled_usage(), SystemTime::now());
     }
     // Layers may end an event stream early (at its terminal event, at a token cap), so the
@@ -975,10 +982,10 @@ async fn ws_turn(
     let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
         ApiError::invalid_request("path cannot be mapped to the upstream").with_code("invalid_path")
     })?;
-    let facts = check_json_object(req.body().bytes())?;
+    let (facts, spans) = check_json_object(req.body().bytes())?;
     req.extensions_mut().insert(RequestStarted(started));
     shared.base.prepare(&mut req, upstream_uri);
-    RequestFacts::attach(&mut req, facts);
+    RequestFacts::attach_parsed(&mut req, facts, spans);
     let res = forward(&shared, req).await;
     let status = match &res {
         Ok(r) => r.status(),
@@ -1000,8 +1007,10 @@ async fn ws_turn(
 
 /// Requests to the Responses API are JSON objects; catching anything else here gives the
 /// client a clear 400 instead of whatever the upstream makes of it.
-fn check_json_object(body: &[u8]) -> Result<RequestFacts, ApiError> {
-    RequestFacts::try_parse(body).map_err(|e| {
+///
+/// The same pass finds where the body's top-level entries sit, for the layers that edit it.
+fn check_json_object(body: &[u8]) -> Result<(RequestFacts, Option<ObjectSpans>), ApiError> {
+    RequestFacts::try_parse_with_spans(body).map_err(|e| {
         let what = if std::str::from_utf8(body).is_err() {
             "the request body is not valid UTF-8".to_string()
         } else {

@@ -54,8 +54,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use tower::util::BoxCloneSyncService;
-use tower_layer::Layer;
+use tower::util::{BoxCloneSyncService, Either};
+use tower_layer::{Identity, Layer};
 use tower_service::Service;
 
 use crate::body::{ReplayBody, ResponseBody};
@@ -230,21 +230,22 @@ impl ResponsesStack {
             + 'static,
         S::Future: Send + 'static,
     {
-        let mut svc = if self.head_timeout_off {
-            StackService::new(inner)
-        } else {
-            let timeout = self.head_timeout.unwrap_or(DEFAULT_HEAD_TIMEOUT);
-            StackService::new(HeadTimeoutLayer::new(timeout).layer(inner))
-        };
-        if !self.soft_failure_off {
+        // One concrete type from the client up, boxed once at the top: a box per layer cost
+        // an allocation per layer for each clone of the layer below it and a second boxed
+        // future per layer per request. A switched-off layer is `Either::Right`, a pass-through.
+        let head_timeout = (!self.head_timeout_off)
+            .then(|| HeadTimeoutLayer::new(self.head_timeout.unwrap_or(DEFAULT_HEAD_TIMEOUT)));
+        let svc = optional(head_timeout).layer(inner);
+        let soft_failure = (!self.soft_failure_off).then(|| {
             let mut layer =
                 SoftFailureDetectLayer::with_config(self.soft_failure.clone().unwrap_or_default());
             if let Some(m) = &self.metrics {
                 layer = layer.metrics(m.clone());
             }
-            svc = StackService::new(layer.layer(svc));
-        }
-        if !self.normalize_off {
+            layer
+        });
+        let svc = optional(soft_failure).layer(svc);
+        let normalize = (!self.normalize_off).then(|| {
             let mut config = self.normalize.clone().unwrap_or_default();
             if let Some(p) = self.profile {
                 config.profile = p;
@@ -262,9 +263,10 @@ impl ResponsesStack {
             {
                 normalize = normalize.learned_params(LearnedParams::shared(state.clone()));
             }
-            svc = StackService::new(normalize.layer(svc));
-        }
-        if let Some(pool) = &self.pool {
+            normalize
+        });
+        let svc = optional(normalize).layer(svc);
+        let rotate = self.pool.as_ref().map(|pool| {
             let mut rotate = CredentialRotateLayer::with_config(pool.clone(), self.rotate.clone());
             if let Some(base) = &self.upstream_base {
                 rotate = rotate.upstream_base(base.clone());
@@ -272,8 +274,14 @@ impl ResponsesStack {
             if let Some(m) = &self.metrics {
                 rotate = rotate.metrics(m.clone());
             }
-            svc = StackService::new(rotate.layer(svc));
-            if !self.continuity_off {
+            rotate
+        });
+        let svc = optional(rotate).layer(svc);
+        let continuity = self
+            .pool
+            .as_ref()
+            .filter(|_| !self.continuity_off)
+            .map(|pool| {
                 let mut continuity =
                     ContinuityLayer::with_config(pool.clone(), self.continuity.clone());
                 if let Some(m) = &self.metrics {
@@ -282,10 +290,10 @@ impl ResponsesStack {
                 if let Some(p) = self.profile {
                     continuity = continuity.profile(p);
                 }
-                svc = StackService::new(continuity.layer(svc));
-            }
-        }
-        if !self.compact_off {
+                continuity
+            });
+        let svc = optional(continuity).layer(svc);
+        let compact = (!self.compact_off).then(|| {
             let mut compact = CompactRouteLayer::new(self.compact.clone());
             if let Some(p) = self.profile {
                 compact = compact.profile(p);
@@ -301,8 +309,16 @@ impl ResponsesStack {
             {
                 compact = compact.shared_state(state.clone());
             }
-            svc = StackService::new(compact.layer(svc));
-        }
-        svc
+            compact
+        });
+        StackService::new(optional(compact).layer(svc))
+    }
+}
+
+/// A layer that may be switched off: `Right` passes the request to the inner service as is.
+fn optional<L>(layer: Option<L>) -> Either<L, Identity> {
+    match layer {
+        Some(layer) => Either::Left(layer),
+        None => Either::Right(Identity::new()),
     }
 }
