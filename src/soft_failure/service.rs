@@ -98,6 +98,9 @@ where
                 config,
                 metrics,
                 lease,
+                observers_read_content: observers
+                    .as_ref()
+                    .is_some_and(StreamObservers::read_content),
                 observers,
                 started: Some(started),
             };
@@ -113,6 +116,8 @@ pub(super) struct Ctx {
     pub(super) observers: Option<StreamObservers>,
     /// When the request arrived, until its first content event is timed.
     pub(super) started: Option<std::time::Instant>,
+    /// Whether any observer reads content events (asked once per stream).
+    pub(super) observers_read_content: bool,
 }
 
 impl Ctx {
@@ -120,15 +125,19 @@ impl Ctx {
     ///
     /// Returns the event's kind: its type is sniffed once here for every use.
     pub(super) fn observe(&self, ev: &crate::sse::Event) -> EventKind {
-        let ty = ev.event_type();
-        if let (Some(obs), Some(ty)) = (&self.observers, ty) {
-            obs.notify(
-                self.lease.as_ref().map(CredentialLease::credential),
-                ty,
-                &ev.data,
-            );
+        let Some(ty) = ev.event_type() else {
+            return EventKind::Other;
+        };
+        let kind = event_kind(ty);
+        if let Some(obs) = &self.observers {
+            let credential = self.lease.as_ref().map(CredentialLease::credential);
+            match kind {
+                EventKind::Terminal => obs.notify_terminal(credential, ty, &ev.data),
+                EventKind::Content if !self.observers_read_content => {}
+                _ => obs.notify(credential, ty, &ev.data),
+            }
         }
-        ty.map_or(EventKind::Other, event_kind)
+        kind
     }
 
     /// Times the stream's first content event (once per attempt; only one attempt of a
