@@ -38,6 +38,36 @@ pub(crate) struct DeltaFields<'a> {
 impl<'a> DeltaFields<'a> {
     /// `None` when `data` is not an object or `delta` is not a string (as [`Fields::parse`]).
     pub(crate) fn parse(data: &'a [u8]) -> Option<DeltaFields<'a>> {
+        Self::parse_flat(data).or_else(|| Self::parse_walk(data))
+    }
+
+    /// The shape the upstream sends: `delta` a plain string after flat members (no escape,
+    /// object, array or whitespace before it) that hold `sequence_number` and `output_index`.
+    /// Then the first `,"delta":"` is the top-level key (no string before it can hold a
+    /// quote), found by `memmem` rather than a walk. `None` for any other shape, which
+    /// [`parse_walk`](Self::parse_walk) reads; for this one both read the same.
+    fn parse_flat(data: &'a [u8]) -> Option<DeltaFields<'a>> {
+        let key = memchr::memmem::find(data, br#","delta":""#)? + 1;
+        if data.first() != Some(&b'{')
+            || memchr::memchr3(b'\\', b'{', b'[', &data[1..key]).is_some()
+        {
+            return None;
+        }
+        let (seq, index) = flat_members(&data[1..key])?;
+        let start = key + br#""delta":""#.len();
+        let len = memchr::memchr2(b'"', b'\\', &data[start..])?;
+        let text = &data[start..start + len];
+        if data[start + len] != b'"' || text.iter().any(|&b| b < 0x20) {
+            return None; // escapes to undo, or a string serde_json refuses: the walk decides
+        }
+        Some(DeltaFields {
+            sequence_number: Some(seq),
+            delta: Cow::Borrowed(std::str::from_utf8(text).ok()?),
+            output_index: Some(index),
+        })
+    }
+
+    fn parse_walk(data: &'a [u8]) -> Option<DeltaFields<'a>> {
         let (mut seq, mut delta, mut index) = (None, None, None);
         crate::json::find_in_object(data, |key, escaped, at| {
             match key {
@@ -63,6 +93,37 @@ impl<'a> DeltaFields<'a> {
             output_index: number(index),
         })
     }
+}
+
+/// `sequence_number` and `output_index` of `"key":value,` members without escapes, nesting
+/// or whitespace, each value a string or a scalar; `None` when a member has another shape or
+/// either key is missing or not a plain integer.
+fn flat_members(mut m: &[u8]) -> Option<(u64, u64)> {
+    let (mut seq, mut index) = (None, None);
+    while !m.is_empty() {
+        let rest = m.strip_prefix(b"\"")?;
+        let key_end = memchr::memchr(b'"', rest)?;
+        let (key, rest) = (&rest[..key_end], rest[key_end + 1..].strip_prefix(b":")?);
+        let value_end = match rest.first()? {
+            b'"' => memchr::memchr(b'"', &rest[1..])? + 2,
+            _ => memchr::memchr(b',', rest)?,
+        };
+        let (value, rest) = rest.split_at(value_end);
+        if value.is_empty() {
+            return None;
+        }
+        let number = || -> Option<u64> {
+            value.iter().all(u8::is_ascii_digit).then_some(())?;
+            std::str::from_utf8(value).ok()?.parse().ok()
+        };
+        match key {
+            b"sequence_number" => seq = Some(number()?),
+            b"output_index" => index = Some(number()?),
+            _ => {}
+        }
+        m = rest.strip_prefix(b",")?;
+    }
+    Some((seq?, index?))
 }
 
 /// An event's `sequence_number`, found without parsing the rest of it.
@@ -350,6 +411,44 @@ mod scan_tests {
             (None, "", None)
         );
         assert!(DeltaFields::parse(br#"{"delta":5}"#).is_none());
+        assert!(DeltaFields::parse(br#"{"a":1,"delta":5}"#).is_none());
+    }
+
+    #[test]
+    fn flat_deltas_read_as_the_walk_reads_them() {
+        let cases: &[&[u8]] = &[
+            br#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"m","output_index":2,"content_index":0,"delta":"Hi","logprobs":[]}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"caf\u00e9"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"a"b"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"hello","x":1}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"tab	here"}"#,
+            br#"{"type":"t","sequence_number":"7","output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"delta":"x","output_index":3}"#,
+            br#"{"type":"t","sequence_number":7, "output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2 ,"delta":"x"}"#,
+            br#"{"type":"t","item":{"delta":"no"},"sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"a,"delta":"no","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"a,","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"sequence_number":8,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":99999999999999999999,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"unterminated"#,
+            b"{\"type\":\"t\",\"sequence_number\":7,\"output_index\":2,\"delta\":\"\xFF\"}",
+        ];
+        for data in cases {
+            let flat = DeltaFields::parse(data);
+            let walk = DeltaFields::parse_walk(data);
+            let view = |f: Option<DeltaFields<'_>>| {
+                f.map(|f| (f.sequence_number, f.delta.into_owned(), f.output_index))
+            };
+            assert_eq!(view(flat), view(walk), "{}", String::from_utf8_lossy(data));
+        }
+        // The usual delta is read without the walk.
+        assert!(
+            DeltaFields::parse_flat(
+                br#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"m","output_index":0,"content_index":0,"delta":"Hi","logprobs":[],"obfuscation":"x"}"#
+            )
+            .is_some_and(|f| f.delta == "Hi")
+        );
         assert!(DeltaFields::parse(b"[DONE]").is_some_and(|f| f.delta.is_empty()));
     }
 
