@@ -72,12 +72,7 @@ impl Event {
     /// read only `data:`, so a mislabelled `event:` line (e.g. a generic `message`) must not
     /// change how a layer classifies the event.
     pub fn event_type(&self) -> Option<&str> {
-        sniff_type(&self.data).or_else(|| {
-            self.event
-                .as_deref()
-                .filter(|e| !e.is_empty())
-                .and_then(|e| std::str::from_utf8(e).ok())
-        })
+        type_of(&self.data, self.event.as_deref())
     }
 
     /// The [`EventKind`] of [`event_type`](Self::event_type); [`EventKind::Other`] when the
@@ -85,6 +80,47 @@ impl Event {
     pub fn kind(&self) -> EventKind {
         self.event_type().map_or(EventKind::Other, event_kind)
     }
+
+    /// The event's fields, borrowed.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            raw: &self.raw,
+            event: self.event.as_deref(),
+            data: &self.data,
+        }
+    }
+}
+
+/// One dispatched event, borrowed from the decoder's input: what
+/// [`SseDecoder::next_event_with`] shows (the `id:` field aside, which no layer reads there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// As [`Event::raw`].
+    pub raw: &'a [u8],
+    /// As [`Event::event`].
+    pub event: Option<&'a [u8]>,
+    /// As [`Event::data`].
+    pub data: &'a [u8],
+}
+
+impl<'a> EventRef<'a> {
+    /// As [`Event::event_type`].
+    pub fn event_type(&self) -> Option<&'a str> {
+        type_of(self.data, self.event)
+    }
+
+    /// As [`Event::kind`].
+    pub fn kind(&self) -> EventKind {
+        self.event_type().map_or(EventKind::Other, event_kind)
+    }
+}
+
+fn type_of<'a>(data: &'a [u8], event: Option<&'a [u8]>) -> Option<&'a str> {
+    sniff_type(data).or_else(|| {
+        event
+            .filter(|e| !e.is_empty())
+            .and_then(|e| std::str::from_utf8(e).ok())
+    })
 }
 
 /// How a Responses stream event matters to retries.
@@ -586,17 +622,71 @@ impl SseDecoder {
         if let Some(err) = self.failed {
             return Err(err);
         }
+        if let Some(fast) = self.simple_at_front() {
+            return Ok(Some(self.dispatch_simple(fast)));
+        }
+        self.next_event_by_lines()
+    }
+
+    /// As [`next_event`](Self::next_event), but shows the event to `f`, borrowed, instead of
+    /// handing it out: an event of the usual shape (an `event:` line, one `data:` line) is
+    /// then neither sliced nor copied, only stepped over, so a reader that wants little of
+    /// most events (their type) pays for no more. Gives what `f` returned.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_responses::sse::{EventKind, SseDecoder};
+    ///
+    /// let mut decoder = SseDecoder::new();
+    /// decoder.push(Bytes::from_static(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n"));
+    /// let kind = decoder.next_event_with(|ev| ev.kind()).unwrap();
+    /// assert_eq!(kind, Some(EventKind::Content));
+    /// assert_eq!(decoder.next_event_with(|ev| ev.kind()).unwrap(), None);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`next_event`](Self::next_event).
+    pub fn next_event_with<R>(
+        &mut self,
+        f: impl FnOnce(EventRef<'_>) -> R,
+    ) -> Result<Option<R>, SseError> {
+        if let Some(err) = self.failed {
+            return Err(err);
+        }
+        if let Some(fast) = self.simple_at_front() {
+            if let Some(front) = self.queue.front_mut() {
+                let seen = f(EventRef {
+                    raw: &front[..fast.end],
+                    event: fast.event.map(|(s, e)| &front[s..e]),
+                    data: &front[fast.data.0..fast.data.1],
+                });
+                front.advance(fast.end);
+                self.queued -= fast.end;
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
+                return Ok(Some(seen));
+            }
+        }
+        Ok(self.next_event_by_lines()?.map(|ev| f(ev.borrowed())))
+    }
+
+    /// The event at the front, framed in one go, when it starts its chunk and has the usual
+    /// shape ([`frame_simple`]).
+    fn simple_at_front(&self) -> Option<Simple> {
+        if self.scan != 0 || self.line_start != 0 || !self.buf.is_empty() || self.pending_cr {
+            return None;
+        }
+        frame_simple(self.queue.front()?, self.max_line, self.max_event)
+    }
+
+    /// The next event, read line by line as the spec says.
+    fn next_event_by_lines(&mut self) -> Result<Option<Event>, SseError> {
         loop {
             let Some(chunk) = self.queue.front() else {
                 return Ok(None);
             };
-            if self.scan == 0 && self.line_start == 0 && self.buf.is_empty() && !self.pending_cr {
-                // At the start of an event that begins its chunk: the common shape is framed
-                // in one go, without building its fields line by line.
-                if let Some(fast) = frame_simple(chunk, self.max_line, self.max_event) {
-                    return Ok(Some(self.dispatch_simple(fast)));
-                }
-            }
             let base = self.buf.len();
             if self.pending_cr && self.scan < chunk.len() {
                 self.pending_cr = false;

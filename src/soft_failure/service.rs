@@ -17,7 +17,7 @@ use crate::credentials::CredentialLease;
 use crate::error::ApiError;
 use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestStarted};
-use crate::sse::{EventKind, SseDecoder, event_kind, is_event_stream};
+use crate::sse::{EventKind, EventRef, SseDecoder, event_kind, is_event_stream};
 
 /// Applies [`SoftFailureDetect`] to a service. See the [module docs](super).
 #[derive(Debug, Clone, Default)]
@@ -124,7 +124,7 @@ impl Ctx {
     /// Shows one event to the request's observers.
     ///
     /// Returns the event's kind: its type is sniffed once here for every use.
-    pub(super) fn observe(&self, ev: &crate::sse::Event) -> EventKind {
+    pub(super) fn observe(&self, ev: EventRef<'_>) -> EventKind {
         let Some(ty) = ev.event_type() else {
             return EventKind::Other;
         };
@@ -132,9 +132,9 @@ impl Ctx {
         if let Some(obs) = &self.observers {
             let credential = self.lease.as_ref().map(CredentialLease::credential);
             match kind {
-                EventKind::Terminal => obs.notify_terminal(credential, ty, &ev.data),
+                EventKind::Terminal => obs.notify_terminal(credential, ty, ev.data),
                 EventKind::Content if !self.observers_read_content => {}
-                _ => obs.notify(credential, ty, &ev.data),
+                _ => obs.notify(credential, ty, ev.data),
             }
         }
         kind
@@ -262,8 +262,8 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                 let tail = decoder.finish();
                 if let Ok(Some(ev)) = tail {
                     typed += usize::from(ev.event_type().is_some());
-                    let kind = ctx.observe(&ev);
-                    if let Some(f) = failure_of(kind, &ev) {
+                    let kind = ctx.observe(ev.borrowed());
+                    if let Some(f) = failure_of(kind, &ev.data) {
                         return mark(parts, held, f, ctx);
                     }
                 }
@@ -309,7 +309,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
             };
             events += 1;
             typed += usize::from(ev.event_type().is_some());
-            let kind = ctx.observe(&ev);
+            let kind = ctx.observe(ev.borrowed());
             match kind {
                 EventKind::Content => {
                     ctx.first_content();
@@ -319,7 +319,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                     );
                 }
                 EventKind::Terminal | EventKind::Error => {
-                    if let Some(f) = failure_of(kind, &ev) {
+                    if let Some(f) = failure_of(kind, &ev.data) {
                         return mark(parts, held, f, ctx);
                     }
                     if kind == EventKind::Terminal {
@@ -422,9 +422,9 @@ fn mark(
 }
 
 /// The failure an event of this kind reports, if any.
-pub(super) fn failure_of(kind: EventKind, ev: &crate::sse::Event) -> Option<Failure> {
+pub(super) fn failure_of(kind: EventKind, data: &[u8]) -> Option<Failure> {
     match kind {
-        EventKind::Terminal | EventKind::Error => Failure::from_sse_data(&ev.data),
+        EventKind::Terminal | EventKind::Error => Failure::from_sse_data(data),
         _ => None,
     }
 }
