@@ -41,30 +41,53 @@ impl<'a> DeltaFields<'a> {
         Self::parse_flat(data).or_else(|| Self::parse_walk(data))
     }
 
-    /// The shape the upstream sends: `delta` a plain string after flat members (no escape,
-    /// object, array or whitespace before it) that hold `sequence_number` and `output_index`.
-    /// Then the first `,"delta":"` is the top-level key (no string before it can hold a
-    /// quote), found by `memmem` rather than a walk. `None` for any other shape, which
-    /// [`parse_walk`](Self::parse_walk) reads; for this one both read the same.
+    /// The shape the upstream sends: `delta` a plain string after flat members (strings
+    /// without escapes and scalars, no whitespace) that hold `sequence_number` and
+    /// `output_index`. Such members are read with short byte loops, no walk machinery and
+    /// no search set-up per key; `delta` is then the top-level key. `None` for any other
+    /// shape, which [`parse_walk`](Self::parse_walk) reads; for this one both read the same.
     fn parse_flat(data: &'a [u8]) -> Option<DeltaFields<'a>> {
-        let key = memchr::memmem::find(data, br#","delta":""#)? + 1;
-        if data.first() != Some(&b'{')
-            || memchr::memchr3(b'\\', b'{', b'[', &data[1..key]).is_some()
-        {
-            return None;
+        let (mut seq, mut index) = (None, None);
+        let mut m = data.strip_prefix(b"{")?;
+        loop {
+            let (key, rest) = flat_string(m)?;
+            let rest = rest.strip_prefix(b":")?;
+            if key == b"delta" {
+                let text = rest.strip_prefix(b"\"")?;
+                let len = memchr::memchr2(b'"', b'\\', text)?;
+                if text[len] != b'"' || text[..len].iter().any(|&b| b < 0x20) {
+                    return None; // escapes to undo, or a string serde_json refuses
+                }
+                return Some(DeltaFields {
+                    sequence_number: Some(seq?),
+                    delta: Cow::Borrowed(std::str::from_utf8(&text[..len]).ok()?),
+                    output_index: Some(index?),
+                });
+            }
+            let value_len = match rest.first()? {
+                b'"' => rest.len() - flat_string(rest)?.1.len(),
+                _ => rest.iter().position(|b| {
+                    !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                })?,
+            };
+            let (value, rest) = rest.split_at(value_len);
+            if value.is_empty() {
+                return None;
+            }
+            // A plain integer (as `str::parse` reads it), else the walk decides.
+            let number = || -> Option<u64> {
+                value.iter().try_fold(0u64, |n, &d| {
+                    let d = d.checked_sub(b'0').filter(|d| *d < 10)?;
+                    n.checked_mul(10)?.checked_add(u64::from(d))
+                })
+            };
+            match key {
+                b"sequence_number" => seq = Some(number()?),
+                b"output_index" => index = Some(number()?),
+                _ => {}
+            }
+            m = rest.strip_prefix(b",")?;
         }
-        let (seq, index) = flat_members(&data[1..key])?;
-        let start = key + br#""delta":""#.len();
-        let len = memchr::memchr2(b'"', b'\\', &data[start..])?;
-        let text = &data[start..start + len];
-        if data[start + len] != b'"' || text.iter().any(|&b| b < 0x20) {
-            return None; // escapes to undo, or a string serde_json refuses: the walk decides
-        }
-        Some(DeltaFields {
-            sequence_number: Some(seq),
-            delta: Cow::Borrowed(std::str::from_utf8(text).ok()?),
-            output_index: Some(index),
-        })
     }
 
     fn parse_walk(data: &'a [u8]) -> Option<DeltaFields<'a>> {
@@ -95,35 +118,12 @@ impl<'a> DeltaFields<'a> {
     }
 }
 
-/// `sequence_number` and `output_index` of `"key":value,` members without escapes, nesting
-/// or whitespace, each value a string or a scalar; `None` when a member has another shape or
-/// either key is missing or not a plain integer.
-fn flat_members(mut m: &[u8]) -> Option<(u64, u64)> {
-    let (mut seq, mut index) = (None, None);
-    while !m.is_empty() {
-        let rest = m.strip_prefix(b"\"")?;
-        let key_end = memchr::memchr(b'"', rest)?;
-        let (key, rest) = (&rest[..key_end], rest[key_end + 1..].strip_prefix(b":")?);
-        let value_end = match rest.first()? {
-            b'"' => memchr::memchr(b'"', &rest[1..])? + 2,
-            _ => memchr::memchr(b',', rest)?,
-        };
-        let (value, rest) = rest.split_at(value_end);
-        if value.is_empty() {
-            return None;
-        }
-        let number = || -> Option<u64> {
-            value.iter().all(u8::is_ascii_digit).then_some(())?;
-            std::str::from_utf8(value).ok()?.parse().ok()
-        };
-        match key {
-            b"sequence_number" => seq = Some(number()?),
-            b"output_index" => index = Some(number()?),
-            _ => {}
-        }
-        m = rest.strip_prefix(b",")?;
-    }
-    Some((seq?, index?))
+/// A string without escapes at the start of `m` (short: a key or a flat value): its
+/// content and what follows it.
+fn flat_string(m: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = m.strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
 }
 
 /// An event's `sequence_number`, found without parsing the rest of it.
@@ -432,6 +432,14 @@ mod scan_tests {
             br#"{"type":"t","sequence_number":7,"sequence_number":8,"output_index":2,"delta":"x"}"#,
             br#"{"type":"t","sequence_number":99999999999999999999,"output_index":2,"delta":"x"}"#,
             br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"unterminated"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":5,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta" :"x"}"#,
+            br#"{"type":"t","sequence_number":007,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7.5,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":-7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence\u005fnumber":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"a very long type string that is longer than thirty-two bytes","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"flag":true,"n":null,"delta":"x"}"#,
             b"{\"type\":\"t\",\"sequence_number\":7,\"output_index\":2,\"delta\":\"\xFF\"}",
         ];
         for data in cases {
@@ -443,6 +451,10 @@ mod scan_tests {
             assert_eq!(view(flat), view(walk), "{}", String::from_utf8_lossy(data));
         }
         // The usual delta is read without the walk.
+        let line = r#"{"type":"response.output_text.delta","sequence_number":5,"item_id":"msg_bench_68a1f0c5d2e08190b7c6a5b4","output_index":0,"content_index":0,"delta":" \u{1F680}.","logprobs":[],"obfuscation":"aB3dE5gH"}"#.replace("\\u{1F680}", "\u{1F680}");
+        assert!(
+            DeltaFields::parse_flat(line.as_bytes()).is_some_and(|f| f.sequence_number == Some(5))
+        );
         assert!(
             DeltaFields::parse_flat(
                 br#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"m","output_index":0,"content_index":0,"delta":"Hi","logprobs":[],"obfuscation":"x"}"#
