@@ -157,7 +157,9 @@ pub(crate) enum TextSlot {
 #[derive(Debug)]
 struct Item {
     index: u64,
-    value: Value,
+    /// The item as the upstream sent it (valid JSON: it came as a `RawValue`), parsed only
+    /// when the output is asked for (a cut stream, the fold's answer).
+    raw: Box<str>,
     text: String,
     slot: Option<TextSlot>,
     done: bool,
@@ -220,17 +222,15 @@ impl Tracker {
         if !self.spend(raw.get().len()) {
             return;
         }
-        let Ok(value) = serde_json::from_str::<Value>(raw.get()) else {
-            return;
-        };
+        let raw = raw.get().into();
         match self.items.iter_mut().find(|i| i.index == index) {
             Some(item) => {
-                item.value = value;
+                item.raw = raw;
                 item.done = done;
             }
             None => self.items.push(Item {
                 index,
-                value,
+                raw,
                 text: String::new(),
                 slot: None,
                 done,
@@ -255,8 +255,8 @@ impl Tracker {
         items.sort_by_key(|i| i.index);
         items
             .into_iter()
-            .map(|i| {
-                let mut v = i.value.clone();
+            .filter_map(|i| Some((i, serde_json::from_str::<Value>(&i.raw).ok()?)))
+            .map(|(i, mut v)| {
                 if !i.done {
                     if let Some(obj) = v.as_object_mut() {
                         obj.insert("status".into(), json!("incomplete"));
@@ -292,7 +292,10 @@ impl Tracker {
     pub(crate) fn done_output(&self) -> Vec<Value> {
         let mut items: Vec<&Item> = self.items.iter().filter(|i| i.done).collect();
         items.sort_by_key(|i| i.index);
-        items.into_iter().map(|i| i.value.clone()).collect()
+        items
+            .into_iter()
+            .filter_map(|i| serde_json::from_str(&i.raw).ok())
+            .collect()
     }
 
     /// A `response` object for `response.incomplete` with reason `max_output_tokens`, whose
