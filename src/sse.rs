@@ -72,12 +72,7 @@ impl Event {
     /// read only `data:`, so a mislabelled `event:` line (e.g. a generic `message`) must not
     /// change how a layer classifies the event.
     pub fn event_type(&self) -> Option<&str> {
-        sniff_type(&self.data).or_else(|| {
-            self.event
-                .as_deref()
-                .filter(|e| !e.is_empty())
-                .and_then(|e| std::str::from_utf8(e).ok())
-        })
+        type_of(&self.data, self.event.as_deref())
     }
 
     /// The [`EventKind`] of [`event_type`](Self::event_type); [`EventKind::Other`] when the
@@ -85,6 +80,47 @@ impl Event {
     pub fn kind(&self) -> EventKind {
         self.event_type().map_or(EventKind::Other, event_kind)
     }
+
+    /// The event's fields, borrowed.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            raw: &self.raw,
+            event: self.event.as_deref(),
+            data: &self.data,
+        }
+    }
+}
+
+/// One dispatched event, borrowed from the decoder's input: what
+/// [`SseDecoder::next_event_with`] shows (the `id:` field aside, which no layer reads there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// As [`Event::raw`].
+    pub raw: &'a [u8],
+    /// As [`Event::event`].
+    pub event: Option<&'a [u8]>,
+    /// As [`Event::data`].
+    pub data: &'a [u8],
+}
+
+impl<'a> EventRef<'a> {
+    /// As [`Event::event_type`].
+    pub fn event_type(&self) -> Option<&'a str> {
+        type_of(self.data, self.event)
+    }
+
+    /// As [`Event::kind`].
+    pub fn kind(&self) -> EventKind {
+        self.event_type().map_or(EventKind::Other, event_kind)
+    }
+}
+
+fn type_of<'a>(data: &'a [u8], event: Option<&'a [u8]>) -> Option<&'a str> {
+    sniff_type(data).or_else(|| {
+        event
+            .filter(|e| !e.is_empty())
+            .and_then(|e| std::str::from_utf8(e).ok())
+    })
 }
 
 /// How a Responses stream event matters to retries.
@@ -412,6 +448,48 @@ impl Fields {
     }
 }
 
+/// An event framed by [`frame_simple`]: offsets into its chunk.
+struct Simple {
+    event: Option<(usize, usize)>,
+    data: (usize, usize),
+    end: usize,
+}
+
+/// Frames the event at the start of `s` when it has the shape Responses streams use, an
+/// optional `event:` line, one `data:` line and a blank line, all ending in LF, within the
+/// bounds; `None` for anything else (comments, CR, `id:`, several data lines, an event that
+/// goes on in the next chunk), which the line-by-line decoder then reads as the spec says.
+///
+/// One search per line and none for the blank line: this is most of the decoding of a
+/// stream of deltas.
+fn frame_simple(s: &[u8], max_line: usize, max_event: usize) -> Option<Simple> {
+    // The value of the field whose name (colon included) is `name`, at `at`, and the offset
+    // just past its LF.
+    let field = |at: usize, name: &[u8]| -> Option<((usize, usize), usize)> {
+        let rest = s.get(at..)?.strip_prefix(name)?;
+        let nl = memchr2(b'\n', b'\r', rest)?;
+        if rest[nl] != b'\n' || nl + name.len() > max_line {
+            return None;
+        }
+        let start = at + name.len() + usize::from(rest.first() == Some(&b' ') && nl > 0);
+        Some(((start, at + name.len() + nl), at + name.len() + nl + 1))
+    };
+    let (event, at) = match field(0, b"event:") {
+        Some((value, next)) => (Some(value), next),
+        None if s.starts_with(b"data:") => (None, 0),
+        None => return None,
+    };
+    let (data, next) = field(at, b"data:")?;
+    if s.get(next) != Some(&b'\n') || next + 1 > max_event {
+        return None;
+    }
+    Some(Simple {
+        event,
+        data,
+        end: next + 1,
+    })
+}
+
 #[derive(Debug)]
 enum Bom {
     /// The stream's first bytes, held until they are known to be a BOM or not.
@@ -544,6 +622,67 @@ impl SseDecoder {
         if let Some(err) = self.failed {
             return Err(err);
         }
+        if let Some(fast) = self.simple_at_front() {
+            return Ok(Some(self.dispatch_simple(fast)));
+        }
+        self.next_event_by_lines()
+    }
+
+    /// As [`next_event`](Self::next_event), but shows the event to `f`, borrowed, instead of
+    /// handing it out: an event of the usual shape (an `event:` line, one `data:` line) is
+    /// then neither sliced nor copied, only stepped over, so a reader that wants little of
+    /// most events (their type) pays for no more. Gives what `f` returned.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_responses::sse::{EventKind, SseDecoder};
+    ///
+    /// let mut decoder = SseDecoder::new();
+    /// decoder.push(Bytes::from_static(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n"));
+    /// let kind = decoder.next_event_with(|ev| ev.kind()).unwrap();
+    /// assert_eq!(kind, Some(EventKind::Content));
+    /// assert_eq!(decoder.next_event_with(|ev| ev.kind()).unwrap(), None);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`next_event`](Self::next_event).
+    pub fn next_event_with<R>(
+        &mut self,
+        f: impl FnOnce(EventRef<'_>) -> R,
+    ) -> Result<Option<R>, SseError> {
+        if let Some(err) = self.failed {
+            return Err(err);
+        }
+        if let Some(fast) = self.simple_at_front() {
+            if let Some(front) = self.queue.front_mut() {
+                let seen = f(EventRef {
+                    raw: &front[..fast.end],
+                    event: fast.event.map(|(s, e)| &front[s..e]),
+                    data: &front[fast.data.0..fast.data.1],
+                });
+                front.advance(fast.end);
+                self.queued -= fast.end;
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
+                return Ok(Some(seen));
+            }
+        }
+        Ok(self.next_event_by_lines()?.map(|ev| f(ev.borrowed())))
+    }
+
+    /// The event at the front, framed in one go, when it starts its chunk and has the usual
+    /// shape ([`frame_simple`]).
+    fn simple_at_front(&self) -> Option<Simple> {
+        if self.scan != 0 || self.line_start != 0 || !self.buf.is_empty() || self.pending_cr {
+            return None;
+        }
+        frame_simple(self.queue.front()?, self.max_line, self.max_event)
+    }
+
+    /// The next event, read line by line as the spec says.
+    fn next_event_by_lines(&mut self) -> Result<Option<Event>, SseError> {
         loop {
             let Some(chunk) = self.queue.front() else {
                 return Ok(None);
@@ -707,6 +846,24 @@ impl SseDecoder {
         }
     }
 
+    /// Hands out the event [`frame_simple`] framed at the start of the front chunk.
+    fn dispatch_simple(&mut self, fast: Simple) -> Event {
+        let raw = match self.queue.front_mut() {
+            Some(front) => front.split_to(fast.end),
+            None => Bytes::new(),
+        };
+        self.queued -= fast.end;
+        if self.queue.front().is_some_and(Bytes::is_empty) {
+            self.queue.pop_front();
+        }
+        Event {
+            event: fast.event.map(|(s, e)| raw.slice(s..e)),
+            data: raw.slice(fast.data.0..fast.data.1),
+            id: None,
+            raw,
+        }
+    }
+
     /// Hands out the event whose raw bytes end at `end` in the front chunk.
     fn dispatch(&mut self, end: usize) -> Event {
         let raw = if self.buf.is_empty() {
@@ -752,6 +909,88 @@ mod tests {
 
     fn datas(events: &[Event]) -> Vec<&[u8]> {
         events.iter().map(|e| &e.data[..]).collect()
+    }
+
+    /// Decodes `input` one byte per chunk: every event spans chunks, so none takes the
+    /// one-go framing of [`frame_simple`].
+    fn decode_bytewise(input: &[u8]) -> Vec<Event> {
+        let pieces: Vec<&[u8]> = input.chunks(1).collect();
+        decode(&pieces).0
+    }
+
+    #[test]
+    fn one_go_framing_reads_what_the_line_decoder_reads() {
+        let inputs: &[&[u8]] = &[
+            b"event: x\ndata: y\n\n",
+            b"event:x\ndata:y\n\n",
+            b"event:\ndata:\n\n",
+            b"event: \ndata: \n\n",
+            b"event:  x\ndata:  y \n\n",
+            b"data: a\n\ndata: {\"type\":\"t\"}\n\n",
+            b"event: x\r\ndata: y\r\n\r\n",
+            b"event: x\ndata: y\r\n\n",
+            b"event: x\ndata: y\n\r\n",
+            b"data: a\ndata: b\n\n",
+            b"event: x\nid: 1\ndata: y\n\n",
+            b"id: 1\nevent: x\ndata: y\n\n",
+            b"event: x\nevent: z\ndata: y\n\n",
+            b"event: x\n\ndata: y\n\n",
+            b": hi\nevent: x\ndata: y\n\n",
+            b"data: y\n: after\n\n",
+            b"data: y\nretry: 5\n\n",
+            b"event: x\ndata: y\n",
+            b"dataX: y\n\ndata: z\n\n",
+            b"eventdata: y\n\n",
+        ];
+        for input in inputs {
+            let (whole, _) = decode(&[input]);
+            let bytewise = decode_bytewise(input);
+            let fields = |events: &[Event]| -> Vec<_> {
+                events
+                    .iter()
+                    .map(|e| (e.event.clone(), e.data.clone(), e.id.clone()))
+                    .collect()
+            };
+            let text = String::from_utf8_lossy(input);
+            assert_eq!(fields(&whole), fields(&bytewise), "{text:?}");
+            if !input.contains(&b'\r') {
+                // (A CR ending a chunk leaves its LF to what follows: raw bytes differ then.)
+                assert_eq!(whole, bytewise, "{text:?}");
+            }
+        }
+        // A data line the one-go framing reads, sliced out of the chunk without a copy.
+        let input = Bytes::from_static(b"event: e\ndata: {}\n\ndata: x\n\n");
+        let mut decoder = SseDecoder::new();
+        decoder.push(input.clone());
+        let first = decoder.next_event().unwrap().unwrap();
+        assert_eq!(first.event.as_deref(), Some(&b"e"[..]));
+        assert_eq!(first.data.as_ptr(), input[15..].as_ptr());
+        assert_eq!(&decoder.next_event().unwrap().unwrap().data[..], b"x");
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn one_go_framing_keeps_the_bounds() {
+        let input = b"event: abcdef\ndata: 0123456789\n\n";
+        let mut decoder = SseDecoder::new().with_max_line(12);
+        decoder.push(Bytes::from_static(input));
+        assert_eq!(
+            decoder.next_event(),
+            Err(SseError::LineTooLong { limit: 12 })
+        );
+        let mut decoder = SseDecoder::new().with_max_event(input.len() - 1);
+        decoder.push(Bytes::from_static(input));
+        assert_eq!(
+            decoder.next_event(),
+            Err(SseError::EventTooLarge {
+                limit: input.len() - 1
+            })
+        );
+        for (line, event) in [(16, input.len()), (usize::MAX, input.len())] {
+            let mut decoder = SseDecoder::new().with_max_line(line).with_max_event(event);
+            decoder.push(Bytes::from_static(input));
+            assert!(decoder.next_event().unwrap().is_some());
+        }
     }
 
     #[test]

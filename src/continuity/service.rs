@@ -23,7 +23,9 @@ use crate::facts::{RequestFacts, session_key};
 use crate::marks::AttemptError;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
-use crate::soft_failure::{EventsObserved, SoftFailure, StreamObserver, StreamObservers};
+use crate::soft_failure::{
+    EventsObserved, SoftFailure, StreamObserver, StreamObservers, TerminalEvent,
+};
 use crate::sse::is_event_stream;
 
 /// Settings of the continuity layer.
@@ -203,26 +205,43 @@ struct Observer {
     mark: Option<Arc<AtomicU64>>,
 }
 
-impl StreamObserver for Observer {
-    fn event(&self, credential: Option<&str>, event_type: &str, data: &[u8]) {
-        if !OwnerWatch::<Learner>::wanted(event_type) {
-            return;
-        }
-        let mut learner = Learner {
+impl Observer {
+    fn learner(&self, credential: Option<&str>) -> Learner {
+        Learner {
             layer: self.layer.clone(),
             credential: credential.map(Arc::from),
             session: self.session.clone(),
             stack_profile: self.stack_profile,
             mark: self.mark.clone(),
-        };
+        }
+    }
+}
+
+impl StreamObserver for Observer {
+    fn event(&self, credential: Option<&str>, event_type: &str, data: &[u8]) {
+        if !OwnerWatch::<Learner>::wanted(event_type) {
+            return;
+        }
         // Every attempt's created event names its own credential, so a failed attempt's id
         // goes to the credential that made it; the answer's id to the one that answered.
         learn_from_event(
             data,
             event_type,
             event_type == "response.created",
-            &mut learner,
+            &mut self.learner(credential),
         );
+    }
+
+    /// Ids come from `response.created`, usage from the terminal event only.
+    fn reads_content(&self) -> bool {
+        false
+    }
+
+    /// The session's input tokens, from the usage read once for every observer.
+    fn terminal(&self, credential: Option<&str>, terminal: &TerminalEvent<'_>) {
+        if let Some(n) = terminal.usage.and_then(|u| u.input_tokens) {
+            self.learner(credential).usage(n);
+        }
     }
 }
 

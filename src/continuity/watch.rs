@@ -16,8 +16,6 @@ use crate::sse::scan::skip_value;
 #[derive(Deserialize)]
 pub(super) struct Usage {
     pub(super) input_tokens: Option<u64>,
-    #[serde(default)]
-    pub(super) output_tokens: Option<u64>,
 }
 
 /// What the watcher found, reported as it is found.
@@ -110,12 +108,7 @@ impl<L: Learn + Unpin> Body for OwnerWatch<L> {
 /// The input and output tokens of one terminal event's response (`response.completed`,
 /// `.incomplete`, `.failed`), scanned without parsing its output.
 pub fn response_tokens(data: &[u8]) -> Option<(u64, u64)> {
-    let at = find_in_object(data, |key, _, at| (key == b"response").then_some(at))?;
-    let resp = &data[at..];
-    let usage_at = find_in_object(resp, |key, _, at| (key == b"usage").then_some(at))?;
-    let end = skip_value(resp, usage_at)?;
-    let usage = serde_json::from_slice::<Usage>(&resp[usage_at..end]).ok()?;
-    Some((usage.input_tokens?, usage.output_tokens.unwrap_or(0)))
+    crate::soft_failure::terminal_usage(data)?.tokens()
 }
 
 /// Reads id and usage from a complete JSON response object.

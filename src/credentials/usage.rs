@@ -725,17 +725,41 @@ impl crate::soft_failure::StreamObserver for UsageObserver {
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 // Scanned, not parsed: `response.completed` carries the whole output.
-                if let Some((input, output)) = crate::continuity::response_tokens(data) {
-                    self.ledger.record_turn(
-                        credential,
-                        self.session.as_deref(),
-                        input,
-                        output,
-                        SystemTime::now(),
-                    );
+                if let Some(usage) = crate::soft_failure::terminal_usage(data) {
+                    self.record_turn(credential, usage);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Windows come from `codex.rate_limits`, tokens from the terminal event only.
+    fn reads_content(&self) -> bool {
+        false
+    }
+
+    /// The turn's tokens, from the usage read once for every observer.
+    fn terminal(
+        &self,
+        credential: Option<&str>,
+        terminal: &crate::soft_failure::TerminalEvent<'_>,
+    ) {
+        if let Some(usage) = terminal.usage {
+            self.record_turn(credential, usage);
+        }
+    }
+}
+
+impl UsageObserver {
+    fn record_turn(&self, credential: Option<&str>, usage: crate::soft_failure::TerminalUsage) {
+        if let Some((input, output)) = usage.tokens() {
+            self.ledger.record_turn(
+                credential,
+                self.session.as_deref(),
+                input,
+                output,
+                SystemTime::now(),
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::events::{DeltaFields, Fields, Tracker, sequence_number, visible_delta};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
-use crate::sse::{Event, EventKind, SseDecoder, event_kind};
+use crate::sse::{EventKind, EventRef, SseDecoder, event_kind};
 
 /// Characters per token in the output estimate. English prose averages about four
 /// characters per token in OpenAI's tokenizers; code and other languages run denser, so the
@@ -37,12 +37,28 @@ enum State {
 pub(crate) struct CapBody {
     inner: ResponseBody,
     decoder: SseDecoder,
+    count: Count,
+    state: State,
+    on_cut: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// What the cap has counted of the stream so far.
+struct Count {
     cap: u64,
     chars: u64,
     last_seq: Option<u64>,
     tracker: Tracker,
-    state: State,
-    on_cut: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// What becomes of one event.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Forwarded; counting goes on.
+    Forward,
+    /// Forwarded, and nothing after it is counted (a terminal event).
+    ForwardLast,
+    /// Not forwarded: it would pass the cap.
+    Cut,
 }
 
 impl CapBody {
@@ -55,42 +71,97 @@ impl CapBody {
         CapBody {
             inner,
             decoder: SseDecoder::new(),
-            cap,
-            chars: 0,
-            last_seq: None,
-            tracker: Tracker::new(budget),
+            count: Count {
+                cap,
+                chars: 0,
+                last_seq: None,
+                tracker: Tracker::new(budget),
+            },
             state: State::Counting,
             on_cut: Some(Box::new(on_cut)),
         }
     }
 
-    /// Looks at one event; `false` when it would pass the cap.
-    fn admit(&mut self, event: &Event) -> bool {
+    /// Moves every complete event into `out`; at the end of input, the rest too.
+    fn drain(&mut self, out: &mut BytesMut, at_end: bool) {
+        loop {
+            if self.state != State::Counting {
+                break;
+            }
+            let count = &mut self.count;
+            // Events are looked at borrowed (no slices of the chunk): the cap copies each one
+            // it forwards into `out` anyway.
+            let next = if at_end {
+                self.decoder
+                    .finish()
+                    .map(|ev| ev.map(|ev| count.forward(ev.borrowed(), out)))
+            } else {
+                self.decoder.next_event_with(|ev| count.forward(ev, out))
+            };
+            match next {
+                Ok(Some(Verdict::Forward)) => {}
+                Ok(Some(Verdict::ForwardLast)) => self.state = State::Passthrough,
+                Ok(Some(Verdict::Cut)) => {
+                    out.extend_from_slice(&self.count.incomplete_event());
+                    self.state = State::Done;
+                    tracing::debug!(
+                        cap = self.count.cap,
+                        "stream cut at max_output_tokens; ended with response.incomplete"
+                    );
+                    if let Some(f) = self.on_cut.take() {
+                        f();
+                    }
+                    return;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Unparseable: stop enforcing rather than break the stream.
+                    tracing::debug!(error = %e, "max_output_tokens enforcement stopped");
+                    self.state = State::Passthrough;
+                }
+            }
+        }
+        if self.state == State::Passthrough || at_end {
+            out.extend_from_slice(&self.decoder.take_remainder());
+        }
+    }
+}
+
+impl Count {
+    /// Looks at one event and copies it into `out` unless it would pass the cap.
+    fn forward(&mut self, event: EventRef<'_>, out: &mut BytesMut) -> Verdict {
+        let verdict = self.admit(event);
+        if verdict != Verdict::Cut {
+            out.extend_from_slice(event.raw);
+        }
+        verdict
+    }
+
+    fn admit(&mut self, event: EventRef<'_>) -> Verdict {
         let Some(kind) = event.event_type() else {
-            return true;
+            return Verdict::Forward;
         };
         if event_kind(kind) == EventKind::Terminal {
             // Nothing after a terminal event is counted, and its response (the whole answer
             // again) is not needed: it is not parsed.
-            self.state = State::Passthrough;
-            return true;
+            return Verdict::ForwardLast;
         }
         if let Some(slot) = visible_delta(kind) {
             // The stream is mostly deltas: their three fields are found in one walk.
-            let Some(fields) = DeltaFields::parse(&event.data) else {
-                return true;
+            let Some(fields) = DeltaFields::parse(event.data) else {
+                return Verdict::Forward;
             };
             let delta = &*fields.delta;
             let chars = self.chars + delta.chars().count() as u64;
             if estimate_tokens(chars) > self.cap {
-                return false;
+                return Verdict::Cut;
             }
             self.last_seq = fields.sequence_number.or(self.last_seq);
             self.chars = chars;
             if let Some(index) = fields.output_index {
                 self.tracker.text(index, slot, delta);
             }
-            return true;
+            return Verdict::Forward;
         }
         let tracked = matches!(
             kind,
@@ -102,11 +173,11 @@ impl CapBody {
         );
         if !tracked {
             // Only its sequence number matters (the closing event's follows the last one).
-            self.last_seq = sequence_number(&event.data).or(self.last_seq);
-            return true;
+            self.last_seq = sequence_number(event.data).or(self.last_seq);
+            return Verdict::Forward;
         }
-        let Some(fields) = Fields::parse(&event.data) else {
-            return true;
+        let Some(fields) = Fields::parse(event.data) else {
+            return Verdict::Forward;
         };
         self.last_seq = fields.sequence_number.or(self.last_seq);
         match kind {
@@ -123,7 +194,7 @@ impl CapBody {
             }
             _ => {}
         }
-        true
+        Verdict::Forward
     }
 
     /// The closing `response.incomplete` event, as SSE bytes.
@@ -136,47 +207,6 @@ impl CapBody {
             ev["sequence_number"] = json!(seq + 1);
         }
         Bytes::from(format!("event: response.incomplete\ndata: {ev}\n\n"))
-    }
-
-    /// Moves every complete event into `out`; at the end of input, the rest too.
-    fn drain(&mut self, out: &mut BytesMut, at_end: bool) {
-        loop {
-            if self.state != State::Counting {
-                break;
-            }
-            let next = if at_end {
-                self.decoder.finish()
-            } else {
-                self.decoder.next_event()
-            };
-            match next {
-                Ok(Some(event)) => {
-                    if self.admit(&event) {
-                        out.extend_from_slice(&event.raw);
-                    } else {
-                        out.extend_from_slice(&self.incomplete_event());
-                        self.state = State::Done;
-                        tracing::debug!(
-                            cap = self.cap,
-                            "stream cut at max_output_tokens; ended with response.incomplete"
-                        );
-                        if let Some(f) = self.on_cut.take() {
-                            f();
-                        }
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Unparseable: stop enforcing rather than break the stream.
-                    tracing::debug!(error = %e, "max_output_tokens enforcement stopped");
-                    self.state = State::Passthrough;
-                }
-            }
-        }
-        if self.state == State::Passthrough || at_end {
-            out.extend_from_slice(&self.decoder.take_remainder());
-        }
     }
 }
 
@@ -215,7 +245,8 @@ impl Body for CapBody {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     this.decoder.push(data);
-                    let mut out = BytesMut::new();
+                    // Most of what is pushed goes out now: one allocation, not one per doubling.
+                    let mut out = BytesMut::with_capacity(this.decoder.buffered());
                     this.drain(&mut out, false);
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));

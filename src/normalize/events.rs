@@ -38,6 +38,59 @@ pub(crate) struct DeltaFields<'a> {
 impl<'a> DeltaFields<'a> {
     /// `None` when `data` is not an object or `delta` is not a string (as [`Fields::parse`]).
     pub(crate) fn parse(data: &'a [u8]) -> Option<DeltaFields<'a>> {
+        Self::parse_flat(data).or_else(|| Self::parse_walk(data))
+    }
+
+    /// The shape the upstream sends: `delta` a plain string after flat members (strings
+    /// without escapes and scalars, no whitespace) that hold `sequence_number` and
+    /// `output_index`. Such members are read with short byte loops, no walk machinery and
+    /// no search set-up per key; `delta` is then the top-level key. `None` for any other
+    /// shape, which [`parse_walk`](Self::parse_walk) reads; for this one both read the same.
+    fn parse_flat(data: &'a [u8]) -> Option<DeltaFields<'a>> {
+        let (mut seq, mut index) = (None, None);
+        let mut m = data.strip_prefix(b"{")?;
+        loop {
+            let (key, rest) = flat_string(m)?;
+            let rest = rest.strip_prefix(b":")?;
+            if key == b"delta" {
+                let text = rest.strip_prefix(b"\"")?;
+                let len = memchr::memchr2(b'"', b'\\', text)?;
+                if text[len] != b'"' || text[..len].iter().any(|&b| b < 0x20) {
+                    return None; // escapes to undo, or a string serde_json refuses
+                }
+                return Some(DeltaFields {
+                    sequence_number: Some(seq?),
+                    delta: Cow::Borrowed(std::str::from_utf8(&text[..len]).ok()?),
+                    output_index: Some(index?),
+                });
+            }
+            let value_len = match rest.first()? {
+                b'"' => rest.len() - flat_string(rest)?.1.len(),
+                _ => rest.iter().position(|b| {
+                    !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                })?,
+            };
+            let (value, rest) = rest.split_at(value_len);
+            if value.is_empty() {
+                return None;
+            }
+            // A plain integer (as `str::parse` reads it), else the walk decides.
+            let number = || -> Option<u64> {
+                value.iter().try_fold(0u64, |n, &d| {
+                    let d = d.checked_sub(b'0').filter(|d| *d < 10)?;
+                    n.checked_mul(10)?.checked_add(u64::from(d))
+                })
+            };
+            match key {
+                b"sequence_number" => seq = Some(number()?),
+                b"output_index" => index = Some(number()?),
+                _ => {}
+            }
+            m = rest.strip_prefix(b",")?;
+        }
+    }
+
+    fn parse_walk(data: &'a [u8]) -> Option<DeltaFields<'a>> {
         let (mut seq, mut delta, mut index) = (None, None, None);
         crate::json::find_in_object(data, |key, escaped, at| {
             match key {
@@ -63,6 +116,14 @@ impl<'a> DeltaFields<'a> {
             output_index: number(index),
         })
     }
+}
+
+/// A string without escapes at the start of `m` (short: a key or a flat value): its
+/// content and what follows it.
+fn flat_string(m: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = m.strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| (&rest[..end], &rest[end + 1..]))
 }
 
 /// An event's `sequence_number`, found without parsing the rest of it.
@@ -96,7 +157,9 @@ pub(crate) enum TextSlot {
 #[derive(Debug)]
 struct Item {
     index: u64,
-    value: Value,
+    /// The item as the upstream sent it (valid JSON: it came as a `RawValue`), parsed only
+    /// when the output is asked for (a cut stream, the fold's answer).
+    raw: Box<str>,
     text: String,
     slot: Option<TextSlot>,
     done: bool,
@@ -159,17 +222,15 @@ impl Tracker {
         if !self.spend(raw.get().len()) {
             return;
         }
-        let Ok(value) = serde_json::from_str::<Value>(raw.get()) else {
-            return;
-        };
+        let raw = raw.get().into();
         match self.items.iter_mut().find(|i| i.index == index) {
             Some(item) => {
-                item.value = value;
+                item.raw = raw;
                 item.done = done;
             }
             None => self.items.push(Item {
                 index,
-                value,
+                raw,
                 text: String::new(),
                 slot: None,
                 done,
@@ -194,8 +255,8 @@ impl Tracker {
         items.sort_by_key(|i| i.index);
         items
             .into_iter()
-            .map(|i| {
-                let mut v = i.value.clone();
+            .filter_map(|i| Some((i, serde_json::from_str::<Value>(&i.raw).ok()?)))
+            .map(|(i, mut v)| {
                 if !i.done {
                     if let Some(obj) = v.as_object_mut() {
                         obj.insert("status".into(), json!("incomplete"));
@@ -231,7 +292,10 @@ impl Tracker {
     pub(crate) fn done_output(&self) -> Vec<Value> {
         let mut items: Vec<&Item> = self.items.iter().filter(|i| i.done).collect();
         items.sort_by_key(|i| i.index);
-        items.into_iter().map(|i| i.value.clone()).collect()
+        items
+            .into_iter()
+            .filter_map(|i| serde_json::from_str(&i.raw).ok())
+            .collect()
     }
 
     /// A `response` object for `response.incomplete` with reason `max_output_tokens`, whose
@@ -350,6 +414,56 @@ mod scan_tests {
             (None, "", None)
         );
         assert!(DeltaFields::parse(br#"{"delta":5}"#).is_none());
+        assert!(DeltaFields::parse(br#"{"a":1,"delta":5}"#).is_none());
+    }
+
+    #[test]
+    fn flat_deltas_read_as_the_walk_reads_them() {
+        let cases: &[&[u8]] = &[
+            br#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"m","output_index":2,"content_index":0,"delta":"Hi","logprobs":[]}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"caf\u00e9"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"a"b"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"hello","x":1}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"tab	here"}"#,
+            br#"{"type":"t","sequence_number":"7","output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"delta":"x","output_index":3}"#,
+            br#"{"type":"t","sequence_number":7, "output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2 ,"delta":"x"}"#,
+            br#"{"type":"t","item":{"delta":"no"},"sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"a,"delta":"no","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"a,","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"sequence_number":8,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":99999999999999999999,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":"unterminated"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta":5,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"delta" :"x"}"#,
+            br#"{"type":"t","sequence_number":007,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7.5,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":-7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence\u005fnumber":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"a very long type string that is longer than thirty-two bytes","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"t","sequence_number":7,"output_index":2,"flag":true,"n":null,"delta":"x"}"#,
+            b"{\"type\":\"t\",\"sequence_number\":7,\"output_index\":2,\"delta\":\"\xFF\"}",
+        ];
+        for data in cases {
+            let flat = DeltaFields::parse(data);
+            let walk = DeltaFields::parse_walk(data);
+            let view = |f: Option<DeltaFields<'_>>| {
+                f.map(|f| (f.sequence_number, f.delta.into_owned(), f.output_index))
+            };
+            assert_eq!(view(flat), view(walk), "{}", String::from_utf8_lossy(data));
+        }
+        // The usual delta is read without the walk.
+        let line = r#"{"type":"response.output_text.delta","sequence_number":5,"item_id":"msg_bench_68a1f0c5d2e08190b7c6a5b4","output_index":0,"content_index":0,"delta":" \u{1F680}.","logprobs":[],"obfuscation":"aB3dE5gH"}"#.replace("\\u{1F680}", "\u{1F680}");
+        assert!(
+            DeltaFields::parse_flat(line.as_bytes()).is_some_and(|f| f.sequence_number == Some(5))
+        );
+        assert!(
+            DeltaFields::parse_flat(
+                br#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"m","output_index":0,"content_index":0,"delta":"Hi","logprobs":[],"obfuscation":"x"}"#
+            )
+            .is_some_and(|f| f.delta == "Hi")
+        );
         assert!(DeltaFields::parse(b"[DONE]").is_some_and(|f| f.delta.is_empty()));
     }
 

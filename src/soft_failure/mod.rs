@@ -66,7 +66,8 @@ mod service;
 mod watch;
 
 pub use config::SoftFailureConfig;
-pub use observe::{EventsObserved, StreamObserver, StreamObservers};
+pub(crate) use observe::terminal_usage;
+pub use observe::{EventsObserved, StreamObserver, StreamObservers, TerminalEvent, TerminalUsage};
 pub use service::{SoftFailureDetect, SoftFailureDetectLayer};
 
 #[cfg(doc)]

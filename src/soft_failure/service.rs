@@ -17,7 +17,7 @@ use crate::credentials::CredentialLease;
 use crate::error::ApiError;
 use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestStarted};
-use crate::sse::{EventKind, SseDecoder, event_kind, is_event_stream};
+use crate::sse::{EventKind, EventRef, SseDecoder, event_kind, is_event_stream};
 
 /// Applies [`SoftFailureDetect`] to a service. See the [module docs](super).
 #[derive(Debug, Clone, Default)]
@@ -98,6 +98,9 @@ where
                 config,
                 metrics,
                 lease,
+                observers_read_content: observers
+                    .as_ref()
+                    .is_some_and(StreamObservers::read_content),
                 observers,
                 started: Some(started),
             };
@@ -113,22 +116,28 @@ pub(super) struct Ctx {
     pub(super) observers: Option<StreamObservers>,
     /// When the request arrived, until its first content event is timed.
     pub(super) started: Option<std::time::Instant>,
+    /// Whether any observer reads content events (asked once per stream).
+    pub(super) observers_read_content: bool,
 }
 
 impl Ctx {
     /// Shows one event to the request's observers.
     ///
     /// Returns the event's kind: its type is sniffed once here for every use.
-    pub(super) fn observe(&self, ev: &crate::sse::Event) -> EventKind {
-        let ty = ev.event_type();
-        if let (Some(obs), Some(ty)) = (&self.observers, ty) {
-            obs.notify(
-                self.lease.as_ref().map(CredentialLease::credential),
-                ty,
-                &ev.data,
-            );
+    pub(super) fn observe(&self, ev: EventRef<'_>) -> EventKind {
+        let Some(ty) = ev.event_type() else {
+            return EventKind::Other;
+        };
+        let kind = event_kind(ty);
+        if let Some(obs) = &self.observers {
+            let credential = self.lease.as_ref().map(CredentialLease::credential);
+            match kind {
+                EventKind::Terminal => obs.notify_terminal(credential, ty, ev.data),
+                EventKind::Content if !self.observers_read_content => {}
+                _ => obs.notify(credential, ty, ev.data),
+            }
         }
-        ty.map_or(EventKind::Other, event_kind)
+        kind
     }
 
     /// Times the stream's first content event (once per attempt; only one attempt of a
@@ -253,8 +262,8 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                 let tail = decoder.finish();
                 if let Ok(Some(ev)) = tail {
                     typed += usize::from(ev.event_type().is_some());
-                    let kind = ctx.observe(&ev);
-                    if let Some(f) = failure_of(kind, &ev) {
+                    let kind = ctx.observe(ev.borrowed());
+                    if let Some(f) = failure_of(kind, &ev.data) {
                         return mark(parts, held, f, ctx);
                     }
                 }
@@ -300,7 +309,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
             };
             events += 1;
             typed += usize::from(ev.event_type().is_some());
-            let kind = ctx.observe(&ev);
+            let kind = ctx.observe(ev.borrowed());
             match kind {
                 EventKind::Content => {
                     ctx.first_content();
@@ -310,7 +319,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                     );
                 }
                 EventKind::Terminal | EventKind::Error => {
-                    if let Some(f) = failure_of(kind, &ev) {
+                    if let Some(f) = failure_of(kind, &ev.data) {
                         return mark(parts, held, f, ctx);
                     }
                     if kind == EventKind::Terminal {
@@ -413,9 +422,9 @@ fn mark(
 }
 
 /// The failure an event of this kind reports, if any.
-pub(super) fn failure_of(kind: EventKind, ev: &crate::sse::Event) -> Option<Failure> {
+pub(super) fn failure_of(kind: EventKind, data: &[u8]) -> Option<Failure> {
     match kind {
-        EventKind::Terminal | EventKind::Error => Failure::from_sse_data(&ev.data),
+        EventKind::Terminal | EventKind::Error => Failure::from_sse_data(data),
         _ => None,
     }
 }

@@ -78,14 +78,18 @@ impl WatchBody {
             return;
         };
         loop {
-            match decoder.next_event() {
-                Ok(Some(ev)) => {
-                    let kind = ctx.observe(&ev);
+            // Borrowed: most events are deltas, of which only the type is read.
+            let seen = decoder.next_event_with(|ev| {
+                let kind = ctx.observe(ev);
+                (kind, failure_of(kind, ev.data))
+            });
+            match seen {
+                Ok(Some((kind, failure))) => {
                     if kind == EventKind::Content {
                         // Released by a bound before content: the first one comes here.
                         ctx.first_content();
                     }
-                    if let Some(failure) = failure_of(kind, &ev) {
+                    if let Some(failure) = failure {
                         tracing::info!(
                             class = failure.class.as_str(),
                             code = failure.code.as_deref().unwrap_or(""),
