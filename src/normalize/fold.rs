@@ -5,9 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::Value;
 
-use super::events::{Fields, Tracker};
+use super::answer::answer;
+use super::events::Fields;
 use crate::body::{IdleTimeout, IdleTimeoutBody, ResponseBody, full_body};
 use crate::classify::{Failure, FailureClass, Origin};
 use crate::error::ApiError;
@@ -15,7 +15,8 @@ use crate::soft_failure::SoftFailure;
 use crate::sse::{Event, EventKind, SseDecoder, event_kind};
 
 enum Outcome {
-    Answer(Value),
+    /// The answer's JSON bytes.
+    Answer(Bytes),
     /// What the client gets, and the classified failure behind it (boxed: the answer
     /// variant is the common one).
     Error(Box<(ApiError, Failure)>),
@@ -27,7 +28,12 @@ fn failed(err: ApiError, failure: Failure) -> Outcome {
 
 /// What the fold has seen so far.
 struct Folding {
-    tracker: Tracker,
+    /// The data of each `response.output_item.done`, kept as it came (slices of the upstream's
+    /// chunks, no copy): read only when the terminal event's `output` is empty, which the
+    /// OpenAI platform's is not. Bounded with the stream, by the fold's byte limit.
+    done_items: Vec<Bytes>,
+    /// The fold's byte limit, which also bounds what the items' rebuilt output may hold.
+    limit: usize,
     /// A content event went by: the upstream generated (and billed) output, so a failure
     /// from here on is after content and must not be retried.
     content: bool,
@@ -51,7 +57,8 @@ pub(crate) async fn fold(
     let mut body = std::pin::pin!(IdleTimeoutBody::new(body, idle));
     let mut decoder = SseDecoder::new();
     let mut folding = Folding {
-        tracker: Tracker::new(limit),
+        done_items: Vec::new(),
+        limit,
         content: false,
     };
     let mut total = 0usize;
@@ -86,9 +93,7 @@ pub(crate) async fn fold(
         )
     });
     match outcome {
-        Outcome::Answer(v) => {
-            // Serialising a Value cannot fail.
-            let bytes = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+        Outcome::Answer(bytes) => {
             parts.status = StatusCode::OK;
             parts.headers.remove(header::TRANSFER_ENCODING);
             parts.headers.remove(header::CACHE_CONTROL);
@@ -206,24 +211,13 @@ fn on_event(event: &Event, folding: &mut Folding) -> Option<Outcome> {
     }
     match kind {
         "response.output_item.done" => {
-            let f = Fields::parse(&event.data)?;
-            if let (Some(i), Some(item)) = (f.output_index, f.item) {
-                folding.tracker.item(i, item, true);
-            }
+            folding.done_items.push(event.data.clone());
             None
         }
         "response.completed" | "response.incomplete" => {
             let f = Fields::parse(&event.data)?;
-            let mut resp: Value = serde_json::from_str(f.response?.get()).ok()?;
-            let empty = resp
-                .get("output")
-                .is_none_or(|o| o.as_array().is_some_and(Vec::is_empty) || o.is_null());
-            if empty {
-                if let Some(obj) = resp.as_object_mut() {
-                    obj.insert("output".into(), Value::Array(folding.tracker.done_output()));
-                }
-            }
-            Some(Outcome::Answer(resp))
+            let raw = f.response?;
+            answer(&event.data, raw.get(), &folding.done_items, folding.limit).map(Outcome::Answer)
         }
         "response.failed" | "error" => Some(match Failure::from_sse_data(&event.data) {
             Some(failure) => failed(failure_error(&failure), failure),
@@ -289,7 +283,7 @@ pub(crate) fn failure_error(f: &Failure) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const IDLE: Duration = Duration::from_secs(300);
 

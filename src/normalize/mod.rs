@@ -156,6 +156,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod cap;
 mod config;
 pub(crate) mod events;
