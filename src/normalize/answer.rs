@@ -12,7 +12,7 @@
 //! refused here too, so a client never gets what the proxy itself could not read.
 
 use bytes::Bytes;
-use memchr::memchr2;
+use memchr::{memchr, memchr2};
 use serde_json::Value;
 
 use super::events::{Fields, Tracker};
@@ -28,19 +28,18 @@ pub(super) fn answer(
     done_items: &[Bytes],
     limit: usize,
 ) -> Option<Bytes> {
-    if may_be_refused(response.as_bytes()) {
-        return parsed(response, done_items, limit);
+    match scan(response.as_bytes()) {
+        Some(Output::Full) => Some(slice_of(data, response)),
+        Some(Output::Empty) => {
+            let mut obj = RawObject::scan_valid(response.as_bytes())?;
+            let output =
+                serde_json::to_string(&Value::Array(done_output(done_items, limit))).ok()?;
+            obj.set("output", output);
+            Some(obj.to_bytes())
+        }
+        // Not an object, or one the raw path cannot vouch for: answered as it always was.
+        None => parsed(response, done_items, limit),
     }
-    let Some(mut obj) = RawObject::scan_valid(response.as_bytes()) else {
-        // Not an object: answered as it always was.
-        return parsed(response, done_items, limit);
-    };
-    if !obj.get("output").is_none_or(is_empty_output) {
-        return Some(slice_of(data, response));
-    }
-    let output = serde_json::to_string(&Value::Array(done_output(done_items, limit))).ok()?;
-    obj.set("output", output);
-    Some(obj.to_bytes())
 }
 
 /// The answer through a `Value`: for what the raw path cannot vouch for.
@@ -58,14 +57,6 @@ fn parsed(response: &str, done_items: &[Bytes], limit: usize) -> Option<Bytes> {
         }
     }
     serde_json::to_vec(&resp).ok().map(Bytes::from)
-}
-
-/// `null`, or an array with nothing in it (the raw text of a valid value).
-fn is_empty_output(raw: &str) -> bool {
-    raw == "null"
-        || raw
-            .strip_prefix('[')
-            .is_some_and(|rest| rest.trim_start_matches([' ', '\t', '\n', '\r']) == "]")
 }
 
 /// The finished items, in order, the last one of each `output_index` (what the stream said).
@@ -96,28 +87,68 @@ const MAX_RAW_DEPTH: usize = 100;
 /// Longer numbers are left to `serde_json` to judge (an `f64` overflows past 309 digits).
 const MAX_RAW_NUMBER: usize = 300;
 
-/// Whether `serde_json` might refuse as a `Value` what its raw-value scan accepted: a `\u`
-/// escape of a surrogate not in a pair, a number with an exponent or very many digits (out
-/// of `f64` range), nesting deeper than its limit. `d` is valid JSON as far as that scan
-/// goes. Conservative: `true` only sends the answer through the parsing path, which decides.
-fn may_be_refused(d: &[u8]) -> bool {
+/// What a response object's top-level `output` (its last, for a key given twice) holds.
+#[derive(Debug, PartialEq)]
+enum Output {
+    /// Items: the object is the answer as it is.
+    Full,
+    /// Absent, `null` or `[]`: the answer needs the items.
+    Empty,
+}
+
+/// The response object `d`'s [`Output`], in one pass that also looks for what `serde_json`
+/// might refuse as a `Value` although its raw-value scan accepted it: a `\u` escape of a
+/// surrogate not in a pair, a number with an exponent or very many digits (out of `f64`
+/// range), nesting deeper than its limit. `d` is valid JSON as far as that scan goes.
+/// `None` for any of those, for a top-level key with escapes, or when `d` is not an object:
+/// conservative, `None` only sends the answer through the parsing path, which decides.
+fn scan(d: &[u8]) -> Option<Output> {
+    if d.first() != Some(&b'{') {
+        return None;
+    }
+    let mut output = Output::Empty;
     let mut depth = 0usize;
+    // At the top level, the next string is a key.
+    let mut key_next = false;
     let mut i = 0;
     while let Some(&b) = d.get(i) {
         match b {
-            b'"' => match string_may_be_refused(d, i + 1) {
-                Some(end) => i = end,
-                None => return true,
-            },
+            b'"' => {
+                let end = string_end(d, i + 1)?;
+                if depth == 1 && key_next {
+                    key_next = false;
+                    let key = &d[i + 1..end - 1];
+                    if memchr(b'\\', key).is_some() {
+                        return None;
+                    }
+                    if key == b"output" {
+                        let colon = end + skip_ws(&d[end..]);
+                        let at = colon + 1 + skip_ws(d.get(colon + 1..)?);
+                        output = match d.get(at..)? {
+                            [b'n', ..] => Output::Empty,
+                            [b'[', rest @ ..] if rest.get(skip_ws(rest)) == Some(&b']') => {
+                                Output::Empty
+                            }
+                            _ => Output::Full,
+                        };
+                    }
+                }
+                i = end;
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_RAW_DEPTH {
-                    return true;
+                    return None;
                 }
+                key_next = depth == 1;
                 i += 1;
             }
             b']' | b'}' => {
                 depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b',' => {
+                key_next = depth == 1;
                 i += 1;
             }
             b'-' | b'0'..=b'9' => {
@@ -127,19 +158,25 @@ fn may_be_refused(d: &[u8]) -> bool {
                     .count();
                 let number = &d[i..i + len];
                 if len > MAX_RAW_NUMBER || number.iter().any(|c| matches!(c, b'e' | b'E')) {
-                    return true;
+                    return None;
                 }
                 i += len;
             }
             _ => i += 1,
         }
     }
-    false
+    Some(output)
+}
+
+fn skip_ws(d: &[u8]) -> usize {
+    d.iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        .count()
 }
 
 /// Past the string whose contents start at `i`; `None` if it holds a surrogate escape not in
 /// a pair (or ends early).
-fn string_may_be_refused(d: &[u8], mut i: usize) -> Option<usize> {
+fn string_end(d: &[u8], mut i: usize) -> Option<usize> {
     loop {
         i += memchr2(b'"', b'\\', d.get(i..)?)?;
         if d[i] == b'"' {
