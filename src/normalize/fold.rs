@@ -8,11 +8,12 @@ use http_body_util::BodyExt;
 
 use super::answer::answer;
 use super::events::Fields;
+use super::fold_reader::{EventReader, Seen};
 use crate::body::{IdleTimeout, IdleTimeoutBody, ResponseBody, full_body};
 use crate::classify::{Failure, FailureClass, Origin};
 use crate::error::ApiError;
 use crate::soft_failure::SoftFailure;
-use crate::sse::{Event, EventKind, SseDecoder, event_kind};
+use crate::sse::{EventKind, event_kind};
 
 enum Outcome {
     /// The answer's JSON bytes.
@@ -55,7 +56,7 @@ pub(crate) async fn fold(
     let (mut parts, body) = res.into_parts();
     // A long answer is fine as long as it keeps coming; an upstream that goes silent is not.
     let mut body = std::pin::pin!(IdleTimeoutBody::new(body, idle));
-    let mut decoder = SseDecoder::new();
+    let mut reader = EventReader::default();
     let mut folding = Folding {
         done_items: Vec::new(),
         limit,
@@ -64,7 +65,7 @@ pub(crate) async fn fold(
     let mut total = 0usize;
     let outcome = loop {
         let frame = match body.frame().await {
-            None => break finish(&mut decoder, &mut folding),
+            None => break finish(&mut reader, &mut folding),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "upstream stream broke while folding");
                 break Some(broken(&*e));
@@ -78,11 +79,10 @@ pub(crate) async fn fold(
         if total > limit {
             break Some(too_large(limit));
         }
-        decoder.push(data);
-        match drain(&mut decoder, &mut folding, false) {
+        match reader.push(data, &mut |seen| on_event(&seen, &mut folding)) {
             Ok(None) => {}
             Ok(Some(outcome)) => break Some(outcome),
-            Err(()) => break Some(unparseable()),
+            Err(_) => break Some(unparseable()),
         }
     };
     let outcome = outcome.unwrap_or_else(|| {
@@ -177,49 +177,29 @@ fn unparseable() -> Outcome {
     failed(ApiError::upstream_unavailable(message), failure)
 }
 
-fn finish(decoder: &mut SseDecoder, folding: &mut Folding) -> Option<Outcome> {
-    drain(decoder, folding, true).unwrap_or_else(|()| Some(unparseable()))
+fn finish(reader: &mut EventReader, folding: &mut Folding) -> Option<Outcome> {
+    reader
+        .finish(&mut |seen| on_event(&seen, folding))
+        .unwrap_or_else(|_| Some(unparseable()))
 }
 
-fn drain(
-    decoder: &mut SseDecoder,
-    folding: &mut Folding,
-    at_end: bool,
-) -> Result<Option<Outcome>, ()> {
-    loop {
-        let next = if at_end {
-            decoder.finish()
-        } else {
-            decoder.next_event()
-        };
-        match next {
-            Ok(Some(event)) => {
-                if let Some(outcome) = on_event(&event, folding) {
-                    return Ok(Some(outcome));
-                }
-            }
-            Ok(None) => return Ok(None),
-            Err(_) => return Err(()),
-        }
-    }
-}
-
-fn on_event(event: &Event, folding: &mut Folding) -> Option<Outcome> {
-    let kind = event.event_type()?;
-    if event_kind(kind) == EventKind::Content {
+fn on_event(event: &Seen<'_>, folding: &mut Folding) -> Option<Outcome> {
+    let kind = event.kind?;
+    if !folding.content && event_kind(kind) == EventKind::Content {
         folding.content = true;
     }
     match kind {
         "response.output_item.done" => {
-            folding.done_items.push(event.data.clone());
+            folding.done_items.push(event.data());
             None
         }
         "response.completed" | "response.incomplete" => {
-            let f = Fields::parse(&event.data)?;
+            let data = event.data();
+            let f = Fields::parse(&data)?;
             let raw = f.response?;
-            answer(&event.data, raw.get(), &folding.done_items, folding.limit).map(Outcome::Answer)
+            answer(&data, raw.get(), &folding.done_items, folding.limit).map(Outcome::Answer)
         }
-        "response.failed" | "error" => Some(match Failure::from_sse_data(&event.data) {
+        "response.failed" | "error" => Some(match Failure::from_sse_data(event.bytes()) {
             Some(failure) => failed(failure_error(&failure), failure),
             None => {
                 let message = "the upstream response failed";

@@ -161,6 +161,7 @@ mod cap;
 mod config;
 pub(crate) mod events;
 mod fold;
+mod fold_reader;
 mod learn;
 mod rewrite;
 mod rule;
