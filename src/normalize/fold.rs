@@ -5,17 +5,19 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::Value;
 
-use super::events::{Fields, Tracker};
+use super::answer::answer;
+use super::events::Fields;
+use super::fold_reader::{EventReader, Seen};
 use crate::body::{IdleTimeout, IdleTimeoutBody, ResponseBody, full_body};
 use crate::classify::{Failure, FailureClass, Origin};
 use crate::error::ApiError;
 use crate::soft_failure::SoftFailure;
-use crate::sse::{Event, EventKind, SseDecoder, event_kind};
+use crate::sse::{EventKind, event_kind};
 
 enum Outcome {
-    Answer(Value),
+    /// The answer's JSON bytes.
+    Answer(Bytes),
     /// What the client gets, and the classified failure behind it (boxed: the answer
     /// variant is the common one).
     Error(Box<(ApiError, Failure)>),
@@ -27,7 +29,12 @@ fn failed(err: ApiError, failure: Failure) -> Outcome {
 
 /// What the fold has seen so far.
 struct Folding {
-    tracker: Tracker,
+    /// The data of each `response.output_item.done`, kept as it came (slices of the upstream's
+    /// chunks, no copy): read only when the terminal event's `output` is empty, which the
+    /// OpenAI platform's is not. Bounded with the stream, by the fold's byte limit.
+    done_items: Vec<Bytes>,
+    /// The fold's byte limit, which also bounds what the items' rebuilt output may hold.
+    limit: usize,
     /// A content event went by: the upstream generated (and billed) output, so a failure
     /// from here on is after content and must not be retried.
     content: bool,
@@ -49,15 +56,16 @@ pub(crate) async fn fold(
     let (mut parts, body) = res.into_parts();
     // A long answer is fine as long as it keeps coming; an upstream that goes silent is not.
     let mut body = std::pin::pin!(IdleTimeoutBody::new(body, idle));
-    let mut decoder = SseDecoder::new();
+    let mut reader = EventReader::default();
     let mut folding = Folding {
-        tracker: Tracker::new(limit),
+        done_items: Vec::new(),
+        limit,
         content: false,
     };
     let mut total = 0usize;
     let outcome = loop {
         let frame = match body.frame().await {
-            None => break finish(&mut decoder, &mut folding),
+            None => break finish(&mut reader, &mut folding),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "upstream stream broke while folding");
                 break Some(broken(&*e));
@@ -71,11 +79,10 @@ pub(crate) async fn fold(
         if total > limit {
             break Some(too_large(limit));
         }
-        decoder.push(data);
-        match drain(&mut decoder, &mut folding, false) {
+        match reader.push(data, &mut |seen| on_event(&seen, &mut folding)) {
             Ok(None) => {}
             Ok(Some(outcome)) => break Some(outcome),
-            Err(()) => break Some(unparseable()),
+            Err(_) => break Some(unparseable()),
         }
     };
     let outcome = outcome.unwrap_or_else(|| {
@@ -86,9 +93,7 @@ pub(crate) async fn fold(
         )
     });
     match outcome {
-        Outcome::Answer(v) => {
-            // Serialising a Value cannot fail.
-            let bytes = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+        Outcome::Answer(bytes) => {
             parts.status = StatusCode::OK;
             parts.headers.remove(header::TRANSFER_ENCODING);
             parts.headers.remove(header::CACHE_CONTROL);
@@ -172,60 +177,29 @@ fn unparseable() -> Outcome {
     failed(ApiError::upstream_unavailable(message), failure)
 }
 
-fn finish(decoder: &mut SseDecoder, folding: &mut Folding) -> Option<Outcome> {
-    drain(decoder, folding, true).unwrap_or_else(|()| Some(unparseable()))
+fn finish(reader: &mut EventReader, folding: &mut Folding) -> Option<Outcome> {
+    reader
+        .finish(&mut |seen| on_event(&seen, folding))
+        .unwrap_or_else(|_| Some(unparseable()))
 }
 
-fn drain(
-    decoder: &mut SseDecoder,
-    folding: &mut Folding,
-    at_end: bool,
-) -> Result<Option<Outcome>, ()> {
-    loop {
-        let next = if at_end {
-            decoder.finish()
-        } else {
-            decoder.next_event()
-        };
-        match next {
-            Ok(Some(event)) => {
-                if let Some(outcome) = on_event(&event, folding) {
-                    return Ok(Some(outcome));
-                }
-            }
-            Ok(None) => return Ok(None),
-            Err(_) => return Err(()),
-        }
-    }
-}
-
-fn on_event(event: &Event, folding: &mut Folding) -> Option<Outcome> {
-    let kind = event.event_type()?;
-    if event_kind(kind) == EventKind::Content {
+fn on_event(event: &Seen<'_>, folding: &mut Folding) -> Option<Outcome> {
+    let kind = event.kind?;
+    if !folding.content && event_kind(kind) == EventKind::Content {
         folding.content = true;
     }
     match kind {
         "response.output_item.done" => {
-            let f = Fields::parse(&event.data)?;
-            if let (Some(i), Some(item)) = (f.output_index, f.item) {
-                folding.tracker.item(i, item, true);
-            }
+            folding.done_items.push(event.data());
             None
         }
         "response.completed" | "response.incomplete" => {
-            let f = Fields::parse(&event.data)?;
-            let mut resp: Value = serde_json::from_str(f.response?.get()).ok()?;
-            let empty = resp
-                .get("output")
-                .is_none_or(|o| o.as_array().is_some_and(Vec::is_empty) || o.is_null());
-            if empty {
-                if let Some(obj) = resp.as_object_mut() {
-                    obj.insert("output".into(), Value::Array(folding.tracker.done_output()));
-                }
-            }
-            Some(Outcome::Answer(resp))
+            let data = event.data();
+            let f = Fields::parse(&data)?;
+            let raw = f.response?;
+            answer(&data, raw.get(), &folding.done_items, folding.limit).map(Outcome::Answer)
         }
-        "response.failed" | "error" => Some(match Failure::from_sse_data(&event.data) {
+        "response.failed" | "error" => Some(match Failure::from_sse_data(event.bytes()) {
             Some(failure) => failed(failure_error(&failure), failure),
             None => {
                 let message = "the upstream response failed";
@@ -289,7 +263,7 @@ pub(crate) fn failure_error(f: &Failure) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const IDLE: Duration = Duration::from_secs(300);
 

@@ -156,10 +156,12 @@
 //! # }
 //! ```
 
+mod answer;
 mod cap;
 mod config;
 pub(crate) mod events;
 mod fold;
+mod fold_reader;
 mod learn;
 mod rewrite;
 mod rule;
