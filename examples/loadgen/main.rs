@@ -14,6 +14,7 @@
 //!                                           # the same, its state filled first
 //! loadgen side [--quick] [--rounds N] [--secs S] [--nginx BIN] [--wrk BIN] [--out FILE]
 //!                                           # against nginx, pinned, on two upstreams
+//! loadgen wrk-script                        # the wrk script `side` loads targets with
 //! ```
 //!
 //! Every target runs as a child process of the harness so its CPU time and memory can be
@@ -62,6 +63,7 @@ fn main() {
         Some("serve-static") => side::serve_static(&args[1..]),
         Some("run") => run(&args[1..]),
         Some("side") => side::run(&args[1..]),
+        Some("wrk-script") => side::print_wrk_script(),
         Some("drive") => drive(&args[1..]),
         Some("chaos") => chaos::main(&args[1..]),
         _ => {

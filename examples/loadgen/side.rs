@@ -260,6 +260,22 @@ fn measure(
 }
 
 /// A wrk script that POSTs `body` as the Codex CLI would (a Lua long string holds it as is).
+/// `loadgen wrk-script`: prints the `wrk` script `side` loads every target with (the
+/// Codex-shaped streaming request), for measurements outside `side` (`scripts/ab.sh`).
+pub fn print_wrk_script() -> i32 {
+    let body = client::request_body(&mock::model_name(0, DELTAS), true, None);
+    match wrk_script(&body) {
+        Ok(script) => {
+            print!("{script}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
 fn wrk_script(body: &[u8]) -> Result<String, String> {
     let body = std::str::from_utf8(body).map_err(|e| e.to_string())?;
     if body.contains("]==]") {
