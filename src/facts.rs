@@ -113,6 +113,8 @@ struct Spans {
 /// A fact field's value from its raw text, as the whole-body parse reads it; `None` when that
 /// parse must decide (a nested value, whose depth limit differs out of context, or a value
 /// that does not parse), so the facts and the error are exactly the whole-body parse's.
+// The lenient readers serve `try_parse_with_spans`, which only the proxy edge calls.
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 fn lenient<T: serde::de::DeserializeOwned>(raw: &str) -> Option<Option<T>> {
     if raw.starts_with(['[', '{']) {
         return None;
@@ -122,6 +124,7 @@ fn lenient<T: serde::de::DeserializeOwned>(raw: &str) -> Option<Option<T>> {
 
 /// [`lenient`] for a string field, without serde for a string with nothing to unescape (the
 /// common case: a model name, an id).
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 fn lenient_string(raw: &str) -> Option<Option<String>> {
     let plain = raw
         .strip_prefix('"')
@@ -134,6 +137,7 @@ fn lenient_string(raw: &str) -> Option<Option<String>> {
 }
 
 /// [`lenient`] for a boolean field, without serde for the literals.
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 fn lenient_bool(raw: &str) -> Option<Option<bool>> {
     match raw {
         "true" => Some(Some(true)),
@@ -158,6 +162,7 @@ impl RequestFacts {
     /// same one pass: the edge validates the body, and normalization edits it without walking
     /// it again ([`attach_parsed`](Self::attach_parsed), [`raw_object`](Self::raw_object)).
     /// The facts and any error are exactly [`try_parse`](Self::try_parse)'s.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn try_parse_with_spans(
         body: &[u8],
     ) -> Result<(RequestFacts, Option<ObjectSpans>), serde_json::Error> {
@@ -174,6 +179,7 @@ impl RequestFacts {
     /// The facts of a parsed object, read as the [`Deserialize`] impl reads them (every
     /// occurrence of a key given twice, the last one kept); `None` when a field needs the
     /// whole-body parse (see [`lenient`]).
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     fn from_object(obj: &RawObject<'_>) -> Option<RequestFacts> {
         let mut f = RequestFacts {
             is_json_object: true,
@@ -199,6 +205,7 @@ impl RequestFacts {
 
     /// Caches what [`try_parse_with_spans`](Self::try_parse_with_spans) read from this
     /// request's body.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn attach_parsed(
         req: &mut Request<ReplayBody>,
         facts: RequestFacts,

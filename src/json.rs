@@ -39,6 +39,8 @@ pub(crate) struct ObjectSpans {
     entries: Vec<(SpanKey, Range<usize>)>,
 }
 
+// Spans come from the proxy edge's validating pass only.
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 #[derive(Debug, Clone)]
 enum SpanKey {
     /// The key's text between its quotes.
@@ -131,6 +133,7 @@ impl<'a> RawObject<'a> {
     /// checks their UTF-8 again) and a walk after it. `Some` only for bytes `parse` accepts;
     /// `None` also for some it accepts (invalid UTF-8 inside a value, which serde_json passes
     /// over): ask `parse` then.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn parse_with_spans(bytes: &'a [u8]) -> Option<(Self, ObjectSpans)> {
         let text = std::str::from_utf8(bytes).ok()?;
         // Request bodies have a dozen or so top-level fields: no regrowing on the way.
@@ -259,6 +262,7 @@ impl<'a> RawObject<'a> {
     }
 
     /// The entries in order: each key (unescaped) and its raw JSON text.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }

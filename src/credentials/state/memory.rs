@@ -73,6 +73,7 @@ impl MemoryState {
 
 impl MemoryState {
     /// Replaces a cooldown whatever it was (a shared store's view taking the backend's word).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(super) fn replace_cooldown(&self, credential: &str, cooldown: Option<Cooldown>) {
         let mut g = lock(&self.cooldowns);
         match cooldown {
@@ -86,6 +87,7 @@ impl MemoryState {
     }
 
     /// Raises a use count to at least `n` (the replicas' total).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(super) fn raise_uses(&self, credential: &str, n: u64) {
         let mut g = lock(&self.counters);
         match g.uses.get_mut(credential) {
@@ -97,6 +99,7 @@ impl MemoryState {
     }
 
     /// Every cooldown held (a shared store re-sends them when its backend returns).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(super) fn cooldowns(&self) -> Vec<(String, Cooldown)> {
         lock(&self.cooldowns)
             .iter()
