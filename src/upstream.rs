@@ -31,15 +31,42 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // One pass over the names finds which fixed ones are there (usually `Connection` alone,
+    // or none): cheaper than eight hashed removals on every message, two per request.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // What `Connection` lists besides the fixed names, and only what the message has:
+        // `Connection: keep-alive` (what servers send) builds no name.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter(|n| headers.contains_key(*n))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in &listed {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -124,6 +151,8 @@ fn check_segment(segment: &[u8]) -> Result<(), &'static str> {
 pub struct UpstreamBase {
     scheme: Scheme,
     authority: Authority,
+    /// `Host` for every request, built once (a header value per request was an allocation).
+    host: Option<HeaderValue>,
     prefix: String,
 }
 
@@ -151,6 +180,7 @@ impl UpstreamBase {
         }
         Ok(UpstreamBase {
             scheme,
+            host: HeaderValue::from_str(authority.as_str()).ok(),
             authority,
             prefix: uri.path().trim_end_matches('/').to_string(),
         })
@@ -183,8 +213,8 @@ impl UpstreamBase {
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
-            headers.insert(header::HOST, host);
+        if let Some(host) = &self.host {
+            headers.insert(header::HOST, host.clone());
         }
         headers.insert(
             header::ACCEPT_ENCODING,
@@ -247,6 +277,90 @@ mod tests {
         }
         let base = UpstreamBase::parse("https://chatgpt.com/backend-api/codex").unwrap();
         assert!(base.map(&"/v1/../../probe".parse().unwrap()).is_none());
+    }
+
+    /// What `strip_hop_by_hop` did before it looked at the names first: every name that
+    /// `Connection` lists, then the fixed ones, each removed by lookup.
+    fn strip_by_lookups(headers: &mut HeaderMap) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named.iter().chain(HOP_BY_HOP.iter()) {
+            headers.remove(name);
+        }
+    }
+
+    #[test]
+    fn stripping_leaves_what_removing_each_name_left() {
+        const NAMES: [&str; 14] = [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "x-a",
+            "x-b",
+            "content-type",
+            "host",
+            "x-codex-primary-used-percent",
+            "set-cookie",
+        ];
+        // What a `Connection` line may list: fixed names in any case, headers that are or
+        // are not there, whitespace, empty and invalid tokens.
+        const TOKENS: [&str; 14] = [
+            "keep-alive",
+            "Keep-Alive",
+            "close",
+            "x-a",
+            " X-A ",
+            "x-b",
+            "",
+            "bad name",
+            "te",
+            "UPGRADE",
+            "x-missing",
+            "content-type",
+            "x-\u{e9}",
+            "host\t",
+        ];
+        let mut rng = 0x5EED_u64;
+        let mut below = |n: usize| {
+            // splitmix64
+            rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % n as u64) as usize
+        };
+        for case in 0..20_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..below(8) {
+                let name = NAMES[below(NAMES.len())];
+                let value = if name == "connection" {
+                    let n = 1 + below(3);
+                    let tokens: Vec<&str> = (0..n).map(|_| TOKENS[below(TOKENS.len())]).collect();
+                    tokens.join(if below(2) == 0 { "," } else { ", " })
+                } else {
+                    format!("v{}", below(3))
+                };
+                let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) else {
+                    continue;
+                };
+                h.append(HeaderName::from_static(name), value);
+            }
+            let mut expected = h.clone();
+            strip_by_lookups(&mut expected);
+            let before = format!("{h:?}");
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h, expected, "case {case}: {before}");
+        }
     }
 
     #[test]
