@@ -143,19 +143,46 @@ impl Credential {
     /// go too: they name the client's account, and a mismatch with this key is a 401 that
     /// would cool a healthy credential.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        CredentialHeaders::of(self).apply(headers);
+    }
+}
+
+/// A credential's header values, built once: a pool keeps them beside each credential, so
+/// an attempt copies two reference-counted values instead of formatting `Bearer ...`.
+#[derive(Clone, Debug)]
+pub(crate) struct CredentialHeaders {
+    authorization: Option<HeaderValue>,
+    account_id: Option<HeaderValue>,
+}
+
+impl CredentialHeaders {
+    pub(crate) fn of(credential: &Credential) -> Self {
+        let sensitive = |v: &str| {
+            HeaderValue::from_str(v).ok().map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+        };
+        CredentialHeaders {
+            authorization: sensitive(&format!("Bearer {}", credential.token.expose())),
+            account_id: credential
+                .account_id
+                .as_ref()
+                .and_then(|a| sensitive(a.expose())),
+        }
+    }
+
+    /// What [`Credential::apply`] does, with the values already built.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(header::AUTHORIZATION);
         headers.remove(&CHATGPT_ACCOUNT_ID);
         headers.remove("openai-organization");
         headers.remove("openai-project");
-        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) {
-            v.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, v);
+        if let Some(v) = &self.authorization {
+            headers.insert(header::AUTHORIZATION, v.clone());
         }
-        if let Some(account) = &self.account_id {
-            if let Ok(mut v) = HeaderValue::from_str(account.expose()) {
-                v.set_sensitive(true);
-                headers.insert(CHATGPT_ACCOUNT_ID.clone(), v);
-            }
+        if let Some(v) = &self.account_id {
+            headers.insert(CHATGPT_ACCOUNT_ID.clone(), v.clone());
         }
     }
 }

@@ -333,8 +333,7 @@ where
             break;
         };
         let mut attempt = clone_request(&req);
-        let cred = entry.credential();
-        cred.apply(attempt.headers_mut());
+        entry.apply(attempt.headers_mut());
         if let (Some(member_base), Some(default_base)) =
             (&entry.member.base_url, &layer.default_base)
         {

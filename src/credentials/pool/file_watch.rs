@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::super::CredentialSource;
 use super::super::oauth::OwnedLogin;
-use super::super::{Credential, CredentialSource};
+use super::Current;
 
 /// How often a credential's auth file is looked at (one `stat`), at most.
 pub(super) const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -32,7 +33,7 @@ pub(super) fn file_stamp(path: &std::path::Path) -> Option<SystemTime> {
 /// ran again) replaces the credential.
 pub(super) fn reload_file(
     watch: &FileWatch,
-    current: &RwLock<Credential>,
+    current: &RwLock<Current>,
     source: &CredentialSource,
     owned: Option<&OwnedLogin>,
     label: &str,
@@ -42,7 +43,7 @@ pub(super) fn reload_file(
     if let (true, Some(owned)) = (stamp != old, owned) {
         *watch.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
         if owned.reload_from_disk() {
-            *current.write().unwrap_or_else(|p| p.into_inner()) = owned.credential(label);
+            *current.write().unwrap_or_else(|p| p.into_inner()) = owned.credential(label).into();
             watch.changed.store(true, Ordering::Release);
         }
     } else if stamp != old {
@@ -51,7 +52,7 @@ pub(super) fn reload_file(
                 cred.label = label.to_string();
                 *watch.expires.lock().unwrap_or_else(|p| p.into_inner()) =
                     super::super::oauth::Claims::expiry_of(cred.token.expose());
-                *current.write().unwrap_or_else(|p| p.into_inner()) = cred;
+                *current.write().unwrap_or_else(|p| p.into_inner()) = cred.into();
                 *watch.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
                 watch.changed.store(true, Ordering::Release);
             }

@@ -7,7 +7,7 @@ use super::oauth::{Logins, OAuthSettings, OwnedLogin, RefreshTrigger};
 use super::policy::{self, KeyKind, Readiness, Renewal, Reserve, Standing, TokenState};
 use super::state::{Cooldown, MemoryState, PoolState, SessionBinding};
 use super::usage::{CredentialUsage, PooledWindow};
-use super::{Credential, CredentialSource, LoadError};
+use super::{Credential, CredentialHeaders, CredentialSource, LoadError};
 use crate::classify::{CodexUsage, Failure, FailureClass};
 use crate::metrics::Metrics;
 use crate::profile::Profile;
@@ -32,7 +32,7 @@ pub(crate) struct Entry {
     pub(crate) label: Arc<str>,
     pub(crate) member: PoolMember,
     pub(crate) kind: KeyKind,
-    current: Arc<RwLock<Credential>>,
+    current: Arc<RwLock<Current>>,
     file: Option<Arc<FileWatch>>,
     /// For a `codex-oauth:` login: its tokens and refreshing.
     owned: Option<Arc<OwnedLogin>>,
@@ -40,10 +40,33 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn credential(&self) -> Credential {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current().credential.clone()
+    }
+
+    /// [`Credential::apply`] of the current credential, with its header values built when
+    /// it was loaded instead of on each attempt.
+    pub(crate) fn apply(&self, headers: &mut http::HeaderMap) {
+        self.current().headers.apply(headers);
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A member's credential as it is now (a refresh or a changed file replaces it), with its
+/// header values.
+pub(super) struct Current {
+    credential: Credential,
+    headers: CredentialHeaders,
+}
+
+impl From<Credential> for Current {
+    fn from(credential: Credential) -> Self {
+        Current {
+            headers: CredentialHeaders::of(&credential),
+            credential,
+        }
     }
 }
 
@@ -184,7 +207,7 @@ impl Pool {
                 file,
                 owned,
                 member,
-                current: Arc::new(RwLock::new(cred)),
+                current: Arc::new(RwLock::new(cred.into())),
             });
         }
         Ok(Pool {
@@ -874,7 +897,7 @@ impl Health {
 /// A refresh running beside the requests, and what it reports when it ends.
 struct Refreshed {
     owned: Arc<OwnedLogin>,
-    current: Arc<RwLock<Credential>>,
+    current: Arc<RwLock<Current>>,
     label: Arc<str>,
     health: Health,
     policy: CooldownPolicy,
@@ -885,7 +908,8 @@ impl Refreshed {
     /// on the login now (back in rotation, or out until `login NAME`).
     fn settle(&self, outcome: &str) {
         let label = &*self.label;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = self.owned.credential(label);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            self.owned.credential(label).into();
         let m = self.health.metrics.as_ref();
         if outcome != "skipped" {
             if let Some(m) = m {

@@ -394,5 +394,65 @@ fn an_auth_cooldown_ends_when_the_auth_file_changes() {
         p.entry(&label).unwrap().credential().token.expose(),
         "new-token"
     );
+    // The header values built at load were built again for the new login.
+    let h = applied_both_ways(&p, &label);
+    assert_eq!(h[http::header::AUTHORIZATION], "Bearer new-token");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The headers `Entry::apply` (values built at load) leaves on a client's request, checked
+/// equal to what `Credential::apply` (built at the call) leaves.
+fn applied_both_ways(p: &Pool, label: &str) -> http::HeaderMap {
+    let mut client = http::HeaderMap::new();
+    for (k, v) in [
+        ("authorization", "Bearer client-key"),
+        ("chatgpt-account-id", "client-acct"),
+        ("openai-organization", "org-x"),
+        ("openai-project", "proj-x"),
+        ("x-keep", "1"),
+    ] {
+        client.insert(k, v.parse().unwrap());
+    }
+    let entry = p.entry(label).unwrap();
+    let mut built_once = client.clone();
+    entry.apply(&mut built_once);
+    let mut built_now = client;
+    entry.credential().apply(&mut built_now);
+    assert_eq!(built_once, built_now);
+    for (name, v) in &built_once {
+        assert_eq!(v.is_sensitive(), built_now[name].is_sensitive(), "{name}");
+    }
+    built_once
+}
+
+#[test]
+fn prepared_credential_headers_are_what_applying_the_credential_gives() {
+    let dir = std::env::temp_dir().join(format!("tr-pool-apply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("auth.json");
+    std::fs::write(
+        &path,
+        r#"{"tokens":{"access_token":"login-token","account_id":"acct-1"}}"#,
+    )
+    .unwrap();
+    let p = Pool::new(vec![
+        PoolMember::new("sk-one-aaaaaaaaaaaaaaaaaaaa".parse().unwrap()),
+        PoolMember::new(format!("codex-auth:{}", path.display()).parse().unwrap()),
+    ])
+    .unwrap();
+    let labels = p.labels();
+    let key = applied_both_ways(&p, &labels[0]);
+    assert_eq!(
+        key[http::header::AUTHORIZATION],
+        "Bearer sk-one-aaaaaaaaaaaaaaaaaaaa"
+    );
+    assert!(key[http::header::AUTHORIZATION].is_sensitive());
+    assert!(!key.contains_key("chatgpt-account-id"));
+    assert!(!key.contains_key("openai-organization") && !key.contains_key("openai-project"));
+    let login = applied_both_ways(&p, &labels[1]);
+    assert_eq!(login[http::header::AUTHORIZATION], "Bearer login-token");
+    assert_eq!(login["chatgpt-account-id"], "acct-1");
+    assert!(login["chatgpt-account-id"].is_sensitive());
+    assert_eq!(login["x-keep"], "1");
     std::fs::remove_dir_all(&dir).ok();
 }
