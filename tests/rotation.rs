@@ -331,3 +331,43 @@ async fn a_credential_with_its_own_base_url_goes_to_its_own_upstream() {
 struct Wrap {
     m: tower_responses::credentials::PoolMember,
 }
+
+/// Every attempt carries the client's request as it came: the last one the loop can make is
+/// the request itself (no copy), the others are copies; the upstream cannot tell them apart.
+#[tokio::test]
+async fn the_last_attempt_carries_the_same_request_as_the_first() {
+    for keys in [&[KEY_A][..], &[KEY_A, KEY_B, KEY_C][..]] {
+        let mock = MockUpstream::start().await.unwrap();
+        // With three keys, the first two answer with a failure before content: the request
+        // goes to the third, the last attempt.
+        if keys.len() == 3 {
+            for key in [KEY_A, KEY_B] {
+                mock.push_for(
+                    key,
+                    failed_stream("insufficient_quota", "You exceeded your current quota"),
+                );
+            }
+        }
+        let proxy = proxy_with(&mock, keys).await;
+        let mut req = json_req(&proxy.url("/v1/responses"), None, body());
+        req.headers_mut()
+            .insert("x-client-trace", "trace-7".parse().unwrap());
+        let (status, _, text) = send_collect(&client(), req).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&text));
+        let seen = mock.requests();
+        assert_eq!(seen.len(), keys.len(), "one attempt per key");
+        for (r, key) in seen.iter().zip(keys) {
+            assert_eq!(r.credential.as_deref(), Some(*key));
+            assert_eq!(r.json().unwrap(), seen[0].json().unwrap());
+            assert_eq!(r.body, seen[0].body);
+            assert_eq!(r.path, seen[0].path);
+            assert_eq!(r.headers["x-client-trace"], "trace-7");
+            let mut headers = r.headers.clone();
+            let mut first = seen[0].headers.clone();
+            headers.remove("authorization");
+            first.remove("authorization");
+            assert_eq!(headers, first);
+        }
+        mock.shutdown().await;
+    }
+}

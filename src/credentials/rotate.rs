@@ -263,6 +263,7 @@ where
         .extensions()
         .get::<EncryptedOwner>()
         .map(|o| o.0.clone());
+    let mut template = Some(req);
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last: Option<Result<Response<ResponseBody>, BoxError>> = None;
     let mut auth_before = 0;
@@ -332,7 +333,16 @@ where
         let Some(entry) = pool.entry(&label) else {
             break;
         };
-        let mut attempt = clone_request(&req);
+        // The last attempt the loop can make takes the request itself: a copy is for a retry,
+        // and none can follow it (one credential: no copy at all).
+        let attempt = if tried.len() + 1 >= max_attempts {
+            template.take()
+        } else {
+            template.as_ref().map(clone_request)
+        };
+        let Some(mut attempt) = attempt else {
+            break;
+        };
         entry.apply(attempt.headers_mut());
         if let (Some(member_base), Some(default_base)) =
             (&entry.member.base_url, &layer.default_base)
