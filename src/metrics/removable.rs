@@ -53,6 +53,24 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     out.push('}');
 }
 
+/// Runs `f` on the series `key` (rendered labels) of family `name`, made at 0 if new.
+fn with_series(
+    map: &mut BTreeMap<&'static str, Family>,
+    name: &'static str,
+    help: &'static str,
+    key: &str,
+    f: impl FnOnce(&mut f64),
+) {
+    let fam = map.entry(name).or_insert_with(|| Family {
+        help,
+        series: BTreeMap::new(),
+    });
+    match fam.series.get_mut(key) {
+        Some(v) => f(v),
+        None => f(fam.series.entry(key.to_owned()).or_insert(0.0)),
+    }
+}
+
 fn rendered(labels: &[(&str, &str)]) -> String {
     let mut out = String::new();
     write_labels(&mut out, labels);
@@ -91,14 +109,23 @@ impl Removable {
         KEY.with_borrow_mut(|key| {
             key.clear();
             write_labels(key, labels);
+            with_series(&mut self.lock(), name, help, key, f);
+        });
+    }
+
+    /// Sets one series in each of several families, all with the same labels: the key is
+    /// rendered and the lock taken once (a session's four gauges, every turn).
+    pub(super) fn set_many(
+        &self,
+        gauges: &[(&'static str, &'static str, f64)],
+        labels: &[(&str, &str)],
+    ) {
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            write_labels(key, labels);
             let mut map = self.lock();
-            let fam = map.entry(name).or_insert_with(|| Family {
-                help,
-                series: BTreeMap::new(),
-            });
-            match fam.series.get_mut(key.as_str()) {
-                Some(v) => f(v),
-                None => f(fam.series.entry(key.clone()).or_insert(0.0)),
+            for &(name, help, v) in gauges {
+                with_series(&mut map, name, help, key, |x| *x = v);
             }
         });
     }
