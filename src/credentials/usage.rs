@@ -593,6 +593,19 @@ pub struct Today {
     pub tokens: u64,
 }
 
+/// Runs `f` on the entry of `key`, made with its default if new: the key is copied only then
+/// (a credential's or a session's entry usually exists; the ledger is updated per request).
+fn with_entry<V: Default>(
+    map: &mut std::collections::HashMap<String, V>,
+    key: &str,
+    f: impl FnOnce(&mut V),
+) {
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => f(map.entry(key.to_owned()).or_default()),
+    }
+}
+
 fn utc_day(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400
 }
@@ -611,10 +624,7 @@ impl UsageLedger {
     /// Counts an answer of `credential`.
     pub fn record_request(&self, credential: &str, now: SystemTime) {
         let mut l = self.ledger(now);
-        l.credentials
-            .entry(credential.to_string())
-            .or_default()
-            .requests += 1;
+        with_entry(&mut l.credentials, credential, |t| t.requests += 1);
     }
 
     /// Records a finished turn's usage: tokens for the credential, input tokens as the
@@ -629,10 +639,16 @@ impl UsageLedger {
     ) {
         let mut l = self.ledger(now);
         if let Some(c) = credential {
-            let t = l.credentials.entry(c.to_string()).or_default();
-            t.tokens = t.tokens.saturating_add(input.saturating_add(output));
+            with_entry(&mut l.credentials, c, |t| {
+                t.tokens = t.tokens.saturating_add(input.saturating_add(output));
+            });
         }
         let Some(session) = session else { return };
+        // Sessions are kept by their first 128 characters.
+        let session = session
+            .char_indices()
+            .nth(128)
+            .map_or(session, |(end, _)| &session[..end]);
         if !l.sessions.contains_key(session) && l.sessions.len() >= LEDGER_SESSIONS {
             let smallest = l
                 .sessions
@@ -643,14 +659,12 @@ impl UsageLedger {
                 l.sessions.remove(&k);
             }
         }
-        let turns = l
-            .sessions
-            .entry(session.chars().take(128).collect())
-            .or_default();
-        if turns.len() >= LEDGER_TURNS {
-            turns.remove(0);
-        }
-        turns.push(input);
+        with_entry(&mut l.sessions, session, |turns| {
+            if turns.len() >= LEDGER_TURNS {
+                turns.remove(0);
+            }
+            turns.push(input);
+        });
     }
 
     /// A credential's figures today.
@@ -767,6 +781,40 @@ impl UsageObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ledger_counts_per_credential_and_keeps_sessions_by_their_first_128_characters() {
+        let ledger = UsageLedger::default();
+        let now = SystemTime::now();
+        ledger.record_request("key-1", now);
+        ledger.record_request("key-1", now);
+        ledger.record_request("key-2", now);
+        ledger.record_turn(Some("key-1"), None, 10, 5, now);
+        ledger.record_turn(Some("key-1"), None, 1, 1, now);
+        let one = ledger.today("key-1", now);
+        assert_eq!((one.requests, one.tokens), (2, 17));
+        assert_eq!(ledger.today("key-2", now).requests, 1);
+        // Multi-byte characters: the key is cut at a character, never inside one.
+        let long = "\u{e9}".repeat(200);
+        let same_start = format!("{}x", "\u{e9}".repeat(128));
+        ledger.record_turn(None, Some(&long), 7, 0, now);
+        ledger.record_turn(None, Some(&long), 8, 0, now);
+        ledger.record_turn(None, Some(&same_start), 9, 0, now);
+        ledger.record_turn(None, Some("short"), 3, 0, now);
+        let top = ledger.top_sessions(10);
+        assert_eq!(top.len(), 2, "{top:?}");
+        assert_eq!(top[0].0, "\u{e9}".repeat(128));
+        assert_eq!(top[0].1, vec![7, 8, 9]);
+        assert_eq!(top[1], ("short".to_string(), vec![3]));
+        // A full table: a long session already there is not a new one (nothing is evicted).
+        for i in 0..LEDGER_SESSIONS - 2 {
+            ledger.record_turn(None, Some(&format!("s{i}")), 1000, 0, now);
+        }
+        ledger.record_turn(None, Some(&long), 1, 0, now);
+        let all = ledger.top_sessions(usize::MAX);
+        assert_eq!(all.len(), LEDGER_SESSIONS);
+        assert!(all.iter().any(|(k, _)| k == "short"));
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
