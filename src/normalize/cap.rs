@@ -58,7 +58,11 @@ pub(crate) struct CapGate {
 impl CapGate {
     /// Counts up to `cap` tokens, tracking at most `budget` bytes of the response for the
     /// closing event; `on_cut` is called if the stream is cut.
-    pub(crate) fn new(cap: u64, budget: usize, on_cut: Option<Arc<dyn Fn() + Send + Sync>>) -> Self {
+    pub(crate) fn new(
+        cap: u64,
+        budget: usize,
+        on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> Self {
         CapGate {
             cap,
             chars: 0,

@@ -249,8 +249,7 @@ where
         set_body(&mut req, body);
     }
     if let Some(cap) = plan.cap {
-        req.extensions_mut()
-            .insert(cap_gate(&shared, profile, cap));
+        req.extensions_mut().insert(cap_gate(&shared, profile, cap));
     }
     let retry = config.learn.then(|| clone_request(&req));
     let mut res = inner.call(req).await?;

@@ -33,8 +33,7 @@ pub(crate) enum Verdict {
 pub(crate) trait Gate: Send {
     /// One event, with its type (as [`EventRef::event_type`]) and kind, sniffed once by the
     /// caller for every use.
-    fn admit(&mut self, event_type: Option<&str>, kind: EventKind, event: EventRef<'_>)
-    -> Verdict;
+    fn admit(&mut self, event_type: Option<&str>, kind: EventKind, event: EventRef<'_>) -> Verdict;
 
     /// The bytes that end the stream after a [`Verdict::Cut`]; asked once.
     fn closing(&mut self) -> Bytes;

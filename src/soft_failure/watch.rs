@@ -289,7 +289,11 @@ impl Body for WatchBody {
                 decoder.push(data);
                 this.drain_events();
             }
-            let out = this.gating.as_mut().map(Gating::release).unwrap_or_default();
+            let out = this
+                .gating
+                .as_mut()
+                .map(Gating::release)
+                .unwrap_or_default();
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(out))));
             }
