@@ -1298,7 +1298,11 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for ty in [TEXT_DELTA, "response.output_item.added", "response.in_progress"] {
+        for ty in [
+            TEXT_DELTA,
+            "response.output_item.added",
+            "response.in_progress",
+        ] {
             let full = format!(r#"{{"type":"{ty}"}}"#).into_bytes();
             for n in 0..=full.len() {
                 cases.push(full[..n].to_vec());
