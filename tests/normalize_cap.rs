@@ -341,7 +341,7 @@ async fn a_retried_attempt_is_capped_afresh() {
     let got = bytes_of(svc.oneshot(request(&mock, cap)).await.unwrap()).await;
     assert_capped(&got, &upstream, cap, "retried");
     assert!(!String::from_utf8_lossy(&got).contains("999"));
-    let alone = client_bytes(&mock, None, cap, &[upstream.clone()]).await;
+    let alone = client_bytes(&mock, None, cap, std::slice::from_ref(&upstream)).await;
     assert_eq!(got, alone);
     assert_eq!(mock.requests().len(), 3);
 }
@@ -368,13 +368,9 @@ async fn a_stream_too_long_to_decode_is_not_capped_either_way() {
     assert_eq!(below, upstream, "no longer capped");
 }
 
-#[tokio::test]
-async fn a_capped_stream_that_breaks_off_still_ends_with_response_failed() {
-    let mock = MockUpstream::start().await.unwrap();
-    let upstream = answer(&["ab", "cd", "ef", "gh"], 0);
-    let deltas_end = nth_event_end(&upstream, 6);
-    // The connection drops halfway through the third delta: under the cap so far.
-    let half = deltas_end + 30;
+/// What a client gets under `cap` when the upstream sends `upstream[..half]`, then drops the
+/// connection, soft-failure detection below the cap.
+async fn broken_off(mock: &MockUpstream, upstream: &Bytes, half: usize, cap: u64) -> Bytes {
     mock.push(
         Reply::sse_raw(vec![upstream.slice(..half), upstream.slice(half..)]).close_mid_stream(1),
     );
@@ -382,10 +378,19 @@ async fn a_capped_stream_that_breaks_off_still_ends_with_response_failed() {
         .layer(normalize())
         .layer(SoftFailureDetectLayer::new())
         .service(UpstreamClientBuilder::new().service())
-        .oneshot(request(&mock, 1000))
+        .oneshot(request(mock, cap))
         .await
         .unwrap();
-    let got = bytes_of(res).await;
+    bytes_of(res).await
+}
+
+#[tokio::test]
+async fn a_capped_stream_that_breaks_off_still_ends_with_response_failed() {
+    let mock = MockUpstream::start().await.unwrap();
+    let upstream = answer(&["ab", "cd", "ef", "gh"], 0);
+    // The connection drops halfway through the third delta: under the cap so far.
+    let half = nth_event_end(&upstream, 6) + 30;
+    let got = broken_off(&mock, &upstream, half, 1000).await;
     assert!(
         got.starts_with(&upstream[..half]),
         "the whole events, then the half one"
@@ -402,16 +407,6 @@ async fn a_capped_stream_that_breaks_off_still_ends_with_response_failed() {
     assert_eq!(v["response"]["error"]["code"], "upstream_unavailable");
 
     // The same break after the cap cut the first delta: the cap's close is the end.
-    mock.push(
-        Reply::sse_raw(vec![upstream.slice(..half), upstream.slice(half..)]).close_mid_stream(1),
-    );
-    let res = ServiceBuilder::new()
-        .layer(normalize())
-        .layer(SoftFailureDetectLayer::new())
-        .service(UpstreamClientBuilder::new().service())
-        .oneshot(request(&mock, 0))
-        .await
-        .unwrap();
-    let got = bytes_of(res).await;
+    let got = broken_off(&mock, &upstream, half, 0).await;
     assert_capped(&got, &upstream, 0, "broken and capped");
 }
