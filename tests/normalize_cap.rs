@@ -12,6 +12,7 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_responses::body::{ReplayBody, ResponseBody};
 use tower_responses::connect::UpstreamClientBuilder;
 use tower_responses::error::BoxError;
+use tower_responses::metrics::Metrics;
 use tower_responses::normalize::BodyNormalizeLayer;
 use tower_responses::profile::Profile;
 use tower_responses::soft_failure::{SoftFailure, SoftFailureConfig, SoftFailureDetectLayer};
@@ -409,4 +410,25 @@ async fn a_capped_stream_that_breaks_off_still_ends_with_response_failed() {
     // The same break after the cap cut the first delta: the cap's close is the end.
     let got = broken_off(&mock, &upstream, half, 0).await;
     assert_capped(&got, &upstream, 0, "broken and capped");
+}
+
+#[tokio::test]
+async fn a_cut_below_is_counted_once() {
+    let mock = MockUpstream::start().await.unwrap();
+    let upstream = answer(&["abcd", "efgh", "ijkl"], 0);
+    mock.push(Reply::sse_raw(vec![upstream.clone()]));
+    let metrics = Metrics::new();
+    let res = ServiceBuilder::new()
+        .layer(normalize().metrics(metrics.clone()))
+        .layer(SoftFailureDetectLayer::new())
+        .service(UpstreamClientBuilder::new().service())
+        .oneshot(request(&mock, 1))
+        .await
+        .unwrap();
+    let got = bytes_of(res).await;
+    assert_capped(&got, &upstream, 1, "counted");
+    assert_eq!(
+        metrics.get("tr_normalize_capped_total", &[("profile", "chatgpt-codex")]),
+        Some(1.0)
+    );
 }
