@@ -65,7 +65,7 @@ fn done_output(done_items: &[Bytes], limit: usize) -> Vec<Value> {
     for data in done_items {
         if let Some(f) = Fields::parse(data) {
             if let (Some(i), Some(item)) = (f.output_index, f.item) {
-                tracker.item(i, item.get(), true);
+                tracker.item(i, item, true);
             }
         }
     }

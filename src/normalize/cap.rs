@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde_json::json;
 
-use super::events::{DeltaFields, RawFields, Tracker, sequence_number, visible_delta};
+use super::events::{DeltaFields, Fields, Tracker, sequence_number, visible_delta};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
 use crate::soft_failure::gate::{Gate, Gating, Verdict};
@@ -113,7 +113,7 @@ impl Gate for CapGate {
             self.last_seq = sequence_number(event.data).or(self.last_seq);
             return Verdict::Forward;
         }
-        let Some(fields) = RawFields::scan(event.data) else {
+        let Some(fields) = Fields::parse(event.data) else {
             return Verdict::Forward;
         };
         self.last_seq = fields.sequence_number.or(self.last_seq);

@@ -27,82 +27,6 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// [`Fields`] with the nested values as raw text, for the cap: it reads them from the few
-/// large events of every stream (`response.created` carries the whole response object) and
-/// parses what it keeps again only if the stream is cut.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct RawFields<'a> {
-    pub(crate) sequence_number: Option<u64>,
-    pub(crate) output_index: Option<u64>,
-    pub(crate) item: Option<&'a str>,
-    pub(crate) response: Option<&'a str>,
-}
-
-impl<'a> RawFields<'a> {
-    /// What [`Fields::parse`] reads of valid JSON, found in one walk over the top level:
-    /// nested values are stepped over, not parsed. What the walk cannot read as the parse
-    /// does (an escaped key, a field twice, a number other than a plain integer) is left to
-    /// the parse. Unlike the parse, the members besides these four are not checked to be
-    /// valid JSON, as for the stream's other events (`sequence_number`, the delta scan).
-    pub(crate) fn scan(data: &'a [u8]) -> Option<RawFields<'a>> {
-        let mut at: [Option<usize>; 4] = [None; 4];
-        let unsure = crate::json::find_in_object(data, |key, escaped, value| {
-            let slot = match key {
-                _ if escaped => return Some(()),
-                b"sequence_number" => 0,
-                b"output_index" => 1,
-                b"item" => 2,
-                b"response" => 3,
-                _ => return None,
-            };
-            at[slot].replace(value).map(|_| ())
-        });
-        let walked = || -> Option<RawFields<'a>> {
-            // `null` is an absent field, as `Option` reads it.
-            let value = |at: Option<usize>| -> Option<Option<&'a [u8]>> {
-                let Some(at) = at else {
-                    return Some(None);
-                };
-                let v = &data[at..skip_value(data, at)?];
-                Some((v != b"null").then_some(v))
-            };
-            let number = |at| -> Option<Option<u64>> {
-                value(at)?.map_or(Some(None), |v| {
-                    // JSON's integers: no leading zero.
-                    let plain = v.iter().all(u8::is_ascii_digit)
-                        && (v.len() == 1 || v.first().is_some_and(|d| *d != b'0'));
-                    plain
-                        .then(|| std::str::from_utf8(v).ok()?.parse().ok())?
-                        .map(Some)
-                })
-            };
-            let raw = |at| -> Option<Option<&'a str>> {
-                value(at)?.map_or(Some(None), |v| std::str::from_utf8(v).ok().map(Some))
-            };
-            Some(RawFields {
-                sequence_number: number(at[0])?,
-                output_index: number(at[1])?,
-                item: raw(at[2])?,
-                response: raw(at[3])?,
-            })
-        };
-        match unsure {
-            None => walked().or_else(|| Self::parsed(data)),
-            Some(()) => Self::parsed(data),
-        }
-    }
-
-    fn parsed(data: &'a [u8]) -> Option<RawFields<'a>> {
-        let f = Fields::parse(data)?;
-        Some(RawFields {
-            sequence_number: f.sequence_number,
-            output_index: f.output_index,
-            item: f.item.map(RawValue::get),
-            response: f.response.map(RawValue::get),
-        })
-    }
-}
-
 /// A delta event's fields, found in one walk over its keys: no full parse of an event the
 /// stream carries dozens of times (only `delta` is unescaped, when it has escapes).
 pub(crate) struct DeltaFields<'a> {
@@ -251,7 +175,7 @@ pub(crate) enum TextSlot {
 #[derive(Debug)]
 struct Item {
     index: u64,
-    /// The item as the upstream sent it (JSON text; one that does not parse is left out), parsed only
+    /// The item as the upstream sent it (valid JSON: it came as a `RawValue`), parsed only
     /// when the output is asked for (a cut stream, the fold's answer).
     raw: Box<str>,
     text: String,
@@ -288,11 +212,11 @@ impl Tracker {
         true
     }
 
-    pub(crate) fn response(&mut self, raw: &str) {
-        if !self.spend(raw.len()) {
+    pub(crate) fn response(&mut self, raw: &RawValue) {
+        if !self.spend(raw.get().len()) {
             return;
         }
-        self.responses.push(raw.into());
+        self.responses.push(raw.get().into());
     }
 
     /// The latest `response` object (without its output) and the latest non-null usage.
@@ -312,11 +236,11 @@ impl Tracker {
         (base, usage)
     }
 
-    pub(crate) fn item(&mut self, index: u64, raw: &str, done: bool) {
-        if !self.spend(raw.len()) {
+    pub(crate) fn item(&mut self, index: u64, raw: &RawValue, done: bool) {
+        if !self.spend(raw.get().len()) {
             return;
         }
-        let raw = raw.into();
+        let raw = raw.get().into();
         match self.items.iter_mut().find(|i| i.index == index) {
             Some(item) => {
                 item.raw = raw;
@@ -587,77 +511,6 @@ mod scan_tests {
             .is_some_and(|f| f.delta == "Hi")
         );
         assert!(DeltaFields::parse(b"[DONE]").is_some_and(|f| f.delta.is_empty()));
-    }
-
-    #[test]
-    fn raw_fields_scan_reads_what_the_parse_reads() {
-        let keys = [
-            "type",
-            "sequence_number",
-            "output_index",
-            "item",
-            "response",
-            "x",
-            "sequence\\u005fnumber",
-            "it\\\"em",
-        ];
-        let values = [
-            "0",
-            "7",
-            "007",
-            "-1",
-            "-0",
-            "1.5",
-            "1e2",
-            "18446744073709551615",
-            "18446744073709551616",
-            "\"7\"",
-            "null",
-            "true",
-            "{}",
-            r#"{"id":"m1","content":[{"text":"a}\"b","n":[1,{"c":null}]}]}"#,
-            r#"[1,"]",{"a":"{"}]"#,
-            r#""esc\"aped \u00e9""#,
-            " { \"a\" : 1 } ",
-        ];
-        let mut seed = 0x853C_49E6_748F_EA9Bu64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as usize
-        };
-        let mut checked = 0;
-        for _ in 0..5000 {
-            let members: Vec<String> = (0..next() % 6)
-                .map(|_| {
-                    let ws = [" ", "", "\n"][next() % 3];
-                    format!(
-                        "{ws}\"{}\"{ws}:{ws}{}",
-                        keys[next() % keys.len()],
-                        values[next() % values.len()]
-                    )
-                })
-                .collect();
-            let data = format!("{{{}}}", members.join(","));
-            if serde_json::from_str::<serde::de::IgnoredAny>(&data).is_err() {
-                continue; // not JSON: the scan need not read what the parse refuses
-            }
-            checked += 1;
-            assert_eq!(
-                RawFields::scan(data.as_bytes()),
-                RawFields::parsed(data.as_bytes()),
-                "{data}"
-            );
-        }
-        assert!(checked > 1000, "{checked} valid objects");
-        // The usual shapes are read by the walk itself.
-        let created = br#"{"type":"response.created","sequence_number":0,"response":{"id":"r","usage":null}}"#;
-        let f = RawFields::scan(created).unwrap();
-        assert_eq!(
-            (f.sequence_number, f.response),
-            (Some(0), Some(r#"{"id":"r","usage":null}"#))
-        );
     }
 
     #[test]
