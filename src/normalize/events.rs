@@ -125,17 +125,15 @@ impl<'a> DeltaFields<'a> {
 /// The keys of a delta event, at the start of `m`: what [`flat_string`] gives for them,
 /// without its search.
 fn known_key(m: &[u8]) -> Option<(&[u8], &[u8])> {
-    // One candidate per first letter: one comparison per member, not one per key.
-    let key: &[u8] = match m.get(1)? {
-        b's' => b"\"sequence_number\"",
-        b'i' => b"\"item_id\"",
-        b'o' => b"\"output_index\"",
-        b'c' => b"\"content_index\"",
-        b'd' => b"\"delta\"",
-        _ => return None,
-    };
-    let rest = m.strip_prefix(key)?;
-    Some((&key[1..key.len() - 1], rest))
+    const KEYS: [&[u8]; 5] = [
+        b"\"sequence_number\"",
+        b"\"item_id\"",
+        b"\"output_index\"",
+        b"\"content_index\"",
+        b"\"delta\"",
+    ];
+    KEYS.iter()
+        .find_map(|k| m.strip_prefix(*k).map(|rest| (&k[1..k.len() - 1], rest)))
 }
 
 /// A string without escapes at the start of `m` (short: a key or a flat value): its
