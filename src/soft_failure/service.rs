@@ -126,10 +126,10 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    /// Shows one event to the request's observers, then to the stream's gate.
+    /// Shows one event to the stream's gate, if any, and to the request's observers.
     ///
     /// Returns the event's kind: its type is sniffed once here for every use.
-    pub(super) fn observe<'a>(&self, ev: EventRef<'a>, gating: Option<&mut Gating>) -> EventKind {
+    pub(super) fn observe(&self, ev: EventRef<'_>, gating: Option<&mut Gating>) -> EventKind {
         let ty = ev.event_type();
         let kind = ty.map_or(EventKind::Other, event_kind);
         if let Some(gating) = gating {
