@@ -210,13 +210,42 @@ fn is_content(rest: &str) -> bool {
 /// ```
 pub fn sniff_type(data: &[u8]) -> Option<&str> {
     if let Some(rest) = data.strip_prefix(br#"{"type":""#) {
+        // Every event of a stream is sniffed, most of them text deltas: that type is
+        // recognised without a search, and the usual ones without a UTF-8 check.
+        if rest
+            .strip_prefix(TEXT_DELTA.as_bytes())
+            .is_some_and(|r| r.first() == Some(&b'"'))
+        {
+            return Some(TEXT_DELTA);
+        }
         let end = memchr2(b'"', b'\\', rest)?;
         return match rest[end] {
-            b'"' => std::str::from_utf8(&rest[..end]).ok(),
+            b'"' => known_type(&rest[..end]).or_else(|| std::str::from_utf8(&rest[..end]).ok()),
             _ => None,
         };
     }
     sniff_type_slow(data)
+}
+
+/// The type most events of a stream have.
+const TEXT_DELTA: &str = "response.output_text.delta";
+
+/// The event types of a usual answer, as static strings: a match of bytes costs less than
+/// the UTF-8 check of a short string.
+fn known_type(ty: &[u8]) -> Option<&'static str> {
+    Some(match ty {
+        b"response.created" => "response.created",
+        b"response.in_progress" => "response.in_progress",
+        b"response.output_item.added" => "response.output_item.added",
+        b"response.output_item.done" => "response.output_item.done",
+        b"response.content_part.added" => "response.content_part.added",
+        b"response.content_part.done" => "response.content_part.done",
+        b"response.output_text.done" => "response.output_text.done",
+        b"response.reasoning_summary_text.delta" => "response.reasoning_summary_text.delta",
+        b"response.function_call_arguments.delta" => "response.function_call_arguments.delta",
+        b"response.completed" => "response.completed",
+        _ => return None,
+    })
 }
 
 fn sniff_type_slow(d: &[u8]) -> Option<&str> {
@@ -1235,6 +1264,73 @@ mod tests {
             sniff_type(format!(r#"{{"a":{deep},"type":"x"}}"#).as_bytes()),
             None
         );
+    }
+
+    #[test]
+    fn the_fast_sniff_reads_what_the_walk_reads() {
+        let mut cases: Vec<Vec<u8>> = [
+            &br#"{"type":"response.output_text.delta","delta":"a"}"#[..],
+            br#"{"type":"response.output_text.delta"}"#,
+            br#"{"type":"response.output_text.delta.x","delta":"a"}"#,
+            br#"{"type":"response.output_text.delt"}"#,
+            br#"{"type":"response.output_text.delta\u0022"}"#,
+            br#"{"type":"response.output_text.delta"#,
+            br#"{"type":"response.created"}"#,
+            br#"{"type":"response.created.x"}"#,
+            br#"{"type":"response.createdx"}"#,
+            br#"{"type":"response.completed","response":{}}"#,
+            br#"{"type":"response.function_call_arguments.delta"}"#,
+            b"{\"type\":\"caf\xC3\xA9\"}",
+            b"{\"type\":\"\xFF\"}",
+            br#"{"type":"esc\"aped"}"#,
+            br#"{"type":""}"#,
+        ]
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+        // Every prefix of the usual types, each type with a byte changed, and random
+        // bytes after the prefix the fast path reads.
+        let alphabet = b"\"\\.aedlt{}:,\xC3\xA9\xFF";
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for ty in [
+            TEXT_DELTA,
+            "response.output_item.added",
+            "response.in_progress",
+        ] {
+            let full = format!(r#"{{"type":"{ty}"}}"#).into_bytes();
+            for n in 0..=full.len() {
+                cases.push(full[..n].to_vec());
+            }
+            for i in 9..9 + ty.len() {
+                let mut changed = full.clone();
+                changed[i] = alphabet[next() as usize % alphabet.len()];
+                cases.push(changed);
+            }
+        }
+        for _ in 0..2000 {
+            let mut data = br#"{"type":""#.to_vec();
+            if next() % 2 == 0 {
+                data.extend_from_slice(TEXT_DELTA.as_bytes());
+            }
+            for _ in 0..next() % 8 {
+                data.push(alphabet[next() as usize % alphabet.len()]);
+            }
+            cases.push(data);
+        }
+        for data in &cases {
+            assert_eq!(
+                sniff_type(data),
+                sniff_type_slow(data),
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
     }
 
     #[test]

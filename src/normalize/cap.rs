@@ -1,14 +1,16 @@
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde_json::json;
 
 use super::events::{DeltaFields, Fields, Tracker, sequence_number, visible_delta};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
-use crate::sse::{EventKind, EventRef, SseDecoder, event_kind};
+use crate::soft_failure::gate::{Gate, Gating, Verdict};
+use crate::sse::{EventKind, EventRef, SseDecoder};
 
 /// Characters per token in the output estimate. English prose averages about four
 /// characters per token in OpenAI's tokenizers; code and other languages run denser, so the
@@ -20,133 +22,68 @@ pub(crate) fn estimate_tokens(chars: u64) -> u64 {
     chars.div_ceil(CHARS_PER_TOKEN)
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum State {
-    /// Counting visible output.
-    Counting,
-    /// A terminal event went by, or the stream could not be parsed: bytes flow as they are.
-    Passthrough,
-    /// Cut (or ended): nothing more.
-    Done,
-}
-
-/// A stream that ends with `response.incomplete` once its visible output passes a cap.
+/// A stream that ends with `response.incomplete` once its visible output passes a cap,
+/// decoded here: for a stack without soft-failure detection below, which otherwise applies
+/// the same [`CapGate`] to the events it decodes anyway.
 ///
 /// Only whole events are forwarded, each as the exact bytes the upstream sent; the event that
 /// would pass the cap is not forwarded.
 pub(crate) struct CapBody {
     inner: ResponseBody,
     decoder: SseDecoder,
-    count: Count,
-    state: State,
-    on_cut: Option<Box<dyn FnOnce() + Send>>,
+    gating: Gating,
+    done: bool,
 }
 
-/// What the cap has counted of the stream so far.
-struct Count {
+impl CapBody {
+    pub(crate) fn new(inner: ResponseBody, gate: Box<dyn Gate>) -> Self {
+        CapBody {
+            inner,
+            decoder: SseDecoder::new(),
+            gating: Gating::new(gate),
+            done: false,
+        }
+    }
+}
+
+/// Decides where a stream passes its cap: the one place that counts, whoever decodes.
+pub(crate) struct CapGate {
     cap: u64,
     chars: u64,
     last_seq: Option<u64>,
     tracker: Tracker,
+    on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-/// What becomes of one event.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Forwarded; counting goes on.
-    Forward,
-    /// Forwarded, and nothing after it is counted (a terminal event).
-    ForwardLast,
-    /// Not forwarded: it would pass the cap.
-    Cut,
-}
-
-impl CapBody {
+impl CapGate {
+    /// Counts up to `cap` tokens, tracking at most `budget` bytes of the response for the
+    /// closing event; `on_cut` is called if the stream is cut.
     pub(crate) fn new(
-        inner: ResponseBody,
         cap: u64,
         budget: usize,
-        on_cut: impl FnOnce() + Send + 'static,
+        on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
     ) -> Self {
-        CapBody {
-            inner,
-            decoder: SseDecoder::new(),
-            count: Count {
-                cap,
-                chars: 0,
-                last_seq: None,
-                tracker: Tracker::new(budget),
-            },
-            state: State::Counting,
-            on_cut: Some(Box::new(on_cut)),
-        }
-    }
-
-    /// Moves every complete event into `out`; at the end of input, the rest too.
-    fn drain(&mut self, out: &mut BytesMut, at_end: bool) {
-        loop {
-            if self.state != State::Counting {
-                break;
-            }
-            let count = &mut self.count;
-            // Events are looked at borrowed (no slices of the chunk): the cap copies each one
-            // it forwards into `out` anyway.
-            let next = if at_end {
-                self.decoder
-                    .finish()
-                    .map(|ev| ev.map(|ev| count.forward(ev.borrowed(), out)))
-            } else {
-                self.decoder.next_event_with(|ev| count.forward(ev, out))
-            };
-            match next {
-                Ok(Some(Verdict::Forward)) => {}
-                Ok(Some(Verdict::ForwardLast)) => self.state = State::Passthrough,
-                Ok(Some(Verdict::Cut)) => {
-                    out.extend_from_slice(&self.count.incomplete_event());
-                    self.state = State::Done;
-                    tracing::debug!(
-                        cap = self.count.cap,
-                        "stream cut at max_output_tokens; ended with response.incomplete"
-                    );
-                    if let Some(f) = self.on_cut.take() {
-                        f();
-                    }
-                    return;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Unparseable: stop enforcing rather than break the stream.
-                    tracing::debug!(error = %e, "max_output_tokens enforcement stopped");
-                    self.state = State::Passthrough;
-                }
-            }
-        }
-        if self.state == State::Passthrough || at_end {
-            out.extend_from_slice(&self.decoder.take_remainder());
+        CapGate {
+            cap,
+            chars: 0,
+            last_seq: None,
+            tracker: Tracker::new(budget),
+            on_cut,
         }
     }
 }
 
-impl Count {
-    /// Looks at one event and copies it into `out` unless it would pass the cap.
-    fn forward(&mut self, event: EventRef<'_>, out: &mut BytesMut) -> Verdict {
-        let verdict = self.admit(event);
-        if verdict != Verdict::Cut {
-            out.extend_from_slice(event.raw);
-        }
-        verdict
-    }
-
-    fn admit(&mut self, event: EventRef<'_>) -> Verdict {
-        let Some(kind) = event.event_type() else {
+impl Gate for CapGate {
+    fn admit(&mut self, event_type: Option<&str>, kind: EventKind, event: EventRef<'_>) -> Verdict {
+        let Some(ty) = event_type else {
             return Verdict::Forward;
         };
-        if event_kind(kind) == EventKind::Terminal {
+        if kind == EventKind::Terminal {
             // Nothing after a terminal event is counted, and its response (the whole answer
             // again) is not needed: it is not parsed.
             return Verdict::ForwardLast;
         }
-        if let Some(slot) = visible_delta(kind) {
+        if let Some(slot) = visible_delta(ty) {
             // The stream is mostly deltas: their three fields are found in one walk.
             let Some(fields) = DeltaFields::parse(event.data) else {
                 return Verdict::Forward;
@@ -164,7 +101,7 @@ impl Count {
             return Verdict::Forward;
         }
         let tracked = matches!(
-            kind,
+            ty,
             "response.created"
                 | "response.in_progress"
                 | "response.queued"
@@ -180,7 +117,7 @@ impl Count {
             return Verdict::Forward;
         };
         self.last_seq = fields.sequence_number.or(self.last_seq);
-        match kind {
+        match ty {
             "response.created" | "response.in_progress" | "response.queued" => {
                 if let Some(r) = fields.response {
                     self.tracker.response(r);
@@ -189,7 +126,7 @@ impl Count {
             "response.output_item.added" | "response.output_item.done" => {
                 if let (Some(index), Some(item)) = (fields.output_index, fields.item) {
                     self.tracker
-                        .item(index, item, kind == "response.output_item.done");
+                        .item(index, item, ty == "response.output_item.done");
                 }
             }
             _ => {}
@@ -198,7 +135,14 @@ impl Count {
     }
 
     /// The closing `response.incomplete` event, as SSE bytes.
-    fn incomplete_event(&self) -> Bytes {
+    fn closing(&mut self) -> Bytes {
+        tracing::debug!(
+            cap = self.cap,
+            "stream cut at max_output_tokens; ended with response.incomplete"
+        );
+        if let Some(f) = self.on_cut.take() {
+            f();
+        }
         let mut ev = json!({
             "type": "response.incomplete",
             "response": self.tracker.incomplete_response(estimate_tokens(self.chars)),
@@ -220,44 +164,39 @@ impl Body for CapBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if this.state == State::Done {
+            if this.done {
                 return Poll::Ready(None);
             }
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                None => {
-                    let mut out = BytesMut::new();
-                    if this.state == State::Counting {
-                        this.drain(&mut out, true);
-                    }
-                    this.state = State::Done;
-                    if out.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                }
+            let at_end = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => true,
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Some(Ok(frame)) => {
                     let data = match frame.into_data() {
                         Ok(d) => d,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
-                    if this.state == State::Passthrough {
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    this.gating.push(&data);
+                    if this.gating.is_counting() {
+                        this.decoder.push(data);
                     }
-                    this.decoder.push(data);
-                    // Most of what is pushed goes out now: one allocation, not one per doubling.
-                    let mut out = BytesMut::with_capacity(this.decoder.buffered());
-                    this.drain(&mut out, false);
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-                    }
+                    false
                 }
+            };
+            if at_end {
+                this.gating.end(&mut this.decoder);
+            } else {
+                this.gating.drain(&mut this.decoder, false);
+            }
+            this.done = at_end || this.gating.is_cut();
+            let out = this.gating.release();
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -294,7 +233,7 @@ mod tests {
     }
 
     async fn run(input: Bytes, cap: u64) -> Bytes {
-        CapBody::new(full_body(input), cap, 1 << 20, || {})
+        CapBody::new(full_body(input), Box::new(CapGate::new(cap, 1 << 20, None)))
             .collect()
             .await
             .unwrap()

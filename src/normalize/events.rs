@@ -49,8 +49,12 @@ impl<'a> DeltaFields<'a> {
     fn parse_flat(data: &'a [u8]) -> Option<DeltaFields<'a>> {
         let (mut seq, mut index) = (None, None);
         let mut m = data.strip_prefix(b"{")?;
+        // The type the upstream puts first, a flat member: stepped over without a search.
+        if let Some(rest) = m.strip_prefix(br#""type":"response.output_text.delta","#) {
+            m = rest;
+        }
         loop {
-            let (key, rest) = flat_string(m)?;
+            let (key, rest) = known_key(m).or_else(|| flat_string(m))?;
             let rest = rest.strip_prefix(b":")?;
             if key == b"delta" {
                 let text = rest.strip_prefix(b"\"")?;
@@ -116,6 +120,20 @@ impl<'a> DeltaFields<'a> {
             output_index: number(index),
         })
     }
+}
+
+/// The keys of a delta event, at the start of `m`: what [`flat_string`] gives for them,
+/// without its search.
+fn known_key(m: &[u8]) -> Option<(&[u8], &[u8])> {
+    const KEYS: [&[u8]; 5] = [
+        b"\"sequence_number\"",
+        b"\"item_id\"",
+        b"\"output_index\"",
+        b"\"content_index\"",
+        b"\"delta\"",
+    ];
+    KEYS.iter()
+        .find_map(|k| m.strip_prefix(*k).map(|rest| (&k[1..k.len() - 1], rest)))
 }
 
 /// A string without escapes at the start of `m` (short: a key or a flat value): its
@@ -444,8 +462,36 @@ mod scan_tests {
             br#"{"type":"a very long type string that is longer than thirty-two bytes","sequence_number":7,"output_index":2,"delta":"x"}"#,
             br#"{"type":"t","sequence_number":7,"output_index":2,"flag":true,"n":null,"delta":"x"}"#,
             b"{\"type\":\"t\",\"sequence_number\":7,\"output_index\":2,\"delta\":\"\xFF\"}",
+            br#"{"type":"response.output_text.delta","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta" ,"sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","type":"x","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","deltas":"no","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","sequence_number_2":1,"sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","item_id":"a\"b","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","del\u0074a":"no","sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","output_index":2,"output_index":3,"sequence_number":7,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta",sequence_number":7,"output_index":2,"delta":"x"}"#,
+            br#"{"type":"response.output_text.delta","#,
         ];
-        for data in cases {
+        // The usual delta with a byte changed anywhere, or cut short.
+        let usual = br#"{"type":"response.output_text.delta","sequence_number":5,"item_id":"msg_1","output_index":0,"content_index":0,"delta":" The","logprobs":[],"obfuscation":"aB3d"}"#;
+        let alphabet = b"\"\\,:{}[]0123 -.aetxy";
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut mutated: Vec<Vec<u8>> = (0..=usual.len()).map(|n| usual[..n].to_vec()).collect();
+        for _ in 0..4000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut data = usual.to_vec();
+            data[(seed >> 8) as usize % usual.len()] =
+                alphabet[(seed >> 40) as usize % alphabet.len()];
+            mutated.push(data);
+        }
+        for data in cases
+            .iter()
+            .copied()
+            .chain(mutated.iter().map(Vec::as_slice))
+        {
             let flat = DeltaFields::parse(data);
             let walk = DeltaFields::parse_walk(data);
             let view = |f: Option<DeltaFields<'_>>| {

@@ -265,7 +265,7 @@ impl BlockFields {
             joined = out.freeze();
             (&joined, 0..joined.len())
         };
-        let kind = sniff(&whole[range.clone()]).or_else(|| {
+        let kind = sniff_type(&whole[range.clone()]).or_else(|| {
             self.event
                 .map(|e| &bytes[e])
                 .filter(|e| !e.is_empty())
@@ -276,22 +276,6 @@ impl BlockFields {
             data: whole,
             range,
         }))
-    }
-}
-
-/// The type most events of a stream have.
-const DELTA: &str = "response.output_text.delta";
-
-/// [`sniff_type`], answered without a search for the most common type: data starting
-/// `{"type":"response.output_text.delta"` has that type, as `sniff_type` reads it.
-fn sniff(data: &[u8]) -> Option<&str> {
-    let common = data
-        .strip_prefix(br#"{"type":""#)
-        .and_then(|rest| rest.strip_prefix(DELTA.as_bytes()))
-        .is_some_and(|rest| rest.first() == Some(&b'"'));
-    match common {
-        true => Some(DELTA),
-        false => sniff_type(data),
     }
 }
 

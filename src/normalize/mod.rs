@@ -42,6 +42,13 @@
 //! the output so far, `usage` when the upstream had sent one, else `null`). Only whole
 //! events are ever forwarded, as the upstream's exact bytes.
 //!
+//! With a [`SoftFailureDetectLayer`](crate::soft_failure::SoftFailureDetectLayer) below,
+//! the cap is counted on the events that layer decodes anyway (for each attempt afresh), so
+//! the stream is decoded once; on its own, this layer decodes it. The client gets the same
+//! bytes either way. A stream that can no longer be decoded (a line past the decoder's
+//! bound: that layer's `max_line` when it is below, else 4 MiB) is no longer capped: from
+//! there its bytes pass as they came.
+//!
 //! # `stream:false` clients
 //!
 //! When the client asked for no stream (or did not say) and the rules force one, the layer

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::cap::CapBody;
+use super::cap::{CapBody, CapGate};
 use super::config::NormalizeConfig;
 use super::fold::fold;
 use super::learn::{LearnedParams, error_message, unsupported_param};
@@ -26,6 +26,7 @@ use crate::facts::RequestFacts;
 use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::soft_failure::SoftFailure;
+use crate::soft_failure::gate::{StreamGate, StreamGated};
 use crate::sse::is_event_stream;
 
 /// Applies [`BodyNormalize`] to a service. See the [module docs](super).
@@ -247,6 +248,9 @@ where
     if let Some(body) = plan.body.take() {
         set_body(&mut req, body);
     }
+    if let Some(cap) = plan.cap {
+        req.extensions_mut().insert(cap_gate(&shared, profile, cap));
+    }
     let retry = config.learn.then(|| clone_request(&req));
     let mut res = inner.call(req).await?;
 
@@ -268,6 +272,11 @@ where
                     );
                 }
                 plan.cap = plan.cap.or(cap);
+                if let Some(cap) = plan.cap {
+                    again
+                        .extensions_mut()
+                        .insert(cap_gate(&shared, profile, cap));
+                }
                 set_body(&mut again, body);
                 // The same instance again, readied anew: a clone could wait on capacity this
                 // one holds.
@@ -294,6 +303,24 @@ fn report_rewrites(shared: &Shared, profile: Profile, plan: &Plan) {
     }
 }
 
+/// The gate that enforces `cap` on the stream coming back: a request extension, so a
+/// [`SoftFailureDetectLayer`](crate::soft_failure::SoftFailureDetectLayer) below, which
+/// decodes the stream anyway, applies it; [`shape_response`] applies it when none did.
+fn cap_gate(shared: &Shared, profile: Profile, cap: u64) -> StreamGate {
+    let metrics = shared.metrics.clone();
+    let on_cut: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Some(m) = &metrics {
+            m.inc(
+                "tr_normalize_capped_total",
+                "Streams ended at the client's max_output_tokens.",
+                &[("profile", profile.as_str())],
+            );
+        }
+    });
+    let budget = shared.config.max_buffered;
+    StreamGate::new(move || Box::new(CapGate::new(cap, budget, Some(on_cut.clone()))))
+}
+
 /// Enforces the cap and folds the stream for a client that did not ask for one.
 async fn shape_response(
     shared: &Shared,
@@ -305,20 +332,11 @@ async fn shape_response(
         return res;
     }
     let res = match plan.cap {
+        // Applied below, on the events it decoded anyway.
+        Some(_) if res.extensions().get::<StreamGated>().is_some() => res,
         Some(cap) => {
-            let metrics = shared.metrics.clone();
-            res.map(|body| {
-                CapBody::new(body, cap, shared.config.max_buffered, move || {
-                    if let Some(m) = metrics {
-                        m.inc(
-                            "tr_normalize_capped_total",
-                            "Streams ended at the client's max_output_tokens.",
-                            &[("profile", profile.as_str())],
-                        );
-                    }
-                })
-                .boxed_unsync()
-            })
+            let gate = cap_gate(shared, profile, cap).start();
+            res.map(|body| CapBody::new(body, gate).boxed_unsync())
         }
         None => res,
     };

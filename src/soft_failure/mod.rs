@@ -61,6 +61,7 @@
 //! ```
 
 mod config;
+pub(crate) mod gate;
 mod observe;
 mod service;
 mod watch;

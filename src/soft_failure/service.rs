@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::gate::{Gating, StreamGate, StreamGated};
 use super::watch::WatchBody;
 use super::{EventsObserved, SoftFailure, SoftFailureConfig, StreamObservers};
 use crate::body::{ReplayBody, ResponseBody, full_body as full, prefixed, read_prefix_within};
@@ -85,6 +86,7 @@ where
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
         let lease = req.extensions().get::<CredentialLease>().cloned();
         let observers = req.extensions().get::<StreamObservers>().cloned();
+        let gate = req.extensions().get::<StreamGate>().cloned();
         let started = req
             .extensions()
             .get::<RequestStarted>()
@@ -102,6 +104,7 @@ where
                     .as_ref()
                     .is_some_and(StreamObservers::read_content),
                 observers,
+                gate,
                 started: Some(started),
             };
             Ok(inspect(res, ctx).await)
@@ -114,6 +117,8 @@ pub(super) struct Ctx {
     pub(super) metrics: Option<Metrics>,
     pub(super) lease: Option<CredentialLease>,
     pub(super) observers: Option<StreamObservers>,
+    /// The request's gate, started afresh for this attempt's stream.
+    pub(super) gate: Option<StreamGate>,
     /// When the request arrived, until its first content event is timed.
     pub(super) started: Option<std::time::Instant>,
     /// Whether any observer reads content events (asked once per stream).
@@ -121,14 +126,18 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    /// Shows one event to the request's observers.
+    /// Shows one event to the stream's gate, if any, and to the request's observers.
     ///
     /// Returns the event's kind: its type is sniffed once here for every use.
-    pub(super) fn observe(&self, ev: EventRef<'_>) -> EventKind {
-        let Some(ty) = ev.event_type() else {
+    pub(super) fn observe(&self, ev: EventRef<'_>, gating: Option<&mut Gating>) -> EventKind {
+        let ty = ev.event_type();
+        let kind = ty.map_or(EventKind::Other, event_kind);
+        if let Some(gating) = gating {
+            gating.sniffed_event(ty, kind, ev);
+        }
+        let Some(ty) = ty else {
             return EventKind::Other;
         };
-        let kind = event_kind(ty);
         if let Some(obs) = &self.observers {
             let credential = self.lease.as_ref().map(CredentialLease::credential);
             match kind {
@@ -230,6 +239,12 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
     if ctx.observers.is_some() {
         parts.extensions.insert(EventsObserved);
     }
+    // Whatever becomes of the stream, the gate decides its end: the layer that put it in
+    // must not apply it again.
+    let mut gating = ctx.gate.as_ref().map(|gate| Gating::new(gate.start()));
+    if gating.is_some() {
+        parts.extensions.insert(StreamGated);
+    }
     let mut decoder = SseDecoder::new().with_max_line(ctx.config.max_line);
     let mut held: Vec<Bytes> = Vec::new();
     let mut held_bytes = 0usize;
@@ -251,7 +266,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                 // Slow to start is not a failure: release what we hold and watch the rest.
                 return Response::from_parts(
                     parts,
-                    WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
+                    WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
                 );
             }
             Ok(frame) => frame,
@@ -262,7 +277,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
                 let tail = decoder.finish();
                 if let Ok(Some(ev)) = tail {
                     typed += usize::from(ev.event_type().is_some());
-                    let kind = ctx.observe(ev.borrowed());
+                    let kind = ctx.observe(ev.borrowed(), gating.as_mut());
                     if let Some(f) = failure_of(kind, &ev.data) {
                         return mark(parts, held, f, ctx);
                     }
@@ -291,6 +306,9 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
             },
         };
         held_bytes += chunk.len();
+        if let Some(gating) = &mut gating {
+            gating.push(&chunk);
+        }
         held.push(chunk.clone());
         decoder.push(chunk);
         loop {
@@ -309,13 +327,21 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
             };
             events += 1;
             typed += usize::from(ev.event_type().is_some());
-            let kind = ctx.observe(ev.borrowed());
+            let kind = ctx.observe(ev.borrowed(), gating.as_mut());
             match kind {
                 EventKind::Content => {
                     ctx.first_content();
                     return Response::from_parts(
                         parts,
-                        WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
+                        WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
+                    );
+                }
+                // A gate that ends the stream before content: the watch sends what it
+                // admitted and the closing bytes.
+                _ if gating.as_ref().is_some_and(Gating::is_cut) => {
+                    return Response::from_parts(
+                        parts,
+                        WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
                     );
                 }
                 EventKind::Terminal | EventKind::Error => {
@@ -336,7 +362,7 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
             }
             return Response::from_parts(
                 parts,
-                WatchBody::after_hold(held, Ok(body), decoder, ctx).boxed_unsync(),
+                WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
             );
         }
     }

@@ -1,9 +1,10 @@
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
+use super::gate::Gating;
 use super::service::{Ctx, failure_of};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
@@ -17,6 +18,9 @@ pub(super) struct WatchBody {
     pending_err: Option<BoxError>,
     // `None`: pass bytes through without parsing (nothing to watch, or a line was too long).
     watch: Option<(SseDecoder, Ctx)>,
+    /// The request's gate, when it has one: only the whole events it admitted go out, so
+    /// the stream can still end before any of them.
+    gating: Option<Gating>,
     terminal: bool,
     /// The held bytes again (a cheap clone), read only if the stream is cut: they hold
     /// `response.created`, whose id the closing `response.failed` names.
@@ -48,6 +52,7 @@ impl WatchBody {
             inner,
             pending_err,
             watch: None,
+            gating: None,
             terminal: false,
             held: None,
         }
@@ -59,17 +64,23 @@ impl WatchBody {
     }
 
     /// The held chunks, then `rest`, watched. Events already buffered in `decoder` (the rest of
-    /// the chunk that held the first content event) are examined now.
+    /// the chunk that held the first content event) are examined now. With `gating` (which
+    /// has seen the held chunks and events), the held bytes go out as it releases them.
     pub(super) fn after_hold(
         held: Vec<Bytes>,
         rest: Result<ResponseBody, BoxError>,
         decoder: SseDecoder,
         ctx: Ctx,
+        gating: Option<Gating>,
     ) -> Self {
         let mut body = Self::new(concat(held), rest);
         body.held = body.prefix.clone();
         body.watch = Some((decoder, ctx));
+        body.gating = gating;
         body.drain_events();
+        if let Some(gating) = &mut body.gating {
+            body.prefix = Some(gating.release()).filter(|p| !p.is_empty());
+        }
         body
     }
 
@@ -77,10 +88,11 @@ impl WatchBody {
         let Some((decoder, ctx)) = &mut self.watch else {
             return;
         };
+        let gating = &mut self.gating;
         loop {
             // Borrowed: most events are deltas, of which only the type is read.
             let seen = decoder.next_event_with(|ev| {
-                let kind = ctx.observe(ev);
+                let kind = ctx.observe(ev, gating.as_mut());
                 (kind, failure_of(kind, ev.data))
             });
             match seen {
@@ -106,18 +118,32 @@ impl WatchBody {
                     // must not hold the client until its idle timeout.
                     if matches!(kind, EventKind::Terminal | EventKind::Error) {
                         self.terminal = true;
+                        if let Some(gating) = gating {
+                            // The client's stream ends here: the gate sees it end.
+                            gating.end(decoder);
+                        }
                         // Nothing after a terminal event matters; stop parsing.
                         self.watch = None;
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "SSE line too long; passing the rest through unparsed");
+                    if let Some(gating) = gating {
+                        // Not decoded, not gated: the bytes flow as they are.
+                        gating.open();
+                    }
                     self.watch = None;
                     return;
                 }
             }
+        }
+        if gating.as_ref().is_some_and(Gating::is_cut) {
+            // The gate ended the stream: the rest of the upstream's answer is not read (the
+            // events already here were still shown to the observers, as before a gate).
+            self.terminal = true;
+            self.watch = None;
         }
     }
 }
@@ -128,7 +154,7 @@ impl WatchBody {
     /// `response.failed`, not as a cut connection or a stream that just stops (the invariant
     /// every client relies on: a stream ends with a terminal event or an HTTP error).
     fn cut_off(&mut self, err: Option<&BoxError>) -> Option<Bytes> {
-        let (decoder, ctx) = self.watch.take()?;
+        let (mut decoder, ctx) = self.watch.take()?;
         self.terminal = true;
         if let Some(m) = &ctx.metrics {
             m.inc(
@@ -146,11 +172,30 @@ impl WatchBody {
             credential = ctx.lease.as_ref().map(|l| l.credential()).unwrap_or(""),
             "upstream stream broke off after content; ended for the client with response.failed"
         );
-        Some(cut_event(
-            self.held.as_ref().and_then(created_id).as_deref(),
-            &why,
-            decoder.buffered() > 0,
-        ))
+        let id = self.held.as_ref().and_then(created_id);
+        let partial = decoder.buffered() > 0;
+        let Some(gating) = &mut self.gating else {
+            return Some(cut_event(id.as_deref(), &why, partial));
+        };
+        // The client has none of a partial event (the gate lets whole events out): the blank
+        // line that closes it goes through the gate like any input, so the gate sees that
+        // event as one, and may still cut it.
+        if partial {
+            let lead = Bytes::from_static(b"\n\n");
+            gating.push(&lead);
+            decoder.push(lead);
+            gating.drain(&mut decoder, false);
+        }
+        gating.open();
+        let sent = gating.release();
+        if gating.is_cut() {
+            return Some(sent);
+        }
+        let end = cut_event(id.as_deref(), &why, false);
+        let mut out = BytesMut::with_capacity(sent.len() + end.len());
+        out.extend_from_slice(&sent);
+        out.extend_from_slice(&end);
+        Some(out.freeze())
     }
 }
 
@@ -204,36 +249,53 @@ impl Body for WatchBody {
         if let Some(e) = this.pending_err.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        if this.terminal {
-            // The answer is complete; do not wait for an upstream that keeps the connection open.
-            this.inner = None;
-            return Poll::Ready(None);
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
+        loop {
+            if this.terminal {
+                // The answer is complete; do not wait for an upstream that keeps the
+                // connection open.
                 this.inner = None;
-                match this.cut_off(None) {
-                    Some(end) => Poll::Ready(Some(Ok(Frame::data(end)))),
-                    None => Poll::Ready(None),
-                }
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.inner = None;
-                match this.cut_off(Some(&e)) {
-                    Some(end) => Poll::Ready(Some(Ok(Frame::data(end)))),
-                    None => Poll::Ready(Some(Err(e))),
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
+                None => {
+                    this.inner = None;
+                    return Poll::Ready(this.cut_off(None).map(|end| Ok(Frame::data(end))));
                 }
-            }
-            Poll::Ready(Some(Ok(frame))) => {
+                Some(Err(e)) => {
+                    this.inner = None;
+                    return Poll::Ready(Some(match this.cut_off(Some(&e)) {
+                        Some(end) => Ok(Frame::data(end)),
+                        None => Err(e),
+                    }));
+                }
+                Some(Ok(frame)) => frame,
+            };
+            let Some(gating) = &mut this.gating else {
                 if let (Some(data), Some((decoder, _))) = (frame.data_ref(), this.watch.as_mut()) {
                     decoder.push(data.clone());
                     this.drain_events();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+            };
+            gating.push(&data);
+            if let Some((decoder, _)) = this.watch.as_mut() {
+                decoder.push(data);
+                this.drain_events();
+            }
+            let out = this
+                .gating
+                .as_mut()
+                .map(Gating::release)
+                .unwrap_or_default();
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
         }
     }

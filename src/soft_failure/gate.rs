@@ -1,0 +1,247 @@
+//! Gates: an outer layer's say, event by event, in where a stream ends.
+//!
+//! A layer above [`SoftFailureDetectLayer`](super::SoftFailureDetectLayer) that may end a
+//! stream early (the `max_output_tokens` cap of [`crate::normalize`]) would otherwise decode
+//! the whole stream a second time. Instead it puts a [`StreamGate`] in the request's
+//! extensions; the hold-back and the watch, which decode every event anyway, show each
+//! event to a fresh [`Gate`] per attempt (a retry between the layers starts counting anew)
+//! and mark the response [`StreamGated`], so the layer knows its gate was applied. Without
+//! the mark the layer applies the gate itself, with a [`Gating`] over its own decoder: the
+//! same gate, the same bytes.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::sse::{EventKind, EventRef, SseDecoder, event_kind};
+
+/// What becomes of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Forwarded; the gate goes on looking.
+    Forward,
+    /// Forwarded, and the gate looks at nothing after it (a terminal event).
+    ForwardLast,
+    /// Not forwarded: the stream ends before it, with the gate's [`closing`](Gate::closing)
+    /// bytes.
+    Cut,
+}
+
+/// One stream's gate: sees its events in order, decides where it ends.
+pub(crate) trait Gate: Send {
+    /// One event, with its type (as [`EventRef::event_type`]) and kind, sniffed once by the
+    /// caller for every use.
+    fn admit(&mut self, event_type: Option<&str>, kind: EventKind, event: EventRef<'_>) -> Verdict;
+
+    /// The bytes that end the stream after a [`Verdict::Cut`]; asked once.
+    fn closing(&mut self) -> Bytes;
+}
+
+/// Request extension: makes the [`Gate`] of each attempt's stream.
+#[derive(Clone)]
+pub(crate) struct StreamGate(Arc<dyn Fn() -> Box<dyn Gate> + Send + Sync>);
+
+impl StreamGate {
+    /// A gate made by `make`, once per attempt.
+    pub(crate) fn new(make: impl Fn() -> Box<dyn Gate> + Send + Sync + 'static) -> Self {
+        StreamGate(Arc::new(make))
+    }
+
+    /// A fresh gate for one attempt's stream.
+    pub(crate) fn start(&self) -> Box<dyn Gate> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for StreamGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamGate")
+    }
+}
+
+/// Response extension: the request's [`StreamGate`] was applied to this stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamGated;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The gate looks at every event; only whole events it admitted go out.
+    Counting,
+    /// The gate is done looking (a terminal event, or a stream that cannot be parsed):
+    /// every byte goes out as it came.
+    Open,
+    /// The gate cut the stream: its closing bytes go out once, then nothing.
+    Cut,
+}
+
+/// A stream's bytes held until its gate has admitted the events they hold.
+///
+/// The decoder's caller pushes every chunk here as it pushes it into the decoder, and shows
+/// each decoded event to [`event`](Self::event) in order: since the events' raw bytes are
+/// the input, the bytes of the events admitted are a prefix of what was pushed, released
+/// as slices of the chunks they came in (no copy unless an event spans chunks).
+pub(crate) struct Gating {
+    gate: Box<dyn Gate>,
+    state: State,
+    unsent: VecDeque<Bytes>,
+    unsent_len: usize,
+    /// Bytes at the front of `unsent` that belong to admitted events.
+    ready: usize,
+    closing: Option<Bytes>,
+}
+
+impl Gating {
+    /// Gates a stream with `gate`.
+    pub(crate) fn new(gate: Box<dyn Gate>) -> Self {
+        Gating {
+            gate,
+            state: State::Counting,
+            unsent: VecDeque::new(),
+            unsent_len: 0,
+            ready: 0,
+            closing: None,
+        }
+    }
+
+    /// Input, as pushed into the decoder.
+    pub(crate) fn push(&mut self, chunk: &Bytes) {
+        if self.state != State::Cut && !chunk.is_empty() {
+            self.unsent_len += chunk.len();
+            self.unsent.push_back(chunk.clone());
+        }
+    }
+
+    /// The next event decoded from the input.
+    pub(crate) fn event(&mut self, event: EventRef<'_>) {
+        let ty = event.event_type();
+        self.sniffed_event(ty, ty.map_or(EventKind::Other, event_kind), event);
+    }
+
+    /// As [`event`](Self::event), with its type and kind sniffed by the caller.
+    pub(crate) fn sniffed_event(
+        &mut self,
+        event_type: Option<&str>,
+        kind: EventKind,
+        event: EventRef<'_>,
+    ) {
+        if self.state != State::Counting {
+            return;
+        }
+        match self.gate.admit(event_type, kind, event) {
+            Verdict::Forward => self.ready += event.raw.len(),
+            Verdict::ForwardLast => self.state = State::Open,
+            Verdict::Cut => {
+                self.state = State::Cut;
+                self.closing = Some(self.gate.closing());
+            }
+        }
+    }
+
+    /// Shows the gate, while it counts, the events complete in `decoder`; with `at_end` (the
+    /// input is over), the last one without its blank line too. A stream the decoder cannot
+    /// read opens the gate.
+    pub(crate) fn drain(&mut self, decoder: &mut SseDecoder, at_end: bool) {
+        while self.is_counting() {
+            let next = if at_end {
+                decoder
+                    .finish()
+                    .map(|ev| ev.map(|ev| self.event(ev.borrowed())))
+            } else {
+                decoder.next_event_with(|ev| self.event(ev))
+            };
+            match next {
+                Ok(Some(())) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    // Unparseable: stop gating rather than break the stream.
+                    tracing::debug!(error = %e, "stream gate stopped: the stream cannot be decoded");
+                    self.open();
+                }
+            }
+        }
+    }
+
+    /// The input ends here (the end of the body, or of what the client is given): the gate
+    /// sees the events left in `decoder`, then every byte not cut goes out.
+    pub(crate) fn end(&mut self, decoder: &mut SseDecoder) {
+        self.drain(decoder, true);
+        self.open();
+    }
+
+    /// The stream is no longer decoded (a bound was exceeded): the gate stops looking and
+    /// the bytes flow as they are, as they do after a terminal event.
+    pub(crate) fn open(&mut self) {
+        if self.state == State::Counting {
+            self.state = State::Open;
+        }
+    }
+
+    /// Whether the gate still looks at events.
+    pub(crate) fn is_counting(&self) -> bool {
+        self.state == State::Counting
+    }
+
+    /// Whether the gate cut the stream: nothing follows what [`release`](Self::release)
+    /// gives.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.state == State::Cut
+    }
+
+    /// What may go to the client now: the bytes of the events admitted; once open, every
+    /// byte pushed; after a cut, the admitted bytes and the closing ones, once.
+    pub(crate) fn release(&mut self) -> Bytes {
+        let n = match self.state {
+            State::Counting => self.ready,
+            State::Open => self.unsent_len,
+            State::Cut => self.ready,
+        };
+        let mut out = self.take(n);
+        if let Some(closing) = self.closing.take() {
+            self.unsent.clear();
+            self.unsent_len = 0;
+            out = if out.is_empty() {
+                closing
+            } else {
+                let mut both = BytesMut::with_capacity(out.len() + closing.len());
+                both.extend_from_slice(&out);
+                both.extend_from_slice(&closing);
+                both.freeze()
+            };
+        }
+        out
+    }
+
+    /// The first `n` unsent bytes.
+    fn take(&mut self, n: usize) -> Bytes {
+        // Events are made of pushed bytes, so `n` is never more than is unsent.
+        let n = n.min(self.unsent_len);
+        self.ready -= n.min(self.ready);
+        self.unsent_len -= n;
+        let Some(front) = self.unsent.front_mut().filter(|_| n > 0) else {
+            return Bytes::new();
+        };
+        if front.len() > n {
+            return front.split_to(n);
+        }
+        if front.len() == n {
+            return self.unsent.pop_front().unwrap_or_default();
+        }
+        // An event spanning chunks: the only copy.
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            let Some(front) = self.unsent.front_mut() else {
+                break;
+            };
+            let want = n - out.len();
+            if front.len() > want {
+                out.extend_from_slice(&front.split_to(want));
+            } else {
+                out.extend_from_slice(front);
+                self.unsent.pop_front();
+            }
+        }
+        out.freeze()
+    }
+}
