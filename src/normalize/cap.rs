@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde_json::json;
 
-use super::events::{DeltaFields, Fields, Tracker, sequence_number, visible_delta};
+use super::events::{DeltaFields, Fields, TextSlot, Tracker, sequence_number, visible_delta};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
 use crate::soft_failure::gate::{Gate, Gating, Verdict};
@@ -47,12 +47,60 @@ impl CapBody {
 }
 
 /// Decides where a stream passes its cap: the one place that counts, whoever decodes.
+///
+/// Counting is deferred while the cap cannot have been reached: a delta's text has at most
+/// as many characters as its event has bytes (every character of a JSON string is one or
+/// more bytes of it), so while the estimate over the delta events' byte lengths is within the
+/// cap, the events are only copied aside ([`Deferred`]) and nothing is parsed. A stream whose
+/// cap is far above its output (the usual case) is never parsed at all. Once that bound
+/// could pass the cap, or the copy would pass the tracking budget, the events set aside are
+/// counted in order, exactly as if they had been counted on arrival, and every event after
+/// them is counted as it comes: the verdicts and the closing event are the same either way.
 pub(crate) struct CapGate {
     cap: u64,
     chars: u64,
     last_seq: Option<u64>,
     tracker: Tracker,
+    budget: usize,
+    deferred: Option<Deferred>,
     on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// The events not counted yet, copied in arrival order.
+#[derive(Default)]
+struct Deferred {
+    data: Vec<u8>,
+    /// Where each event's data ends in `data`, and what it is.
+    events: Vec<(usize, Class)>,
+    /// The byte length of the delta events among them: a bound on their characters.
+    delta_bytes: u64,
+}
+
+/// What the gate reads from an event, by its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Visible text, landing in `TextSlot`.
+    Delta(TextSlot),
+    /// Carries the `response` object (`created`, `in_progress`, `queued`).
+    Response,
+    /// Carries an output item, finished or not.
+    Item { done: bool },
+    /// Only its sequence number matters (the closing event's follows the last one).
+    Other,
+}
+
+impl Class {
+    fn of(event_type: &str) -> Class {
+        if let Some(slot) = visible_delta(event_type) {
+            return Class::Delta(slot);
+        }
+        match event_type {
+            "response.created" | "response.in_progress" | "response.queued" => Class::Response,
+            "response.output_item.added" => Class::Item { done: false },
+            "response.output_item.done" => Class::Item { done: true },
+            _ => Class::Other,
+        }
+    }
 }
 
 impl CapGate {
@@ -68,8 +116,91 @@ impl CapGate {
             chars: 0,
             last_seq: None,
             tracker: Tracker::new(budget),
+            budget,
+            deferred: Some(Deferred::default()),
             on_cut,
         }
+    }
+
+    /// A gate that counts every event on arrival: what deferral must be equal to.
+    #[cfg(test)]
+    fn counting_on_arrival(cap: u64, budget: usize) -> Self {
+        CapGate {
+            deferred: None,
+            ..CapGate::new(cap, budget, None)
+        }
+    }
+
+    /// Sets `data` aside if the cap cannot be reached by it and the copy stays within the
+    /// budget; otherwise counts what was set aside and gives `data` back to be counted.
+    fn defer<'d>(&mut self, class: Class, data: &'d [u8]) -> Option<&'d [u8]> {
+        let Some(deferred) = self.deferred.as_mut() else {
+            return Some(data);
+        };
+        let delta_bytes = deferred.delta_bytes
+            + match class {
+                Class::Delta(_) => data.len() as u64,
+                _ => 0,
+            };
+        let fits = deferred.data.len().saturating_add(data.len()) <= self.budget;
+        if fits && estimate_tokens(delta_bytes) <= self.cap {
+            deferred.data.extend_from_slice(data);
+            deferred.events.push((deferred.data.len(), class));
+            deferred.delta_bytes = delta_bytes;
+            return None;
+        }
+        self.count_deferred();
+        Some(data)
+    }
+
+    /// Counts the events set aside, in order; from here on every event is counted on arrival.
+    fn count_deferred(&mut self) {
+        let Some(deferred) = self.deferred.take() else {
+            return;
+        };
+        let mut start = 0;
+        for (end, class) in deferred.events {
+            let verdict = self.count(class, &deferred.data[start..end]);
+            // Their characters are within the bound that let them be set aside.
+            debug_assert_eq!(verdict, Verdict::Forward);
+            start = end;
+        }
+    }
+
+    /// Counts one event (not a terminal one) of `class` with `data`.
+    fn count(&mut self, class: Class, data: &[u8]) -> Verdict {
+        match class {
+            Class::Delta(slot) => {
+                let Some(fields) = DeltaFields::parse(data) else {
+                    return Verdict::Forward;
+                };
+                let delta = &*fields.delta;
+                let chars = self.chars + delta.chars().count() as u64;
+                if estimate_tokens(chars) > self.cap {
+                    return Verdict::Cut;
+                }
+                self.last_seq = fields.sequence_number.or(self.last_seq);
+                self.chars = chars;
+                if let Some(index) = fields.output_index {
+                    self.tracker.text(index, slot, delta);
+                }
+            }
+            Class::Other => self.last_seq = sequence_number(data).or(self.last_seq),
+            Class::Response | Class::Item { .. } => {
+                let Some(fields) = Fields::parse(data) else {
+                    return Verdict::Forward;
+                };
+                self.last_seq = fields.sequence_number.or(self.last_seq);
+                match (class, fields.response, fields.output_index, fields.item) {
+                    (Class::Response, Some(r), _, _) => self.tracker.response(r),
+                    (Class::Item { done }, _, Some(index), Some(item)) => {
+                        self.tracker.item(index, item, done)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Verdict::Forward
     }
 }
 
@@ -83,59 +214,17 @@ impl Gate for CapGate {
             // again) is not needed: it is not parsed.
             return Verdict::ForwardLast;
         }
-        if let Some(slot) = visible_delta(ty) {
-            // The stream is mostly deltas: their three fields are found in one walk.
-            let Some(fields) = DeltaFields::parse(event.data) else {
-                return Verdict::Forward;
-            };
-            let delta = &*fields.delta;
-            let chars = self.chars + delta.chars().count() as u64;
-            if estimate_tokens(chars) > self.cap {
-                return Verdict::Cut;
-            }
-            self.last_seq = fields.sequence_number.or(self.last_seq);
-            self.chars = chars;
-            if let Some(index) = fields.output_index {
-                self.tracker.text(index, slot, delta);
-            }
-            return Verdict::Forward;
+        let class = Class::of(ty);
+        match self.defer(class, event.data) {
+            None => Verdict::Forward,
+            Some(data) => self.count(class, data),
         }
-        let tracked = matches!(
-            ty,
-            "response.created"
-                | "response.in_progress"
-                | "response.queued"
-                | "response.output_item.added"
-                | "response.output_item.done"
-        );
-        if !tracked {
-            // Only its sequence number matters (the closing event's follows the last one).
-            self.last_seq = sequence_number(event.data).or(self.last_seq);
-            return Verdict::Forward;
-        }
-        let Some(fields) = Fields::parse(event.data) else {
-            return Verdict::Forward;
-        };
-        self.last_seq = fields.sequence_number.or(self.last_seq);
-        match ty {
-            "response.created" | "response.in_progress" | "response.queued" => {
-                if let Some(r) = fields.response {
-                    self.tracker.response(r);
-                }
-            }
-            "response.output_item.added" | "response.output_item.done" => {
-                if let (Some(index), Some(item)) = (fields.output_index, fields.item) {
-                    self.tracker
-                        .item(index, item, ty == "response.output_item.done");
-                }
-            }
-            _ => {}
-        }
-        Verdict::Forward
     }
 
     /// The closing `response.incomplete` event, as SSE bytes.
     fn closing(&mut self) -> Bytes {
+        // A cut is decided by counting, so nothing is set aside here; this keeps it so.
+        self.count_deferred();
         tracing::debug!(
             cap = self.cap,
             "stream cut at max_output_tokens; ended with response.incomplete"
@@ -269,5 +358,84 @@ mod tests {
         // Eight characters let through: two tokens by the estimate.
         assert_eq!(ev["response"]["usage"]["output_tokens"], 2);
         assert_eq!(ev["response"]["usage"]["total_tokens"], 2);
+    }
+
+    /// Events of random streams shown to a deferring gate and to one counting on arrival:
+    /// the same verdicts, the same closing bytes, for caps below, near and above the output
+    /// and budgets that run out early.
+    #[test]
+    fn deferred_counting_decides_what_counting_on_arrival_decides() {
+        let pieces = [
+            "abcd",
+            "é",
+            "\\n",
+            "\\u00e9",
+            "\\ud83d\\ude80",
+            "🚀",
+            " The",
+            "x",
+            "",
+            "long piece of text that is longer than most",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as usize % n
+        };
+        let mut streams = Vec::new();
+        for _ in 0..200 {
+            let deltas: Vec<String> = (0..next(40))
+                .map(|_| {
+                    (0..1 + next(4))
+                        .map(|_| pieces[next(pieces.len())])
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
+            let mut text = String::from_utf8(stream(&refs).to_vec()).unwrap();
+            if next(3) == 0 {
+                // An event between the deltas that only carries a sequence number, a delta
+                // of another kind and one the cap cannot read.
+                let at = text
+                    .find("data: {\"type\":\"response.output_text.delta")
+                    .unwrap_or(0);
+                text.insert_str(at, "data: {\"type\":\"response.content_part.added\",\"sequence_number\":90}\n\ndata: {\"type\":\"response.refusal.delta\",\"sequence_number\":91,\"output_index\":0,\"delta\":\"no\"}\n\ndata: {\"type\":\"response.output_text.delta\",\"delta\":5}\n\n");
+            }
+            streams.push(text);
+        }
+        let view = |mut gate: CapGate, text: &str| {
+            let mut decoder = SseDecoder::new();
+            decoder.push(Bytes::copy_from_slice(text.as_bytes()));
+            let mut verdicts = Vec::new();
+            while let Ok(Some(ev)) = decoder.next_event() {
+                let ev = ev.borrowed();
+                let ty = ev.event_type();
+                let kind = ty.map_or(EventKind::Other, crate::sse::event_kind);
+                let verdict = gate.admit(ty, kind, ev);
+                verdicts.push(verdict);
+                if verdict != Verdict::Forward {
+                    break;
+                }
+            }
+            let closing = (verdicts.last() == Some(&Verdict::Cut)).then(|| gate.closing());
+            (verdicts, closing)
+        };
+        let mut cuts = 0;
+        for text in &streams {
+            for cap in [0, 1, 2, 5, 17, 60, 1000] {
+                for budget in [0, 150, 600, 1 << 20] {
+                    let deferred = view(CapGate::new(cap, budget, None), text);
+                    let on_arrival = view(CapGate::counting_on_arrival(cap, budget), text);
+                    cuts += usize::from(deferred.1.is_some());
+                    assert_eq!(deferred, on_arrival, "cap {cap}, budget {budget}: {text}");
+                }
+            }
+        }
+        assert!(
+            cuts > 1000,
+            "the streams are cut often enough to compare: {cuts}"
+        );
     }
 }

@@ -49,6 +49,12 @@
 //! bound: that layer's `max_line` when it is below, else 4 MiB) is no longer capped: from
 //! there its bytes pass as they came.
 //!
+//! Counting costs nothing while the cap cannot have been reached: a delta's text has no more
+//! characters than its event has bytes, so while the delta events' bytes stay within
+//! `4 x cap`, their events are copied aside (at most `max_buffered` bytes) rather than
+//! parsed, and counted exactly, in order, only once that bound passes the cap. A stream that
+//! stays far under its cap (its text is typically a thirtieth of its bytes) is never parsed.
+//!
 //! # `stream:false` clients
 //!
 //! When the client asked for no stream (or did not say) and the rules force one, the layer
