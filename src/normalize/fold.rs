@@ -1,5 +1,6 @@
 //! A streamed answer folded into the one JSON response object a `stream:false` client expects.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -13,7 +14,8 @@ use crate::body::{IdleTimeout, IdleTimeoutBody, ResponseBody, full_body};
 use crate::classify::{Failure, FailureClass, Origin};
 use crate::error::ApiError;
 use crate::soft_failure::SoftFailure;
-use crate::sse::{EventKind, event_kind};
+use crate::soft_failure::gate::{Gate, StreamGate, Verdict};
+use crate::sse::{EventKind, EventRef, event_kind};
 
 enum Outcome {
     /// The answer's JSON bytes.
@@ -40,6 +42,16 @@ struct Folding {
     content: bool,
 }
 
+impl Folding {
+    fn new(limit: usize) -> Self {
+        Folding {
+            done_items: Vec::new(),
+            limit,
+            content: false,
+        }
+    }
+}
+
 /// Reads the whole stream (at most `limit` bytes, silent at most `idle` at a time) and
 /// answers as the platform would to a non-streaming request.
 ///
@@ -48,25 +60,40 @@ struct Folding {
 /// and not from a bare status: before content it may retry; after content
 /// (`before_content: false`) it must not, the output was already generated. The fold's own
 /// `response_too_large` is never retried.
+///
+/// A stream marked [`Folded`] had its events read by the [`fold_gate`] below as they were
+/// decoded there; only if that gate found no outcome (it stops at a line past its decoder's
+/// bound, or the stream ended first) are the bytes read here, from the start, so the answer
+/// is the same either way.
 pub(crate) async fn fold(
     res: Response<ResponseBody>,
     limit: usize,
     idle: Duration,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = res.into_parts();
+    let folded = parts.extensions.remove::<Folded>();
     // A long answer is fine as long as it keeps coming; an upstream that goes silent is not.
     let mut body = std::pin::pin!(IdleTimeoutBody::new(body, idle));
     let mut reader = EventReader::default();
-    let mut folding = Folding {
-        done_items: Vec::new(),
-        limit,
-        content: false,
-    };
+    let mut folding = Folding::new(limit);
+    // With a gate below: every frame, kept (shared, not copied) in case it must be read here.
+    let mut kept: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     let outcome = loop {
         let frame = match body.frame().await {
-            None => break finish(&mut reader, &mut folding),
+            None => match &folded {
+                Some(folded) => {
+                    break folded
+                        .take(&mut folding)
+                        .or_else(|| read_kept(kept.drain(..), &mut reader, &mut folding));
+                }
+                None => break finish(&mut reader, &mut folding),
+            },
             Some(Err(e)) => {
+                if let Some(folded) = &folded {
+                    // Only whether content went by counts now.
+                    folded.take(&mut folding);
+                }
                 tracing::debug!(error = %e, "upstream stream broke while folding");
                 break Some(broken(&*e));
             }
@@ -78,6 +105,13 @@ pub(crate) async fn fold(
         total = total.saturating_add(data.len());
         if total > limit {
             break Some(too_large(limit));
+        }
+        if let Some(folded) = &folded {
+            kept.push(data);
+            match folded.take(&mut folding) {
+                Some(outcome) => break Some(outcome),
+                None => continue,
+            }
         }
         match reader.push(data, &mut |seen| on_event(&seen, &mut folding)) {
             Ok(None) => {}
@@ -183,18 +217,85 @@ fn finish(reader: &mut EventReader, folding: &mut Folding) -> Option<Outcome> {
         .unwrap_or_else(|_| Some(unparseable()))
 }
 
-fn on_event(event: &Seen<'_>, folding: &mut Folding) -> Option<Outcome> {
-    let kind = event.kind?;
-    if !folding.content && event_kind(kind) == EventKind::Content {
+/// The kept frames of a stream its gate found no outcome in, read here from the start.
+fn read_kept(
+    kept: impl Iterator<Item = Bytes>,
+    reader: &mut EventReader,
+    folding: &mut Folding,
+) -> Option<Outcome> {
+    *folding = Folding::new(folding.limit);
+    for data in kept {
+        match reader.push(data, &mut |seen| on_event(&seen, folding)) {
+            Ok(None) => {}
+            Ok(Some(outcome)) => return Some(outcome),
+            Err(_) => return Some(unparseable()),
+        }
+    }
+    finish(reader, folding)
+}
+
+/// An event as the fold reads it, from its own reader or from a gate's decoder.
+trait EventData {
+    /// The event's type, as [`Event::event_type`](crate::sse::Event::event_type).
+    fn event_type(&self) -> Option<&str>;
+    /// Its kind, when the caller knows it already.
+    fn kind(&self) -> Option<EventKind>;
+    /// Its data, borrowed.
+    fn bytes(&self) -> &[u8];
+    /// Its data, to keep.
+    fn shared(&self) -> Bytes;
+}
+
+impl EventData for Seen<'_> {
+    fn event_type(&self) -> Option<&str> {
+        self.kind
+    }
+    fn kind(&self) -> Option<EventKind> {
+        None
+    }
+    fn bytes(&self) -> &[u8] {
+        Seen::bytes(self)
+    }
+    fn shared(&self) -> Bytes {
+        self.data()
+    }
+}
+
+/// An event a gate was shown: its type and kind sniffed there, its data borrowed from that
+/// decoder (copied only for what the fold keeps).
+struct Shown<'a> {
+    event_type: Option<&'a str>,
+    kind: EventKind,
+    data: &'a [u8],
+}
+
+impl EventData for Shown<'_> {
+    fn event_type(&self) -> Option<&str> {
+        self.event_type
+    }
+    fn kind(&self) -> Option<EventKind> {
+        Some(self.kind)
+    }
+    fn bytes(&self) -> &[u8] {
+        self.data
+    }
+    fn shared(&self) -> Bytes {
+        Bytes::copy_from_slice(self.data)
+    }
+}
+
+fn on_event(event: &impl EventData, folding: &mut Folding) -> Option<Outcome> {
+    let kind = event.event_type()?;
+    if !folding.content && event.kind().unwrap_or_else(|| event_kind(kind)) == EventKind::Content {
         folding.content = true;
     }
     match kind {
         "response.output_item.done" => {
-            folding.done_items.push(event.data());
+            folding.done_items.push(event.shared());
             None
         }
         "response.completed" | "response.incomplete" => {
-            let data = event.data();
+            let data = event.shared();
             let f = Fields::parse(&data)?;
             let raw = f.response?;
             answer(&data, raw.get(), &folding.done_items, folding.limit).map(Outcome::Answer)
@@ -214,6 +315,79 @@ fn on_event(event: &Seen<'_>, folding: &mut Folding) -> Option<Outcome> {
             }
         }),
         _ => None,
+    }
+}
+
+/// A gate that reads a `stream:false` client's stream where a
+/// [`SoftFailureDetectLayer`](crate::soft_failure::SoftFailureDetectLayer) below decodes it
+/// anyway, so the fold need not decode it again: it marks the response [`Folded`] and
+/// leaves there the outcome of the first event that decides the answer.
+pub(crate) fn fold_gate(limit: usize) -> StreamGate {
+    StreamGate::new(move || {
+        Box::new(FoldGate {
+            folding: Folding::new(limit),
+            folded: Folded::default(),
+        })
+    })
+}
+
+struct FoldGate {
+    folding: Folding,
+    folded: Folded,
+}
+
+/// Response extension: what the [`fold_gate`] of this response's attempt found.
+#[derive(Clone, Default)]
+pub(crate) struct Folded(Arc<Mutex<Found>>);
+
+#[derive(Default)]
+struct Found {
+    /// The outcome of the event that decided the answer.
+    outcome: Option<Outcome>,
+    /// A content event went by.
+    content: bool,
+}
+
+impl Folded {
+    /// The outcome found, once; `folding` learns whether content went by.
+    fn take(&self, folding: &mut Folding) -> Option<Outcome> {
+        let mut found = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        folding.content |= found.content;
+        found.outcome.take()
+    }
+}
+
+impl Gate for FoldGate {
+    fn admit(&mut self, event_type: Option<&str>, kind: EventKind, event: EventRef<'_>) -> Verdict {
+        let had_content = self.folding.content;
+        let shown = Shown {
+            event_type,
+            kind,
+            data: event.data,
+        };
+        let outcome = on_event(&shown, &mut self.folding);
+        if outcome.is_none() && had_content == self.folding.content {
+            return Verdict::Forward;
+        }
+        let mut found = self.folded.0.lock().unwrap_or_else(|e| e.into_inner());
+        found.content = self.folding.content;
+        match outcome {
+            None => Verdict::Forward,
+            Some(outcome) => {
+                found.outcome = Some(outcome);
+                // The answer is decided: nothing after it is read.
+                Verdict::ForwardLast
+            }
+        }
+    }
+
+    fn closing(&mut self) -> Bytes {
+        // Never cut: every event is forwarded.
+        Bytes::new()
+    }
+
+    fn mark(&self, extensions: &mut http::Extensions) {
+        extensions.insert(self.folded.clone());
     }
 }
 

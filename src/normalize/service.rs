@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::cap::{CapBody, CapGate};
 use super::config::NormalizeConfig;
-use super::fold::fold;
+use super::fold::{fold, fold_gate};
 use super::learn::{LearnedParams, error_message, unsupported_param};
 use super::rewrite::{Plan, Rewrite, rewrite, without_param};
 use super::rule::{Rule, codex_rules};
@@ -248,8 +248,17 @@ where
     if let Some(body) = plan.body.take() {
         set_body(&mut req, body);
     }
-    if let Some(cap) = plan.cap {
-        req.extensions_mut().insert(cap_gate(&shared, profile, cap));
+    match plan.cap {
+        Some(cap) => {
+            req.extensions_mut().insert(cap_gate(&shared, profile, cap));
+        }
+        // A stream folded for a stream:false client is read where it is decoded anyway.
+        // (With a cap, the cap's gate is the one below, and the fold reads for itself.)
+        None if plan.upstream_stream && !plan.client_stream => {
+            req.extensions_mut()
+                .insert(fold_gate(shared.config.max_buffered));
+        }
+        None => {}
     }
     let retry = config.learn.then(|| clone_request(&req));
     let mut res = inner.call(req).await?;

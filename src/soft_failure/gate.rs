@@ -37,6 +37,11 @@ pub(crate) trait Gate: Send {
 
     /// The bytes that end the stream after a [`Verdict::Cut`]; asked once.
     fn closing(&mut self) -> Bytes;
+
+    /// Leaves in the extensions of the response it gates what the layer that made the gate
+    /// reads back from it (by default nothing): that layer may see a later attempt's
+    /// response, never an earlier one's, so results travel with the response.
+    fn mark(&self, _extensions: &mut http::Extensions) {}
 }
 
 /// Request extension: makes the [`Gate`] of each attempt's stream.
@@ -103,6 +108,11 @@ impl Gating {
             ready: 0,
             closing: None,
         }
+    }
+
+    /// The gate's [`mark`](Gate::mark), on the gated response's extensions.
+    pub(crate) fn mark(&self, extensions: &mut http::Extensions) {
+        self.gate.mark(extensions);
     }
 
     /// Input, as pushed into the decoder.

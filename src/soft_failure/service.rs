@@ -242,8 +242,9 @@ async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<Respon
     // Whatever becomes of the stream, the gate decides its end: the layer that put it in
     // must not apply it again.
     let mut gating = ctx.gate.as_ref().map(|gate| Gating::new(gate.start()));
-    if gating.is_some() {
+    if let Some(gating) = &gating {
         parts.extensions.insert(StreamGated);
+        gating.mark(&mut parts.extensions);
     }
     let mut decoder = SseDecoder::new().with_max_line(ctx.config.max_line);
     let mut held: Vec<Bytes> = Vec::new();
