@@ -28,6 +28,10 @@ mod mock;
 mod paired;
 mod passthrough;
 mod procfs;
+
+// The allocator of the `tower-responses` binary, so `serve-proxy` measures what users run.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod side;
 mod targets;
 
