@@ -49,9 +49,9 @@ impl CapBody {
 /// Decides where a stream passes its cap: the one place that counts, whoever decodes.
 ///
 /// Counting is deferred while the cap cannot have been reached: a delta's text has at most
-/// as many characters as its event has bytes (every character of a JSON string is one or
-/// more bytes of it), so while the estimate over the delta events' byte lengths is within the
-/// cap, the events are only copied aside ([`Deferred`]) and nothing is parsed. A stream whose
+/// as many characters as its event has bytes from its `"delta"` key on (every character of a
+/// JSON string is one or more bytes of it; [`delta_bound`]), so while the estimate over those
+/// bounds is within the cap, the events are only copied aside ([`Deferred`]) and nothing is parsed. A stream whose
 /// cap is far above its output (the usual case) is never parsed at all. Once that bound
 /// could pass the cap, or the copy would pass the tracking budget, the events set aside are
 /// counted in order, exactly as if they had been counted on arrival, and every event after
@@ -66,13 +66,26 @@ pub(crate) struct CapGate {
     on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
+/// At least as many characters as the delta text [`DeltaFields::parse`] reads from `data`:
+/// the bytes from the first `"delta"` on. The key it reads is written `"delta"` (an escaped
+/// key is not that key), those bytes cannot occur inside a JSON string (its quotes are
+/// escaped), so the key is at or after the first occurrence, and its value, after the key,
+/// has no more characters than it has bytes. What follows the text in the upstream's deltas
+/// (`logprobs`, `obfuscation`) keeps this a few tens of bytes above the text's length,
+/// against some two hundred for the whole event.
+fn delta_bound(data: &[u8]) -> u64 {
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
+    KEY.find(data).map_or(0, |at| (data.len() - at) as u64)
+}
+
 /// The events not counted yet, copied in arrival order.
 #[derive(Default)]
 struct Deferred {
     data: Vec<u8>,
     /// Where each event's data ends in `data`, and what it is.
     events: Vec<(usize, Class)>,
-    /// The byte length of the delta events among them: a bound on their characters.
+    /// The sum of the delta events' [`delta_bound`]s: a bound on their characters.
     delta_bytes: u64,
 }
 
@@ -139,7 +152,7 @@ impl CapGate {
         };
         let delta_bytes = deferred.delta_bytes
             + match class {
-                Class::Delta(_) => data.len() as u64,
+                Class::Delta(_) => delta_bound(data),
                 _ => 0,
             };
         let fits = deferred.data.len().saturating_add(data.len()) <= self.budget;
@@ -402,6 +415,19 @@ mod tests {
                     .find("data: {\"type\":\"response.output_text.delta")
                     .unwrap_or(0);
                 text.insert_str(at, "data: {\"type\":\"response.content_part.added\",\"sequence_number\":90}\n\ndata: {\"type\":\"response.refusal.delta\",\"sequence_number\":91,\"output_index\":0,\"delta\":\"no\"}\n\ndata: {\"type\":\"response.output_text.delta\",\"delta\":5}\n\n");
+            }
+            if next(3) == 0 {
+                // Deltas whose key the bound must not miss: spaced, after a nested `delta`,
+                // escaped (not the key), and a nested one only.
+                let at = text
+                    .find("data: {\"type\":\"response.output_text.delta")
+                    .unwrap_or(0);
+                text.insert_str(at, concat!(
+                    "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"delta\" : \"spaced key, a longer text\",\"item\":{\"delta\":\"x\"}}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"item\":{\"delta\":\"n\"},\"output_index\":0,\"delta\":\"after a nested key, longer\"}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"del\\u0074a\":\"an escaped key is not the key\"}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"item\":{\"delta\":\"nested only\"}}\n\n",
+                ));
             }
             streams.push(text);
         }
