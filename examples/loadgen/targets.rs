@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A target process, killed on drop.
+/// A target process, stopped on drop: SIGTERM first (nginx's master then stops its workers,
+/// which a SIGKILL to the master alone would leave running with their ports), SIGKILL after
+/// two seconds.
 pub struct Running {
     pub addr: SocketAddr,
     pub pid: u32,
@@ -29,6 +31,17 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
