@@ -19,6 +19,10 @@ use tower_responses::soft_failure::{SoftFailure, SoftFailureConfig, SoftFailureD
 use tower_responses::sse::SseDecoder;
 use tower_responses::testing::{MockUpstream, Reply, events};
 
+#[path = "common/sse_text.rs"]
+mod sse_text;
+use sse_text::{chunkings, numbered, sse};
+
 const ID: &str = "resp_cap_1";
 const MSG: &str = "msg_cap_1";
 
@@ -67,53 +71,16 @@ async fn client_bytes(
     bytes_of(res).await
 }
 
-/// One event as SSE text in one of the shapes a decoder must read alike.
-fn sse(event: &Value, style: usize, i: usize) -> String {
-    let ty = event["type"].as_str().unwrap_or("");
-    let data = event.to_string();
-    match style {
-        0 => format!("event: {ty}\ndata: {data}\n\n"),
-        1 => format!("data: {data}\n\n"),
-        2 => format!("event: {ty}\r\ndata: {data}\r\n\r\n"),
-        // Comments, a field the decoder ignores, and the JSON over two data lines.
-        _ => {
-            let (a, b) = data.split_at(data.find(',').unwrap_or(data.len()));
-            let comment = if i % 2 == 0 { ": keep-alive\n\n" } else { "" };
-            format!("{comment}event: {ty}\nid: {i}\ndata: {a}\ndata: {b}\n\n")
-        }
-    }
-}
-
-fn numbered(mut events: Vec<Value>) -> Vec<Value> {
-    for (i, ev) in events.iter_mut().enumerate() {
-        ev["sequence_number"] = json!(i);
-    }
-    events
-}
-
 /// A message answer streamed as `deltas`, in `style`.
 fn answer(deltas: &[&str], style: usize) -> Bytes {
     let text: String = deltas.concat();
-    let mut evs = vec![
-        events::created(ID),
-        events::in_progress(ID),
-        events::output_item_added(events::message_item_in_progress(MSG)),
-        events::content_part_added(MSG),
-    ];
-    evs.extend(deltas.iter().map(|d| events::output_text_delta(MSG, d)));
-    evs.push(events::output_text_done(MSG, &text));
-    evs.push(events::output_item_done(events::message_item(MSG, &text)));
+    let mut evs = sse_text::message(ID, MSG, deltas);
     evs.push(events::completed(
         ID,
         vec![events::message_item(MSG, &text)],
         events::usage(12, 7),
     ));
-    let s: String = numbered(evs)
-        .iter()
-        .enumerate()
-        .map(|(i, ev)| sse(ev, style, i))
-        .collect();
-    Bytes::from(s)
+    sse_text::text(evs, style)
 }
 
 /// A function call whose arguments stream, after a short message.
@@ -153,42 +120,6 @@ fn nth_event_end(bytes: &[u8], n: usize) -> usize {
         })
         .unwrap()
         + 2
-}
-
-/// `bytes` cut into chunks: whole; one per event; every `n` bytes; at pseudo-random points.
-fn chunkings(bytes: &Bytes) -> Vec<Vec<Bytes>> {
-    let every = |n: usize| -> Vec<Bytes> {
-        (0..bytes.len())
-            .step_by(n)
-            .map(|i| bytes.slice(i..(i + n).min(bytes.len())))
-            .collect()
-    };
-    let per_event: Vec<Bytes> = {
-        let mut out = Vec::new();
-        let mut start = 0;
-        for (i, w) in bytes.windows(2).enumerate() {
-            if w == b"\n\n" {
-                out.push(bytes.slice(start..i + 2));
-                start = i + 2;
-            }
-        }
-        if start < bytes.len() {
-            out.push(bytes.slice(start..));
-        }
-        out
-    };
-    let mut seed = bytes.len() as u64;
-    let mut random = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let n = 1 + (seed >> 33) as usize % 300;
-        random.push(bytes.slice(at..(at + n).min(bytes.len())));
-        at += n;
-    }
-    vec![vec![bytes.clone()], per_event, every(7), random]
 }
 
 /// What the documented rule gives for `upstream` under `cap`: `None` when the stream passes

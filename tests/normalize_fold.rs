@@ -17,6 +17,10 @@ use tower_responses::profile::Profile;
 use tower_responses::soft_failure::{SoftFailure, SoftFailureConfig, SoftFailureDetectLayer};
 use tower_responses::testing::{MockUpstream, Reply, events};
 
+#[path = "common/sse_text.rs"]
+mod sse_text;
+use sse_text::{STYLES, chunkings, text};
+
 const ID: &str = "resp_fold_1";
 const MSG: &str = "msg_fold_1";
 
@@ -80,70 +84,8 @@ async fn answer_of(mock: &MockUpstream, soft: Option<SoftFailureConfig>, reply: 
     seen(res).await
 }
 
-fn numbered(mut evs: Vec<Value>) -> Vec<Value> {
-    for (i, ev) in evs.iter_mut().enumerate() {
-        ev["sequence_number"] = json!(i);
-    }
-    evs
-}
-
-/// One event as SSE text in one of the shapes a decoder must read alike.
-fn sse(event: &Value, style: usize) -> String {
-    let ty = event["type"].as_str().unwrap_or("");
-    let data = event.to_string();
-    match style {
-        0 => format!("event: {ty}\ndata: {data}\n\n"),
-        1 => format!("data: {data}\r\n\r\n"),
-        _ => {
-            let (a, b) = data.split_at(data.find(',').unwrap_or(data.len()));
-            format!(": keep-alive\n\nevent: {ty}\ndata: {a}\ndata: {b}\n\n")
-        }
-    }
-}
-
-fn text(evs: Vec<Value>, style: usize) -> Bytes {
-    Bytes::from(
-        numbered(evs)
-            .iter()
-            .map(|ev| sse(ev, style))
-            .collect::<String>(),
-    )
-}
-
 fn message(deltas: &[&str]) -> Vec<Value> {
-    let text: String = deltas.concat();
-    let mut evs = vec![
-        events::created(ID),
-        events::in_progress(ID),
-        events::output_item_added(events::message_item_in_progress(MSG)),
-        events::content_part_added(MSG),
-    ];
-    evs.extend(deltas.iter().map(|d| events::output_text_delta(MSG, d)));
-    evs.push(events::output_text_done(MSG, &text));
-    evs.push(events::output_item_done(events::message_item(MSG, &text)));
-    evs
-}
-
-/// `bytes` cut into chunks: whole; every `n` bytes; at pseudo-random points.
-fn chunkings(bytes: &Bytes) -> Vec<Vec<Bytes>> {
-    let every = |n: usize| -> Vec<Bytes> {
-        (0..bytes.len())
-            .step_by(n)
-            .map(|i| bytes.slice(i..(i + n).min(bytes.len())))
-            .collect()
-    };
-    let mut seed = bytes.len() as u64;
-    let mut random = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let n = 1 + (seed >> 33) as usize % 300;
-        random.push(bytes.slice(at..(at + n).min(bytes.len())));
-        at += n;
-    }
-    vec![vec![bytes.clone()], every(11), random]
+    sse_text::message(ID, MSG, deltas)
 }
 
 #[tokio::test]
@@ -211,7 +153,7 @@ async fn the_fold_answers_the_same_with_and_without_soft_failure_below() {
     };
     let mut answers = 0;
     for (name, evs) in &streams {
-        for style in 0..3 {
+        for style in 0..STYLES {
             let upstream = text(evs.clone(), style);
             for (c, chunks) in chunkings(&upstream).into_iter().enumerate() {
                 let case = format!("{name}, style {style}, chunking {c}");
