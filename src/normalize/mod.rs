@@ -67,6 +67,12 @@
 //! error 500 (or the upstream's 5xx), invalid request 400, auth 401, unknown 502. A stream
 //! that ends without a terminal event is a 502 `upstream_unavailable`.
 //!
+//! With a [`SoftFailureDetectLayer`](crate::soft_failure::SoftFailureDetectLayer) below (and
+//! no `max_output_tokens` cap, whose gate takes that place), the fold reads the events that
+//! layer decodes anyway instead of decoding the stream again; where that layer stops
+//! decoding (a line past its `max_line`), the fold reads the bytes itself, from the start.
+//! The answer is the same either way.
+//!
 //! # Learning
 //!
 //! When the upstream answers `400` with `Unsupported parameter: X` (in `{"error":{"message"}}`
