@@ -150,6 +150,13 @@ impl Coding {
             Coding::Zstd => decode_zstd(input, limit, hint),
             Coding::Gzip => read_bounded(flate2::bufread::MultiGzDecoder::new(input), limit, hint),
             Coding::Deflate => decode_deflate(input, limit, hint),
+            // RFC 7932's `br` has windows of at most 16 MiB. The reserved window code
+            // `0010001` starts brotli's large-window extension (windows up to 1 GiB), which
+            // the decoder would otherwise allocate for a 60-byte body: refused.
+            Coding::Brotli if input[0] & 0x7F == 0x11 => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a large-window brotli stream (not RFC 7932 br)",
+            )),
             Coding::Brotli => read_bounded(
                 brotli_decompressor::Decompressor::new(input, 16 * 1024),
                 limit,
@@ -524,6 +531,34 @@ pub(crate) mod tests {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         zeros_through(&mut enc);
         assert_bomb_stopped("deflate", enc.finish().unwrap());
+    }
+
+    #[test]
+    fn a_large_window_brotli_stream_is_refused_before_its_window_is_allocated() {
+        // Found by the `decode` fuzz target: this 59-byte body made the decoder allocate a
+        // 1 GiB window. The stream is large-window brotli, which `br` (RFC 7932) is not.
+        let body: &[u8] = b"\x11\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x9e\x14\x00\x00\x00\x11\x11~\x11\x11\x00\x03";
+        assert_decode_error("br", body.to_vec());
+        // Refused for what it is, before any decoding (which allocated the window).
+        match decode(
+            &HeaderValue::from_static("br"),
+            Bytes::from_static(body),
+            1 << 20,
+        ) {
+            Err(BodyError::Decode { source, .. }) => {
+                assert!(source.to_string().contains("large-window"), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Standard streams of every window still decode.
+        for lgwin in [10, 16, 22, 24] {
+            let mut out = Vec::new();
+            {
+                let mut enc = brotli::CompressorWriter::new(&mut out, 4096, 5, lgwin);
+                enc.write_all(JSON).unwrap();
+            }
+            assert_eq!(ok("br", out), JSON, "lgwin {lgwin}");
+        }
     }
 
     #[test]
