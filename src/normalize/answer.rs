@@ -19,8 +19,8 @@ use super::events::{Fields, Tracker};
 use crate::json::RawObject;
 
 /// The answer for the terminal event whose `data` holds the raw `response` object; `None`
-/// when that is not JSON `serde_json` reads as a `Value` (the event is then ignored, as
-/// before). `done_items` are the `response.output_item.done` events' data, in order; what
+/// when that is not a JSON object `serde_json` reads as a `Value` (the event is then
+/// ignored, as before). `done_items` are the `response.output_item.done` events' data, in order; what
 /// is rebuilt from them is bounded by `limit` bytes.
 pub(super) fn answer(
     data: &Bytes,
@@ -45,6 +45,11 @@ pub(super) fn answer(
 /// The answer through a `Value`: for what the raw path cannot vouch for.
 fn parsed(response: &str, done_items: &[Bytes], limit: usize) -> Option<Bytes> {
     let mut resp: Value = serde_json::from_str(response).ok()?;
+    // A `response` that is not an object is no answer (the platform's always is): the
+    // event is ignored, as one that is not JSON is.
+    if !resp.is_object() {
+        return None;
+    }
     let empty = resp
         .get("output")
         .is_none_or(|o| o.as_array().is_some_and(Vec::is_empty) || o.is_null());
@@ -217,6 +222,18 @@ fn surrogate(hex: &[u8]) -> Option<Surrogate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_that_is_not_an_object_is_no_answer() {
+        // Found by the `fold` fuzz target: such a terminal event was answered 200 with the
+        // bare value as the body, which no SDK reads as a response.
+        for response in ["5", "\"x\"", "[1]", "null", "true"] {
+            let data = Bytes::from(format!(
+                r#"{{"type":"response.completed","response":{response}}}"#
+            ));
+            assert_eq!(answer(&data, response, &[], 1 << 20), None, "{response}");
+        }
+    }
 
     fn both(response: &str, items: &[&str]) -> (Option<Value>, Option<Value>) {
         let data = Bytes::from(format!(
