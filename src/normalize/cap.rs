@@ -56,6 +56,8 @@ impl CapBody {
 /// could pass the cap, or the copy would pass the tracking budget, the events set aside are
 /// counted in order, exactly as if they had been counted on arrival, and every event after
 /// them is counted as it comes: the verdicts and the closing event are the same either way.
+/// For the upstream's deltas the bound is exact (ASCII text without escapes), so counting
+/// starts at the event that passes the cap, if any.
 pub(crate) struct CapGate {
     cap: u64,
     chars: u64,
@@ -66,17 +68,44 @@ pub(crate) struct CapGate {
     on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-/// At least as many characters as the delta text [`DeltaFields::parse`] reads from `data`:
-/// the bytes from the first `"delta"` on. The key it reads is written `"delta"` (an escaped
-/// key is not that key), those bytes cannot occur inside a JSON string (its quotes are
-/// escaped), so the key is at or after the first occurrence, and its value, after the key,
-/// has no more characters than it has bytes. What follows the text in the upstream's deltas
-/// (`logprobs`, `obfuscation`) keeps this a few tens of bytes above the text's length,
-/// against some two hundred for the whole event.
+/// At least as many characters as the delta text [`DeltaFields::parse`] reads from `data`.
+///
+/// The key it reads is written `"delta"` (an escaped key is not that key), and those bytes
+/// cannot occur inside a JSON string (its quotes are escaped), so the key is at or after the
+/// first occurrence. When that occurrence is a key with a string value (`"delta":"`, the
+/// upstream's shape), the top-level delta is either that string, which has no more
+/// characters than it has bytes, or one after it: the bound is the string's length plus the
+/// bytes from the next occurrence on, if there is one. Otherwise it is the bytes from the
+/// first occurrence on. For the upstream's deltas that is the text's length in bytes.
 fn delta_bound(data: &[u8]) -> u64 {
     static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
-    KEY.find(data).map_or(0, |at| (data.len() - at) as u64)
+    let Some(at) = KEY.find(data) else {
+        return 0;
+    };
+    let from_key = (data.len() - at) as u64;
+    let Some(text) = data[at + b"\"delta\"".len()..].strip_prefix(b":\"") else {
+        return from_key;
+    };
+    let Some(len) = string_len(text) else {
+        return from_key;
+    };
+    let rest = &text[len..];
+    len as u64 + KEY.find(rest).map_or(0, |r| (rest.len() - r) as u64)
+}
+
+/// The bytes of the JSON string at the start of `text` (after its opening quote), up to its
+/// closing quote; `None` if it does not close.
+fn string_len(text: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', text.get(i..)?)?;
+        if text[i] == b'"' {
+            return Some(i);
+        }
+        // A backslash and the byte it escapes (the rest of a `\u` escape is read as text).
+        i += 2;
+    }
 }
 
 /// The events not counted yet, copied in arrival order.
@@ -373,6 +402,49 @@ mod tests {
         assert_eq!(ev["response"]["usage"]["total_tokens"], 2);
     }
 
+    /// The bound deferral rests on: never fewer characters than counting reads, whatever
+    /// the event looks like; exactly the text's bytes for the upstream's deltas, so a cap
+    /// near the answer's length is not counted until it is reached.
+    #[test]
+    fn the_delta_bound_is_at_least_the_text_counting_reads() {
+        let counted = |data: &str| {
+            DeltaFields::parse(data.as_bytes()).map_or(0, |f| f.delta.chars().count() as u64)
+        };
+        let upstream = [
+            r#"{"type":"response.output_text.delta","sequence_number":7,"item_id":"msg_1","output_index":0,"content_index":0,"delta":" The","logprobs":[],"obfuscation":"k3J9x"}"#,
+            r#"{"type":"response.output_text.delta","sequence_number":8,"output_index":0,"delta":"déjà vu 🚀"}"#,
+            r#"{"type":"response.output_text.delta","sequence_number":9,"output_index":0,"delta":""}"#,
+        ];
+        for data in upstream {
+            let text = data.split(r#""delta":""#).nth(1).unwrap();
+            let text = &text[..text.find('"').unwrap()];
+            assert_eq!(delta_bound(data.as_bytes()), text.len() as u64, "{data}");
+            assert!(delta_bound(data.as_bytes()) >= counted(data), "{data}");
+        }
+        let others = [
+            r#"{"item":{"delta":"n"},"output_index":0,"delta":"after a nested key, much longer"}"#,
+            r#"{"item":{"delta":""},"delta":"after an empty nested one"}"#,
+            r#"{"note":"delta","delta":"after the word as a value"}"#,
+            r#"{"delta":"a","delta":"the same key again, longer"}"#,
+            r#"{"delta" : "a spaced key"}"#,
+            r#"{"delta":"say \"delta\": \"a quoted key\", and then more"}"#,
+            r#"{"delta":"\\","delta":"after an escaped backslash"}"#,
+            r#"{"delta":"\u00e9\ud83d\ude80\n\t"}"#,
+            r#"{"del\u0074a":"an escaped key is not the key"}"#,
+            r#"{"delta":"unclosed"#,
+            r#"{"delta":5}"#,
+            r#"{"item":{"delta":"nested only"}}"#,
+        ];
+        for data in others {
+            assert!(
+                delta_bound(data.as_bytes()) >= counted(data),
+                "{data}: bound {} < {}",
+                delta_bound(data.as_bytes()),
+                counted(data)
+            );
+        }
+    }
+
     /// Events of random streams shown to a deferring gate and to one counting on arrival:
     /// the same verdicts, the same closing bytes, for caps below, near and above the output
     /// and budgets that run out early.
@@ -389,6 +461,8 @@ mod tests {
             "x",
             "",
             "long piece of text that is longer than most",
+            "say \\\"delta\\\": \\\"a quoted key\\\"",
+            "\\\\",
         ];
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = |n: usize| {
@@ -427,6 +501,10 @@ mod tests {
                     "data: {\"type\":\"response.output_text.delta\",\"item\":{\"delta\":\"n\"},\"output_index\":0,\"delta\":\"after a nested key, longer\"}\n\n",
                     "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"del\\u0074a\":\"an escaped key is not the key\"}\n\n",
                     "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"item\":{\"delta\":\"nested only\"}}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"note\":\"delta\",\"output_index\":0,\"delta\":\"after the word as a value\"}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"delta\":\"a\",\"delta\":\"the same key again, longer\"}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"item\":{\"delta\":\"\"},\"delta\":\"after an empty nested one\"}\n\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"delta\":\"unclosed\n\n",
                 ));
             }
             streams.push(text);
