@@ -113,10 +113,8 @@ pub(crate) async fn fold(
                 None => continue,
             }
         }
-        match reader.push(data, &mut |seen| on_event(&seen, &mut folding)) {
-            Ok(None) => {}
-            Ok(Some(outcome)) => break Some(outcome),
-            Err(_) => break Some(unparseable()),
+        if let Some(outcome) = read(&mut reader, data, &mut folding) {
+            break Some(outcome);
         }
     };
     let outcome = outcome.unwrap_or_else(|| {
@@ -219,19 +217,21 @@ fn finish(reader: &mut EventReader, folding: &mut Folding) -> Option<Outcome> {
 
 /// The kept frames of a stream its gate found no outcome in, read here from the start.
 fn read_kept(
-    kept: impl Iterator<Item = Bytes>,
+    kept: impl IntoIterator<Item = Bytes>,
     reader: &mut EventReader,
     folding: &mut Folding,
 ) -> Option<Outcome> {
     *folding = Folding::new(folding.limit);
-    for data in kept {
-        match reader.push(data, &mut |seen| on_event(&seen, folding)) {
-            Ok(None) => {}
-            Ok(Some(outcome)) => return Some(outcome),
-            Err(_) => return Some(unparseable()),
-        }
-    }
-    finish(reader, folding)
+    kept.into_iter()
+        .find_map(|data| read(reader, data, folding))
+        .or_else(|| finish(reader, folding))
+}
+
+/// Reads one frame of the stream: the outcome, once the events so far decide it.
+fn read(reader: &mut EventReader, data: Bytes, folding: &mut Folding) -> Option<Outcome> {
+    reader
+        .push(data, &mut |seen| on_event(&seen, folding))
+        .unwrap_or_else(|_| Some(unparseable()))
 }
 
 /// An event as the fold reads it, from its own reader or from a gate's decoder.
