@@ -153,6 +153,9 @@ for s in streams:
     write("sse_decoder", b"\x04\x01\x07\x00\x40" + b"\x35" + s)
     write("fold", b"\x00\x00\x00" + s)
     write("fold", b"\x10\x01\x03\x01\x05\x80" + s)
+    # A cap the stream passes, one near it and one far above; a tight budget.
+    for control in (b"\x02\x00", b"\x14\x00", b"\xff\x00", b"\x08\x04"):
+        write("cap", control + s)
 
 for body in request_bytes + small_datas + [usage]:
     write("json_scan", b"\x00" + body)

@@ -79,3 +79,50 @@ pub async fn fold(
 ) -> Response<ResponseBody> {
     crate::normalize::fold(res, limit, idle).await
 }
+
+/// A `max_output_tokens` gate (`normalize::cap::CapGate`), as soft-failure detection and
+/// `CapBody` run it (deferring), or counting every event on arrival: the behaviour deferral
+/// must equal.
+pub struct CapGate(crate::normalize::cap::CapGate);
+
+/// What a [`CapGate`] decided for one event (`soft_failure::gate::Verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapVerdict {
+    /// Forwarded; the gate goes on.
+    Forward,
+    /// Forwarded, and nothing after it is looked at.
+    ForwardLast,
+    /// Not forwarded: the stream ends with [`CapGate::closing`].
+    Cut,
+}
+
+impl CapGate {
+    /// A gate for `cap` tokens tracking `budget` bytes of the response.
+    pub fn new(cap: u64, budget: usize, deferring: bool) -> Self {
+        use crate::normalize::cap::CapGate as Gate;
+        CapGate(if deferring {
+            Gate::new(cap, budget, None)
+        } else {
+            Gate::counting_on_arrival(cap, budget)
+        })
+    }
+
+    /// One decoded event, as the layers show it to the gate.
+    pub fn admit(&mut self, event: &crate::sse::Event) -> CapVerdict {
+        use crate::soft_failure::gate::{Gate, Verdict};
+        let event = event.borrowed();
+        let ty = event.event_type();
+        let kind = ty.map_or(crate::sse::EventKind::Other, crate::sse::event_kind);
+        match self.0.admit(ty, kind, event) {
+            Verdict::Forward => CapVerdict::Forward,
+            Verdict::ForwardLast => CapVerdict::ForwardLast,
+            Verdict::Cut => CapVerdict::Cut,
+        }
+    }
+
+    /// The closing `response.incomplete` event of a cut stream.
+    pub fn closing(&mut self) -> Bytes {
+        use crate::soft_failure::gate::Gate;
+        self.0.closing()
+    }
+}

@@ -48,16 +48,16 @@ impl CapBody {
 
 /// Decides where a stream passes its cap: the one place that counts, whoever decodes.
 ///
-/// Counting is deferred while the cap cannot have been reached: a delta's text has at most
+/// Counting is deferred while the cap cannot have been reached. A delta's text has at most
 /// as many characters as its event has bytes from its `"delta"` key on (every character of a
-/// JSON string is one or more bytes of it; [`delta_bound`]), so while the estimate over those
-/// bounds is within the cap, the events are only copied aside ([`Deferred`]) and nothing is parsed. A stream whose
-/// cap is far above its output (the usual case) is never parsed at all. Once that bound
-/// could pass the cap, or the copy would pass the tracking budget, the events set aside are
-/// counted in order, exactly as if they had been counted on arrival, and every event after
-/// them is counted as it comes: the verdicts and the closing event are the same either way.
-/// For the upstream's deltas the bound is exact (ASCII text without escapes), so counting
-/// starts at the event that passes the cap, if any.
+/// JSON string is one or more bytes of it), so while the estimate over such bounds is within
+/// the cap, the events are only copied aside ([`Deferred`]) and nothing is parsed. The bound
+/// is first the quick one ([`delta_bound_quick`]); near the cap, the tight one
+/// ([`delta_bound`]), which for the upstream's deltas is the text's length exactly. So a
+/// stream that stays under its cap is never parsed at all. Once the bound could pass the cap,
+/// or the copy would pass the tracking budget, the events set aside are counted in order,
+/// exactly as if they had been counted on arrival, and every event after them is counted as
+/// it comes: the verdicts and the closing event are the same either way.
 pub(crate) struct CapGate {
     cap: u64,
     chars: u64,
@@ -68,19 +68,25 @@ pub(crate) struct CapGate {
     on_cut: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-/// At least as many characters as the delta text [`DeltaFields::parse`] reads from `data`.
-///
-/// The key it reads is written `"delta"` (an escaped key is not that key), and those bytes
-/// cannot occur inside a JSON string (its quotes are escaped), so the key is at or after the
-/// first occurrence. When that occurrence is a key with a string value (`"delta":"`, the
-/// upstream's shape), the top-level delta is either that string, which has no more
-/// characters than it has bytes, or one after it: the bound is the string's length plus the
-/// bytes from the next occurrence on, if there is one. Otherwise it is the bytes from the
-/// first occurrence on. For the upstream's deltas that is the text's length in bytes.
+/// At least as many characters as the delta text [`DeltaFields::parse`] reads from `data`,
+/// found with one search: the bytes from the first `"delta"` on. The key it reads is written
+/// `"delta"` (an escaped key is not that key), and those bytes cannot occur inside a JSON
+/// string (its quotes are escaped), so the key is at or after the first occurrence, and its
+/// value has no more characters than it has bytes. What follows the text in the upstream's
+/// deltas (`logprobs`, `obfuscation`) keeps this a few tens of bytes above the text's length.
+fn delta_bound_quick(data: &[u8]) -> u64 {
+    DELTA_KEY
+        .find(data)
+        .map_or(0, |at| (data.len() - at) as u64)
+}
+
+/// As [`delta_bound_quick`], tighter: when the first `"delta"` is a key with a string value
+/// (`"delta":"`, the upstream's shape), the top-level delta is either that string, which has
+/// no more characters than it has bytes, or one after it, so the bound is the string's
+/// length plus the bytes from the next occurrence on, if there is one. For the upstream's
+/// deltas that is the text's length in bytes.
 fn delta_bound(data: &[u8]) -> u64 {
-    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
-    let Some(at) = KEY.find(data) else {
+    let Some(at) = DELTA_KEY.find(data) else {
         return 0;
     };
     let from_key = (data.len() - at) as u64;
@@ -91,8 +97,11 @@ fn delta_bound(data: &[u8]) -> u64 {
         return from_key;
     };
     let rest = &text[len..];
-    len as u64 + KEY.find(rest).map_or(0, |r| (rest.len() - r) as u64)
+    len as u64 + DELTA_KEY.find(rest).map_or(0, |r| (rest.len() - r) as u64)
 }
+
+static DELTA_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
 
 /// The bytes of the JSON string at the start of `text` (after its opening quote), up to its
 /// closing quote; `None` if it does not close.
@@ -114,8 +123,45 @@ struct Deferred {
     data: Vec<u8>,
     /// Where each event's data ends in `data`, and what it is.
     events: Vec<(usize, Class)>,
-    /// The sum of the delta events' [`delta_bound`]s: a bound on their characters.
+    /// The sum of the delta events' bounds: a bound on their characters.
     delta_bytes: u64,
+    /// Whether `delta_bytes` sums [`delta_bound`]s rather than [`delta_bound_quick`]s.
+    tight: bool,
+}
+
+impl Deferred {
+    /// Whether the bound over the events set aside and `data` (of `class`) stays within
+    /// `cap`, taking that bound if so. The quick bounds come first; once they would pass the
+    /// cap, the tight ones are summed over what is set aside, and used from then on, so a cap
+    /// far above the answer costs one search per delta and a cap near it is still not
+    /// counted before it is reached.
+    fn admits(&mut self, class: Class, data: &[u8], cap: u64) -> bool {
+        if !matches!(class, Class::Delta(_)) {
+            return true;
+        }
+        if !self.tight {
+            let quick = self.delta_bytes + delta_bound_quick(data);
+            if estimate_tokens(quick) <= cap {
+                self.delta_bytes = quick;
+                return true;
+            }
+            self.tight = true;
+            let mut start = 0;
+            self.delta_bytes = 0;
+            for &(end, class) in &self.events {
+                if matches!(class, Class::Delta(_)) {
+                    self.delta_bytes += delta_bound(&self.data[start..end]);
+                }
+                start = end;
+            }
+        }
+        let tight = self.delta_bytes + delta_bound(data);
+        if estimate_tokens(tight) <= cap {
+            self.delta_bytes = tight;
+            return true;
+        }
+        false
+    }
 }
 
 /// What the gate reads from an event, by its type.
@@ -165,8 +211,8 @@ impl CapGate {
     }
 
     /// A gate that counts every event on arrival: what deferral must be equal to.
-    #[cfg(test)]
-    fn counting_on_arrival(cap: u64, budget: usize) -> Self {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn counting_on_arrival(cap: u64, budget: usize) -> Self {
         CapGate {
             deferred: None,
             ..CapGate::new(cap, budget, None)
@@ -179,16 +225,10 @@ impl CapGate {
         let Some(deferred) = self.deferred.as_mut() else {
             return Some(data);
         };
-        let delta_bytes = deferred.delta_bytes
-            + match class {
-                Class::Delta(_) => delta_bound(data),
-                _ => 0,
-            };
         let fits = deferred.data.len().saturating_add(data.len()) <= self.budget;
-        if fits && estimate_tokens(delta_bytes) <= self.cap {
+        if fits && deferred.admits(class, data, self.cap) {
             deferred.data.extend_from_slice(data);
             deferred.events.push((deferred.data.len(), class));
-            deferred.delta_bytes = delta_bytes;
             return None;
         }
         self.count_deferred();
@@ -420,6 +460,7 @@ mod tests {
             let text = &text[..text.find('"').unwrap()];
             assert_eq!(delta_bound(data.as_bytes()), text.len() as u64, "{data}");
             assert!(delta_bound(data.as_bytes()) >= counted(data), "{data}");
+            assert!(delta_bound_quick(data.as_bytes()) >= delta_bound(data.as_bytes()));
         }
         let others = [
             r#"{"item":{"delta":"n"},"output_index":0,"delta":"after a nested key, much longer"}"#,
@@ -436,6 +477,10 @@ mod tests {
             r#"{"item":{"delta":"nested only"}}"#,
         ];
         for data in others {
+            assert!(
+                delta_bound_quick(data.as_bytes()) >= counted(data),
+                "{data}"
+            );
             assert!(
                 delta_bound(data.as_bytes()) >= counted(data),
                 "{data}: bound {} < {}",

@@ -176,7 +176,7 @@
 //! ```
 
 mod answer;
-mod cap;
+pub(crate) mod cap;
 mod config;
 pub(crate) mod events;
 mod fold;
