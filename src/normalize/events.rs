@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::json::RawObject;
 use crate::sse::scan::skip_value;
 
 /// The few fields of a Responses stream event the layer reads; the rest is skipped.
@@ -219,23 +220,6 @@ impl Tracker {
         self.responses.push(raw.get().into());
     }
 
-    /// The latest `response` object (without its output) and the latest non-null usage.
-    fn base_and_usage(&self) -> (Option<Value>, Option<Value>) {
-        let (mut base, mut usage) = (None, None);
-        for raw in &self.responses {
-            if let Ok(mut v) = serde_json::from_str::<Value>(raw) {
-                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                    usage = Some(u.clone());
-                }
-                if let Some(obj) = v.as_object_mut() {
-                    obj.remove("output");
-                }
-                base = Some(v);
-            }
-        }
-        (base, usage)
-    }
-
     pub(crate) fn item(&mut self, index: u64, raw: &RawValue, done: bool) {
         if !self.spend(raw.get().len()) {
             return;
@@ -316,32 +300,46 @@ impl Tracker {
             .collect()
     }
 
-    /// A `response` object for `response.incomplete` with reason `max_output_tokens`, whose
-    /// `usage` counts the `output_tokens` the client was let through (the upstream never
-    /// sent its final count: the stream was cut before it).
-    pub(crate) fn incomplete_response(&self, output_tokens: u64) -> Value {
-        let (base, usage) = self.base_and_usage();
-        let mut v = base.unwrap_or_else(|| json!({"id": null, "object": "response"}));
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("status".into(), json!("incomplete"));
-            obj.insert(
-                "incomplete_details".into(),
-                json!({"reason": "max_output_tokens"}),
-            );
-            obj.insert("output".into(), Value::Array(self.output()));
-            // An in-progress usage may carry the input count; its output count is not final.
-            let mut given = usage;
-            if let Some(u) = given.as_mut().and_then(Value::as_object_mut) {
-                u.remove("output_tokens");
-                u.remove("total_tokens");
-                u.remove("output_tokens_details");
-            }
-            obj.insert(
-                "usage".into(),
-                response_usage(given.as_ref(), 0, output_tokens),
-            );
+    /// A `response` object for `response.incomplete` with reason `max_output_tokens`, as JSON
+    /// text, whose `usage` counts the `output_tokens` the client was let through (the upstream
+    /// never sent its final count: the stream was cut before it).
+    ///
+    /// The latest `response` object is the base, edited at its top level: its other values
+    /// stay the upstream's text (a response object echoes the request's instructions and
+    /// tools, so parsing it into a `Value` and writing it out again was most of a cut's
+    /// cost). The usage is the latest non-null one any of them carried.
+    pub(crate) fn incomplete_response(&self, output_tokens: u64) -> String {
+        let usage = self.responses.iter().rev().find_map(|raw| {
+            let u = RawObject::parse(raw.as_bytes())
+                .ok()?
+                .get("usage")?
+                .to_owned();
+            serde_json::from_str::<Value>(&u)
+                .ok()
+                .filter(|u| !u.is_null())
+        });
+        let mut base = match self.responses.last() {
+            Some(raw) => match RawObject::parse(raw.as_bytes()) {
+                Ok(base) => base,
+                // Not an object: nothing to say incomplete on; sent as it came.
+                Err(_) => return raw.to_string(),
+            },
+            None => RawObject::parse(br#"{"id":null,"object":"response"}"#).expect("a JSON object"),
+        };
+        base.remove("output");
+        base.set("status", r#""incomplete""#);
+        base.set("incomplete_details", r#"{"reason":"max_output_tokens"}"#);
+        base.set_value("output", &self.output());
+        // An in-progress usage may carry the input count; its output count is not final.
+        let mut given = usage;
+        if let Some(u) = given.as_mut().and_then(Value::as_object_mut) {
+            u.remove("output_tokens");
+            u.remove("total_tokens");
+            u.remove("output_tokens_details");
         }
-        v
+        base.set_value("usage", &response_usage(given.as_ref(), 0, output_tokens));
+        // The entries are the upstream's valid JSON and serde_json's output.
+        String::from_utf8(base.to_bytes().to_vec()).unwrap_or_default()
     }
 }
 
@@ -389,6 +387,138 @@ pub(crate) fn response_usage(given: Option<&Value>, input: u64, output: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the closing event's response was before it was edited as raw text: the
+    /// reference the raw edit must equal (as JSON values).
+    impl Tracker {
+        /// The latest `response` object (without its output) and the latest non-null usage.
+        fn base_and_usage_value(&self) -> (Option<Value>, Option<Value>) {
+            let (mut base, mut usage) = (None, None);
+            for raw in &self.responses {
+                if let Ok(mut v) = serde_json::from_str::<Value>(raw) {
+                    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                        usage = Some(u.clone());
+                    }
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.remove("output");
+                    }
+                    base = Some(v);
+                }
+            }
+            (base, usage)
+        }
+
+        /// A `response` object for `response.incomplete` with reason `max_output_tokens`, whose
+        /// `usage` counts the `output_tokens` the client was let through (the upstream never
+        /// sent its final count: the stream was cut before it).
+        fn incomplete_response_value(&self, output_tokens: u64) -> Value {
+            let (base, usage) = self.base_and_usage_value();
+            let mut v = base.unwrap_or_else(|| json!({"id": null, "object": "response"}));
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("status".into(), json!("incomplete"));
+                obj.insert(
+                    "incomplete_details".into(),
+                    json!({"reason": "max_output_tokens"}),
+                );
+                obj.insert("output".into(), Value::Array(self.output()));
+                // An in-progress usage may carry the input count; its output count is not final.
+                let mut given = usage;
+                if let Some(u) = given.as_mut().and_then(Value::as_object_mut) {
+                    u.remove("output_tokens");
+                    u.remove("total_tokens");
+                    u.remove("output_tokens_details");
+                }
+                obj.insert(
+                    "usage".into(),
+                    response_usage(given.as_ref(), 0, output_tokens),
+                );
+            }
+            v
+        }
+    }
+
+    /// The response of a cut stream, edited as raw text, is the object the `Value` edit gave,
+    /// for every shape the tracker can hold: no response, a non-object one, usage sent
+    /// early, late or never, duplicate keys, an output already there, items finished or
+    /// not in each slot, and a budget that ran out.
+    #[test]
+    fn the_raw_incomplete_response_is_the_value_one() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        let responses: [&[&str]; 7] = [
+            &[],
+            &["\"not an object\""],
+            &[r#"{"id":"r1","status":"in_progress","usage":null}"#],
+            &[
+                r#"{"id":"r1","usage":{"input_tokens":12,"output_tokens":3,"total_tokens":15}}"#,
+                r#"{"id":"r1","status":"in_progress","usage":null,"instructions":"be brief"}"#,
+            ],
+            &[r#"{"id":"r1","status":"a","status":"b","usage":null,"usage":{"input_tokens":4}}"#],
+            &[
+                r#"{"id":"r1","output":[{"type":"message"}],"model":"gpt-5","n":1.0e2,"s":"\u00e9\n"}"#,
+            ],
+            &[r#"{"id":"r1"}"#, r#"[1,2]"#],
+        ];
+        let items = [
+            (
+                0,
+                r#"{"id":"m1","type":"message","role":"assistant","content":[]}"#,
+                false,
+                Some(TextSlot::OutputText),
+            ),
+            (
+                1,
+                r#"{"id":"f1","type":"function_call","arguments":""}"#,
+                false,
+                Some(TextSlot::Arguments),
+            ),
+            (
+                2,
+                r#"{"id":"m2","type":"message","content":[]}"#,
+                false,
+                Some(TextSlot::Refusal),
+            ),
+            (
+                3,
+                r#"{"id":"c1","type":"custom_tool_call","input":""}"#,
+                false,
+                Some(TextSlot::Input),
+            ),
+            (
+                4,
+                r#"{"id":"r2","type":"reasoning","summary":[]}"#,
+                true,
+                None,
+            ),
+            (
+                5,
+                r#"{"id":"m3","type":"message","content":[]}"#,
+                false,
+                None,
+            ),
+        ];
+        let mut compared = 0;
+        for sent in responses {
+            for n in 0..=items.len() {
+                for budget in [0, 120, 1 << 20] {
+                    let mut tracker = Tracker::new(budget);
+                    for r in sent {
+                        tracker.response(&raw(r));
+                    }
+                    for &(index, item, done, slot) in &items[..n] {
+                        tracker.item(index, &raw(item), done);
+                        if let Some(slot) = slot {
+                            tracker.text(index, slot, "déjà \"vu\"");
+                        }
+                    }
+                    let text = tracker.incomplete_response(7);
+                    let edited: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(edited, tracker.incomplete_response_value(7), "{text}");
+                    compared += 1;
+                }
+            }
+        }
+        assert_eq!(compared, 7 * 7 * 3);
+    }
 
     #[test]
     fn usage_keeps_what_was_sent_and_fills_the_rest() {
