@@ -309,23 +309,48 @@ impl Tracker {
     /// tools, so parsing it into a `Value` and writing it out again was most of a cut's
     /// cost). The usage is the latest non-null one any of them carried.
     pub(crate) fn incomplete_response(&self, output_tokens: u64) -> String {
-        let usage = self.responses.iter().rev().find_map(|raw| {
-            let u = RawObject::parse(raw.as_bytes())
-                .ok()?
+        // Each came as a `RawValue`, valid JSON: its top level is scanned, not parsed. A
+        // response that is not an object has no fields (`scan_valid` gives `None`).
+        let usage_of = |raw: &str| {
+            let u = RawObject::scan_valid(raw.as_bytes())?
                 .get("usage")?
                 .to_owned();
             serde_json::from_str::<Value>(&u)
                 .ok()
                 .filter(|u| !u.is_null())
-        });
-        let mut base = match self.responses.last() {
-            Some(raw) => match RawObject::parse(raw.as_bytes()) {
-                Ok(base) => base,
-                // Not an object: nothing to say incomplete on; sent as it came.
-                Err(_) => return raw.to_string(),
-            },
-            None => RawObject::parse(br#"{"id":null,"object":"response"}"#).expect("a JSON object"),
         };
+        let Some(last) = self.responses.last() else {
+            let mut base = RawObject::scan_valid(br#"{"id":null,"object":"response"}"#);
+            return match base.as_mut() {
+                Some(base) => self.edit_incomplete(base, None, output_tokens),
+                None => String::new(),
+            };
+        };
+        let Some(mut base) = RawObject::scan_valid(last.as_bytes()) else {
+            // Not an object: nothing to say incomplete on; sent as it came.
+            return last.to_string();
+        };
+        let usage = base
+            .get("usage")
+            .and_then(|u| serde_json::from_str::<Value>(u).ok())
+            .filter(|u| !u.is_null())
+            .or_else(|| {
+                self.responses
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .find_map(|r| usage_of(r))
+            });
+        self.edit_incomplete(&mut base, usage, output_tokens)
+    }
+
+    /// [`incomplete_response`](Self::incomplete_response)'s edit of its base object.
+    fn edit_incomplete(
+        &self,
+        base: &mut RawObject<'_>,
+        usage: Option<Value>,
+        output_tokens: u64,
+    ) -> String {
         base.remove("output");
         base.set("status", r#""incomplete""#);
         base.set("incomplete_details", r#"{"reason":"max_output_tokens"}"#);
