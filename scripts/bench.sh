@@ -113,7 +113,8 @@ if [ "$callgrind" = 1 ]; then
   count passthrough serve-passthrough --upstream "$mock"
   kill "$mock_pid"
   # The `static` upstream (nginx, the whole answer at once): the plain stream, the
-  # `stream:false` fold and `max_output_tokens` enforcement (a cap the answer stays under).
+  # `stream:false` fold and `max_output_tokens` enforcement (caps the answer stays under, and
+  # one it passes).
   taskset -c 0 "$loadgen" serve-static --nginx "$nginx_bin" > "$cg/static.addr" & static_pid=$!
   for _ in $(seq 1 30); do [ -s "$cg/static.addr" ] && break; sleep 0.5; done
   static="$(awk '{print $2}' "$cg/static.addr")"
@@ -122,6 +123,11 @@ if [ "$callgrind" = 1 ]; then
   count static-fold serve-proxy --upstream "http://$static/v1"
   drive_args=(--max-output-tokens 4000)
   count static-capped serve-proxy --upstream "http://$static/v1"
+  # A cap near the answer (69 tokens), and one it passes: the stream is cut there.
+  drive_args=(--max-output-tokens 300)
+  count static-capped-near serve-proxy --upstream "http://$static/v1"
+  drive_args=(--max-output-tokens 40)
+  count static-cut serve-proxy --upstream "http://$static/v1"
   drive_args=()
   kill -INT "$static_pid"; wait "$static_pid" 2>/dev/null || true
 fi
