@@ -483,43 +483,15 @@ mod tests {
             ],
             &[r#"{"id":"r1"}"#, r#"[1,2]"#],
         ];
+        // One item per row: index, item, finished, the slot its text lands in.
+        #[rustfmt::skip]
         let items = [
-            (
-                0,
-                r#"{"id":"m1","type":"message","role":"assistant","content":[]}"#,
-                false,
-                Some(TextSlot::OutputText),
-            ),
-            (
-                1,
-                r#"{"id":"f1","type":"function_call","arguments":""}"#,
-                false,
-                Some(TextSlot::Arguments),
-            ),
-            (
-                2,
-                r#"{"id":"m2","type":"message","content":[]}"#,
-                false,
-                Some(TextSlot::Refusal),
-            ),
-            (
-                3,
-                r#"{"id":"c1","type":"custom_tool_call","input":""}"#,
-                false,
-                Some(TextSlot::Input),
-            ),
-            (
-                4,
-                r#"{"id":"r2","type":"reasoning","summary":[]}"#,
-                true,
-                None,
-            ),
-            (
-                5,
-                r#"{"id":"m3","type":"message","content":[]}"#,
-                false,
-                None,
-            ),
+            (0, r#"{"id":"m1","type":"message","role":"assistant","content":[]}"#, false, Some(TextSlot::OutputText)),
+            (1, r#"{"id":"f1","type":"function_call","arguments":""}"#, false, Some(TextSlot::Arguments)),
+            (2, r#"{"id":"m2","type":"message","content":[]}"#, false, Some(TextSlot::Refusal)),
+            (3, r#"{"id":"c1","type":"custom_tool_call","input":""}"#, false, Some(TextSlot::Input)),
+            (4, r#"{"id":"r2","type":"reasoning","summary":[]}"#, true, None),
+            (5, r#"{"id":"m3","type":"message","content":[]}"#, false, None),
         ];
         let mut compared = 0;
         for sent in responses {
