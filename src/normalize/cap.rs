@@ -320,7 +320,7 @@ impl Gate for CapGate {
         out.extend_from_slice(
             b"event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"response\":",
         );
-        out.extend_from_slice(response.as_bytes());
+        out.extend_from_slice(&response);
         if let Some(seq) = self.last_seq {
             // It follows the last event's number (a number the upstream could not go past).
             let seq = seq.saturating_add(1);

@@ -6,6 +6,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use bytes::Bytes;
+
 use crate::json::RawObject;
 use crate::sse::scan::skip_value;
 
@@ -308,50 +310,26 @@ impl Tracker {
     /// stay the upstream's text (a response object echoes the request's instructions and
     /// tools, so parsing it into a `Value` and writing it out again was most of a cut's
     /// cost). The usage is the latest non-null one any of them carried.
-    pub(crate) fn incomplete_response(&self, output_tokens: u64) -> String {
+    pub(crate) fn incomplete_response(&self, output_tokens: u64) -> Bytes {
         // Each came as a `RawValue`, valid JSON: its top level is scanned, not parsed. A
         // response that is not an object has no fields (`scan_valid` gives `None`).
-        let usage_of = |raw: &str| {
-            let u = RawObject::scan_valid(raw.as_bytes())?
-                .get("usage")?
-                .to_owned();
-            serde_json::from_str::<Value>(&u)
+        let usage_in = |obj: &RawObject<'_>| {
+            serde_json::from_str::<Value>(obj.get("usage")?)
                 .ok()
                 .filter(|u| !u.is_null())
         };
-        let Some(last) = self.responses.last() else {
-            let mut base = RawObject::scan_valid(br#"{"id":null,"object":"response"}"#);
-            return match base.as_mut() {
-                Some(base) => self.edit_incomplete(base, None, output_tokens),
-                None => String::new(),
-            };
-        };
+        let last = self
+            .responses
+            .last()
+            .map_or(r#"{"id":null,"object":"response"}"#, |r| &**r);
         let Some(mut base) = RawObject::scan_valid(last.as_bytes()) else {
             // Not an object: nothing to say incomplete on; sent as it came.
-            return last.to_string();
+            return Bytes::copy_from_slice(last.as_bytes());
         };
-        let usage = base
-            .get("usage")
-            .and_then(|u| serde_json::from_str::<Value>(u).ok())
-            .filter(|u| !u.is_null())
-            .or_else(|| {
-                self.responses
-                    .iter()
-                    .rev()
-                    .skip(1)
-                    .find_map(|r| usage_of(r))
-            });
-        self.edit_incomplete(&mut base, usage, output_tokens)
-    }
-
-    /// [`incomplete_response`](Self::incomplete_response)'s edit of its base object.
-    fn edit_incomplete(
-        &self,
-        base: &mut RawObject<'_>,
-        usage: Option<Value>,
-        output_tokens: u64,
-    ) -> String {
-        base.remove("output");
+        let usage = usage_in(&base).or_else(|| {
+            let mut earlier = self.responses.iter().rev().skip(1);
+            earlier.find_map(|r| usage_in(&RawObject::scan_valid(r.as_bytes())?))
+        });
         base.set("status", r#""incomplete""#);
         base.set("incomplete_details", r#"{"reason":"max_output_tokens"}"#);
         base.set_value("output", &self.output());
@@ -363,8 +341,7 @@ impl Tracker {
             u.remove("output_tokens_details");
         }
         base.set_value("usage", &response_usage(given.as_ref(), 0, output_tokens));
-        // The entries are the upstream's valid JSON and serde_json's output.
-        String::from_utf8(base.to_bytes().to_vec()).unwrap_or_default()
+        base.to_bytes()
     }
 }
 
@@ -508,8 +485,8 @@ mod tests {
                         }
                     }
                     let text = tracker.incomplete_response(7);
-                    let edited: Value = serde_json::from_str(&text).unwrap();
-                    assert_eq!(edited, tracker.incomplete_response_value(7), "{text}");
+                    let edited: Value = serde_json::from_slice(&text).unwrap();
+                    assert_eq!(edited, tracker.incomplete_response_value(7), "{text:?}");
                     compared += 1;
                 }
             }
