@@ -157,6 +157,28 @@ for s in streams:
     for control in (b"\x02\x00", b"\x14\x00", b"\xff\x00", b"\x08\x04"):
         write("cap", control + s)
 
+def chunked(data, size, line=b"%x\r\n"):
+    """`data` as a chunked body of `size`-byte chunks, each size line written by `line`."""
+    out = b""
+    for i in range(0, len(data), size):
+        part = data[i:i + size]
+        out += (line % len(part)) + part + b"\r\n"
+    return out + b"0\r\n\r\n"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+for s in streams[:4]:
+    s = s[:2048]
+    # POST, no splits and three; chunks an event each and of 7 bytes; odd size lines.
+    for control in (b"\x00\x00", b"\x00\x03\x20\x80\xe0", b"\x01\x02\x01\xfe"):
+        write("rechunk", control + HEAD + b"".join(chunked(e, len(e))[:-5] for e in events[:20]) + b"0\r\n\r\n")
+        write("rechunk", control + HEAD + chunked(s, 7))
+        write("rechunk", control + HEAD + chunked(s, 300, b"%X;ext=1\r\n"))
+    write("rechunk", b"\x00\x01\x80" + HEAD + chunked(s, 64)[:-2] + b"x-trailer: 1\r\n\r\n")
+    write("rechunk", b"\x00\x01\x80" + b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(s) + s)
+write("rechunk", b"\x02\x00" + HEAD)
+write("rechunk", b"\x00\x00" + b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD + chunked(b"hello", 2))
+
 for body in request_bytes + small_datas + [usage]:
     write("json_scan", b"\x00" + body)
     write("json_scan", b"\x03" + body)

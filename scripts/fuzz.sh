@@ -20,7 +20,7 @@ jobs="${FUZZ_JOBS:-1}"
 # CI's quick mode passes FUZZ_SANITIZER=none: the crate is `#![deny(unsafe_code)]`, so the
 # sanitizer adds little in 30 s, and the uninstrumented build is much quicker on a fresh machine.
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets="${FUZZ_TARGETS:-sse_decoder json_scan normalize_body fold cap classify hints decode}"
+targets="${FUZZ_TARGETS:-sse_decoder json_scan normalize_body fold cap rechunk classify hints decode}"
 # A version that builds on the stable toolchain the machines have (1.95).
 cargo_fuzz_version="0.13.1"
 

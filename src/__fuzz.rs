@@ -126,3 +126,10 @@ impl CapGate {
         self.0.closing()
     }
 }
+
+/// The re-framing of chunked bodies below hyper (`connect::rechunk`), with hyper as the
+/// oracle: `rechunk_run(exchanges, rechunk)` reads the scripted connection straight or through
+/// the re-framing.
+pub use crate::connect::rechunk::oracle::{
+    Exchange as RechunkExchange, Seen as RechunkSeen, run as rechunk_run,
+};

@@ -1,14 +1,43 @@
+use std::cell::RefCell;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 use pin_project_lite::pin_project;
 
 use super::ConnTag;
+use super::rechunk::Rechunk;
+
+/// The most read from the connection at once while its bytes are followed.
+const READ_MAX: usize = 32 * 1024;
+
+/// A worker thread's buffers for reading a connection and re-framing what was read; a
+/// connection holds none of its own between reads.
+struct Scratch {
+    read: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch {
+            read: vec![0; READ_MAX],
+            out: Vec::with_capacity(READ_MAX + 64),
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
+}
 
 pin_project! {
     /// A connection's IO with its [`ConnTag`]; counts requests as HTTP/1 turns (a write that
     /// follows a read starts a new request) and records activity.
+    ///
+    /// It also hands hyper each read's chunks of a chunked body as one chunk (see
+    /// `connect::rechunk`), so an upstream that writes every event as its own chunk costs
+    /// hyper one chunk per read rather than one per event.
     #[derive(Debug)]
     pub struct Tagged<T> {
         #[pin]
@@ -16,6 +45,9 @@ pin_project! {
         tag: ConnTag,
         // Whether the last bytes moved were written; the next write after a read is a new request.
         writing: bool,
+        rechunk: Rechunk,
+        // Re-framed bytes hyper had no room for in the last read.
+        pending: Vec<u8>,
     }
 }
 
@@ -25,6 +57,8 @@ impl<T> Tagged<T> {
             inner,
             tag,
             writing: false,
+            rechunk: Rechunk::default(),
+            pending: Vec::new(),
         }
     }
 
@@ -46,7 +80,7 @@ impl<T: Read> Read for Tagged<T> {
         buf: ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        let res = this.inner.poll_read(cx, buf);
+        let res = read(this.inner, this.rechunk, this.pending, cx, buf);
         // hyper's cursor cannot be inspected after the call, so any completed read counts as
         // activity; an EOF read is the connection's end and is never followed by a request.
         if let Poll::Ready(Ok(())) = res {
@@ -65,7 +99,7 @@ impl<T: Write> Write for Tagged<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write(cx, data);
-        after_write(this.writing, this.tag, &res);
+        after_write(this.writing, this.tag, this.rechunk, data, &res);
         res
     }
 
@@ -76,7 +110,11 @@ impl<T: Write> Write for Tagged<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write_vectored(cx, bufs);
-        after_write(this.writing, this.tag, &res);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        after_write(this.writing, this.tag, this.rechunk, first, &res);
         res
     }
 
@@ -93,9 +131,68 @@ impl<T: Write> Write for Tagged<T> {
     }
 }
 
-fn after_write(writing: &mut bool, tag: &ConnTag, res: &Poll<std::io::Result<usize>>) {
+/// Reads through `rechunk`: what hyper gets is what it re-framed from the connection's bytes.
+fn read<T: Read>(
+    mut inner: Pin<&mut T>,
+    rechunk: &mut Rechunk,
+    pending: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+    mut buf: ReadBufCursor<'_>,
+) -> Poll<std::io::Result<()>> {
+    if !pending.is_empty() {
+        let n = pending.len().min(buf.remaining());
+        buf.put_slice(&pending[..n]);
+        pending.drain(..n);
+        return Poll::Ready(Ok(()));
+    }
+    if rechunk.is_broken() {
+        return Poll::Ready(Err(super::rechunk::Malformed.into()));
+    }
+    if rechunk.is_off() || buf.remaining() == 0 {
+        return inner.poll_read(cx, buf);
+    }
+    let mut go = |scratch: &mut Scratch| loop {
+        let limit = rechunk.read_limit(buf.remaining()).min(READ_MAX);
+        let mut read = ReadBuf::new(&mut scratch.read[..limit]);
+        ready!(inner.as_mut().poll_read(cx, read.unfilled()))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        scratch.out.clear();
+        let fed = rechunk.feed(read.filled(), &mut scratch.out);
+        if scratch.out.is_empty() {
+            match fed {
+                Err(e) => return Poll::Ready(Err(e.into())),
+                // Only framing was read (a size line, a CRLF): hyper has nothing to read yet.
+                Ok(()) => continue,
+            }
+        }
+        // A failure is reported on the next read, after the data before it.
+        let n = scratch.out.len().min(buf.remaining());
+        buf.put_slice(&scratch.out[..n]);
+        pending.extend_from_slice(&scratch.out[n..]);
+        return Poll::Ready(Ok(()));
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => go(&mut scratch),
+        Err(_) => go(&mut Scratch::new()),
+    })
+}
+
+fn after_write(
+    writing: &mut bool,
+    tag: &ConnTag,
+    rechunk: &mut Rechunk,
+    first: &[u8],
+    res: &Poll<std::io::Result<usize>>,
+) {
     match res {
-        Poll::Ready(Ok(n)) => wrote(writing, tag, *n),
+        Poll::Ready(Ok(n)) => {
+            if *n > 0 && !*writing {
+                rechunk.request(first);
+            }
+            wrote(writing, tag, *n)
+        }
         // A request whose first write fails (a pooled connection the server already reset)
         // still counts as a use: otherwise a reused connection that broke on write would look
         // like a fresh one, and the fresh-connection layer could not tell it was stale.

@@ -38,6 +38,7 @@
 
 mod client;
 mod io;
+pub(crate) mod rechunk;
 mod report;
 #[cfg(feature = "reqwest")]
 mod reqwest;
