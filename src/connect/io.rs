@@ -6,7 +6,7 @@ use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 use pin_project_lite::pin_project;
 
 use super::ConnTag;
-use super::rechunk::Rechunk;
+use super::rechunk::{Fed, Malformed, Rechunk};
 
 /// The most read from the connection at once while its bytes are followed.
 const READ_MAX: usize = 32 * 1024;
@@ -146,7 +146,7 @@ fn read<T: Read>(
         return Poll::Ready(Ok(()));
     }
     if rechunk.is_broken() {
-        return Poll::Ready(Err(super::rechunk::Malformed.into()));
+        return Poll::Ready(Err(Malformed.into()));
     }
     if rechunk.is_off() || buf.remaining() == 0 {
         return inner.poll_read(cx, buf);
@@ -159,18 +159,21 @@ fn read<T: Read>(
             return Poll::Ready(Ok(()));
         }
         scratch.out.clear();
-        let fed = rechunk.feed(read.filled(), &mut scratch.out);
-        if scratch.out.is_empty() {
-            match fed {
-                Err(e) => return Poll::Ready(Err(e.into())),
-                // Only framing was read (a size line, a CRLF): hyper has nothing to read yet.
-                Ok(()) => continue,
+        let got = match rechunk.feed(read.filled(), &mut scratch.out) {
+            Fed::Prefix(n) => &read.filled()[..n],
+            Fed::Written => &scratch.out[..],
+        };
+        if got.is_empty() {
+            if rechunk.is_broken() {
+                return Poll::Ready(Err(Malformed.into()));
             }
+            // Only framing was read (a size line, a CRLF): hyper has nothing to read yet.
+            continue;
         }
-        // A failure is reported on the next read, after the data before it.
-        let n = scratch.out.len().min(buf.remaining());
-        buf.put_slice(&scratch.out[..n]);
-        pending.extend_from_slice(&scratch.out[n..]);
+        // A broken body fails on the next read, after the data before the fault.
+        let n = got.len().min(buf.remaining());
+        buf.put_slice(&got[..n]);
+        pending.extend_from_slice(&got[n..]);
         return Poll::Ready(Ok(()));
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {

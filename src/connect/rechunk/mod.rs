@@ -55,7 +55,7 @@ enum State {
     Broken,
 }
 
-/// What [`Rechunk::feed`] found wrong.
+/// The error a malformed chunked body ends the connection with.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Malformed;
 
@@ -121,26 +121,39 @@ impl Rechunk {
         .max(1)
     }
 
-    /// Appends to `out` what hyper should read in place of `input`.
-    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    /// What hyper should read in place of `input`: `input` itself or a prefix of it, or
+    /// what was written to `out`. A malformed body leaves the state broken, after the data
+    /// before the fault.
+    pub(crate) fn feed(&mut self, all: &[u8], out: &mut Vec<u8>) -> Fed {
+        let mut sink = Sink {
+            out,
+            same: 0,
+            rewritten: false,
+        };
         // Where the chunk being gathered starts in `out`, if one is.
         let mut run: Option<usize> = None;
-        while !input.is_empty() {
+        let mut at = 0;
+        while at < all.len() {
+            let input = &all[at..];
             match self.state {
                 State::Off => {
-                    out.extend_from_slice(input);
-                    return Ok(());
+                    sink.pass(all, at, input.len());
+                    at = all.len();
                 }
-                State::Broken => return Err(Malformed),
+                State::Broken => break,
                 State::Idle => {
                     // Bytes no request asked for: hyper decides what they mean.
                     self.state = State::Off;
                 }
-                State::Head { rewrite } => input = self.head(rewrite, input, out),
+                State::Head { rewrite } => {
+                    let n = self.head(rewrite, input);
+                    sink.pass(all, at, n);
+                    at += n;
+                }
                 State::Fixed(left) => {
                     let n = left.min(input.len() as u64) as usize;
-                    out.extend_from_slice(&input[..n]);
-                    input = &input[n..];
+                    sink.pass(all, at, n);
+                    at += n;
                     self.state = if n as u64 == left {
                         State::Idle
                     } else {
@@ -149,32 +162,32 @@ impl Rechunk {
                 }
                 State::Size => match self.size_line(input) {
                     Line::Partial => break,
-                    Line::Chunk(size, rest) => {
-                        input = rest;
+                    Line::Chunk(size, used) => {
+                        at += used;
                         self.state = State::Data(size);
                     }
-                    Line::Last(rest) => {
-                        input = rest;
+                    Line::Last(used) => {
+                        at += used;
                         self.state = State::LastEnd(0);
                     }
-                    Line::Foreign(rest) => {
-                        close(run.take(), out);
-                        out.extend_from_slice(&self.line[..self.line_len]);
+                    Line::Foreign(used) => {
+                        // hyper reads this line, and everything after, itself.
+                        close(run.take(), sink.out);
+                        sink.put(all, &self.line[..self.line_len]);
                         self.line_len = 0;
-                        out.extend_from_slice(rest);
+                        at += used;
                         self.state = State::Off;
-                        return Ok(());
                     }
                 },
                 State::Data(left) => {
                     let n = left.min(input.len() as u64) as usize;
                     let start = *run.get_or_insert_with(|| {
-                        out.extend_from_slice(&[0; SIZE_LINE]);
-                        out.len() - SIZE_LINE
+                        sink.put(all, &[0; SIZE_LINE]);
+                        sink.out.len() - SIZE_LINE
                     });
-                    debug_assert!(start + SIZE_LINE <= out.len());
-                    out.extend_from_slice(&input[..n]);
-                    input = &input[n..];
+                    debug_assert!(start + SIZE_LINE <= sink.out.len());
+                    sink.out.extend_from_slice(&input[..n]);
+                    at += n;
                     self.state = if n as u64 == left {
                         State::DataEnd(0)
                     } else {
@@ -184,11 +197,10 @@ impl Rechunk {
                 State::DataEnd(seen) => {
                     let want = if seen == 0 { b'\r' } else { b'\n' };
                     if input[0] != want {
-                        close(run, out);
                         self.state = State::Broken;
-                        return Err(Malformed);
+                        break;
                     }
-                    input = &input[1..];
+                    at += 1;
                     self.state = if seen == 0 {
                         State::DataEnd(1)
                     } else {
@@ -199,100 +211,143 @@ impl Rechunk {
                     let want = if seen == 0 { b'\r' } else { b'\n' };
                     if input[0] != want {
                         // Trailers: hyper reads them, from the last chunk's size line on.
-                        close(run.take(), out);
-                        out.extend_from_slice(&self.line[..self.line_len]);
+                        close(run.take(), sink.out);
+                        sink.put(all, &self.line[..self.line_len]);
                         self.line_len = 0;
                         self.state = State::Off;
                         continue;
                     }
                     self.line[self.line_len] = want;
                     self.line_len += 1;
-                    input = &input[1..];
+                    at += 1;
                     if seen == 0 {
                         self.state = State::LastEnd(1);
                     } else {
-                        close(run.take(), out);
-                        out.extend_from_slice(&self.line[..self.line_len]);
+                        close(run.take(), sink.out);
+                        sink.put(all, &self.line[..self.line_len]);
                         self.line_len = 0;
                         self.state = State::Idle;
                     }
                 }
             }
         }
-        close(run, out);
-        Ok(())
+        close(run, sink.out);
+        if sink.rewritten {
+            Fed::Written
+        } else {
+            Fed::Prefix(sink.same)
+        }
     }
 
-    /// Reads a response head: passes its bytes on and, once it is whole, decides its body.
-    fn head<'a>(&mut self, rewrite: bool, input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+    /// Reads a response head: how many bytes of `input` are head; once it is whole, its
+    /// body decides the state.
+    fn head(&mut self, rewrite: bool, input: &[u8]) -> usize {
         let gathered = !self.head.is_empty();
         if gathered {
             self.head.extend_from_slice(input);
         }
         let bytes = if gathered { &self.head[..] } else { input };
+        let before = bytes.len() - input.len();
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut headers);
         let (len, next) = match res.parse(bytes) {
-            Ok(httparse::Status::Complete(len)) => (len, body(rewrite, &res)),
+            Ok(httparse::Status::Complete(len)) if len > before => (len, body(rewrite, &res)),
             Ok(httparse::Status::Partial) if bytes.len() < HEAD_MAX => {
                 if !gathered {
                     self.head.extend_from_slice(input);
                 }
-                out.extend_from_slice(input);
-                return &[];
+                return input.len();
             }
-            // Too long, or not a head we read: hyper reads it, and everything after.
+            // Too long, or not a head this module reads: hyper reads it, and everything after.
             _ => {
                 self.head = Vec::new();
                 self.state = State::Off;
-                return input;
+                return 0;
             }
         };
-        // The head's bytes from this read go on; what follows is the body.
-        let before = bytes.len() - input.len();
-        let from_input = len - before;
-        out.extend_from_slice(&input[..from_input]);
         self.head = Vec::new();
         self.state = next;
-        &input[from_input..]
+        len - before
     }
 
     /// Reads (the rest of) a size line.
-    fn size_line<'a>(&mut self, input: &'a [u8]) -> Line<'a> {
+    fn size_line(&mut self, input: &[u8]) -> Line {
         let room = self.line.len() - self.line_len;
         let take = input.len().min(room);
         let Some(lf) = memchr::memchr(b'\n', &input[..take]) else {
             self.line[self.line_len..self.line_len + take].copy_from_slice(&input[..take]);
             self.line_len += take;
             if self.line_len == self.line.len() {
-                return Line::Foreign(&input[take..]);
+                return Line::Foreign(take);
             }
             return Line::Partial;
         };
         self.line[self.line_len..self.line_len + lf + 1].copy_from_slice(&input[..=lf]);
         self.line_len += lf + 1;
-        let rest = &input[lf + 1..];
+        let used = lf + 1;
         match chunk_size(&self.line[..self.line_len]) {
-            Some(0) => Line::Last(rest),
+            Some(0) => Line::Last(used),
             Some(size) => {
                 self.line_len = 0;
-                Line::Chunk(size, rest)
+                Line::Chunk(size, used)
             }
-            None => Line::Foreign(rest),
+            None => Line::Foreign(used),
         }
     }
 }
 
-/// What a size line turned out to be.
-enum Line<'a> {
+/// What a size line turned out to be, and how many input bytes it took.
+enum Line {
     /// Not complete yet; its bytes are kept.
     Partial,
-    /// A chunk of this many bytes; then the rest of the input.
-    Chunk(u64, &'a [u8]),
-    /// The last chunk (its line kept, for trailers); then the rest of the input.
-    Last(&'a [u8]),
-    /// A line this module does not re-frame (kept whole, for hyper); then the rest of the input.
-    Foreign(&'a [u8]),
+    /// A chunk of this many bytes.
+    Chunk(u64, usize),
+    /// The last chunk (its line kept, for trailers).
+    Last(usize),
+    /// A line this module does not re-frame (kept whole, for hyper).
+    Foreign(usize),
+}
+
+/// What hyper reads in place of a read's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// The first this many bytes of them, unchanged.
+    Prefix(usize),
+    /// What was written to `out`.
+    Written,
+}
+
+/// Gathers what hyper reads: nothing is copied while it is the read's own bytes in order.
+struct Sink<'o> {
+    out: &'o mut Vec<u8>,
+    /// How many of the read's first bytes go on unchanged, while nothing else has.
+    same: usize,
+    rewritten: bool,
+}
+
+impl Sink<'_> {
+    /// Passes on `len` of the read's bytes from `at`.
+    fn pass(&mut self, all: &[u8], at: usize, len: usize) {
+        if !self.rewritten && at == self.same {
+            self.same += len;
+        } else {
+            self.rewrite(all);
+            self.out.extend_from_slice(&all[at..at + len]);
+        }
+    }
+
+    /// Passes on bytes of its own.
+    fn put(&mut self, all: &[u8], bytes: &[u8]) {
+        self.rewrite(all);
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn rewrite(&mut self, all: &[u8]) {
+        if !self.rewritten {
+            self.out.extend_from_slice(&all[..self.same]);
+            self.rewritten = true;
+        }
+    }
 }
 
 /// The body a response head announces, in the state that reads it.
