@@ -131,5 +131,5 @@ impl CapGate {
 /// oracle: `rechunk_run(exchanges, rechunk)` reads the scripted connection straight or through
 /// the re-framing.
 pub use crate::connect::rechunk::oracle::{
-    Exchange as RechunkExchange, Seen as RechunkSeen, run as rechunk_run,
+    Counts as RechunkCounts, Exchange as RechunkExchange, Seen as RechunkSeen, run as rechunk_run,
 };

@@ -9,6 +9,10 @@
 //! stale pooled connection; client services hand it (or what they know instead) up in a
 //! [`ConnectionReport`].
 //!
+//! The same IO hands hyper the chunks of a chunked body that one read brought as one chunk
+//! (`rechunk`), so an upstream that writes every SSE event as its own chunk costs hyper one
+//! chunk per read, as nginx forwards per read, instead of a decode and a hand-over per event.
+//!
 //! ```
 //! use tower_responses::connect::{ConnTag, TaggingConnector};
 //! use hyper_util::client::legacy::{Client, connect::HttpConnector};

@@ -112,13 +112,14 @@ impl Rechunk {
     }
 
     /// How many bytes to read when hyper has `room` for them: a fixed-length body's reads stop
-    /// at its end, and elsewhere the re-framed chunk's size line and CRLF need room too.
+    /// at its end. Elsewhere all of it: a re-framed chunk can come out up to twelve bytes
+    /// longer than what was read, and those wait in `pending`; holding room back for them
+    /// instead would split an answer that fits hyper's buffer exactly into two reads.
     pub(crate) fn read_limit(&self, room: usize) -> usize {
         match self.state {
             State::Fixed(left) => room.min(usize::try_from(left).unwrap_or(usize::MAX)),
-            _ => room.saturating_sub(SIZE_LINE + 2),
+            _ => room,
         }
-        .max(1)
     }
 
     /// What hyper should read in place of `input`: `input` itself or a prefix of it, or

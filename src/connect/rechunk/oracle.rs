@@ -20,6 +20,8 @@ pub(crate) struct Scripted {
     current: VecDeque<Vec<u8>>,
     waker: Option<Waker>,
     closed: bool,
+    /// Reads that returned bytes, counted for the caller.
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Scripted {
@@ -29,6 +31,7 @@ impl Scripted {
             current: VecDeque::new(),
             waker: None,
             closed: false,
+            reads: Default::default(),
         }
     }
 }
@@ -56,6 +59,8 @@ impl Read for Scripted {
         if piece.is_empty() {
             self.current.pop_front();
         }
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 }
@@ -112,9 +117,18 @@ pub struct Exchange {
     pub pieces: Vec<Vec<u8>>,
 }
 
+/// How much work hyper did for a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    /// Data frames hyper produced.
+    pub frames: usize,
+    /// Reads of the connection that returned bytes.
+    pub reads: usize,
+}
+
 /// Runs the exchanges on one connection, `rechunk`ed or straight, and how many data frames
 /// hyper produced in all.
-pub fn run(exchanges: &[Exchange], rechunk: bool) -> (Vec<Seen>, usize) {
+pub fn run(exchanges: &[Exchange], rechunk: bool) -> (Vec<Seen>, Counts) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -122,6 +136,7 @@ pub fn run(exchanges: &[Exchange], rechunk: bool) -> (Vec<Seen>, usize) {
     rt.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(20), async {
             let script = Scripted::new(exchanges.iter().map(|e| e.pieces.clone()).collect());
+            let reads = script.reads.clone();
             let (mut sender, conn) = if rechunk {
                 let (s, c) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(Tagged::new(
                     script,
@@ -202,7 +217,8 @@ pub fn run(exchanges: &[Exchange], rechunk: bool) -> (Vec<Seen>, usize) {
             }
             drop(sender);
             let _ = conn.await;
-            (seen, frames)
+            let reads = reads.load(std::sync::atomic::Ordering::Relaxed);
+            (seen, Counts { frames, reads })
         })
         .await
         .expect("a scripted connection finishes")
