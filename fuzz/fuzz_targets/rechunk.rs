@@ -17,7 +17,8 @@ const FIRST: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\
 fuzz_target!(|data: &[u8]| {
     let mut input = Cursor::new(data);
     let method = ["POST", "GET", "HEAD"][usize::from(input.byte() % 3)];
-    let splits: Vec<u8> = input.take(usize::from(input.byte() % 16)).to_vec();
+    let count = usize::from(input.byte() % 16);
+    let splits: Vec<u8> = input.take(count).to_vec();
     let answer = input.rest();
 
     let mut cuts: Vec<usize> = splits
