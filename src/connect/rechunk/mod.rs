@@ -161,33 +161,36 @@ impl Rechunk {
                         State::Fixed(left - n as u64)
                     };
                 }
-                State::Size => match self.size_line(input) {
-                    Line::Partial => break,
-                    Line::Chunk(size, used) => {
-                        at += used;
-                        self.state = State::Data(size);
+                State::Size => {
+                    // The common case, a whole chunk in the read: no state to keep.
+                    if let Some((line, size)) = whole_chunk(input).filter(|_| self.line_len == 0) {
+                        sink.data(all, &mut run, &input[line..line + size]);
+                        at += line + size + 2;
+                        continue;
                     }
-                    Line::Last(used) => {
-                        at += used;
-                        self.state = State::LastEnd(0);
+                    match self.size_line(input) {
+                        Line::Partial => break,
+                        Line::Chunk(size, used) => {
+                            at += used;
+                            self.state = State::Data(size);
+                        }
+                        Line::Last(used) => {
+                            at += used;
+                            self.state = State::LastEnd(0);
+                        }
+                        Line::Foreign(used) => {
+                            // hyper reads this line, and everything after, itself.
+                            close(run.take(), sink.out);
+                            sink.put(all, &self.line[..self.line_len]);
+                            self.line_len = 0;
+                            at += used;
+                            self.state = State::Off;
+                        }
                     }
-                    Line::Foreign(used) => {
-                        // hyper reads this line, and everything after, itself.
-                        close(run.take(), sink.out);
-                        sink.put(all, &self.line[..self.line_len]);
-                        self.line_len = 0;
-                        at += used;
-                        self.state = State::Off;
-                    }
-                },
+                }
                 State::Data(left) => {
                     let n = left.min(input.len() as u64) as usize;
-                    let start = *run.get_or_insert_with(|| {
-                        sink.put(all, &[0; SIZE_LINE]);
-                        sink.out.len() - SIZE_LINE
-                    });
-                    debug_assert!(start + SIZE_LINE <= sink.out.len());
-                    sink.out.extend_from_slice(&input[..n]);
+                    sink.data(all, &mut run, &input[..n]);
                     at += n;
                     self.state = if n as u64 == left {
                         State::DataEnd(0)
@@ -337,6 +340,15 @@ impl Sink<'_> {
         }
     }
 
+    /// Passes on a chunk's data, in the chunk `run` gathers (begun here if none is).
+    fn data(&mut self, all: &[u8], run: &mut Option<usize>, bytes: &[u8]) {
+        if run.is_none() {
+            self.put(all, &[0; SIZE_LINE]);
+            *run = Some(self.out.len() - SIZE_LINE);
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
     /// Passes on bytes of its own.
     fn put(&mut self, all: &[u8], bytes: &[u8]) {
         self.rewrite(all);
@@ -389,6 +401,20 @@ fn body(rewrite: bool, res: &httparse::Response<'_, '_>) -> State {
         (0, 1, Some(n)) => State::Fixed(n),
         _ => State::Off,
     }
+}
+
+/// A whole chunk at the start of `input`, with a size line this module re-frames and data
+/// that is not empty: the size line's length and the data's, if the data's CRLF is there too.
+fn whole_chunk(input: &[u8]) -> Option<(usize, usize)> {
+    let digits = input
+        .iter()
+        .take(LINE_MAX - 1)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    let line = digits + 2;
+    let size = usize::try_from(chunk_size(input.get(..line)?)?).ok()?;
+    let end = line.checked_add(size)?;
+    (size > 0 && input.get(end..end.checked_add(2)?)? == b"\r\n").then_some((line, size))
 }
 
 /// A size line's chunk size, if it is one this module re-frames: hex digits and CRLF.
