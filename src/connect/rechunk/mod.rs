@@ -2,7 +2,7 @@
 //!
 //! An upstream that writes each SSE event as its own chunk sends sixty chunks per answer.
 //! hyper's client decodes a chunk's size line one byte at a time and hands every chunk to the
-//! response body through a channel, one task wake-up each, so a chunk costs about 3,800
+//! response body through a channel, one task wake-up each, so a chunk costs about 3,300
 //! instructions before any layer sees it (`BENCHMARKS.md`, the `mock` upstream). nginx pays per
 //! read instead: it decodes what one read brought and writes it on as one buffer.
 //!
@@ -163,7 +163,10 @@ impl Rechunk {
                 }
                 State::Size => {
                     // The common case, a whole chunk in the read: no state to keep.
-                    if let Some((line, size)) = whole_chunk(input).filter(|_| self.line_len == 0) {
+                    // (Not while a size line split across reads is being gathered.)
+                    if let Some((line, size)) =
+                        (self.line_len == 0).then(|| whole_chunk(input)).flatten()
+                    {
                         sink.data(all, &mut run, &input[line..line + size]);
                         at += line + size + 2;
                         continue;
