@@ -230,6 +230,14 @@ pub fn sniff_type(data: &[u8]) -> Option<&str> {
 /// The type most events of a stream have.
 const TEXT_DELTA: &str = "response.output_text.delta";
 
+/// How Responses upstreams start a text delta, with and without its `event:` line: heads
+/// for [`SseDecoder::skip_events_starting_with`] that decide the type ([`sniff_type`] reads
+/// the `"type"` the data starts with, whatever the `event:` line says).
+pub(crate) const TEXT_DELTA_HEADS: [&[u8]; 2] = [
+    b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"",
+    b"data: {\"type\":\"response.output_text.delta\"",
+];
+
 /// The event types of a usual answer, as static strings: a match of bytes costs less than
 /// the UTF-8 check of a short string.
 fn known_type(ty: &[u8]) -> Option<&'static str> {
@@ -699,6 +707,81 @@ impl SseDecoder {
             }
         }
         Ok(self.next_event_by_lines()?.map(|ev| f(ev.borrowed())))
+    }
+
+    /// Steps over the events at the front that begin with `head` and have the usual shape
+    /// (an optional `event:` line, one `data:` line, a blank line, all ending in LF): the
+    /// events [`next_event`](Self::next_event) would hand out next, without handing them out.
+    /// Gives how many.
+    ///
+    /// `head` is an event's start: `data:` and the start of its value, or an `event:` line
+    /// (LF included) and that. A reader that wants only the type of most events, and knows
+    /// that `head` decides it, pays one comparison and one search of the data line per event.
+    /// Any other `head` (another field, a CR, a second line) skips nothing. Stops at the first
+    /// event that does not begin with `head`, that is not whole in its chunk, or that breaks a
+    /// bound, which `next_event` then reads (or refuses) as before.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_responses::sse::SseDecoder;
+    ///
+    /// let mut decoder = SseDecoder::new();
+    /// decoder.push(Bytes::from_static(
+    ///     b"data: {\"type\":\"a\",\"n\":1}\n\ndata: {\"type\":\"a\",\"n\":2}\n\ndata: {\"type\":\"b\"}\n\n",
+    /// ));
+    /// assert_eq!(decoder.skip_events_starting_with(b"data: {\"type\":\"a\""), 2);
+    /// let next = decoder.next_event().unwrap().unwrap();
+    /// assert_eq!(next.event_type(), Some("b"));
+    /// ```
+    pub fn skip_events_starting_with(&mut self, head: &[u8]) -> usize {
+        // Where the data line starts in `head`, and that the lines before it are one `event:`
+        // line as `frame_simple` takes it: LF-terminated, no CR, within the line bound.
+        let data_line = match memchr(b'\n', head) {
+            None => 0,
+            Some(lf) if head.starts_with(b"event:") && lf <= self.max_line => lf + 1,
+            Some(_) => return 0,
+        };
+        let data = &head[data_line..];
+        if !data.starts_with(b"data:") || memchr2(b'\n', b'\r', data).is_some() {
+            return 0;
+        }
+        if head[..data_line].contains(&b'\r') {
+            return 0;
+        }
+        let mut skipped = 0;
+        while self.failed.is_none()
+            && self.scan == 0
+            && self.line_start == 0
+            && self.buf.is_empty()
+            && !self.pending_cr
+        {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            if !front.starts_with(head) {
+                break;
+            }
+            // The data line's end: the first LF or CR after `head` (which has neither there).
+            let Some(nl) = memchr2(b'\n', b'\r', &front[head.len()..]) else {
+                break;
+            };
+            let eol = head.len() + nl;
+            let end = eol + 2;
+            if front[eol] != b'\n'
+                || eol - data_line > self.max_line
+                || front.get(eol + 1) != Some(&b'\n')
+                || end > self.max_event
+            {
+                break;
+            }
+            front.advance(end);
+            self.queued -= end;
+            if front.is_empty() {
+                self.queue.pop_front();
+            }
+            skipped += 1;
+        }
+        skipped
     }
 
     /// The event at the front, framed in one go, when it starts its chunk and has the usual
@@ -1263,6 +1346,130 @@ mod tests {
         assert_eq!(
             sniff_type(format!(r#"{{"a":{deep},"type":"x"}}"#).as_bytes()),
             None
+        );
+    }
+
+    /// The heads `soft_failure`'s watch skips text deltas by, and a few that skip nothing.
+    const HEADS: [&[u8]; 5] = [
+        TEXT_DELTA_HEADS[0],
+        TEXT_DELTA_HEADS[1],
+        b"event: x\r\ndata: {",
+        b"id: 1\ndata: {",
+        b"event: x\nevent: y\ndata: {",
+    ];
+
+    /// Decodes `chunks` as `decode` does, but first skips by each of `heads` before every
+    /// `next_event`: the events and errors handed out, and how many were skipped.
+    fn decode_skipping(
+        chunks: &[Bytes],
+        heads: &[&[u8]],
+        max_line: usize,
+    ) -> (Vec<Result<Event, SseError>>, usize, Bytes) {
+        let mut decoder = SseDecoder::new()
+            .with_max_line(max_line)
+            .with_max_event(400);
+        let (mut out, mut skipped) = (Vec::new(), 0);
+        let drain = |decoder: &mut SseDecoder, out: &mut Vec<_>, skipped: &mut usize| loop {
+            for head in heads {
+                *skipped += decoder.skip_events_starting_with(head);
+            }
+            match decoder.next_event() {
+                Ok(Some(ev)) => out.push(Ok(ev)),
+                Ok(None) => return true,
+                Err(e) => {
+                    out.push(Err(e));
+                    return false;
+                }
+            }
+        };
+        for chunk in chunks {
+            decoder.push(chunk.clone());
+            if !drain(&mut decoder, &mut out, &mut skipped) {
+                return (out, skipped, decoder.take_remainder());
+            }
+        }
+        if let Ok(Some(ev)) = decoder.finish() {
+            out.push(Ok(ev));
+        }
+        (out, skipped, decoder.take_remainder())
+    }
+
+    #[test]
+    fn skipping_by_a_head_leaves_what_next_event_reads_after_the_skipped() {
+        // Over the event bound (400) but within the long line bound.
+        let large = format!(
+            "event: {TEXT_DELTA}\ndata: {{\"type\":\"{TEXT_DELTA}\",\"delta\":\"{}\"}}\n\n",
+            "x".repeat(400)
+        );
+        let menu: [&[u8]; 15] = [
+            large.as_bytes(),
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"a\"}\n\n",
+            b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"b\"}\n\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"}\n\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"c\"}\r\n\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"d\"}\n\r\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"}\ndata: 2\n\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"a long line that breaks the bound of sixty-four bytes\"}\n\n",
+            b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.deltas\"}\n\n",
+            b"event: response.output_text.delta\ndata:{\"type\":\"response.output_text.delta\"}\n\n",
+            b"event: response.output_text.delta\nid: 7\ndata: {\"type\":\"response.output_text.delta\"}\n\n",
+            b"event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n",
+            b"data: {\"type\":\"response.output_text.delta\"}\n: note\n\n",
+            b": keep-alive\n\n",
+            b"event: x\r\ndata: {\"type\":\"x\"}\r\n\r\n",
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut skipped_any = 0;
+        for round in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..1 + next() % 12 {
+                input.extend_from_slice(menu[next() as usize % menu.len()]);
+            }
+            // Whole, or cut at random places (an event across chunks is not skipped).
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            while at < input.len() {
+                let n = match round % 3 {
+                    0 => input.len(),
+                    _ => 1 + next() as usize % 200,
+                };
+                let end = (at + n).min(input.len());
+                chunks.push(Bytes::copy_from_slice(&input[at..end]));
+                at = end;
+            }
+            let max_line = if round % 2 == 0 { 64 } else { 4096 };
+            let (plain, none, plain_rest) = decode_skipping(&chunks, &[], max_line);
+            assert_eq!(none, 0);
+            let (skipping, skipped, rest) = decode_skipping(&chunks, &HEADS, max_line);
+            let text = String::from_utf8_lossy(&input);
+            assert_eq!(rest, plain_rest, "{text:?}");
+            // The skipping run reads the plain run's events in order, less `skipped` text
+            // deltas: everything else (other events, failures) comes out the same.
+            let mut left = skipping.iter().peekable();
+            let mut dropped = 0;
+            for ev in &plain {
+                if left.peek() == Some(&ev) {
+                    left.next();
+                    continue;
+                }
+                let ev = ev.as_ref().expect("a failure is never skipped");
+                assert_eq!(ev.event_type(), Some(TEXT_DELTA), "{text:?}");
+                assert!(ev.id.is_none() && ev.event.as_deref() != Some(&b"x"[..]));
+                dropped += 1;
+            }
+            assert!(left.next().is_none(), "{text:?}");
+            assert_eq!(dropped, skipped, "{text:?}");
+            skipped_any += skipped;
+        }
+        assert!(
+            skipped_any > 1000,
+            "the heads must skip events: {skipped_any}"
         );
     }
 

@@ -135,6 +135,87 @@ async fn failure_after_content_is_passed_through_once_and_reported_to_the_lease(
     );
 }
 
+/// A text delta as the platform writes it: `"type"` first (the mock's `events` sort keys).
+fn platform_delta(n: usize, event_line: bool) -> String {
+    let data = format!(
+        r#"{{"type":"response.output_text.delta","sequence_number":{n},"item_id":"msg_p","output_index":0,"content_index":0,"delta":" word{n}"}}"#
+    );
+    match event_line {
+        true => format!("event: response.output_text.delta\ndata: {data}\n\n"),
+        false => format!("data: {data}\n\n"),
+    }
+}
+
+/// After the first content event the watch steps over text deltas without decoding them:
+/// what follows them (a failure, the end of the body) is still seen, and every byte passes.
+#[tokio::test]
+async fn what_follows_the_text_deltas_is_seen_however_they_arrive() {
+    for (event_lines, per_event, then_fail) in [
+        (true, false, true),
+        (false, false, true),
+        (true, true, true),
+        (true, false, false),
+        (false, true, false),
+    ] {
+        let mut chunks: Vec<Bytes> = [
+            events::created("resp_p"),
+            events::in_progress("resp_p"),
+            events::output_item_added(events::message_item_in_progress("msg_p")),
+        ]
+        .iter()
+        .map(events::encode)
+        .collect();
+        let mut rest: Vec<String> = (0..40).map(|n| platform_delta(n, event_lines)).collect();
+        if then_fail {
+            let failed = events::failed("resp_p", "rate_limit_exceeded", "Rate limit reached.");
+            rest.push(String::from_utf8(events::encode(&failed).to_vec()).unwrap());
+        }
+        let mut sent: Vec<u8> = chunks.iter().flat_map(|b| b.to_vec()).collect();
+        sent.extend_from_slice(rest.concat().as_bytes());
+        match per_event {
+            true => chunks.extend(rest.into_iter().map(Bytes::from)),
+            false => chunks.push(Bytes::from(rest.concat())),
+        }
+        let mock = MockUpstream::start().await.unwrap();
+        mock.push(Reply::sse_raw(chunks));
+        let metrics = Metrics::new();
+        let (res, reports) = through_layer(
+            &mock,
+            SoftFailureDetectLayer::new().metrics(metrics.clone()),
+        )
+        .await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let case = format!("event lines {event_lines}, per event {per_event}, failed {then_fail}");
+        assert!(body.starts_with(&sent), "{case}: every byte as sent");
+        let after_content = metrics.get(
+            "tr_soft_failures_total",
+            &[("class", "rate_limited"), ("phase", "after_content")],
+        );
+        if then_fail {
+            assert_eq!(
+                body.len(),
+                sent.len(),
+                "{case}: the stream as sent, nothing added"
+            );
+            assert_eq!(
+                *reports.lock().unwrap(),
+                vec![("key-a".to_string(), FailureClass::RateLimited)],
+                "{case}"
+            );
+            assert_eq!(after_content, Some(1.0), "{case}");
+        } else {
+            // No terminal event after the deltas: the client still gets one.
+            let tail = String::from_utf8_lossy(&body[sent.len()..]).into_owned();
+            assert!(
+                tail.contains("response.failed") && tail.contains("upstream_unavailable"),
+                "{case}: {tail}"
+            );
+            assert!(reports.lock().unwrap().is_empty(), "{case}");
+            assert_eq!(after_content, None, "{case}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_stream_without_content_within_the_bound_is_released_as_is() {
     let mock = MockUpstream::start().await.unwrap();

@@ -8,7 +8,7 @@ use super::gate::Gating;
 use super::service::{Ctx, failure_of};
 use crate::body::ResponseBody;
 use crate::error::BoxError;
-use crate::sse::{EventKind, SseDecoder};
+use crate::sse::{EventKind, SseDecoder, TEXT_DELTA_HEADS};
 
 /// The body handed on after the hold-back: the held bytes first, then the rest of the
 /// stream as it arrives, watched for failures and for the terminal event.
@@ -90,6 +90,13 @@ impl WatchBody {
         };
         let gating = &mut self.gating;
         loop {
+            if gating.is_none() && !ctx.observers_read_content && ctx.started.is_none() {
+                // Nothing looks at a text delta then (no gate, no observer of content, the
+                // first content timed): most of a stream is stepped over, not decoded.
+                for head in TEXT_DELTA_HEADS {
+                    decoder.skip_events_starting_with(head);
+                }
+            }
             // Borrowed: most events are deltas, of which only the type is read.
             let seen = decoder.next_event_with(|ev| {
                 let kind = ctx.observe(ev, gating.as_mut());
