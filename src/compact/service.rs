@@ -161,10 +161,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReplayBody>) -> Self::Future {
+        expand_summaries(&mut req, &self.layer);
+        let Some(form) = compaction_form(&req) else {
+            // An ordinary turn goes straight to the instance readied in poll_ready: nothing of
+            // the routing below sizes its future, and the stack below is not cloned for it.
+            return Box::pin(self.inner.call(req));
+        };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(route(inner, self.layer.clone(), req))
+        Box::pin(route(inner, self.layer.clone(), req, form))
     }
 }
 
@@ -203,20 +209,10 @@ fn mark(
     res
 }
 
-async fn route<S>(
-    mut inner: S,
-    layer: CompactRouteLayer,
-    mut req: Request<ReplayBody>,
-) -> Result<Response<ResponseBody>, BoxError>
-where
-    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+/// Replaces locally compacted items by their summary messages, on every request.
+fn expand_summaries(req: &mut Request<ReplayBody>, layer: &CompactRouteLayer) {
     if let Some((body, n)) = expand_marked_items(req.body().bytes()) {
-        set_body(&mut req, body);
+        set_body(req, body);
         tracing::debug!(
             items = n,
             "expanded locally compacted items into summary messages"
@@ -230,9 +226,23 @@ where
             );
         }
     }
-    let Some(form) = compaction_form(&req) else {
-        return inner.oneshot(req).await;
-    };
+}
+
+/// A compaction request in `form`: the upstream's compaction, another model, or a local
+/// summary.
+async fn route<S>(
+    mut inner: S,
+    layer: CompactRouteLayer,
+    req: Request<ReplayBody>,
+    form: CompactForm,
+) -> Result<Response<ResponseBody>, BoxError>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let Some(model) = RawObject::parse(req.body().bytes())
         .ok()
         .and_then(|o| o.get_str("model"))
@@ -289,7 +299,7 @@ where
         attempt_req.extensions_mut().insert(RemoteCompactAttempt);
         // Every attempt goes through the instance readied in poll_ready (by `&mut`): a clone
         // would wait for capacity this one holds, such as a concurrency limit's permit.
-        match attempt(&mut inner, attempt_req, form).await? {
+        match Box::pin(attempt(&mut inner, attempt_req, form)).await? {
             Outcome::Compacted(res) => {
                 tracing::info!(model = %m, form = form.as_str(), mode = mode.as_str(), "compacted by the upstream");
                 layer.count(

@@ -312,7 +312,7 @@ where
             let result = inner.call(req).await;
             let res = match (result, anchor) {
                 (Ok(res), Some(anchor)) => {
-                    recover(res, retry_copy, &mut inner, &layer, &anchor).await
+                    Box::pin(recover(res, retry_copy, &mut inner, &layer, &anchor)).await
                 }
                 (Ok(res), None) => res,
                 (Err(e), Some(_)) => {

@@ -203,33 +203,31 @@ fn count(layer: &CredentialRotateLayer, label: &str, outcome: &str, took: Durati
 /// `SoftFailureDetectLayer` sits inside this layer to do it).
 const ERROR_PEEK: usize = 64 * 1024;
 
-/// The outcome of one attempt: its classified failure and phase (`None`: answered), and the
-/// result to hand on. Answers are read from their [`SoftFailure`] mark; an unmarked error
-/// status is classified from its headers and a bounded prefix of its body, never from the
-/// status alone.
-async fn outcome(
-    result: Result<Response<ResponseBody>, BoxError>,
-) -> (
+/// What one attempt came to: its classified failure and phase (`None`: answered), and the
+/// result to hand on.
+type Outcome = (
     Option<(Failure, Phase)>,
     Result<Response<ResponseBody>, BoxError>,
-) {
+);
+
+/// The outcome of one attempt, when it can be told without reading the body: answers are
+/// read from their [`SoftFailure`] mark. `Err` gives back an unmarked error status, which
+/// [`peeked_outcome`] classifies from its headers and a bounded prefix of its body, never
+/// from the status alone. (Kept apart so the rare read does not size every request's
+/// future.)
+fn outcome(
+    result: Result<Response<ResponseBody>, BoxError>,
+) -> Result<Outcome, Response<ResponseBody>> {
     match result {
         Ok(res) => {
             if let Some(mark) = res.extensions().get::<SoftFailure>() {
                 let found = (mark.failure.clone(), mark.phase());
-                return (Some(found), Ok(res));
+                return Ok((Some(found), Ok(res)));
             }
             if res.status().is_success() {
-                return (None, Ok(res));
+                return Ok((None, Ok(res)));
             }
-            let (mut parts, body) = res.into_parts();
-            let peek = read_prefix_within(body, ERROR_PEEK, DEFAULT_PEEK_TIMEOUT).await;
-            let failure = Failure::from_http(parts.status, &parts.headers, &peek.prefix);
-            if peek.stalled {
-                parts.headers.remove(http::header::CONTENT_LENGTH);
-            }
-            let res = Response::from_parts(parts, peek.into_error_body());
-            (failure.map(|f| (f, Phase::BeforeContent)), Ok(res))
+            Err(res)
         }
         Err(e) => {
             let found = match AttemptError::find(&*e) {
@@ -238,9 +236,21 @@ async fn outcome(
                 // have run, so it is never sent twice.
                 None => (Failure::transport(false, e.to_string()), Phase::Sent),
             };
-            (Some(found), Err(e))
+            Ok((Some(found), Err(e)))
         }
     }
+}
+
+/// The outcome of an unmarked error answer, read from its headers and body prefix.
+async fn peeked_outcome(res: Response<ResponseBody>) -> Outcome {
+    let (mut parts, body) = res.into_parts();
+    let peek = read_prefix_within(body, ERROR_PEEK, DEFAULT_PEEK_TIMEOUT).await;
+    let failure = Failure::from_http(parts.status, &parts.headers, &peek.prefix);
+    if peek.stalled {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let res = Response::from_parts(parts, peek.into_error_body());
+    (failure.map(|f| (f, Phase::BeforeContent)), Ok(res))
 }
 
 async fn rotate<S>(
@@ -286,7 +296,7 @@ where
                         wait_ms = d.as_millis() as u64,
                         "every credential is out; waiting for the first to return"
                     );
-                    tokio::time::sleep(d).await;
+                    Box::pin(tokio::time::sleep(d)).await;
                     waited += d.max(Duration::from_millis(1));
                     continue;
                 }
@@ -307,7 +317,7 @@ where
                 let left = layer.config.max_wait.saturating_sub(waited);
                 match policy::when_owner_out(&c, SystemTime::now(), left) {
                     NoneUsable::Wait(d) => {
-                        tokio::time::sleep(d).await;
+                        Box::pin(tokio::time::sleep(d)).await;
                         waited += d.max(Duration::from_millis(1));
                         continue;
                     }
@@ -378,7 +388,10 @@ where
             Ok(svc) => svc.call(attempt).await,
             Err(e) => Err(e),
         };
-        let (failed, mut result) = outcome(result).await;
+        let (failed, mut result) = match outcome(result) {
+            Ok(known) => known,
+            Err(res) => Box::pin(peeked_outcome(res)).await,
+        };
         if let Ok(res) = &mut result {
             res.extensions_mut().insert(ServedBy(label.clone()));
         }

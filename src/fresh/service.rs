@@ -69,17 +69,25 @@ where
             Ok(res) => res,
             Err(err) => {
                 return match error_reason(&*err, conn.as_ref(), config.unsent_window) {
-                    Some(reason) => retry(inner, &config, again, reason, conn, None).await,
+                    Some(reason) => {
+                        Box::pin(retry(inner, &config, again, reason, conn, None)).await
+                    }
                     None => Err(attempt_error(err)),
                 };
             }
         };
 
-        let res = match stale_answer(&config, res, conn.as_ref()).await {
-            Ok(res) => res,
-            Err(status) => {
-                let reason = RetryReason::StaleAnswer;
-                return retry(inner, &config, again, reason, conn, Some(status)).await;
+        // The peek is rare: boxed, it does not size every request's future.
+        let res = if !suspect(&config, res.status(), conn.as_ref()) {
+            res
+        } else {
+            match Box::pin(stale_answer(&config, res, conn.as_ref())).await {
+                Ok(res) => res,
+                Err(status) => {
+                    let reason = RetryReason::StaleAnswer;
+                    return Box::pin(retry(inner, &config, again, reason, conn, Some(status)))
+                        .await;
+                }
             }
         };
 
@@ -100,6 +108,14 @@ where
     }
 }
 
+/// Whether an answer with `status` on `conn` may be a stale connection's: a reused
+/// connection idle past the bound, and a status stale connections answer with.
+fn suspect(config: &Config, status: http::StatusCode, conn: Option<&ConnectionInfo>) -> bool {
+    conn.is_some_and(|c| {
+        c.is_reused() && c.idle().is_some_and(|idle| idle >= config.stale_after_idle)
+    }) && config.stale_statuses.contains(&status)
+}
+
 /// The response unchanged, or `Err(status)` when it is a stale connection's answer.
 async fn stale_answer(
     config: &Config,
@@ -107,10 +123,7 @@ async fn stale_answer(
     conn: Option<&ConnectionInfo>,
 ) -> Result<Response<ResponseBody>, http::StatusCode> {
     let status = res.status();
-    let suspect = conn.is_some_and(|c| {
-        c.is_reused() && c.idle().is_some_and(|idle| idle >= config.stale_after_idle)
-    }) && config.stale_statuses.contains(&status);
-    if !suspect {
+    if !suspect(config, status, conn) {
         return Ok(res);
     }
     let (parts, mut body) = res.into_parts();

@@ -265,7 +265,7 @@ where
 
     if res.status() == StatusCode::BAD_REQUEST {
         if let Some(mut again) = retry {
-            let (refused, kept) = refused_param(res, config.max_error_body).await;
+            let (refused, kept) = Box::pin(refused_param(res, config.max_error_body)).await;
             res = kept;
             if let Some((param, (body, cap))) = refused.and_then(|p| {
                 let stripped = without_param(again.body().bytes(), &p)?;
@@ -350,11 +350,12 @@ async fn shape_response(
         None => res,
     };
     if plan.upstream_stream && !plan.client_stream {
-        fold(
+        // Boxed: the fold's state does not size the future of every request.
+        Box::pin(fold(
             res,
             shared.config.max_buffered,
             shared.config.fold_idle_timeout,
-        )
+        ))
         .await
     } else {
         res
