@@ -1,6 +1,7 @@
 use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Extensions, Request, Response};
@@ -28,11 +29,27 @@ use crate::marks::{AttemptError, Phase};
 /// the connector is a [`TaggingConnector`](super::TaggingConnector), and hyper-util's poison
 /// to retire it), and a request carrying [`NewConnection`] goes through a second client with
 /// pooling off when one was given ([`with_connector`](Self::with_connector)).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientService<C> {
+    // Shared: every layer above keeps a clone of the service below it in each request's
+    // future, so a clone is one count, not two hyper-util clients (~320 bytes and their own
+    // counts) per layer per request.
+    clients: Arc<Clients<C>>,
+}
+
+#[derive(Debug)]
+struct Clients<C> {
     pooled: Client<C, ReplayBody>,
     // Pooling off: each of its requests opens a connection of its own.
     unpooled: Option<Client<C, ReplayBody>>,
+}
+
+impl<C> Clone for ClientService<C> {
+    fn clone(&self) -> Self {
+        ClientService {
+            clients: self.clients.clone(),
+        }
+    }
 }
 
 impl<C> ClientService<C> {
@@ -40,8 +57,10 @@ impl<C> ClientService<C> {
     /// get a pooled connection): use [`with_connector`](Self::with_connector) to honour them.
     pub fn new(client: Client<C, ReplayBody>) -> Self {
         ClientService {
-            pooled: client,
-            unpooled: None,
+            clients: Arc::new(Clients {
+                pooled: client,
+                unpooled: None,
+            }),
         }
     }
 }
@@ -57,8 +76,10 @@ where
             .pool_max_idle_per_host(0)
             .build(connector);
         ClientService {
-            pooled: client,
-            unpooled: Some(unpooled),
+            clients: Arc::new(Clients {
+                pooled: client,
+                unpooled: Some(unpooled),
+            }),
         }
     }
 }
@@ -79,9 +100,10 @@ where
     fn call(&mut self, mut req: Request<ReplayBody>) -> Self::Future {
         let report = req.extensions().get::<ConnectionReport>().cloned();
         let capture = report.as_ref().map(|_| capture_connection(&mut req));
-        let client = match (&self.unpooled, req.extensions().get::<NewConnection>()) {
+        let clients = &*self.clients;
+        let client = match (&clients.unpooled, req.extensions().get::<NewConnection>()) {
             (Some(unpooled), Some(_)) => unpooled,
-            _ => &self.pooled,
+            _ => &clients.pooled,
         };
         let fut = client.request(req);
         Box::pin(async move {

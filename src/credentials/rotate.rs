@@ -253,211 +253,217 @@ async fn peeked_outcome(res: Response<ResponseBody>) -> Outcome {
     (failure.map(|f| (f, Phase::BeforeContent)), Ok(res))
 }
 
-async fn rotate<S>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn rotate<S>(
     mut inner: S,
     layer: CredentialRotateLayer,
     req: Request<ReplayBody>,
     session: Option<String>,
     pinned: Option<Arc<str>>,
     anchored: bool,
-) -> Result<Response<ResponseBody>, BoxError>
+) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>>
 where
     S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>,
 {
-    let pool = &layer.pool;
-    layer.budget.deposit();
-    let started = Instant::now();
-    let max_attempts = layer.config.max_attempts.unwrap_or(pool.len()).max(1);
-    let compaction = req.extensions().get::<RemoteCompactAttempt>().is_some();
-    let encrypted_owner = req
-        .extensions()
-        .get::<EncryptedOwner>()
-        .map(|o| o.0.clone());
-    let mut template = Some(req);
-    let mut tried: Vec<Arc<str>> = Vec::new();
-    let mut last: Option<Result<Response<ResponseBody>, BoxError>> = None;
-    let mut auth_before = 0;
-    let mut waited = Duration::ZERO;
-    while tried.len() < max_attempts {
-        let pick = pool.pick_for(&PickRequest {
-            exclude: &tried,
-            pinned: pinned.as_deref(),
-            session: session.as_deref(),
-            anchored,
-        });
-        let Some(label) = pick else {
-            if !tried.is_empty() {
-                break;
-            }
-            let left = layer.config.max_wait.saturating_sub(waited);
-            match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
-                NoneUsable::Wait(d) => {
-                    tracing::info!(
-                        wait_ms = d.as_millis() as u64,
-                        "every credential is out; waiting for the first to return"
-                    );
-                    Box::pin(tokio::time::sleep(d)).await;
-                    waited += d.max(Duration::from_millis(1));
-                    continue;
+    async move {
+        let pool = &layer.pool;
+        layer.budget.deposit();
+        let started = Instant::now();
+        let max_attempts = layer.config.max_attempts.unwrap_or(pool.len()).max(1);
+        let compaction = req.extensions().get::<RemoteCompactAttempt>().is_some();
+        let encrypted_owner = req
+            .extensions()
+            .get::<EncryptedOwner>()
+            .map(|o| o.0.clone());
+        let mut template = Some(req);
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut last: Option<Result<Response<ResponseBody>, BoxError>> = None;
+        let mut auth_before = 0;
+        let mut waited = Duration::ZERO;
+        while tried.len() < max_attempts {
+            let pick = pool.pick_for(&PickRequest {
+                exclude: &tried,
+                pinned: pinned.as_deref(),
+                session: session.as_deref(),
+                anchored,
+            });
+            let Some(label) = pick else {
+                if !tried.is_empty() {
+                    break;
                 }
-                NoneUsable::Refuse(err) => {
-                    tracing::warn!(
-                        status = err.status.as_u16(),
-                        code = err.code.as_deref(),
-                        retry_after_secs = err.retry_after.map(|d| d.as_secs()),
-                        "no credential can serve the request"
-                    );
-                    return Ok(err.into_stack_response());
-                }
-            }
-        };
-        if pinned.is_some() {
-            if let Some(c) = pool.cooldown_of(&label).filter(Cooldown::excludes) {
-                // A pinned request never goes elsewhere: the other account cannot see the anchor.
                 let left = layer.config.max_wait.saturating_sub(waited);
-                match policy::when_owner_out(&c, SystemTime::now(), left) {
+                match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
                     NoneUsable::Wait(d) => {
+                        tracing::info!(
+                            wait_ms = d.as_millis() as u64,
+                            "every credential is out; waiting for the first to return"
+                        );
                         Box::pin(tokio::time::sleep(d)).await;
                         waited += d.max(Duration::from_millis(1));
                         continue;
                     }
-                    NoneUsable::Refuse(err) => return Ok(err.into_stack_response()),
+                    NoneUsable::Refuse(err) => {
+                        tracing::warn!(
+                            status = err.status.as_u16(),
+                            code = err.code.as_deref(),
+                            retry_after_secs = err.retry_after.map(|d| d.as_secs()),
+                            "no credential can serve the request"
+                        );
+                        return Ok(err.into_stack_response());
+                    }
+                }
+            };
+            if pinned.is_some() {
+                if let Some(c) = pool.cooldown_of(&label).filter(Cooldown::excludes) {
+                    // A pinned request never goes elsewhere: the other account cannot see the anchor.
+                    let left = layer.config.max_wait.saturating_sub(waited);
+                    match policy::when_owner_out(&c, SystemTime::now(), left) {
+                        NoneUsable::Wait(d) => {
+                            Box::pin(tokio::time::sleep(d)).await;
+                            waited += d.max(Duration::from_millis(1));
+                            continue;
+                        }
+                        NoneUsable::Refuse(err) => return Ok(err.into_stack_response()),
+                    }
                 }
             }
-        }
-        if !tried.is_empty() {
-            if started.elapsed() >= layer.config.max_total || !layer.budget.withdraw() {
-                tracing::info!(
-                    "retry budget or time spent; answering with the last upstream answer"
-                );
+            if !tried.is_empty() {
+                if started.elapsed() >= layer.config.max_total || !layer.budget.withdraw() {
+                    tracing::info!(
+                        "retry budget or time spent; answering with the last upstream answer"
+                    );
+                    break;
+                }
+                if let Some(m) = &layer.metrics {
+                    m.inc(
+                        "tr_credential_failovers_total",
+                        "Attempts moved to another credential.",
+                        &[],
+                    );
+                }
+            }
+            let Some(entry) = pool.entry(&label) else {
                 break;
+            };
+            // The last attempt the loop can make takes the request itself: a copy is for a retry,
+            // and none can follow it (one credential: no copy at all).
+            let attempt = if tried.len() + 1 >= max_attempts {
+                template.take()
+            } else {
+                template.as_ref().map(clone_request)
+            };
+            let Some(mut attempt) = attempt else {
+                break;
+            };
+            entry.apply(attempt.headers_mut());
+            if let (Some(member_base), Some(default_base)) =
+                (&entry.member.base_url, &layer.default_base)
+            {
+                if let Some(uri) = rebase(attempt.uri(), default_base, member_base) {
+                    *attempt.uri_mut() = uri;
+                }
             }
-            if let Some(m) = &layer.metrics {
-                m.inc(
-                    "tr_credential_failovers_total",
-                    "Attempts moved to another credential.",
-                    &[],
-                );
+            // Encrypted items are readable only by the account that made them: strip them when
+            // this attempt goes to another one, or, with their account unknown, to any but the
+            // first pick.
+            let foreign = match &encrypted_owner {
+                Some(owner) => **owner != *label,
+                None => !tried.is_empty(),
+            };
+            if foreign {
+                strip_encrypted_reasoning(&mut attempt, &layer, &label);
             }
-        }
-        let Some(entry) = pool.entry(&label) else {
-            break;
-        };
-        // The last attempt the loop can make takes the request itself: a copy is for a retry,
-        // and none can follow it (one credential: no copy at all).
-        let attempt = if tried.len() + 1 >= max_attempts {
-            template.take()
-        } else {
-            template.as_ref().map(clone_request)
-        };
-        let Some(mut attempt) = attempt else {
-            break;
-        };
-        entry.apply(attempt.headers_mut());
-        if let (Some(member_base), Some(default_base)) =
-            (&entry.member.base_url, &layer.default_base)
-        {
-            if let Some(uri) = rebase(attempt.uri(), default_base, member_base) {
-                *attempt.uri_mut() = uri;
+            if let Some(profile) = entry.member.profile {
+                attempt.extensions_mut().insert(profile);
             }
-        }
-        // Encrypted items are readable only by the account that made them: strip them when
-        // this attempt goes to another one, or, with their account unknown, to any but the
-        // first pick.
-        let foreign = match &encrypted_owner {
-            Some(owner) => **owner != *label,
-            None => !tried.is_empty(),
-        };
-        if foreign {
-            strip_encrypted_reasoning(&mut attempt, &layer, &label);
-        }
-        if let Some(profile) = entry.member.profile {
-            attempt.extensions_mut().insert(profile);
-        }
-        let reporter_pool = pool.clone();
-        attempt.extensions_mut().insert(CredentialLease::new(
-            label.clone(),
-            move |c: &str, f: &Failure| {
-                reporter_pool.record_failure(c, f);
-            },
-        ));
-        pool.record_use(&label);
-        tried.push(label.clone());
-        let attempt_started = Instant::now();
-        let result = match inner.ready().await {
-            Ok(svc) => svc.call(attempt).await,
-            Err(e) => Err(e),
-        };
-        let (failed, mut result) = match outcome(result) {
-            Ok(known) => known,
-            Err(res) => Box::pin(peeked_outcome(res)).await,
-        };
-        if let Ok(res) = &mut result {
-            res.extensions_mut().insert(ServedBy(label.clone()));
-        }
-        let Some((failure, phase)) = failed else {
-            count(&layer, &label, "ok", attempt_started.elapsed());
-            if let Ok(res) = &result {
-                pool.record_success(&label, res.headers());
+            let reporter_pool = pool.clone();
+            attempt.extensions_mut().insert(CredentialLease::new(
+                label.clone(),
+                move |c: &str, f: &Failure| {
+                    reporter_pool.record_failure(c, f);
+                },
+            ));
+            pool.record_use(&label);
+            tried.push(label.clone());
+            let attempt_started = Instant::now();
+            let result = match inner.ready().await {
+                Ok(svc) => svc.call(attempt).await,
+                Err(e) => Err(e),
+            };
+            let (failed, mut result) = match outcome(result) {
+                Ok(known) => known,
+                Err(res) => Box::pin(peeked_outcome(res)).await,
+            };
+            if let Ok(res) = &mut result {
+                res.extensions_mut().insert(ServedBy(label.clone()));
             }
-            if let Some(s) = &session {
-                pool.record_served(s, &label);
+            let Some((failure, phase)) = failed else {
+                count(&layer, &label, "ok", attempt_started.elapsed());
+                if let Ok(res) = &result {
+                    pool.record_success(&label, res.headers());
+                }
+                if let Some(s) = &session {
+                    pool.record_served(s, &label);
+                }
+                return result;
+            };
+            let outcome_label = if failure.origin == Origin::Transport {
+                "transport"
+            } else {
+                failure.class.as_str()
+            };
+            count(&layer, &label, outcome_label, attempt_started.elapsed());
+            let strikes = if failure.cools_credential() {
+                pool.state().strike(&label, failure.class).saturating_sub(1)
+            } else {
+                0
+            };
+            let decision = policy::decide(
+                &policy::Attempt {
+                    failure: Some(&failure),
+                    phase,
+                    kind: entry.kind,
+                    strikes,
+                    auth_before,
+                    pinned: pinned.is_some(),
+                    compaction,
+                    now: SystemTime::now(),
+                },
+                pool.policy(),
+            );
+            tracing::info!(
+                credential = &*label,
+                class = failure.class.as_str(),
+                phase = phase.as_str(),
+                next = ?decision.next,
+                why = decision.why,
+                "upstream attempt failed"
+            );
+            if let Some(c) = decision.cooldown {
+                pool.cool(&label, c);
             }
-            return result;
-        };
-        let outcome_label = if failure.origin == Origin::Transport {
-            "transport"
-        } else {
-            failure.class.as_str()
-        };
-        count(&layer, &label, outcome_label, attempt_started.elapsed());
-        let strikes = if failure.cools_credential() {
-            pool.state().strike(&label, failure.class).saturating_sub(1)
-        } else {
-            0
-        };
-        let decision = policy::decide(
-            &policy::Attempt {
-                failure: Some(&failure),
-                phase,
-                kind: entry.kind,
-                strikes,
-                auth_before,
-                pinned: pinned.is_some(),
-                compaction,
-                now: SystemTime::now(),
-            },
-            pool.policy(),
-        );
-        tracing::info!(
-            credential = &*label,
-            class = failure.class.as_str(),
-            phase = phase.as_str(),
-            next = ?decision.next,
-            why = decision.why,
-            "upstream attempt failed"
-        );
-        if let Some(c) = decision.cooldown {
-            pool.cool(&label, c);
+            if failure.class == FailureClass::Auth {
+                auth_before += 1;
+            }
+            if decision.next == Next::Stop {
+                return result;
+            }
+            last = Some(result);
         }
-        if failure.class == FailureClass::Auth {
-            auth_before += 1;
-        }
-        if decision.next == Next::Stop {
-            return result;
-        }
-        last = Some(result);
-    }
-    match last {
-        Some(result) => result,
-        None => {
-            let left = layer.config.max_wait.saturating_sub(waited);
-            match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
-                NoneUsable::Refuse(err) => Ok(err.into_stack_response()),
-                NoneUsable::Wait(_) => Ok(ApiError::upstream_unavailable(
-                    "no credential could be tried for this request",
-                )
-                .into_stack_response()),
+        match last {
+            Some(result) => result,
+            None => {
+                let left = layer.config.max_wait.saturating_sub(waited);
+                match policy::when_none_usable(&pool.active_cooldowns(), SystemTime::now(), left) {
+                    NoneUsable::Refuse(err) => Ok(err.into_stack_response()),
+                    NoneUsable::Wait(_) => Ok(ApiError::upstream_unavailable(
+                        "no credential could be tried for this request",
+                    )
+                    .into_stack_response()),
+                }
             }
         }
     }

@@ -51,60 +51,66 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    async fn run(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+    )]
+    fn run(
         mut inner: S,
         config: Arc<Config>,
         req: Request<ReplayBody>,
-    ) -> Result<Response<ResponseBody>, BoxError> {
-        // Cloned before the report goes in, so the retry reports its own connection.
-        let again = clone_request(&req);
-        let report = ConnectionReport::new();
-        let mut first = req;
-        first.extensions_mut().insert(report.clone());
-        // `inner` was readied by `poll_ready`: the first attempt calls it directly.
-        let result = inner.call(first).await;
-        let conn = report.get();
+    ) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> {
+        async move {
+            // Cloned before the report goes in, so the retry reports its own connection.
+            let again = clone_request(&req);
+            let report = ConnectionReport::new();
+            let mut first = req;
+            first.extensions_mut().insert(report.clone());
+            // `inner` was readied by `poll_ready`: the first attempt calls it directly.
+            let result = inner.call(first).await;
+            let conn = report.get();
 
-        let res = match result {
-            Ok(res) => res,
-            Err(err) => {
-                return match error_reason(&*err, conn.as_ref(), config.unsent_window) {
-                    Some(reason) => {
-                        Box::pin(retry(inner, &config, again, reason, conn, None)).await
-                    }
-                    None => Err(attempt_error(err)),
-                };
-            }
-        };
-
-        // The peek is rare: boxed, it does not size every request's future.
-        let res = if !suspect(&config, res.status(), conn.as_ref()) {
-            res
-        } else {
-            match Box::pin(stale_answer(&config, res, conn.as_ref())).await {
+            let res = match result {
                 Ok(res) => res,
-                Err(status) => {
-                    let reason = RetryReason::StaleAnswer;
-                    return Box::pin(retry(inner, &config, again, reason, conn, Some(status)))
-                        .await;
+                Err(err) => {
+                    return match error_reason(&*err, conn.as_ref(), config.unsent_window) {
+                        Some(reason) => {
+                            Box::pin(retry(inner, &config, again, reason, conn, None)).await
+                        }
+                        None => Err(attempt_error(err)),
+                    };
                 }
-            }
-        };
+            };
 
-        if let Some(conn) = &conn {
-            if conn.can_retire() && conn.age().is_some_and(|age| age > config.max_age) {
-                conn.retire();
-                tracing::debug!(conn = conn.id(), "upstream connection retired by age");
-                if let Some(m) = &config.metrics {
-                    m.inc(
-                        "tr_fresh_connections_aged_out_total",
-                        "Upstream connections retired after reaching the maximum age.",
-                        &[],
-                    );
+            // The peek is rare: boxed, it does not size every request's future.
+            let res = if !suspect(&config, res.status(), conn.as_ref()) {
+                res
+            } else {
+                match Box::pin(stale_answer(&config, res, conn.as_ref())).await {
+                    Ok(res) => res,
+                    Err(status) => {
+                        let reason = RetryReason::StaleAnswer;
+                        return Box::pin(retry(inner, &config, again, reason, conn, Some(status)))
+                            .await;
+                    }
+                }
+            };
+
+            if let Some(conn) = &conn {
+                if conn.can_retire() && conn.age().is_some_and(|age| age > config.max_age) {
+                    conn.retire();
+                    tracing::debug!(conn = conn.id(), "upstream connection retired by age");
+                    if let Some(m) = &config.metrics {
+                        m.inc(
+                            "tr_fresh_connections_aged_out_total",
+                            "Upstream connections retired after reaching the maximum age.",
+                            &[],
+                        );
+                    }
                 }
             }
+            Ok(res)
         }
-        Ok(res)
     }
 }
 

@@ -167,11 +167,15 @@ fn set_body(req: &mut Request<ReplayBody>, body: Bytes) {
     RequestFacts::invalidate(req);
 }
 
-async fn handle<S>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn handle<S>(
     shared: Arc<Shared>,
     mut inner: S,
     mut req: Request<ReplayBody>,
-) -> Result<Response<ResponseBody>, BoxError>
+) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>>
 where
     S: Service<Request<ReplayBody>, Response = Response<ResponseBody>, Error = BoxError>
         + Clone
@@ -179,121 +183,124 @@ where
         + 'static,
     S::Future: Send,
 {
-    let profile = req
-        .extensions()
-        .get::<Profile>()
-        .copied()
-        .unwrap_or(shared.config.profile);
-    if profile == Profile::Openai || !is_responses(&req) || is_encoded(&req) {
-        return inner.call(req).await;
-    }
-    if profile == Profile::ChatgptCodex && RequestFacts::of(&mut req).previous_response_id.is_some()
-    {
-        // That backend keeps no responses over HTTP (store is forced off), so the anchor can
-        // never resolve. Dropping it would answer without the conversation, silently; this
-        // answer makes a client resend its history, which is what it has to do here.
-        tracing::info!(
-            "previous_response_id refused: the ChatGPT Codex backend stores no responses over HTTP"
+    async move {
+        let profile = req
+            .extensions()
+            .get::<Profile>()
+            .copied()
+            .unwrap_or(shared.config.profile);
+        if profile == Profile::Openai || !is_responses(&req) || is_encoded(&req) {
+            return inner.call(req).await;
+        }
+        if profile == Profile::ChatgptCodex
+            && RequestFacts::of(&mut req).previous_response_id.is_some()
+        {
+            // That backend keeps no responses over HTTP (store is forced off), so the anchor can
+            // never resolve. Dropping it would answer without the conversation, silently; this
+            // answer makes a client resend its history, which is what it has to do here.
+            tracing::info!(
+                "previous_response_id refused: the ChatGPT Codex backend stores no responses over HTTP"
+            );
+            let message = "previous_response_id cannot be used with the ChatGPT Codex backend over \
+                           HTTP: it stores no responses. Send the conversation in `input` instead.";
+            let mut res = ApiError::invalid_request(message)
+                .with_code("previous_response_not_found")
+                .with_param("previous_response_id")
+                .into_stack_response();
+            // Classified where it is made, so continuity can ask the members that may own the
+            // anchor and rotation does not guess from a bare 400.
+            res.extensions_mut().insert(SoftFailure {
+                failure: Failure {
+                    status: Some(StatusCode::BAD_REQUEST),
+                    code: Some("previous_response_not_found".into()),
+                    kind: Some("invalid_request_error".into()),
+                    message: Some(message.into()),
+                    ..Failure::new(FailureClass::PreviousResponseNotFound)
+                },
+                before_content: true,
+            });
+            return Ok(res);
+        }
+        let config = &shared.config;
+        let key = upstream_key(&req, profile);
+        let learned = if config.learn {
+            shared.learned.params(&key)
+        } else {
+            Vec::new()
+        };
+        let rules = match profile {
+            Profile::ChatgptCodex => &shared.codex[..],
+            _ => &config.rules[..],
+        };
+        // Facts read by the proxy (or an outer layer) mean the body was parsed whole as an object.
+        let validated = RequestFacts::cached(&req).is_some_and(|f| f.is_json_object);
+        let decided = rewrite(
+            req.body().bytes(),
+            validated,
+            RequestFacts::raw_object(&req),
+            rules,
+            config.cap_policy(profile),
+            &learned,
         );
-        let message = "previous_response_id cannot be used with the ChatGPT Codex backend over \
-                       HTTP: it stores no responses. Send the conversation in `input` instead.";
-        let mut res = ApiError::invalid_request(message)
-            .with_code("previous_response_not_found")
-            .with_param("previous_response_id")
-            .into_stack_response();
-        // Classified where it is made, so continuity can ask the members that may own the
-        // anchor and rotation does not guess from a bare 400.
-        res.extensions_mut().insert(SoftFailure {
-            failure: Failure {
-                status: Some(StatusCode::BAD_REQUEST),
-                code: Some("previous_response_not_found".into()),
-                kind: Some("invalid_request_error".into()),
-                message: Some(message.into()),
-                ..Failure::new(FailureClass::PreviousResponseNotFound)
-            },
-            before_content: true,
-        });
-        return Ok(res);
-    }
-    let config = &shared.config;
-    let key = upstream_key(&req, profile);
-    let learned = if config.learn {
-        shared.learned.params(&key)
-    } else {
-        Vec::new()
-    };
-    let rules = match profile {
-        Profile::ChatgptCodex => &shared.codex[..],
-        _ => &config.rules[..],
-    };
-    // Facts read by the proxy (or an outer layer) mean the body was parsed whole as an object.
-    let validated = RequestFacts::cached(&req).is_some_and(|f| f.is_json_object);
-    let decided = rewrite(
-        req.body().bytes(),
-        validated,
-        RequestFacts::raw_object(&req),
-        rules,
-        config.cap_policy(profile),
-        &learned,
-    );
-    let mut plan = match decided {
-        Rewrite::Untouched => return inner.call(req).await,
-        Rewrite::Reject(err) => {
-            tracing::debug!(profile = %profile, param = ?err.param, "request refused by normalize policy");
-            return Ok(err.into_stack_response());
+        let mut plan = match decided {
+            Rewrite::Untouched => return inner.call(req).await,
+            Rewrite::Reject(err) => {
+                tracing::debug!(profile = %profile, param = ?err.param, "request refused by normalize policy");
+                return Ok(err.into_stack_response());
+            }
+            Rewrite::Plan(plan) => plan,
+        };
+        report_rewrites(&shared, profile, &plan);
+        if let Some(body) = plan.body.take() {
+            set_body(&mut req, body);
         }
-        Rewrite::Plan(plan) => plan,
-    };
-    report_rewrites(&shared, profile, &plan);
-    if let Some(body) = plan.body.take() {
-        set_body(&mut req, body);
-    }
-    match plan.cap {
-        Some(cap) => {
-            req.extensions_mut().insert(cap_gate(&shared, profile, cap));
+        match plan.cap {
+            Some(cap) => {
+                req.extensions_mut().insert(cap_gate(&shared, profile, cap));
+            }
+            // A stream folded for a stream:false client is read where it is decoded anyway.
+            // (With a cap, the cap's gate is the one below, and the fold reads for itself.)
+            None if plan.upstream_stream && !plan.client_stream => {
+                req.extensions_mut()
+                    .insert(fold_gate(shared.config.max_buffered));
+            }
+            None => {}
         }
-        // A stream folded for a stream:false client is read where it is decoded anyway.
-        // (With a cap, the cap's gate is the one below, and the fold reads for itself.)
-        None if plan.upstream_stream && !plan.client_stream => {
-            req.extensions_mut()
-                .insert(fold_gate(shared.config.max_buffered));
-        }
-        None => {}
-    }
-    let retry = config.learn.then(|| clone_request(&req));
-    let mut res = inner.call(req).await?;
+        let retry = config.learn.then(|| clone_request(&req));
+        let mut res = inner.call(req).await?;
 
-    if res.status() == StatusCode::BAD_REQUEST {
-        if let Some(mut again) = retry {
-            let (refused, kept) = Box::pin(refused_param(res, config.max_error_body)).await;
-            res = kept;
-            if let Some((param, (body, cap))) = refused.and_then(|p| {
-                let stripped = without_param(again.body().bytes(), &p)?;
-                Some((p, stripped))
-            }) {
-                shared.learned.learn(&key, &param, config.learn_ttl);
-                tracing::info!(profile = %profile, param = %param, "upstream refused a parameter; retrying without it");
-                if let Some(m) = &shared.metrics {
-                    m.inc(
-                        "tr_normalize_learned_total",
-                        "Parameters learnt from upstream Unsupported parameter answers.",
-                        &[("param", &param)],
-                    );
+        if res.status() == StatusCode::BAD_REQUEST {
+            if let Some(mut again) = retry {
+                let (refused, kept) = Box::pin(refused_param(res, config.max_error_body)).await;
+                res = kept;
+                if let Some((param, (body, cap))) = refused.and_then(|p| {
+                    let stripped = without_param(again.body().bytes(), &p)?;
+                    Some((p, stripped))
+                }) {
+                    shared.learned.learn(&key, &param, config.learn_ttl);
+                    tracing::info!(profile = %profile, param = %param, "upstream refused a parameter; retrying without it");
+                    if let Some(m) = &shared.metrics {
+                        m.inc(
+                            "tr_normalize_learned_total",
+                            "Parameters learnt from upstream Unsupported parameter answers.",
+                            &[("param", &param)],
+                        );
+                    }
+                    plan.cap = plan.cap.or(cap);
+                    if let Some(cap) = plan.cap {
+                        again
+                            .extensions_mut()
+                            .insert(cap_gate(&shared, profile, cap));
+                    }
+                    set_body(&mut again, body);
+                    // The same instance again, readied anew: a clone could wait on capacity this
+                    // one holds.
+                    res = inner.ready().await?.call(again).await?;
                 }
-                plan.cap = plan.cap.or(cap);
-                if let Some(cap) = plan.cap {
-                    again
-                        .extensions_mut()
-                        .insert(cap_gate(&shared, profile, cap));
-                }
-                set_body(&mut again, body);
-                // The same instance again, readied anew: a clone could wait on capacity this
-                // one holds.
-                res = inner.ready().await?.call(again).await?;
             }
         }
+        Ok(shape_response(&shared, profile, &plan, res).await)
     }
-    Ok(shape_response(&shared, profile, &plan, res).await)
 }
 
 fn report_rewrites(shared: &Shared, profile: Profile, plan: &Plan) {

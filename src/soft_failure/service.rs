@@ -173,198 +173,216 @@ impl Ctx {
     }
 }
 
-async fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> Response<ResponseBody> {
-    let status = res.status();
-    if status.is_success() && is_event_stream(res.headers()) {
-        return hold_back(res, ctx).await;
-    }
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    if status.is_success() && !is_json {
-        return res;
-    }
-    // An HTTP error, or a JSON answer: read a bounded prefix to classify it, bounded in time
-    // too: an error body that stalls must not hold the client.
-    let (mut parts, body) = res.into_parts();
-    let peek = read_prefix_within(body, ctx.config.max_json_peek, ctx.config.peek_timeout).await;
-    let complete = peek.rest.is_none();
-    let failure = if status.is_success() && !complete {
-        None // too big (or too slow) to be an error object; leave it alone
-    } else {
-        Failure::from_http(status, &parts.headers, &peek.prefix)
-    };
-    if peek.stalled {
-        tracing::debug!(
-            status = status.as_u16(),
-            read = peek.prefix.len(),
-            "upstream answer body stalled while peeking"
-        );
-    }
-    if let Some(failure) = failure {
-        ctx.count(&failure, "before_content");
-        tracing::debug!(
-            class = failure.class.as_str(),
-            status = status.as_u16(),
-            "upstream answer classified as a failure"
-        );
-        parts.extensions.insert(SoftFailure {
-            failure,
-            before_content: true,
-        });
-    }
-    if status.is_success() {
-        if let Some(Err(e)) = &peek.rest {
-            // The answer broke off while it was read (the client has nothing yet): a loss,
-            // like a stream that breaks while held.
-            let failure = Failure::transport(
-                false,
-                format!("the upstream answer broke off before its end: {e}"),
-            );
-            return broke_before_content(parts, &ctx, failure);
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn inspect(res: Response<ResponseBody>, ctx: Ctx) -> impl Future<Output = Response<ResponseBody>> {
+    async move {
+        let status = res.status();
+        if status.is_success() && is_event_stream(res.headers()) {
+            return hold_back(res, ctx).await;
         }
-        // A slow success body is still the answer: hand all of it on.
-        Response::from_parts(parts, prefixed(peek.prefix, peek.rest))
-    } else {
-        peek.into_error_response(parts)
+        let is_json = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        if status.is_success() && !is_json {
+            return res;
+        }
+        // An HTTP error, or a JSON answer: read a bounded prefix to classify it, bounded in time
+        // too: an error body that stalls must not hold the client.
+        let (mut parts, body) = res.into_parts();
+        let peek =
+            read_prefix_within(body, ctx.config.max_json_peek, ctx.config.peek_timeout).await;
+        let complete = peek.rest.is_none();
+        let failure = if status.is_success() && !complete {
+            None // too big (or too slow) to be an error object; leave it alone
+        } else {
+            Failure::from_http(status, &parts.headers, &peek.prefix)
+        };
+        if peek.stalled {
+            tracing::debug!(
+                status = status.as_u16(),
+                read = peek.prefix.len(),
+                "upstream answer body stalled while peeking"
+            );
+        }
+        if let Some(failure) = failure {
+            ctx.count(&failure, "before_content");
+            tracing::debug!(
+                class = failure.class.as_str(),
+                status = status.as_u16(),
+                "upstream answer classified as a failure"
+            );
+            parts.extensions.insert(SoftFailure {
+                failure,
+                before_content: true,
+            });
+        }
+        if status.is_success() {
+            if let Some(Err(e)) = &peek.rest {
+                // The answer broke off while it was read (the client has nothing yet): a loss,
+                // like a stream that breaks while held.
+                let failure = Failure::transport(
+                    false,
+                    format!("the upstream answer broke off before its end: {e}"),
+                );
+                return broke_before_content(parts, &ctx, failure);
+            }
+            // A slow success body is still the answer: hand all of it on.
+            Response::from_parts(parts, prefixed(peek.prefix, peek.rest))
+        } else {
+            peek.into_error_response(parts)
+        }
     }
 }
 
 /// The hold-back phase: read events until the first content event, a failure, a terminal
 /// event, the end, or a bound.
-async fn hold_back(res: Response<ResponseBody>, mut ctx: Ctx) -> Response<ResponseBody> {
-    let (mut parts, mut body) = res.into_parts();
-    if ctx.observers.is_some() {
-        parts.extensions.insert(EventsObserved);
-    }
-    // Whatever becomes of the stream, the gate decides its end: the layer that put it in
-    // must not apply it again.
-    let mut gating = ctx.gate.as_ref().map(|gate| Gating::new(gate.start()));
-    if let Some(gating) = &gating {
-        parts.extensions.insert(StreamGated);
-        gating.mark(&mut parts.extensions);
-    }
-    let mut decoder = SseDecoder::new().with_max_line(ctx.config.max_line);
-    let mut held: Vec<Bytes> = Vec::new();
-    let mut held_bytes = 0usize;
-    let mut events = 0usize;
-    // Events that carry a Responses type: with none, the bytes are not a Responses stream.
-    let mut typed = 0usize;
-    // One timer for the whole hold: a timeout per frame would register and cancel a timer
-    // for every held frame.
-    let deadline = tokio::time::sleep_until(Instant::now() + ctx.config.max_hold);
-    tokio::pin!(deadline);
-    loop {
-        let next = tokio::select! {
-            biased;
-            frame = body.frame() => Ok(frame),
-            () = &mut deadline => Err(()),
-        };
-        let frame = match next {
-            Err(()) => {
-                // Slow to start is not a failure: release what we hold and watch the rest.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn hold_back(
+    res: Response<ResponseBody>,
+    mut ctx: Ctx,
+) -> impl Future<Output = Response<ResponseBody>> {
+    async move {
+        let (mut parts, mut body) = res.into_parts();
+        if ctx.observers.is_some() {
+            parts.extensions.insert(EventsObserved);
+        }
+        // Whatever becomes of the stream, the gate decides its end: the layer that put it in
+        // must not apply it again.
+        let mut gating = ctx.gate.as_ref().map(|gate| Gating::new(gate.start()));
+        if let Some(gating) = &gating {
+            parts.extensions.insert(StreamGated);
+            gating.mark(&mut parts.extensions);
+        }
+        let mut decoder = SseDecoder::new().with_max_line(ctx.config.max_line);
+        let mut held: Vec<Bytes> = Vec::new();
+        let mut held_bytes = 0usize;
+        let mut events = 0usize;
+        // Events that carry a Responses type: with none, the bytes are not a Responses stream.
+        let mut typed = 0usize;
+        // One timer for the whole hold: a timeout per frame would register and cancel a timer
+        // for every held frame.
+        let deadline = tokio::time::sleep_until(Instant::now() + ctx.config.max_hold);
+        tokio::pin!(deadline);
+        loop {
+            let next = tokio::select! {
+                biased;
+                frame = body.frame() => Ok(frame),
+                () = &mut deadline => Err(()),
+            };
+            let frame = match next {
+                Err(()) => {
+                    // Slow to start is not a failure: release what we hold and watch the rest.
+                    return Response::from_parts(
+                        parts,
+                        WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
+                    );
+                }
+                Ok(frame) => frame,
+            };
+            let chunk = match frame {
+                None => {
+                    // Ended before content. A terminal event would have returned already.
+                    let tail = decoder.finish();
+                    if let Ok(Some(ev)) = tail {
+                        typed += usize::from(ev.event_type().is_some());
+                        let kind = ctx.observe(ev.borrowed(), gating.as_mut());
+                        if let Some(f) = failure_of(kind, &ev.data) {
+                            return mark(parts, held, f, ctx);
+                        }
+                    }
+                    if typed == 0 {
+                        return not_a_stream(parts, &ctx, "ended");
+                    }
+                    let failure = Failure::transport(
+                        false,
+                        "the upstream stream ended before any content or terminal event",
+                    );
+                    return broke_before_content(parts, &ctx, failure);
+                }
+                Some(Err(e)) => {
+                    // A transport error while held: nothing reached the client, so it is a
+                    // failure before content.
+                    let failure = Failure::transport(
+                        false,
+                        format!("the upstream stream broke before content: {e}"),
+                    );
+                    return broke_before_content(parts, &ctx, failure);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+            };
+            held_bytes += chunk.len();
+            if let Some(gating) = &mut gating {
+                gating.push(&chunk);
+            }
+            held.push(chunk.clone());
+            decoder.push(chunk);
+            loop {
+                let ev = match decoder.next_event() {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(_) if typed == 0 => return not_a_stream(parts, &ctx, "line_too_long"),
+                    Err(e) => {
+                        // A line past the bound: stop parsing, let the bytes flow as they are.
+                        tracing::debug!(error = %e, "SSE line too long; passing the stream through unparsed");
+                        return Response::from_parts(
+                            parts,
+                            WatchBody::unparsed(held, Ok(body)).boxed_unsync(),
+                        );
+                    }
+                };
+                events += 1;
+                typed += usize::from(ev.event_type().is_some());
+                let kind = ctx.observe(ev.borrowed(), gating.as_mut());
+                match kind {
+                    EventKind::Content => {
+                        ctx.first_content();
+                        return Response::from_parts(
+                            parts,
+                            WatchBody::after_hold(held, Ok(body), decoder, ctx, gating)
+                                .boxed_unsync(),
+                        );
+                    }
+                    // A gate that ends the stream before content: the watch sends what it
+                    // admitted and the closing bytes.
+                    _ if gating.as_ref().is_some_and(Gating::is_cut) => {
+                        return Response::from_parts(
+                            parts,
+                            WatchBody::after_hold(held, Ok(body), decoder, ctx, gating)
+                                .boxed_unsync(),
+                        );
+                    }
+                    EventKind::Terminal | EventKind::Error => {
+                        if let Some(f) = failure_of(kind, &ev.data) {
+                            return mark(parts, held, f, ctx);
+                        }
+                        if kind == EventKind::Terminal {
+                            // Completed (or benignly incomplete) without content: the answer is whole.
+                            return Response::from_parts(parts, full(concat(&held)));
+                        }
+                    }
+                    EventKind::Lifecycle | EventKind::Other => {}
+                }
+            }
+            if events >= ctx.config.max_held_events || held_bytes >= ctx.config.max_held_bytes {
+                if typed == 0 {
+                    return not_a_stream(parts, &ctx, "bound");
+                }
                 return Response::from_parts(
                     parts,
                     WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
                 );
             }
-            Ok(frame) => frame,
-        };
-        let chunk = match frame {
-            None => {
-                // Ended before content. A terminal event would have returned already.
-                let tail = decoder.finish();
-                if let Ok(Some(ev)) = tail {
-                    typed += usize::from(ev.event_type().is_some());
-                    let kind = ctx.observe(ev.borrowed(), gating.as_mut());
-                    if let Some(f) = failure_of(kind, &ev.data) {
-                        return mark(parts, held, f, ctx);
-                    }
-                }
-                if typed == 0 {
-                    return not_a_stream(parts, &ctx, "ended");
-                }
-                let failure = Failure::transport(
-                    false,
-                    "the upstream stream ended before any content or terminal event",
-                );
-                return broke_before_content(parts, &ctx, failure);
-            }
-            Some(Err(e)) => {
-                // A transport error while held: nothing reached the client, so it is a
-                // failure before content.
-                let failure = Failure::transport(
-                    false,
-                    format!("the upstream stream broke before content: {e}"),
-                );
-                return broke_before_content(parts, &ctx, failure);
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) => d,
-                Err(_) => continue,
-            },
-        };
-        held_bytes += chunk.len();
-        if let Some(gating) = &mut gating {
-            gating.push(&chunk);
-        }
-        held.push(chunk.clone());
-        decoder.push(chunk);
-        loop {
-            let ev = match decoder.next_event() {
-                Ok(Some(ev)) => ev,
-                Ok(None) => break,
-                Err(_) if typed == 0 => return not_a_stream(parts, &ctx, "line_too_long"),
-                Err(e) => {
-                    // A line past the bound: stop parsing, let the bytes flow as they are.
-                    tracing::debug!(error = %e, "SSE line too long; passing the stream through unparsed");
-                    return Response::from_parts(
-                        parts,
-                        WatchBody::unparsed(held, Ok(body)).boxed_unsync(),
-                    );
-                }
-            };
-            events += 1;
-            typed += usize::from(ev.event_type().is_some());
-            let kind = ctx.observe(ev.borrowed(), gating.as_mut());
-            match kind {
-                EventKind::Content => {
-                    ctx.first_content();
-                    return Response::from_parts(
-                        parts,
-                        WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
-                    );
-                }
-                // A gate that ends the stream before content: the watch sends what it
-                // admitted and the closing bytes.
-                _ if gating.as_ref().is_some_and(Gating::is_cut) => {
-                    return Response::from_parts(
-                        parts,
-                        WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
-                    );
-                }
-                EventKind::Terminal | EventKind::Error => {
-                    if let Some(f) = failure_of(kind, &ev.data) {
-                        return mark(parts, held, f, ctx);
-                    }
-                    if kind == EventKind::Terminal {
-                        // Completed (or benignly incomplete) without content: the answer is whole.
-                        return Response::from_parts(parts, full(concat(&held)));
-                    }
-                }
-                EventKind::Lifecycle | EventKind::Other => {}
-            }
-        }
-        if events >= ctx.config.max_held_events || held_bytes >= ctx.config.max_held_bytes {
-            if typed == 0 {
-                return not_a_stream(parts, &ctx, "bound");
-            }
-            return Response::from_parts(
-                parts,
-                WatchBody::after_hold(held, Ok(body), decoder, ctx, gating).boxed_unsync(),
-            );
         }
     }
 }
