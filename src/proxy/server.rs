@@ -321,75 +321,87 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-async fn handle(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let id = RequestId::from_headers(req.headers());
-    // Every log line of the request, its answer's body included, carries the id.
-    let span = tracing::info_span!("request", id = %id);
-    let res = answer(shared, peer, req).instrument(span.clone()).await;
-    let (mut parts, body) = res.into_parts();
-    if let Some(upstream_id) = parts.headers.remove(&X_REQUEST_ID) {
-        parts.headers.insert(&X_UPSTREAM_REQUEST_ID, upstream_id);
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    async move {
+        let id = RequestId::from_headers(req.headers());
+        // Every log line of the request, its answer's body included, carries the id.
+        let span = tracing::info_span!("request", id = %id);
+        let res = answer(shared, peer, req).instrument(span.clone()).await;
+        let (mut parts, body) = res.into_parts();
+        if let Some(upstream_id) = parts.headers.remove(&X_REQUEST_ID) {
+            parts.headers.insert(&X_UPSTREAM_REQUEST_ID, upstream_id);
+        }
+        if let Some(v) = id.header_value() {
+            parts.headers.insert(&X_REQUEST_ID, v);
+        }
+        let body = InSpan::new(body, span).boxed_unsync();
+        Ok(Response::from_parts(parts, body))
     }
-    if let Some(v) = id.header_value() {
-        parts.headers.insert(&X_REQUEST_ID, v);
-    }
-    let body = InSpan::new(body, span).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
 }
 
-async fn answer(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn answer(
     shared: Arc<Shared>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    req.extensions_mut().insert(RequestStarted(started));
-    let method = req.method().clone();
-    let route = route_label(req.uri().path());
-    let cors = shared.edge.allowed_origin(req.headers());
-    let mut res = match dispatch(&shared, peer, req, route).await {
-        Ok(res) => res,
-        Err(Refused { err, close }) => {
-            tracing::info!(status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, close, "answered with an error");
-            let mut res = api_error(err);
-            if close {
-                res.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+) -> impl Future<Output = Response<ProxyBody>> {
+    async move {
+        let started = Instant::now();
+        req.extensions_mut().insert(RequestStarted(started));
+        let method = req.method().clone();
+        let route = route_label(req.uri().path());
+        let cors = shared.edge.allowed_origin(req.headers());
+        let mut res = match dispatch(&shared, peer, req, route).await {
+            Ok(res) => res,
+            Err(Refused { err, close }) => {
+                tracing::info!(status = err.status.as_u16(), code = err.code.as_deref().unwrap_or(""), message = %err.message, close, "answered with an error");
+                let mut res = api_error(err);
+                if close {
+                    res.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                res
             }
-            res
+        };
+        if let Some(origin) = cors {
+            // A page of an allowed origin may read the answer.
+            let h = res.headers_mut();
+            h.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .or_insert(origin);
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
         }
-    };
-    if let Some(origin) = cors {
-        // A page of an allowed origin may read the answer.
-        let h = res.headers_mut();
-        h.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-            .or_insert(origin);
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        let status = res.status();
+        shared.metrics.inc(
+            "tr_requests_total",
+            "Requests answered, by route and status.",
+            &[("route", route), ("status", status.as_str())],
+        );
+        shared.metrics.observe(
+            "tr_request_duration_seconds",
+            "Time from a request's arrival to its response head, by route and status.",
+            &[("route", route), ("status", status.as_str())],
+            started.elapsed().as_secs_f64(),
+        );
+        tracing::info!(
+            %method,
+            route,
+            status = status.as_u16(),
+            head_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        res
     }
-    let status = res.status();
-    shared.metrics.inc(
-        "tr_requests_total",
-        "Requests answered, by route and status.",
-        &[("route", route), ("status", status.as_str())],
-    );
-    shared.metrics.observe(
-        "tr_request_duration_seconds",
-        "Time from a request's arrival to its response head, by route and status.",
-        &[("route", route), ("status", status.as_str())],
-        started.elapsed().as_secs_f64(),
-    );
-    tracing::info!(
-        %method,
-        route,
-        status = status.as_u16(),
-        head_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
-    res
 }
 
 /// What the edge decided about a request.
@@ -414,245 +426,268 @@ impl From<ApiError> for Refused {
 }
 
 /// The edge: who may ask, what they may ask for, and the body, read within its limits.
-async fn admit(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn admit(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
     route: &'static str,
-) -> Result<Admitted, ApiError> {
-    if shared.client_keys.is_empty() && !peer.ip().is_loopback() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            "this proxy has no client keys configured and only serves loopback clients",
-        )
-        .with_code("loopback_only"));
-    }
-    if let Some(res) = shared.edge.preflight(&req)? {
-        return Ok(Admitted::Local(res));
-    }
-    shared.edge.check(&req)?;
-    match (req.method(), route) {
-        (&Method::GET, "healthz") => {
+) -> impl Future<Output = Result<Admitted, ApiError>> {
+    async move {
+        if shared.client_keys.is_empty() && !peer.ip().is_loopback() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "this proxy has no client keys configured and only serves loopback clients",
+            )
+            .with_code("loopback_only"));
+        }
+        if let Some(res) = shared.edge.preflight(&req)? {
+            return Ok(Admitted::Local(res));
+        }
+        shared.edge.check(&req)?;
+        match (req.method(), route) {
+            (&Method::GET, "healthz") => {
+                return Ok(Admitted::Local(
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(full(r#"{"status":"ok"}"#))
+                        .unwrap_or_else(|_| Response::new(full(""))),
+                ));
+            }
+            (_, "healthz" | "metrics" | "status" | "status_json" | "usage")
+                if req.method() != Method::GET =>
+            {
+                return Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "invalid_request_error",
+                    format!("{} only answers GET", req.uri().path()),
+                ));
+            }
+            _ => {}
+        }
+        let upgrade = is_websocket_upgrade(req.headers());
+        if route == "not_found" || (route == "codex_responses" && !upgrade) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown path: this proxy serves /v1/*, /healthz, /metrics and /status",
+            )
+            .with_code("unknown_url"));
+        }
+        let mut req = req;
+        if !shared.client_keys.is_empty() {
+            check_client_key(shared, req.headers())?;
+            // The client key is this proxy's secret; it has no business upstream.
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        if route == "metrics" {
+            shared.metrics.set(
+                "tr_upstream_connections_opened",
+                "Upstream connections opened since start.",
+                &[],
+                shared.connector.opened() as f64,
+            );
             return Ok(Admitted::Local(
                 Response::builder()
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(full(r#"{"status":"ok"}"#))
+                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                    .body(full(shared.metrics.render()))
                     .unwrap_or_else(|_| Response::new(full(""))),
             ));
         }
-        (_, "healthz" | "metrics" | "status" | "status_json" | "usage")
-            if req.method() != Method::GET =>
-        {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                format!("{} only answers GET", req.uri().path()),
+        if route == "status_json" || (route == "status" && !wants_html(req.headers())) {
+            // `/status` answers JSON to a client that asks only for JSON (the `status` command
+            // of earlier versions).
+            return Ok(Admitted::Local(json_answer(&status_report(shared))));
+        }
+        if route == "status" {
+            let page = super::status::render_html(&status_report(shared), SystemTime::now());
+            return Ok(Admitted::Local(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(full(page))
+                    .unwrap_or_else(|_| Response::new(full(""))),
             ));
         }
-        _ => {}
-    }
-    let upgrade = is_websocket_upgrade(req.headers());
-    if route == "not_found" || (route == "codex_responses" && !upgrade) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown path: this proxy serves /v1/*, /healthz, /metrics and /status",
+        if route == "usage" {
+            return Ok(Admitted::Local(json_answer(&codex_usage(shared)?)));
+        }
+        if upgrade {
+            return accept_websocket(shared, req, route).map(Admitted::Local);
+        }
+        let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
+            ApiError::invalid_request("path cannot be mapped to the upstream")
+                .with_code("invalid_path")
+        })?;
+        // Only the Responses API is JSON; `/v1/files` uploads and audio are multipart or binary
+        // and pass as they are, under the same body limit.
+        let responses = edge::is_responses_path(req.uri().path());
+        let media = if responses {
+            Some(edge::check_media_type(req.headers())?)
+        } else {
+            None
+        };
+        let req = tokio::time::timeout(
+            shared.config.body_read_timeout(),
+            read_request(req, shared.config.body_limit),
         )
-        .with_code("unknown_url"));
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body did not arrive in time",
+            )
+            .with_code("request_timeout")
+        })?
+        .map_err(ApiError::from)?;
+        if media == Some(MediaType::Missing) && !req.body().is_empty() {
+            return Err(edge::unsupported_media_type());
+        }
+        // One pass validates the body and reads what the layers decide from.
+        let facts = if responses && req.method() == Method::POST && !req.body().is_empty() {
+            Some(check_json_object(req.body())?)
+        } else {
+            None
+        };
+        let (mut parts, body) = req.into_parts();
+        // The client's extensions mean nothing upstream; the stack starts from a clean slate,
+        // but for when the request arrived (time to first content counts from it).
+        let arrived = parts.extensions.remove::<RequestStarted>();
+        parts.extensions = Default::default();
+        let mut upstream = Request::from_parts(parts, ReplayBody::new(body));
+        if let Some(arrived) = arrived {
+            upstream.extensions_mut().insert(arrived);
+        }
+        shared.base.prepare(&mut upstream, upstream_uri);
+        if let Some((facts, spans)) = facts {
+            RequestFacts::attach_parsed(&mut upstream, facts, spans);
+        }
+        Ok(Admitted::Forward(upstream))
     }
-    let mut req = req;
-    if !shared.client_keys.is_empty() {
-        check_client_key(shared, req.headers())?;
-        // The client key is this proxy's secret; it has no business upstream.
-        req.headers_mut().remove(header::AUTHORIZATION);
-    }
-    if route == "metrics" {
-        shared.metrics.set(
-            "tr_upstream_connections_opened",
-            "Upstream connections opened since start.",
-            &[],
-            shared.connector.opened() as f64,
-        );
-        return Ok(Admitted::Local(
-            Response::builder()
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(full(shared.metrics.render()))
-                .unwrap_or_else(|_| Response::new(full(""))),
-        ));
-    }
-    if route == "status_json" || (route == "status" && !wants_html(req.headers())) {
-        // `/status` answers JSON to a client that asks only for JSON (the `status` command
-        // of earlier versions).
-        return Ok(Admitted::Local(json_answer(&status_report(shared))));
-    }
-    if route == "status" {
-        let page = super::status::render_html(&status_report(shared), SystemTime::now());
-        return Ok(Admitted::Local(
-            Response::builder()
-                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                .header(header::CACHE_CONTROL, "no-store")
-                .body(full(page))
-                .unwrap_or_else(|_| Response::new(full(""))),
-        ));
-    }
-    if route == "usage" {
-        return Ok(Admitted::Local(json_answer(&codex_usage(shared)?)));
-    }
-    if upgrade {
-        return accept_websocket(shared, req, route).map(Admitted::Local);
-    }
-    let upstream_uri = shared.base.map(req.uri()).ok_or_else(|| {
-        ApiError::invalid_request("path cannot be mapped to the upstream").with_code("invalid_path")
-    })?;
-    // Only the Responses API is JSON; `/v1/files` uploads and audio are multipart or binary
-    // and pass as they are, under the same body limit.
-    let responses = edge::is_responses_path(req.uri().path());
-    let media = if responses {
-        Some(edge::check_media_type(req.headers())?)
-    } else {
-        None
-    };
-    let req = tokio::time::timeout(
-        shared.config.body_read_timeout(),
-        read_request(req, shared.config.body_limit),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            "the request body did not arrive in time",
-        )
-        .with_code("request_timeout")
-    })?
-    .map_err(ApiError::from)?;
-    if media == Some(MediaType::Missing) && !req.body().is_empty() {
-        return Err(edge::unsupported_media_type());
-    }
-    // One pass validates the body and reads what the layers decide from.
-    let facts = if responses && req.method() == Method::POST && !req.body().is_empty() {
-        Some(check_json_object(req.body())?)
-    } else {
-        None
-    };
-    let (mut parts, body) = req.into_parts();
-    // The client's extensions mean nothing upstream; the stack starts from a clean slate,
-    // but for when the request arrived (time to first content counts from it).
-    let arrived = parts.extensions.remove::<RequestStarted>();
-    parts.extensions = Default::default();
-    let mut upstream = Request::from_parts(parts, ReplayBody::new(body));
-    if let Some(arrived) = arrived {
-        upstream.extensions_mut().insert(arrived);
-    }
-    shared.base.prepare(&mut upstream, upstream_uri);
-    if let Some((facts, spans)) = facts {
-        RequestFacts::attach_parsed(&mut upstream, facts, spans);
-    }
-    Ok(Admitted::Forward(upstream))
 }
 
 /// Answers a request: the edge first, then the stack.
-async fn dispatch(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn dispatch(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
     route: &'static str,
-) -> Result<Response<ProxyBody>, Refused> {
-    let upstream = match admit(shared, peer, req, route).await {
-        Ok(Admitted::Local(res)) => return Ok(res),
-        Ok(Admitted::Forward(upstream)) => upstream,
-        // The edge may have left the body unread, or the client may be hostile: either way
-        // this connection carries nothing more (nothing pipelined behind it is read).
-        Err(err) => return Err(Refused { err, close: true }),
-    };
-    Ok(forward(shared, upstream).await?)
+) -> impl Future<Output = Result<Response<ProxyBody>, Refused>> {
+    async move {
+        let upstream = match admit(shared, peer, req, route).await {
+            Ok(Admitted::Local(res)) => return Ok(res),
+            Ok(Admitted::Forward(upstream)) => upstream,
+            // The edge may have left the body unread, or the client may be hostile: either way
+            // this connection carries nothing more (nothing pipelined behind it is read).
+            Err(err) => return Err(Refused { err, close: true }),
+        };
+        Ok(forward(shared, upstream).await?)
+    }
 }
 
 /// Sends an admitted request through the stack and prepares its answer for the client.
-async fn forward(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice in its future, which every request allocates"
+)]
+fn forward(
     shared: &Shared,
     mut upstream: Request<ReplayBody>,
-) -> Result<Response<ProxyBody>, ApiError> {
-    let session = RequestFacts::cached(&upstream)
-        .and_then(|facts| crate::facts::session_key(upstream.headers(), &facts));
-    // Windows from `codex.rate_limits`, tokens per account and session from the terminal
-    // event: read from the events the stack already parses, not by a second reader.
-    StreamObservers::add(
-        &mut upstream,
-        Arc::new(UsageObserver::new(
-            shared.pool.clone(),
-            shared.ledger.clone(),
-            session.clone(),
-        )),
-    );
-    if shared.pool.is_some() {
-        // Rotation sets the credential's headers; the client's never go upstream.
-        upstream.headers_mut().remove(header::AUTHORIZATION);
-        upstream.headers_mut().remove(&CHATGPT_ACCOUNT_ID);
-    } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
-        auth.set_sensitive(true);
-    }
-    // The response-head timeout is the stack's, per upstream attempt (`HeadTimeoutLayer`):
-    // a whole-stack bound would also cut folds, local compaction and retries.
-    let res = shared.stack.clone().oneshot(upstream).await.map_err(|e| {
-        if HeadTimeoutElapsed::find(&*e).is_some() {
-            return ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "server_error",
-                "the upstream did not answer in time",
-            )
-            .with_code("upstream_timeout");
+) -> impl Future<Output = Result<Response<ProxyBody>, ApiError>> {
+    async move {
+        let session = RequestFacts::cached(&upstream)
+            .and_then(|facts| crate::facts::session_key(upstream.headers(), &facts));
+        // Windows from `codex.rate_limits`, tokens per account and session from the terminal
+        // event: read from the events the stack already parses, not by a second reader.
+        StreamObservers::add(
+            &mut upstream,
+            Arc::new(UsageObserver::new(
+                shared.pool.clone(),
+                shared.ledger.clone(),
+                session.clone(),
+            )),
+        );
+        if shared.pool.is_some() {
+            // Rotation sets the credential's headers; the client's never go upstream.
+            upstream.headers_mut().remove(header::AUTHORIZATION);
+            upstream.headers_mut().remove(&CHATGPT_ACCOUNT_ID);
+        } else if let Some(auth) = upstream.headers_mut().get_mut(header::AUTHORIZATION) {
+            auth.set_sensitive(true);
         }
-        // Never sent (connect refused, handed back) or lost after the upstream had it.
-        let kind = match crate::marks::AttemptError::find(&*e).map(|a| a.phase) {
-            Some(crate::marks::Phase::Unsent) => "connect",
-            _ => "transport",
-        };
-        shared.metrics.inc(
-            "tr_upstream_errors_total",
-            "Upstream requests that got no HTTP answer, by kind.",
-            &[("kind", kind)],
-        );
-        tracing::warn!(error = %e, kind, "upstream request failed");
-        ApiError::upstream_unavailable(format!(
-            "the upstream could not be reached ({kind} error); retry the request"
+        // The response-head timeout is the stack's, per upstream attempt (`HeadTimeoutLayer`):
+        // a whole-stack bound would also cut folds, local compaction and retries.
+        let res = shared.stack.clone().oneshot(upstream).await.map_err(|e| {
+            if HeadTimeoutElapsed::find(&*e).is_some() {
+                return ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "server_error",
+                    "the upstream did not answer in time",
+                )
+                .with_code("upstream_timeout");
+            }
+            // Never sent (connect refused, handed back) or lost after the upstream had it.
+            let kind = match crate::marks::AttemptError::find(&*e).map(|a| a.phase) {
+                Some(crate::marks::Phase::Unsent) => "connect",
+                _ => "transport",
+            };
+            shared.metrics.inc(
+                "tr_upstream_errors_total",
+                "Upstream requests that got no HTTP answer, by kind.",
+                &[("kind", kind)],
+            );
+            tracing::warn!(error = %e, kind, "upstream request failed");
+            ApiError::upstream_unavailable(format!(
+                "the upstream could not be reached ({kind} error); retry the request"
+            ))
+        })?;
+        if let Some(tag) = res.extensions().get::<ConnTag>() {
+            tracing::debug!(
+                conn = tag.id(),
+                reused = tag.is_reused(),
+                idle_ms = tag.idle_before_use().as_millis() as u64,
+                "upstream answered"
+            );
+        }
+        let idle = shared.config.stream_idle_timeout();
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let served = parts.extensions.get::<ServedBy>().map(|s| s.0.clone());
+        if let Some(label) = &served {
+            shared.ledger.record_request(label, SystemTime::now());
+        }
+        // Only a reply with usage headers has any to rewrite: the pool's figures are gathered
+        // (a lock per credential) for those alone.
+        if let (Some(pool), UsageHeaders::Pooled, true) = (
+            &shared.pool,
+            shared.config.usage_headers,
+            crate::classify::has_header_prefix(&parts.headers, "x-codex-"),
+        ) {
+            usage::rewrite_codex_headers(
+                &mut parts.headers,
+                &pool.pooled_usage(),
+                SystemTime::now(),
+            );
+        }
+        // Layers may end an event stream early (at its terminal event, at a token cap), so the
+        // upstream's length no longer holds, and hyper aborts a body shorter than its
+        // Content-Length. Event streams go out chunked.
+        if crate::sse::is_event_stream(&parts.headers) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        Ok(Response::from_parts(
+            parts,
+            IdleTimeoutBody::new(body, idle).boxed_unsync(),
         ))
-    })?;
-    if let Some(tag) = res.extensions().get::<ConnTag>() {
-        tracing::debug!(
-            conn = tag.id(),
-            reused = tag.is_reused(),
-            idle_ms = tag.idle_before_use().as_millis() as u64,
-            "upstream answered"
-        );
     }
-    let idle = shared.config.stream_idle_timeout();
-    let (mut parts, body) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let served = parts.extensions.get::<ServedBy>().map(|s| s.0.clone());
-    if let Some(label) = &served {
-        shared.ledger.record_request(label, SystemTime::now());
-    }
-    // Only a reply with usage headers has any to rewrite: the pool's figures are gathered
-    // (a lock per credential) for those alone.
-    if let (Some(pool), UsageHeaders::Pooled, true) = (
-        &shared.pool,
-        shared.config.usage_headers,
-        crate::classify::has_header_prefix(&parts.headers, "x-codex-"),
-    ) {
-        usage::rewrite_codex_headers(&mut parts.headers, &pool.pooled_usage(), SystemTime::now());
-    }
-    // Layers may end an event stream early (at its terminal event, at a token cap), so the
-    // upstream's length no longer holds, and hyper aborts a body shorter than its
-    // Content-Length. Event streams go out chunked.
-    if crate::sse::is_event_stream(&parts.headers) {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    Ok(Response::from_parts(
-        parts,
-        IdleTimeoutBody::new(body, idle).boxed_unsync(),
-    ))
 }
 
 /// Whether a `/status` client wants the page: a browser asks for `text/html`, and a client
