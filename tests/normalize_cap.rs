@@ -196,7 +196,8 @@ async fn the_cap_gives_the_same_bytes_with_and_without_soft_failure_below() {
     .iter()
     .enumerate()
     .flat_map(|(n, deltas)| {
-        (0..4).map(move |style| (format!("deltas {n} style {style}"), answer(deltas, style)))
+        (0..sse_text::STYLES)
+            .map(move |style| (format!("deltas {n} style {style}"), answer(deltas, style)))
     })
     .chain([("tool call".to_owned(), tool_answer())])
     .collect();

@@ -119,16 +119,52 @@ fn string_len(text: &[u8]) -> Option<usize> {
 /// The events not counted yet, copied in arrival order.
 #[derive(Default)]
 struct Deferred {
-    data: Vec<u8>,
-    /// Where each event's data ends in `data`, and what it is.
-    events: Vec<(usize, Class)>,
+    /// Their data, in segments of at least [`SEGMENT`] bytes that are never reallocated: one
+    /// growing `Vec` would copy what it holds at every doubling, as many bytes again as the
+    /// stream on a stream the cap never reaches.
+    segments: Vec<Vec<u8>>,
+    /// Each event's segment, where its data ends there, and what it is (its data starts
+    /// where the previous one in the same segment ends).
+    events: Vec<(usize, usize, Class)>,
+    /// The bytes copied, over all segments.
+    len: usize,
     /// The sum of the delta events' bounds: a bound on their characters.
     delta_bytes: u64,
     /// Whether `delta_bytes` sums [`delta_bound`]s rather than [`delta_bound_quick`]s.
     tight: bool,
 }
 
+/// The smallest segment of [`Deferred`]: a quarter of the usual answer's stream.
+const SEGMENT: usize = 4096;
+
 impl Deferred {
+    /// Copies `data` (of `class`) aside, after the events already there.
+    fn push(&mut self, class: Class, data: &[u8]) {
+        let room = self
+            .segments
+            .last()
+            .is_some_and(|s| s.capacity() - s.len() >= data.len());
+        if !room {
+            self.segments
+                .push(Vec::with_capacity(SEGMENT.max(data.len())));
+        }
+        let at = self.segments.len() - 1;
+        let segment = &mut self.segments[at];
+        segment.extend_from_slice(data);
+        self.events.push((at, segment.len(), class));
+        self.len += data.len();
+    }
+
+    /// The events set aside, in order: their data and class.
+    fn each(&self) -> impl Iterator<Item = (&[u8], Class)> {
+        let mut last = (usize::MAX, 0);
+        self.events.iter().map(move |&(segment, end, class)| {
+            let start = if last.0 == segment { last.1 } else { 0 };
+            last = (segment, end);
+            (&self.segments[segment][start..end], class)
+        })
+    }
+
     /// Whether the bound over the events set aside and `data` (of `class`) stays within
     /// `cap`, taking that bound if so. The quick bounds come first; once they would pass the
     /// cap, the tight ones are summed over what is set aside, and used from then on, so a cap
@@ -145,14 +181,11 @@ impl Deferred {
                 return true;
             }
             self.tight = true;
-            let mut start = 0;
-            self.delta_bytes = 0;
-            for &(end, class) in &self.events {
-                if matches!(class, Class::Delta(_)) {
-                    self.delta_bytes += delta_bound(&self.data[start..end]);
-                }
-                start = end;
-            }
+            self.delta_bytes = self
+                .each()
+                .filter(|(_, class)| matches!(class, Class::Delta(_)))
+                .map(|(data, _)| delta_bound(data))
+                .sum();
         }
         let tight = self.delta_bytes + delta_bound(data);
         if estimate_tokens(tight) <= cap {
@@ -224,10 +257,9 @@ impl CapGate {
         let Some(deferred) = self.deferred.as_mut() else {
             return Some(data);
         };
-        let fits = deferred.data.len().saturating_add(data.len()) <= self.budget;
+        let fits = deferred.len.saturating_add(data.len()) <= self.budget;
         if fits && deferred.admits(class, data, self.cap) {
-            deferred.data.extend_from_slice(data);
-            deferred.events.push((deferred.data.len(), class));
+            deferred.push(class, data);
             return None;
         }
         self.count_deferred();
@@ -239,12 +271,10 @@ impl CapGate {
         let Some(deferred) = self.deferred.take() else {
             return;
         };
-        let mut start = 0;
-        for (end, class) in deferred.events {
-            let verdict = self.count(class, &deferred.data[start..end]);
+        for (data, class) in deferred.each() {
+            let verdict = self.count(class, data);
             // Their characters are within the bound that let them be set aside.
             debug_assert_eq!(verdict, Verdict::Forward);
-            start = end;
         }
     }
 
@@ -501,7 +531,10 @@ mod tests {
     /// and budgets that run out early.
     #[test]
     fn deferred_counting_decides_what_counting_on_arrival_decides() {
+        // Long enough that what is set aside fills more than one segment.
+        let long = "a thousand bytes, ".repeat(56);
         let pieces = [
+            &long,
             "abcd",
             "é",
             "\\n",
@@ -579,8 +612,8 @@ mod tests {
         };
         let mut cuts = 0;
         for text in &streams {
-            for cap in [0, 1, 2, 5, 17, 60, 1000] {
-                for budget in [0, 150, 600, 1 << 20] {
+            for cap in [0, 1, 2, 5, 17, 60, 1000, 20_000] {
+                for budget in [0, 150, 600, 5000, 1 << 20] {
                     let deferred = view(CapGate::new(cap, budget, None), text);
                     let on_arrival = view(CapGate::counting_on_arrival(cap, budget), text);
                     cuts += usize::from(deferred.1.is_some());

@@ -386,6 +386,12 @@ impl Gate for FoldGate {
         Bytes::new()
     }
 
+    /// Once content went by, a text delta decides nothing: the answer is the terminal
+    /// event's response with the finished items (`on_event`).
+    fn reads_text_deltas(&self) -> bool {
+        !self.folding.content
+    }
+
     fn mark(&self, extensions: &mut http::Extensions) {
         extensions.insert(self.folded.clone());
     }

@@ -38,6 +38,14 @@ pub(crate) trait Gate: Send {
     /// The bytes that end the stream after a [`Verdict::Cut`]; asked once.
     fn closing(&mut self) -> Bytes;
 
+    /// Whether the gate reads the `response.output_text.delta` events that follow the
+    /// stream's first content event. One that does not (it forwards them and learns nothing
+    /// from them, as the `stream:false` fold) lets the decoder step over them
+    /// ([`SseDecoder::skip_events_starting_with`]): the bulk of a stream is then not decoded.
+    fn reads_text_deltas(&self) -> bool {
+        true
+    }
+
     /// Leaves in the extensions of the response it gates what the layer that made the gate
     /// reads back from it (by default nothing): that layer may see a later attempt's
     /// response, never an earlier one's, so results travel with the response.
@@ -188,6 +196,21 @@ impl Gating {
         }
     }
 
+    /// Whether the text deltas after the first content event may be stepped over: the gate
+    /// does not read them, or no longer looks at events.
+    pub(crate) fn steps_over_text_deltas(&self) -> bool {
+        self.state != State::Counting || !self.gate.reads_text_deltas()
+    }
+
+    /// `n` bytes of whole events were stepped over in the decoder, after the events shown:
+    /// while the gate counts they are admitted as it would have admitted them (a gate that
+    /// does not read text deltas forwards them).
+    pub(crate) fn stepped_over(&mut self, n: usize) {
+        if self.state == State::Counting {
+            self.ready += n;
+        }
+    }
+
     /// Whether the gate still looks at events.
     pub(crate) fn is_counting(&self) -> bool {
         self.state == State::Counting
@@ -253,5 +276,101 @@ impl Gating {
             }
         }
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::TEXT_DELTA_HEADS;
+
+    /// Admits every event, cuts at the first `response.failed`, and reads text deltas or
+    /// not; records the types it was shown.
+    struct Recording {
+        reads_deltas: bool,
+        seen: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Gate for Recording {
+        fn admit(&mut self, ty: Option<&str>, _: EventKind, _: EventRef<'_>) -> Verdict {
+            let ty = ty.unwrap_or_default();
+            self.seen.lock().unwrap().push(ty.to_owned());
+            match ty {
+                "response.failed" => Verdict::Cut,
+                _ => Verdict::Forward,
+            }
+        }
+        fn closing(&mut self) -> Bytes {
+            Bytes::from_static(b"closing\n\n")
+        }
+        fn reads_text_deltas(&self) -> bool {
+            self.reads_deltas
+        }
+    }
+
+    fn delta(n: usize) -> String {
+        format!("data: {{\"type\":\"response.output_text.delta\",\"delta\":\"w{n}\"}}\n\n")
+    }
+
+    /// The watch's loop over one chunk: steps over text deltas when the gate allows, then
+    /// shows the next event, until the decoder is empty or the gate cuts.
+    fn run(reads_deltas: bool, chunks: &[&str]) -> (Vec<u8>, Vec<String>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut gating = Gating::new(Box::new(Recording {
+            reads_deltas,
+            seen: seen.clone(),
+        }));
+        let mut decoder = SseDecoder::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let chunk = Bytes::copy_from_slice(chunk.as_bytes());
+            gating.push(&chunk);
+            decoder.push(chunk);
+            while gating.is_counting() {
+                if gating.steps_over_text_deltas() {
+                    let before = decoder.buffered();
+                    for head in TEXT_DELTA_HEADS {
+                        decoder.skip_events_starting_with(head);
+                    }
+                    gating.stepped_over(before - decoder.buffered());
+                }
+                let next = decoder.next_event_with(|ev| gating.event(ev)).unwrap();
+                if next.is_none() {
+                    break;
+                }
+            }
+            out.extend_from_slice(&gating.release());
+        }
+        let seen = seen.lock().unwrap().clone();
+        (out, seen)
+    }
+
+    #[test]
+    fn deltas_stepped_over_go_out_as_admitted_and_a_cut_after_them_keeps_them() {
+        let head = "data: {\"type\":\"response.created\"}\n\n";
+        let deltas: String = (0..5).map(delta).collect();
+        let failed = "data: {\"type\":\"response.failed\"}\n\n";
+        let tail = "data: {\"type\":\"response.completed\"}\n\n";
+        let whole = format!("{head}{deltas}");
+        for reads_deltas in [true, false] {
+            // Held until shown, released as admitted: the deltas go out with the chunk
+            // they came in, whether the gate read them or not.
+            let (out, seen) = run(reads_deltas, &[&whole, failed, tail]);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{whole}closing\n\n"),
+                "reads deltas: {reads_deltas}"
+            );
+            let shown_deltas = seen.iter().filter(|t| t.ends_with(".delta")).count();
+            assert_eq!(shown_deltas, if reads_deltas { 5 } else { 0 });
+            assert_eq!(seen.last().map(String::as_str), Some("response.failed"));
+        }
+        // Stepped over in the chunk that also holds the cut: what came before it goes out,
+        // nothing after.
+        let (out, _) = run(false, &[&format!("{whole}{failed}{tail}")]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{whole}closing\n\n")
+        );
     }
 }

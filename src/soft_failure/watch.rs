@@ -90,11 +90,19 @@ impl WatchBody {
         };
         let gating = &mut self.gating;
         loop {
-            if gating.is_none() && !ctx.observers_read_content && ctx.started.is_none() {
-                // Nothing looks at a text delta then (no gate, no observer of content, the
-                // first content timed): most of a stream is stepped over, not decoded.
+            if !ctx.observers_read_content
+                && ctx.started.is_none()
+                && gating.as_ref().is_none_or(|g| g.steps_over_text_deltas())
+            {
+                // Nothing looks at a text delta then (no gate that reads them, no observer of
+                // content, the first content timed): most of a stream is stepped over, not
+                // decoded.
+                let before = decoder.buffered();
                 for head in TEXT_DELTA_HEADS {
                     decoder.skip_events_starting_with(head);
+                }
+                if let Some(gating) = gating.as_mut() {
+                    gating.stepped_over(before - decoder.buffered());
                 }
             }
             // Borrowed: most events are deltas, of which only the type is read.

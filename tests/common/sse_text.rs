@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tower_responses::testing::events;
 
 /// The number of [`sse`] styles.
-pub const STYLES: usize = 4;
+pub const STYLES: usize = 6;
 
 /// One event as SSE text in one of the shapes a decoder must read alike.
 pub fn sse(event: &Value, style: usize, i: usize) -> String {
@@ -17,6 +17,10 @@ pub fn sse(event: &Value, style: usize, i: usize) -> String {
         0 => format!("event: {ty}\ndata: {data}\n\n"),
         1 => format!("data: {data}\n\n"),
         2 => format!("event: {ty}\r\ndata: {data}\r\n\r\n"),
+        // The platform's own order, `"type"` first: what the layers step over after the first
+        // content event when nothing reads text deltas.
+        4 => format!("event: {ty}\ndata: {}\n\n", type_first(event)),
+        5 => format!("data: {}\n\n", type_first(event)),
         // Comments, a field the decoder ignores, and the JSON over two data lines.
         _ => {
             let (a, b) = data.split_at(data.find(',').unwrap_or(data.len()));
@@ -24,6 +28,18 @@ pub fn sse(event: &Value, style: usize, i: usize) -> String {
             format!("{comment}event: {ty}\nid: {i}\ndata: {a}\ndata: {b}\n\n")
         }
     }
+}
+
+/// `event` as JSON with its `"type"` first, as the platform writes it (serde_json sorts keys).
+fn type_first(event: &Value) -> String {
+    let mut rest = event.clone();
+    let Some(ty) = rest.as_object_mut().and_then(|o| o.remove("type")) else {
+        return event.to_string();
+    };
+    let rest = rest.to_string();
+    let tail = rest.strip_prefix('{').unwrap_or(&rest);
+    let sep = if tail == "}" { "" } else { "," };
+    format!("{{\"type\":{ty}{sep}{tail}")
 }
 
 /// `events` with `sequence_number`s 0, 1, 2, ...
