@@ -3,6 +3,7 @@
 
 Seeds are small (a few KiB each) so libFuzzer's input length stays small and runs stay fast;
 each one is prefixed with the control bytes its target reads first (see the targets' docs).
+Inputs in fuzz/regressions/<target>/ (ones the fuzzer failed on) are seeds too.
 Run from anywhere: `python3 fuzz/seeds.py`. Existing corpus files are kept (libFuzzer adds
 its finds there too); seeds are named by content, so reruns write nothing new.
 """
@@ -216,5 +217,11 @@ for body in request_bytes[:2]:
     write("decode", bytes([2]) + struct.pack("<H", 4096) + b"\x00" + raw.compress(body) + raw.flush())
 # A small gzip bomb: 1 MiB of zeros in about a kilobyte.
 write("decode", bytes([1]) + struct.pack("<H", 64) + b"\x00" + gzip.compress(bytes(1 << 20)))
+
+# Inputs the fuzzer once failed on, kept as seeds so every run replays them first
+# (fuzz/regressions/<target>/; e.g. decode's brotli stream whose state passed an allowance).
+for d in sorted((ROOT / "fuzz" / "regressions").glob("*")):
+    for f in sorted(d.iterdir()):
+        write(d.name, f.read_bytes())
 
 print("seeds in", CORPUS)
