@@ -2,33 +2,21 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 
 use super::ConnTag;
 use super::rechunk::{Fed, Malformed, Rechunk};
 
-/// The most read from the connection at once while its bytes are followed.
-const READ_MAX: usize = 32 * 1024;
-
-/// A worker thread's buffers for reading a connection and re-framing what was read; a
-/// connection holds none of its own between reads.
-struct Scratch {
-    read: Vec<u8>,
-    out: Vec<u8>,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        Scratch {
-            read: vec![0; READ_MAX],
-            out: Vec::with_capacity(READ_MAX + 64),
-        }
-    }
-}
+/// The most a worker thread keeps of its re-framing buffer between reads (hyper's reads grow
+/// with a fast upstream, up to its own buffer limit of some 400 KiB).
+const OUT_KEEP: usize = 64 * 1024;
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
+    /// A worker thread's buffer for re-framing what a read brought; a connection holds
+    /// none of its own between reads.
+    static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 pin_project! {
@@ -132,54 +120,103 @@ impl<T: Write> Write for Tagged<T> {
 }
 
 /// Reads through `rechunk`: what hyper gets is what it re-framed from the connection's bytes.
+///
+/// The connection is read straight into hyper's buffer, and what needs no re-framing (a
+/// head, a fixed-length body, a chunked body's bytes left as they are) stays there: only a
+/// re-framed read is copied, from the output buffer it was re-framed into. hyper's cursor
+/// cannot be looked into after a read, so the read goes through `TokioIo`'s view of it as a
+/// tokio `ReadBuf`, which can.
 fn read<T: Read>(
-    mut inner: Pin<&mut T>,
+    inner: Pin<&mut T>,
     rechunk: &mut Rechunk,
     pending: &mut Vec<u8>,
     cx: &mut Context<'_>,
-    mut buf: ReadBufCursor<'_>,
+    buf: ReadBufCursor<'_>,
 ) -> Poll<std::io::Result<()>> {
-    if !pending.is_empty() {
-        let n = pending.len().min(buf.remaining());
-        buf.put_slice(&pending[..n]);
-        pending.drain(..n);
-        return Poll::Ready(Ok(()));
-    }
-    if rechunk.is_broken() {
-        return Poll::Ready(Err(Malformed.into()));
-    }
-    if rechunk.is_off() || buf.remaining() == 0 {
-        return inner.poll_read(cx, buf);
-    }
-    let mut go = |scratch: &mut Scratch| loop {
-        let limit = rechunk.read_limit(buf.remaining()).min(READ_MAX);
-        let mut read = ReadBuf::new(&mut scratch.read[..limit]);
-        ready!(inner.as_mut().poll_read(cx, read.unfilled()))?;
-        if read.filled().is_empty() {
+    let mut follow = TokioIo::new(Follow {
+        inner: TokioIo::new(inner),
+        rechunk,
+        pending,
+    });
+    Pin::new(&mut follow).poll_read(cx, buf)
+}
+
+/// The connection as tokio reads it, re-framed on the way: see [`read`].
+struct Follow<'a, T> {
+    inner: TokioIo<Pin<&'a mut T>>,
+    rechunk: &'a mut Rechunk,
+    pending: &'a mut Vec<u8>,
+}
+
+impl<T: Read> tokio::io::AsyncRead for Follow<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let (rechunk, pending) = (&mut *this.rechunk, &mut *this.pending);
+        let mut inner = Pin::new(&mut this.inner);
+        if !pending.is_empty() {
+            let n = pending.len().min(buf.remaining());
+            buf.put_slice(&pending[..n]);
+            pending.drain(..n);
             return Poll::Ready(Ok(()));
         }
-        scratch.out.clear();
-        let got = match rechunk.feed(read.filled(), &mut scratch.out) {
-            Fed::Prefix(n) => &read.filled()[..n],
-            Fed::Written => &scratch.out[..],
-        };
-        if got.is_empty() {
+        if rechunk.is_broken() {
+            return Poll::Ready(Err(Malformed.into()));
+        }
+        if rechunk.is_off() || buf.remaining() == 0 {
+            return inner.poll_read(cx, buf);
+        }
+        let start = buf.filled().len();
+        loop {
+            ready!(inner.as_mut().poll_read(cx, buf))?;
+            if buf.filled().len() == start {
+                return Poll::Ready(Ok(()));
+            }
+            let kept = OUT.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut out) => refeed(rechunk, pending, buf, start, &mut out),
+                Err(_) => refeed(rechunk, pending, buf, start, &mut Vec::new()),
+            });
+            if kept {
+                return Poll::Ready(Ok(()));
+            }
             if rechunk.is_broken() {
                 return Poll::Ready(Err(Malformed.into()));
             }
             // Only framing was read (a size line, a CRLF): hyper has nothing to read yet.
-            continue;
         }
-        // A broken body fails on the next read, after the data before the fault.
-        let n = got.len().min(buf.remaining());
-        buf.put_slice(&got[..n]);
-        pending.extend_from_slice(&got[n..]);
-        return Poll::Ready(Ok(()));
-    };
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => go(&mut scratch),
-        Err(_) => go(&mut Scratch::new()),
-    })
+    }
+}
+
+/// Re-frames what a read put in `buf` from `start` on, leaving there what hyper should read
+/// (the rest in `pending`); whether that is anything.
+fn refeed(
+    rechunk: &mut Rechunk,
+    pending: &mut Vec<u8>,
+    buf: &mut tokio::io::ReadBuf<'_>,
+    start: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    match rechunk.feed(&buf.filled()[start..], out) {
+        Fed::Prefix(n) => buf.set_filled(start + n),
+        Fed::Written => {
+            // A re-framed read is at most twelve bytes longer than what was read (a chunk's
+            // size line and CRLF around data that came without them): those wait in
+            // `pending` when hyper's buffer was full.
+            buf.set_filled(start);
+            let n = out.len().min(buf.remaining());
+            buf.put_slice(&out[..n]);
+            pending.extend_from_slice(&out[n..]);
+        }
+    }
+    if out.capacity() > OUT_KEEP {
+        *out = Vec::new();
+    }
+    // A broken body fails on the next read, after the data before the fault.
+    buf.filled().len() > start
 }
 
 fn after_write(

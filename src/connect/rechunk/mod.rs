@@ -111,17 +111,6 @@ impl Rechunk {
         self.state == State::Broken
     }
 
-    /// How many bytes to read when hyper has `room` for them: a fixed-length body's reads stop
-    /// at its end. Elsewhere all of it: a re-framed chunk can come out up to twelve bytes
-    /// longer than what was read, and those wait in `pending`; holding room back for them
-    /// instead would split an answer that fits hyper's buffer exactly into two reads.
-    pub(crate) fn read_limit(&self, room: usize) -> usize {
-        match self.state {
-            State::Fixed(left) => room.min(usize::try_from(left).unwrap_or(usize::MAX)),
-            _ => room,
-        }
-    }
-
     /// What hyper should read in place of `input`: `input` itself or a prefix of it, or
     /// what was written to `out`. A malformed body leaves the state broken, after the data
     /// before the fault.
