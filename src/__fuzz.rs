@@ -21,6 +21,12 @@ pub fn scan_valid(bytes: &[u8]) -> Option<RawObject<'_>> {
     RawObject::scan_valid(bytes)
 }
 
+/// `RawObject::parse_with_spans`: the edge's validating walk of a request body (the object
+/// without its spans).
+pub fn parse_with_spans(bytes: &[u8]) -> Option<RawObject<'_>> {
+    RawObject::parse_with_spans(bytes).map(|(obj, _)| obj)
+}
+
 /// What `BodyNormalizeLayer`'s planner decided for one body (the crate-private `Rewrite`,
 /// field for field).
 #[derive(Debug)]

@@ -1,8 +1,9 @@
 //! The top-level JSON scanner and field edits, against `serde_json`.
 //!
 //! Input: one byte of edit choices, then a document. Checked on every input: nothing panics,
-//! and `RawObject::parse` accepts exactly what `serde_json` accepts as an object. On a valid
-//! object: the scan (`scan_valid`) gives what the parse gives; every value's raw text is
+//! `RawObject::parse` accepts exactly what `serde_json` accepts as an object, and the edge's
+//! one-pass walk (`parse_with_spans`) accepts nothing the parse refuses and reads what it
+//! reads. On a valid object: the scan (`scan_valid`) gives what the parse gives; every value's raw text is
 //! the value `serde_json` read; `scan_field`, `sniff_type`, `scan_array_items` agree with
 //! it; edits (`set`, `remove`, `rename`) give the object `serde_json` would.
 #![no_main]
@@ -10,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
-use tower_responses::__fuzz::scan_valid;
+use tower_responses::__fuzz::{parse_with_spans, scan_valid};
 use tower_responses::json::{RawObject, array_items, scan_array_items, scan_field};
 use tower_responses::sse::sniff_type;
 use tower_responses_fuzz::Cursor;
@@ -21,6 +22,21 @@ fuzz_target!(|data: &[u8]| {
     let doc = input.rest();
 
     let parsed = RawObject::parse(doc);
+    // The edge's one-pass walk accepts only what the parse accepts, and reads the same.
+    if let Some(walked) = parse_with_spans(doc) {
+        let parsed = parsed
+            .as_ref()
+            .expect("parse_with_spans accepted what parse refuses");
+        assert_eq!(
+            walked.to_bytes(),
+            parsed.to_bytes(),
+            "walk and parse differ"
+        );
+        assert!(
+            walked.keys().eq(parsed.keys()),
+            "walk and parse keys differ"
+        );
+    }
     // Scanning garbage gives anything but a panic.
     let scanned = scan_valid(doc);
     let sniffed = sniff_type(doc);
