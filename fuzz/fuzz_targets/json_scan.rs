@@ -27,15 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let parsed = parsed
             .as_ref()
             .expect("parse_with_spans accepted what parse refuses");
-        assert_eq!(
-            walked.to_bytes(),
-            parsed.to_bytes(),
-            "walk and parse differ"
-        );
-        assert!(
-            walked.keys().eq(parsed.keys()),
-            "walk and parse keys differ"
-        );
+        assert_same(&walked, parsed, "walk");
     }
     // Scanning garbage gives anything but a panic.
     let scanned = scan_valid(doc);
@@ -64,15 +56,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The scan of a valid object is the parse.
     let scanned = scanned.expect("scan_valid failed on a valid object");
-    assert_eq!(
-        scanned.to_bytes(),
-        parsed.to_bytes(),
-        "scan and parse differ"
-    );
-    assert!(
-        scanned.keys().eq(parsed.keys()),
-        "scan and parse keys differ"
-    );
+    assert_same(&scanned, &parsed, "scan");
 
     // Output is the same object serde_json reads (duplicates: both keep the last).
     let round: Map<String, Value> =
@@ -143,3 +127,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(edited, want, "edits differ from serde_json's");
     }
 });
+
+/// `other` (the scan or the walk, named `what`) read the object the parse read.
+fn assert_same(other: &RawObject<'_>, parsed: &RawObject<'_>, what: &str) {
+    assert_eq!(
+        other.to_bytes(),
+        parsed.to_bytes(),
+        "{what} and parse differ"
+    );
+    assert!(
+        other.keys().eq(parsed.keys()),
+        "{what} and parse keys differ"
+    );
+}

@@ -12,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 use tower_responses::__fuzz::{RechunkExchange, rechunk_run};
 use tower_responses_fuzz::Cursor;
 
-const FIRST: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+const FIRST: &[u8] =
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Cursor::new(data);
@@ -41,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     pieces.push(Vec::new());
 
     let exchanges = [
-        RechunkExchange { method: "POST", pieces: vec![FIRST.to_vec()] },
+        RechunkExchange {
+            method: "POST",
+            pieces: vec![FIRST.to_vec()],
+        },
         RechunkExchange { method, pieces },
     ];
     let (straight, _) = rechunk_run(&exchanges, false);
