@@ -3,9 +3,10 @@
 //! Input: one byte of edit choices, then a document. Checked on every input: nothing panics,
 //! `RawObject::parse` accepts exactly what `serde_json` accepts as an object, and the edge's
 //! one-pass walk (`parse_with_spans`) accepts nothing the parse refuses and reads what it
-//! reads. On a valid object: the scan (`scan_valid`) gives what the parse gives; every value's raw text is
-//! the value `serde_json` read; `scan_field`, `sniff_type`, `scan_array_items` agree with
-//! it; edits (`set`, `remove`, `rename`) give the object `serde_json` would.
+//! reads. On a valid object: the scan (`scan_valid`) gives what the parse gives; every
+//! value's raw text is the value `serde_json` read; `scan_field`, `sniff_type`,
+//! `scan_array_items` agree with it; edits (`set`, `remove`, `rename`) give the object
+//! `serde_json` would.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
